@@ -1,0 +1,24 @@
+"""`noisepath validate BUNDLE_DIR`: report every problem of a bundle by file and field."""
+
+from pathlib import Path
+
+from backend.bundle import validate_bundle
+
+
+def add_arguments(p):
+    p.add_argument("bundle", type=Path, metavar="BUNDLE_DIR", help="the bundle folder")
+    p.add_argument("--no-checksums", action="store_true",
+                   help="skip SHA-256 checks (faster on large bundles)")
+
+
+def run(args) -> int:
+    problems = validate_bundle(args.bundle, checksums=not args.no_checksums)
+    for p in problems:
+        print(p)
+    errors = sum(p.severity == "error" for p in problems)
+    warnings = len(problems) - errors
+    if errors:
+        print(f"{args.bundle}: {errors} error(s), {warnings} warning(s)")
+        return 1
+    print(f"{args.bundle}: valid ({warnings} warning(s))")
+    return 0

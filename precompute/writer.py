@@ -1,0 +1,332 @@
+"""Writes a Noisepath bundle: the only interface between precompute and serving.
+
+This is the one module that writes the format; `backend/bundle.py` is the one that
+reads and validates it, and `tests/test_bundle_roundtrip.py` keeps the two honest.
+The format is documented in docs/bundle-format.md.
+
+Needs numpy and Pillow only (no torch), so tests and tools can build bundles from
+plain arrays. Every file lands atomically:
+- a run is staged in `.tmp/` and renamed into `runs/<run_id>/` only when complete,
+  so a killed process never leaves a half-written run where readers look;
+- JSON files are written to a temporary name and `os.replace`d;
+- `bundle.json` (the index) is rebuilt from what is on disk, under a lock, so any
+  number of cooperating processes can add runs to one bundle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+FORMAT = "noisepath-bundle"
+FORMAT_VERSION = 1
+EMPTY_PROMPT_ID = "empty"  # the unconditional prompt ""; guidance-0 runs belong to it
+
+# Config keys that must agree for runs to share one bundle (and one trajectory map).
+CONFIG_IDENTITY_KEYS = ("model", "scheduler", "num_inference_steps", "height", "width",
+                        "dtype", "image_size")
+
+
+# ----------------------------------------------------------------------------- ids
+
+def slugify(text: str, max_len: int = 40) -> str:
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    slug = "-".join(words)[:max_len].strip("-")
+    return slug or "prompt"
+
+
+def prompt_id(text: str) -> str:
+    """Stable id of a prompt: readable slug + 8 hex chars of its hash."""
+    if text == "":
+        return EMPTY_PROMPT_ID
+    return f"{slugify(text)}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def format_guidance(guidance_scale: float) -> str:
+    g = float(guidance_scale)
+    return str(int(g)) if g.is_integer() else repr(g).replace(".", "p")
+
+
+def run_id(prompt_id_: str, seed: int, guidance_scale: float) -> str:
+    """Guidance-0 runs ignore the prompt: all prompts of a seed share `empty--s{seed}-g0`."""
+    if float(guidance_scale) == 0.0:
+        prompt_id_ = EMPTY_PROMPT_ID
+    return f"{prompt_id_}--s{int(seed)}-g{format_guidance(guidance_scale)}"
+
+
+# ---------------------------------------------------------------------- file helpers
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def dumps(obj) -> bytes:
+    """Canonical JSON: sorted keys, so identical content gives identical bytes."""
+    return (json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    _fsync_write(tmp, dumps(obj))
+    os.replace(tmp, path)
+
+
+def save_array(folder: Path, name: str, array: np.ndarray, dtype: str) -> dict:
+    """Save one array as .npy (memory-mappable) and return its manifest entry."""
+    array = np.ascontiguousarray(array, dtype=dtype)
+    if not np.isfinite(array).all():
+        raise ValueError(f"array {name!r} has non-finite values")
+    path = folder / f"{name}.npy"
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    _fsync_write(path, buf.getvalue())
+    return {"file": path.name, "dtype": str(array.dtype), "shape": list(array.shape),
+            "sha256": sha256_file(path)}
+
+
+def save_sprite(folder: Path, name: str, frames: np.ndarray, fmt: str) -> dict:
+    """Pack frames (N, H, W, 3) uint8 into one grid image, row-major, and return its entry.
+
+    One request loads every frame of a kind; the client crops frame i at
+    column i % columns, row i // columns.
+    """
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"sprite {name!r}: expected (N, H, W, 3) uint8, got "
+                         f"{frames.shape} {frames.dtype}")
+    n, h, w, _ = frames.shape
+    columns = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    sheet = np.zeros((rows * h, columns * w, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        r, c = divmod(i, columns)
+        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = frame
+    ext, mime, kwargs = {
+        "webp": ("webp", "image/webp", {"quality": 82, "method": 4}),
+        "png": ("png", "image/png", {"optimize": True}),
+        "jpeg": ("jpg", "image/jpeg", {"quality": 85}),
+    }[fmt]
+    path = folder / f"{name}.{ext}"
+    buf = io.BytesIO()
+    Image.fromarray(sheet).save(buf, format=fmt.upper(), **kwargs)
+    _fsync_write(path, buf.getvalue())
+    return {"file": path.name, "mime": mime, "count": n, "frame_width": w,
+            "frame_height": h, "columns": columns, "sha256": sha256_file(path)}
+
+
+# ------------------------------------------------------------------------- locking
+
+@contextlib.contextmanager
+def file_lock(path: Path, blocking: bool = True):
+    """An OS advisory lock that the kernel releases if the process dies.
+
+    Yields True when held; with blocking=False yields False when another process holds it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+b")
+    try:
+        try:
+            import fcntl
+            flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
+            try:
+                fcntl.flock(f.fileno(), flags)
+            except BlockingIOError:
+                yield False
+                return
+        except ImportError:  # Windows
+            import msvcrt
+            try:
+                msvcrt.locking(f.fileno(), msvcrt.LK_LOCK if blocking else msvcrt.LK_NBLCK, 1)
+            except OSError:
+                yield False
+                return
+        yield True
+    finally:
+        f.close()  # closing the descriptor releases the lock
+
+
+class BundleConfigMismatch(ValueError):
+    pass
+
+
+# -------------------------------------------------------------------------- writer
+
+class BundleWriter:
+    """Adds prompts, runs and trajectories to a bundle folder (created if missing)."""
+
+    def __init__(self, root: str | os.PathLike, config: dict):
+        self.root = Path(root)
+        self.config = config
+        for sub in ("runs", "prompts", "groups", "trajectories", ".tmp", ".work"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        with file_lock(self.root / ".work" / "index.lock"):
+            self._check_or_write_config()
+
+    def _check_or_write_config(self) -> None:
+        path = self.root / "config.json"
+        if not path.exists():
+            write_json_atomic(path, {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                     **self.config})
+            return
+        old = json.loads(path.read_text())
+        if old.get("format_version") != FORMAT_VERSION:
+            raise BundleConfigMismatch(
+                f"{path}: format_version {old.get('format_version')} is not "
+                f"{FORMAT_VERSION}; write to a new --out folder")
+        diffs = [f"{k}: bundle has {old.get(k)!r}, you asked for {self.config.get(k)!r}"
+                 for k in CONFIG_IDENTITY_KEYS if old.get(k) != self.config.get(k)]
+        if diffs:
+            raise BundleConfigMismatch(
+                f"{self.root} was made with different settings, and runs of one bundle "
+                "must share them:\n  " + "\n  ".join(diffs) +
+                "\nUse a new --out folder for these settings.")
+
+    # -- claims: cooperating processes split the work without configuration
+    def claim(self, key: str):
+        """Non-blocking lock on one unit of work; yields False if another process has it."""
+        return file_lock(self.root / ".work" / f"{key}.claim", blocking=False)
+
+    def has_run(self, run_id_: str) -> bool:
+        return (self.root / "runs" / run_id_ / "run.json").exists()
+
+    def has_prompt(self, prompt_id_: str) -> bool:
+        return (self.root / "prompts" / prompt_id_ / "prompt.json").exists()
+
+    # -- prompts and groups
+    def write_prompt(self, text: str, tokens: dict, embeddings: np.ndarray) -> str:
+        """tokens: input_ids (77), pieces (77), n_real, truncated, dropped_pieces."""
+        pid = prompt_id(text)
+        folder = self._stage()
+        entry = save_array(folder, "text_embeddings", embeddings, "float16")
+        write_json_atomic(folder / "prompt.json", {
+            "format_version": FORMAT_VERSION, "prompt_id": pid, "text": text,
+            "tokens": {k: tokens[k] for k in
+                       ("input_ids", "pieces", "n_real", "truncated", "dropped_pieces")},
+            "arrays": {"text_embeddings": entry},
+        })
+        self._publish(folder, self.root / "prompts" / pid)
+        return pid
+
+    def write_group(self, group: dict) -> None:
+        """group: id, title, prompts (ids, main first), texts, highlights {pid: [[s, e]]}."""
+        write_json_atomic(self.root / "groups" / f"{group['id']}.json",
+                          {"format_version": FORMAT_VERSION, **group})
+
+    # -- runs
+    def write_run(self, manifest: dict, arrays: dict[str, np.ndarray],
+                  images: dict[str, tuple[np.ndarray, str]]) -> None:
+        """Write one run atomically.
+
+        manifest: run_id, prompt_id, seed, guidance_scale, num_inference_steps,
+          scheduler {...}, latent_preview {...}, attention {...} or None.
+        arrays: name -> array (float arrays are stored as float16).
+        images: name -> (frames (N, H, W, 3) uint8, "webp" | "png" | "jpeg").
+        """
+        rid = manifest["run_id"]
+        folder = self._stage()
+        manifest = {"format_version": FORMAT_VERSION, **manifest,
+                    "arrays": {n: save_array(folder, n, a, "float16") for n, a in arrays.items()},
+                    "images": {n: save_sprite(folder, n, f, fmt)
+                               for n, (f, fmt) in images.items()}}
+        write_json_atomic(folder / "run.json", manifest)
+        self._publish(folder, self.root / "runs" / rid)
+
+    def write_trajectories(self, seed: int, method: str, coords: dict[str, np.ndarray]) -> None:
+        """coords: run_id -> (T+1, 2), all runs of one seed on one map."""
+        write_json_atomic(self.root / "trajectories" / f"seed-{int(seed)}.json", {
+            "format_version": FORMAT_VERSION, "seed": int(seed), "method": method,
+            "runs": {rid: np.round(np.asarray(c, np.float64), 5).tolist()
+                     for rid, c in sorted(coords.items())},
+        })
+
+    # -- staging and publishing
+    def _stage(self) -> Path:
+        folder = self.root / ".tmp" / f"{os.getpid()}-{uuid.uuid4().hex}"
+        folder.mkdir(parents=True)
+        return folder
+
+    @staticmethod
+    def _publish(folder: Path, target: Path) -> None:
+        """Rename a complete staging folder into place; the first writer wins."""
+        try:
+            os.rename(folder, target)
+        except OSError:
+            if not target.exists():
+                raise
+            shutil.rmtree(folder)  # identical work finished elsewhere: keep theirs
+
+    def clean_stale_staging(self) -> int:
+        """Remove staging folders left by processes that died (same host)."""
+        removed = 0
+        for folder in (self.root / ".tmp").iterdir():
+            pid = int(folder.name.split("-", 1)[0]) if folder.name[0].isdigit() else -1
+            if pid > 0 and pid != os.getpid() and not _pid_alive(pid):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
+
+    # -- the index
+    def rebuild_index(self) -> dict:
+        """Rebuild bundle.json from the files on disk, under the index lock."""
+        with file_lock(self.root / ".work" / "index.lock"):
+            index = build_index(self.root)
+            write_json_atomic(self.root / "bundle.json", index)
+            return index
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def build_index(root: Path) -> dict:
+    """The index is a pure function of config, prompts, groups, runs and trajectories."""
+    config = json.loads((root / "config.json").read_text())
+    prompts, runs, groups, trajectories = {}, {}, [], {}
+    for path in sorted((root / "prompts").glob("*/prompt.json")):
+        p = json.loads(path.read_text())
+        prompts[p["prompt_id"]] = {"text": p["text"], "sha256": sha256_file(path)}
+    for path in sorted((root / "runs").glob("*/run.json")):
+        r = json.loads(path.read_text())
+        runs[r["run_id"]] = {"prompt_id": r["prompt_id"], "seed": r["seed"],
+                             "guidance_scale": r["guidance_scale"], "sha256": sha256_file(path)}
+    for path in sorted((root / "groups").glob("*.json")):
+        g = json.loads(path.read_text())
+        groups.append({k: g[k] for k in ("id", "title", "prompts", "highlights")})
+    for path in sorted((root / "trajectories").glob("seed-*.json")):
+        t = json.loads(path.read_text())
+        trajectories[str(t["seed"])] = {"file": f"trajectories/{path.name}",
+                                        "method": t["method"], "sha256": sha256_file(path)}
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "config": {k: v for k, v in config.items() if k not in ("format", "format_version")},
+        "seeds": sorted({r["seed"] for r in runs.values()}),
+        "guidance_scales": sorted({r["guidance_scale"] for r in runs.values()}),
+        "groups": groups, "prompts": prompts, "runs": runs, "trajectories": trajectories,
+    }
