@@ -1,0 +1,96 @@
+"""`noisepath precompute`: record every denoising step of a Stable Diffusion model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from precompute.prompts import (SCHEDULERS, PromptFileError, check_settings, load_prompt_file,
+                                single_prompt_set)
+
+EXAMPLES = """
+examples:
+  # the reference product's 26 prompts on SD 1.5 (a GPU, and the model from the hub)
+  noisepath precompute --prompts precompute/prompts/diffusion-explainer.toml --out sd15-bundle
+
+  # one prompt and a variant, quickly, on any diffusers SD checkpoint (hub id or folder)
+  noisepath precompute --prompt "a castle by a sea, trending on artstation" \\
+      --variant "a castle by a sea" --seeds 1 --guidance-scales 0 1 7 --steps 30 \\
+      --model stabilityai/stable-diffusion-2-1-base --out castle-bundle
+
+Re-running the same command resumes: finished runs are kept and skipped. Two processes
+(or one per GPU under `accelerate launch`) can fill one bundle together.
+Flags override the prompt file's [settings]; unset ones fall back to the file, then to
+the defaults (SD 1.5, LMS, 50 steps, 512x512, seeds 1 2 3, guidance 0 1 7 20).
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = EXAMPLES
+    src = p.add_argument_group("what to run (a prompt file, or one prompt with variants)")
+    src.add_argument("--prompts", type=Path, metavar="PROMPTS.toml",
+                     help="a prompt file (see precompute/prompts/diffusion-explainer.toml)")
+    src.add_argument("--prompt", help="one main prompt (instead of --prompts)")
+    src.add_argument("--variant", action="append", default=[], metavar="TEXT",
+                     help="a variant of --prompt to compare with (repeatable)")
+    p.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR",
+                   help="the bundle folder to create or add runs to")
+    s = p.add_argument_group("settings (override the prompt file's [settings])")
+    s.add_argument("--model", help="a diffusers Stable Diffusion checkpoint: hub id or local "
+                   "folder (default: stable-diffusion-v1-5/stable-diffusion-v1-5)")
+    s.add_argument("--scheduler", choices=SCHEDULERS, help="default: lms")
+    s.add_argument("--steps", type=int, dest="num_inference_steps", metavar="N",
+                   help="num_inference_steps (default: 50)")
+    s.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="default: 1 2 3")
+    s.add_argument("--guidance-scales", type=float, nargs="+", metavar="G",
+                   dest="guidance_scales", help="default: 0 1 7 20")
+    s.add_argument("--height", type=int, help="image height in pixels (default: 512)")
+    s.add_argument("--width", type=int, help="image width in pixels (default: 512)")
+    s.add_argument("--image-size", type=int, dest="image_size",
+                   help="side of the stored frames (default: min(256, height, width))")
+    r = p.add_argument_group("how to run")
+    r.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
+                   help="auto: cuda, then mps, then cpu")
+    r.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
+                   help="auto: float16 on cuda, float32 elsewhere")
+    r.add_argument("--projection", default="umap", choices=["umap", "pca"],
+                   help="how trajectories are projected to 2-D")
+    r.add_argument("--decode-batch-size", type=int, default=8, metavar="N",
+                   help="latents decoded by the VAE at once (lower it if memory runs out)")
+    r.add_argument("--no-progress", action="store_true", help="print a line per run instead "
+                   "of progress bars")
+
+
+def run(args) -> int:
+    from precompute.run import Options, precompute
+    from precompute.writer import BundleConfigMismatch
+
+    if bool(args.prompts) == bool(args.prompt):
+        print("noisepath precompute: give either --prompts FILE or --prompt TEXT", file=sys.stderr)
+        return 2
+    if args.variant and not args.prompt:
+        print("noisepath precompute: --variant needs --prompt", file=sys.stderr)
+        return 2
+    try:
+        prompt_set = (load_prompt_file(args.prompts) if args.prompts
+                      else single_prompt_set(args.prompt, args.variant))
+        settings = {k: getattr(args, k) for k in
+                    ("model", "scheduler", "num_inference_steps", "seeds", "guidance_scales",
+                     "height", "width", "image_size") if getattr(args, k) is not None}
+
+        def bad_flag(key, message):
+            raise PromptFileError("command line", None, f"--{key.replace('_', '-')}", message)
+        check_settings(settings, bad_flag)
+    except PromptFileError as e:
+        print(f"noisepath precompute: {e}", file=sys.stderr)
+        return 2
+    opts = Options(device=args.device, dtype=args.dtype, projection=args.projection,
+                   decode_batch_size=args.decode_batch_size, progress=not args.no_progress)
+    try:
+        precompute(prompt_set, args.out, settings, opts)
+    except (BundleConfigMismatch, ValueError, OSError) as e:
+        print(f"noisepath precompute: {e}", file=sys.stderr)
+        return 1
+    return 0

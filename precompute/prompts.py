@@ -1,0 +1,248 @@
+"""Prompt sets: the TOML files researchers write, parsed with their errors located.
+
+    title = "My prompts"
+    [settings]                     # every key optional; command-line flags win
+    model = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    scheduler = "lms"              # lms | ddim | euler
+    num_inference_steps = 50
+    height = 512
+    width = 512
+    seeds = [1, 2, 3]
+    guidance_scales = [0, 1, 7, 20]
+
+    [[groups]]
+    prompt = "a cute panda playing the guitar in a bamboo forest"
+    variants = ["a cute panda playing the guitar"]
+    keyword = "in a bamboo forest"  # optional: the words to highlight; default: the words that differ
+
+A bad file raises PromptFileError naming the file, line and field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from precompute.writer import prompt_id, slugify
+
+SCHEDULERS = ("lms", "ddim", "euler")
+SETTINGS_KEYS = {"model", "scheduler", "num_inference_steps", "height", "width", "seeds",
+                 "guidance_scales", "image_size"}
+GROUP_KEYS = {"id", "title", "prompt", "variants", "keyword"}
+TOP_KEYS = {"title", "description", "settings", "groups"}
+
+
+class PromptFileError(ValueError):
+    def __init__(self, path, line, field_, message):
+        self.path, self.line, self.field, self.message = str(path), line, field_, message
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {field_}: {message}" if field_ else f"{where}: {message}")
+
+
+@dataclass
+class PromptGroup:
+    id: str
+    title: str
+    prompts: list[str]                  # main prompt first, then variants
+    highlights: dict[str, list[list[int]]] = field(default_factory=dict)  # text -> char spans
+
+    def as_bundle_group(self) -> dict:
+        return {"id": self.id, "title": self.title,
+                "prompts": [prompt_id(t) for t in self.prompts],
+                "highlights": {prompt_id(t): spans for t, spans in self.highlights.items()}}
+
+
+@dataclass
+class PromptSet:
+    title: str = "Noisepath bundle"
+    description: str = ""
+    settings: dict = field(default_factory=dict)
+    groups: list[PromptGroup] = field(default_factory=list)
+
+    @property
+    def texts(self) -> list[str]:
+        """Every distinct prompt, in file order."""
+        return list(dict.fromkeys(t for g in self.groups for t in g.prompts))
+
+
+# ------------------------------------------------------------------- highlighting
+
+def _word_spans(text: str) -> list[tuple[int, int, str]]:
+    return [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+", text)]
+
+
+def _merge(spans: list[list[int]], text: str) -> list[list[int]]:
+    """Join spans separated only by whitespace."""
+    out: list[list[int]] = []
+    for s, e in sorted(spans):
+        if out and not text[out[-1][1]:s].strip():
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return out
+
+
+def differing_words(a: str, b: str) -> tuple[list[list[int]], list[list[int]]]:
+    """Character spans of the words of a not in b, and of b not in a (a word diff)."""
+    wa, wb = _word_spans(a), _word_spans(b)
+    norm = [w[2].strip(",.;:").lower() for w in wa], [w[2].strip(",.;:").lower() for w in wb]
+    sa, sb = [], []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, *norm, autojunk=False).get_opcodes():
+        if op != "equal":
+            sa += [[wa[i][0], wa[i][1]] for i in range(i1, i2)]
+            sb += [[wb[j][0], wb[j][1]] for j in range(j1, j2)]
+    return _merge(sa, a), _merge(sb, b)
+
+
+def keyword_spans(text: str, keywords: list[str]) -> list[list[int]] | None:
+    spans = []
+    for kw in keywords:
+        i = text.find(kw)
+        if i < 0:
+            return None
+        spans.append([i, i + len(kw)])
+    return _merge(spans, text)
+
+
+# ------------------------------------------------------------------------ parsing
+
+def _locate(text: str, key: str, group_index: int | None = None) -> int | None:
+    """1-based line of `key =` (in the group_index-th [[groups]] table, if given)."""
+    lines = text.splitlines()
+    start, end = 0, len(lines)
+    if group_index is not None:
+        heads = [i for i, line in enumerate(lines) if re.match(r"\s*\[\[\s*groups\s*\]\]", line)]
+        if group_index >= len(heads):
+            return None
+        start = heads[group_index]
+        end = next((i for i in range(start + 1, len(lines))
+                    if re.match(r"\s*\[", lines[i])), len(lines))
+    elif key in SETTINGS_KEYS:
+        head = next((i for i, line in enumerate(lines)
+                     if re.match(r"\s*\[\s*settings\s*\]", line)), None)
+        if head is not None:
+            start = head
+    for i in range(start, end):
+        if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
+            return i + 1
+    return start + 1 if group_index is not None else None
+
+
+def check_settings(s: dict, err) -> dict:
+    """Validate settings (from a file or the command line); err(key, message) raises."""
+    for key in s:
+        if key not in SETTINGS_KEYS:
+            err(key, f"unknown setting; expected one of {', '.join(sorted(SETTINGS_KEYS))}")
+    if "model" in s and not (isinstance(s["model"], str) and s["model"].strip()):
+        err("model", "must be a hub id or a folder path")
+    if "scheduler" in s and s["scheduler"] not in SCHEDULERS:
+        err("scheduler", f"must be one of {', '.join(SCHEDULERS)} (schedulers with one model "
+            "call per step that report pred_original_sample)")
+    n = s.get("num_inference_steps")
+    if n is not None and not (type(n) is int and 1 <= n <= 1000):
+        err("num_inference_steps", "must be an integer from 1 to 1000")
+    for key in ("height", "width"):
+        v = s.get(key)
+        if v is not None and not (type(v) is int and v >= 8 and v % 8 == 0):
+            err(key, "must be a positive multiple of 8 (the VAE downsamples by 8)")
+    v = s.get("image_size")
+    if v is not None and not (type(v) is int and 8 <= v <= 2048):
+        err("image_size", "must be an integer from 8 to 2048")
+    seeds = s.get("seeds")
+    if seeds is not None and not (isinstance(seeds, list) and seeds and
+                                  all(type(x) is int and 0 <= x < 2**63 for x in seeds)):
+        err("seeds", "must be a non-empty list of non-negative integers")
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        err("seeds", "has duplicates")
+    gs = s.get("guidance_scales")
+    if gs is not None and not (isinstance(gs, list) and gs and all(
+            type(x) in (int, float) and 0 <= x <= 100 for x in gs)):
+        err("guidance_scales", "must be a non-empty list of numbers from 0 to 100")
+    if gs is not None and len({float(x) for x in gs}) != len(gs):
+        err("guidance_scales", "has duplicates")
+    return s
+
+
+def load_prompt_file(path: str | Path) -> PromptSet:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise PromptFileError(path, None, "", f"cannot read the prompt file ({e.strerror})")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"line (\d+)", str(e))
+        raise PromptFileError(path, int(m.group(1)) if m else None, "", f"not valid TOML: {e}")
+    return parse_prompt_set(data, path, text)
+
+
+def parse_prompt_set(data: dict, path="<prompts>", text: str = "") -> PromptSet:
+    def fail(key, message, group=None, label=None):
+        raise PromptFileError(path, _locate(text, key, group), label or key, message)
+
+    for key in data:
+        if key not in TOP_KEYS:
+            fail(key, f"unknown key; expected {', '.join(sorted(TOP_KEYS))}")
+    for key in ("title", "description"):
+        if key in data and not isinstance(data[key], str):
+            fail(key, "must be a string")
+    settings = data.get("settings", {})
+    if not isinstance(settings, dict):
+        fail("settings", "must be a table: [settings]")
+    check_settings(settings, lambda k, msg: fail(k, msg, label=f"settings.{k}"))
+    groups_raw = data.get("groups")
+    if not isinstance(groups_raw, list) or not groups_raw:
+        fail("groups", "the file needs at least one [[groups]] table with a prompt")
+    groups, ids = [], set()
+    for i, g in enumerate(groups_raw):
+        groups.append(_parse_group(g, i, lambda k, msg, i=i: fail(
+            k, msg, group=i, label=f"groups[{i}].{k}")))
+        if groups[-1].id in ids:
+            fail("id", f"duplicate group id {groups[-1].id!r}", group=i, label=f"groups[{i}].id")
+        ids.add(groups[-1].id)
+    return PromptSet(title=data.get("title", "Noisepath bundle"),
+                     description=data.get("description", ""), settings=settings, groups=groups)
+
+
+def _parse_group(g: dict, i: int, fail) -> PromptGroup:
+    for key in g:
+        if key not in GROUP_KEYS:
+            fail(key, f"unknown key; expected {', '.join(sorted(GROUP_KEYS))}")
+    main = g.get("prompt")
+    if not isinstance(main, str) or not main.strip():
+        fail("prompt", "must be a non-empty string")
+    variants = g.get("variants", [])
+    if not isinstance(variants, list) or not all(isinstance(v, str) and v.strip()
+                                                 for v in variants):
+        fail("variants", "must be a list of non-empty strings")
+    if main in variants:
+        fail("variants", "repeats the main prompt")
+    highlights = {main: [], **{v: [] for v in variants}}
+    for v in variants:  # the words each variant changes, marked on both sides
+        a, b = differing_words(main, v)
+        highlights[main] = _merge(highlights[main] + a, main)
+        highlights[v] = b
+    keyword = g.get("keyword")
+    if keyword is not None:
+        kws = [keyword] if isinstance(keyword, str) else keyword
+        if not (isinstance(kws, list) and all(isinstance(k, str) and k for k in kws)):
+            fail("keyword", "must be a string or a list of strings")
+        spans = keyword_spans(main, kws)
+        if spans is None:
+            fail("keyword", "must appear in the prompt exactly as written")
+        highlights[main] = spans
+    gid = g.get("id", f"{slugify(main, 32)}-{i + 1}")
+    if not (isinstance(gid, str) and re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", gid)):
+        fail("id", "must be lowercase letters, digits and dashes (at most 64)")
+    return PromptGroup(id=gid, title=g.get("title", main), prompts=[main, *variants],
+                       highlights=highlights)
+
+
+def single_prompt_set(prompt: str, variants: list[str]) -> PromptSet:
+    """The quick form: `--prompt "..." --variant "..."`."""
+    return parse_prompt_set({"groups": [{"prompt": prompt, "variants": variants}]},
+                            "--prompt/--variant")

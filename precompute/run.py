@@ -1,0 +1,280 @@
+"""Runs a prompt set through a model and adds every run to a bundle.
+
+The unit of work is a *job*: one (prompt, seed) with all its guidance scales, run
+as one batched sweep (precompute/loop.py). A seed's guidance-0 run ignores the
+prompt, so it is one job of its own, shared by every prompt.
+
+Resumable and cooperative by construction:
+- a job whose runs are all in the bundle is skipped, so re-running the same command
+  after Ctrl-C, a kill or a crash only does what is missing;
+- a job is claimed with an OS lock before it starts, so two processes on one bundle
+  (two terminals, or one per GPU under `accelerate launch`) split the work;
+- runs land atomically (precompute/writer.py), so a killed job leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from precompute.prompts import PromptSet
+from precompute.writer import EMPTY_PROMPT_ID, BundleWriter, prompt_id, run_id
+
+DEFAULTS = {"model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "scheduler": "lms",
+            "num_inference_steps": 50, "height": 512, "width": 512,
+            "seeds": [1, 2, 3], "guidance_scales": [0, 1, 7, 20]}
+
+
+@dataclass
+class Options:
+    """How to run (does not change what a run contains, except dtype)."""
+    device: str = "auto"
+    dtype: str = "auto"
+    projection: str = "umap"          # umap | pca
+    decode_batch_size: int = 8
+    progress: bool = True
+    log: object = field(default=sys.stderr, repr=False)
+
+
+@dataclass
+class Job:
+    key: str                         # claim name
+    prompt: str | None               # None: the seed's shared guidance-0 run
+    seed: int
+    guidance_scales: list[float]
+    run_ids: list[str]
+
+
+def plan_jobs(prompt_set: PromptSet, settings: dict) -> list[Job]:
+    seeds, scales = settings["seeds"], [float(g) for g in settings["guidance_scales"]]
+    jobs = []
+    if 0.0 in scales:
+        jobs += [Job(f"s{s}-g0", None, s, [0.0], [run_id(EMPTY_PROMPT_ID, s, 0)]) for s in seeds]
+    guided = [g for g in scales if g != 0.0]
+    if guided:
+        for text in prompt_set.texts:
+            pid = prompt_id(text)
+            jobs += [Job(f"{pid}--s{s}", text, s, guided, [run_id(pid, s, g) for g in guided])
+                     for s in seeds]
+    return jobs
+
+
+def _say(opts: Options, message: str) -> None:
+    print(message, file=opts.log, flush=True)
+
+
+def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) -> dict:
+    """Add every missing run of prompt_set to the bundle at `out`. Returns a summary."""
+    from tqdm.auto import tqdm
+
+    from precompute import loop
+    from precompute.model import load_components
+
+    settings = {**DEFAULTS, **prompt_set.settings, **settings}
+    settings.setdefault("image_size", min(256, settings["height"], settings["width"]))
+    jobs = plan_jobs(prompt_set, settings)
+    out = Path(out)
+    done_before = sum((out / "runs" / r / "run.json").exists() for j in jobs for r in j.run_ids)
+    total = sum(len(j.run_ids) for j in jobs)
+    _say(opts, f"{len(prompt_set.texts)} prompts x {len(settings['seeds'])} seeds x "
+         f"{len(settings['guidance_scales'])} guidance scales = {total} runs "
+         f"({done_before} already in {out})")
+
+    t0 = time.perf_counter()
+    check_existing_config(out, settings)
+    if done_before == total and (out / "bundle.json").exists():
+        writer = BundleWriter(out, _read_config(out))
+        fit_trajectories(writer, settings["seeds"], opts)
+        writer.rebuild_index()
+        _say(opts, "nothing to compute: every run is already in the bundle")
+        return {"computed": 0, "already_done": done_before, "busy_elsewhere": 0,
+                "total": total, "seconds": round(time.perf_counter() - t0, 1)}
+    components = load_components(settings["model"], device=_device_for_rank(opts.device),
+                                 dtype=opts.dtype, scheduler=settings["scheduler"])
+    info = components.describe()
+    h, w = settings["height"] // components.vae_scale_factor, \
+        settings["width"] // components.vae_scale_factor
+    config = {
+        "title": prompt_set.title, "description": prompt_set.description,
+        "model": settings["model"], "scheduler": settings["scheduler"],
+        "num_inference_steps": settings["num_inference_steps"],
+        "height": settings["height"], "width": settings["width"],
+        "image_size": settings["image_size"], "dtype": str(components.dtype).replace("torch.", ""),
+        "latent_shape": [components.unet.config.in_channels, h, w],
+        "prediction_type": components.scheduler.config.get("prediction_type", "epsilon"),
+        "model_info": info,
+    }
+    writer = BundleWriter(out, config)
+    writer.clean_stale_staging()
+
+    # 1. the prompts: real tokens and text-encoder vectors (cheap, idempotent)
+    for text in ["", *prompt_set.texts]:
+        if not writer.has_prompt(prompt_id(text)):
+            tokens = loop.encode_prompt_tokens(components, text)
+            writer.write_prompt(text, tokens, tokens["embeddings"])
+    for group in prompt_set.groups:
+        writer.write_group(group.as_bundle_group())
+
+    # 2. the runs, one claimed job at a time
+    computed, skipped_busy = 0, 0
+    bar = tqdm(total=total, initial=done_before, unit="run", desc="runs",
+               disable=not opts.progress, file=opts.log)
+    for job in jobs:
+        if all(writer.has_run(r) for r in job.run_ids):
+            continue
+        with writer.claim(job.key) as mine:
+            if not mine:
+                skipped_busy += 1
+                continue
+            if all(writer.has_run(r) for r in job.run_ids):  # finished while we waited
+                continue
+            steps = tqdm(total=settings["num_inference_steps"], unit="step", leave=False,
+                         desc=f"seed {job.seed}: {(job.prompt or '(empty prompt)')[:40]}",
+                         disable=not opts.progress, file=opts.log)
+            results = loop.run_guidance_sweep(
+                components, job.prompt, job.seed, job.guidance_scales,
+                settings["num_inference_steps"], settings["height"], settings["width"],
+                capture_attention=True, progress=steps)
+            steps.close()
+            for result, rid in zip(results, job.run_ids):
+                _write_result(writer, components, result, rid, settings, opts)
+                computed += 1
+                bar.update(1)
+                _say_run(opts, rid, bar)
+        writer.rebuild_index()
+    bar.close()
+
+    # 3. trajectories: one 2-D map per seed over every run of that seed
+    fit_trajectories(writer, settings["seeds"], opts)
+    index = writer.rebuild_index()
+    elapsed = time.perf_counter() - t0
+    summary = {"computed": computed, "already_done": done_before, "busy_elsewhere": skipped_busy,
+               "total": total, "in_bundle": len(index["runs"]), "seconds": round(elapsed, 1)}
+    _say(opts, f"computed {computed} runs in {elapsed:.1f} s; the bundle has "
+         f"{len(index['runs'])} runs" + (f"; {skipped_busy} jobs were being computed by "
+                                          "another process" if skipped_busy else ""))
+    return summary
+
+
+def _read_config(out: Path) -> dict:
+    import json
+    config = json.loads((out / "config.json").read_text())
+    return {k: v for k, v in config.items() if k not in ("format", "format_version")}
+
+
+def check_existing_config(out: Path, settings: dict) -> None:
+    """Refuse early (before loading a model) when the bundle was made with other settings."""
+    from precompute.writer import CONFIG_IDENTITY_KEYS, BundleConfigMismatch
+
+    if not (out / "config.json").exists():
+        return
+    old = _read_config(out)
+    diffs = [f"{k}: bundle has {old.get(k)!r}, you asked for {settings.get(k)!r}"
+             for k in CONFIG_IDENTITY_KEYS if k != "dtype" and old.get(k) != settings.get(k)]
+    if diffs:
+        raise BundleConfigMismatch(
+            f"{out} was made with different settings, and runs of one bundle must share "
+            "them:\n  " + "\n  ".join(diffs) + "\nUse a new --out folder for these settings.")
+
+
+def _say_run(opts, rid, bar):
+    if not opts.progress:
+        _say(opts, f"computed run {rid}")
+    else:
+        bar.set_postfix_str(rid[-40:])
+
+
+def _device_for_rank(device: str) -> str:
+    """Under `accelerate launch` / torchrun each process takes its own GPU."""
+    rank = os.environ.get("LOCAL_RANK")
+    if device == "auto" and rank is not None:
+        import torch
+        if torch.cuda.is_available():
+            return f"cuda:{int(rank) % torch.cuda.device_count()}"
+    return device
+
+
+# ------------------------------------------------------------------- one run's files
+
+def _resize(frames: np.ndarray, size: int) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, size, size', 3), keeping the aspect ratio."""
+    n, h, w, _ = frames.shape
+    if max(h, w) == size:
+        return frames
+    nh, nw = (size, round(w * size / h)) if h >= w else (round(h * size / w), size)
+    return np.stack([np.asarray(Image.fromarray(f).resize((nw, nh), Image.LANCZOS))
+                     for f in frames])
+
+
+def noise_preview(noise: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """(T, C, h, w) noise -> (T, h, w, 3) uint8, centred at grey, one scale for all steps."""
+    rgb = np.einsum("tchw,cd->thwd", noise, matrix)
+    scale = 2.5 * float(rgb.std()) or 1.0
+    return (np.clip(0.5 + 0.5 * rgb / scale, 0, 1) * 255).round().astype(np.uint8)
+
+
+def _write_result(writer, components, r, rid, settings, opts) -> None:
+    from precompute import loop
+
+    size = settings["image_size"]
+    decoded = loop.decode_latents(components, r.latents, opts.decode_batch_size)   # (T+1, H, W, 3)
+    x0_images = loop.decode_latents(components, r.pred_original_sample, opts.decode_batch_size)
+    matrix, bias = loop.latent_rgb_factors(r.latents[-1], decoded[-1])
+    # x_t is scaled by sigma for sigma schedulers: undo that scale for a readable preview
+    final_std = float(r.latents[-1].std()) or 1.0
+    scales = np.maximum(1.0, r.latents.reshape(len(r.latents), -1).std(1) / final_std)
+    previews = loop.latent_preview(r.latents / scales[:, None, None, None], matrix, bias)
+
+    arrays = {"latents": r.latents, "noise_pred": r.noise_pred,
+              "pred_original_sample": r.pred_original_sample}
+    images = {"decoded": (_resize(decoded, size), "webp"),
+              "pred_original_sample": (_resize(x0_images, size), "webp"),
+              "latents": (previews, "png"),
+              "noise_pred": (noise_preview(r.noise_pred, matrix), "png")}
+    for name in ("noise_pred_uncond", "noise_pred_text"):
+        value = getattr(r, name)
+        if value is not None:
+            arrays[name] = value
+            images[name] = (noise_preview(value, matrix), "png")
+    attention = None
+    if r.attention is not None:
+        for key, maps in r.attention.items():
+            arrays["attention" if key == "combined" else f"attention_{key}"] = maps
+        attention = r.attention_meta
+    writer.write_run({
+        "run_id": rid, "prompt_id": prompt_id(r.prompt or ""), "seed": r.seed,
+        "guidance_scale": float(r.guidance_scale),
+        "num_inference_steps": settings["num_inference_steps"],
+        "scheduler": {"name": settings["scheduler"], "timesteps": [int(t) for t in r.timesteps],
+                      "sigmas": None if r.sigmas is None else [float(s) for s in r.sigmas],
+                      "alphas_cumprod": [float(a) for a in r.alphas_cumprod],
+                      "weaken": [float(x) for x in r.weaken]},
+        "latent_preview": {"matrix": np.asarray(matrix).round(6).tolist(),
+                           "bias": np.asarray(bias).round(6).tolist()},
+        "attention": attention,
+    }, arrays, images)
+
+
+def fit_trajectories(writer: BundleWriter, seeds, opts: Options) -> None:
+    """Refit the map of every seed we touched, from the runs on disk (serialized by a lock)."""
+    from precompute.projection import project_trajectories
+    from precompute.writer import file_lock
+
+    with file_lock(writer.root / ".work" / "trajectories.lock"):
+        index = writer.rebuild_index()
+        for seed in seeds:
+            rids = sorted(r for r, e in index["runs"].items() if e["seed"] == seed)
+            if not rids:
+                continue
+            latents = {r: np.load(writer.root / "runs" / r / "latents.npy").astype(np.float32)
+                       for r in rids}
+            method = opts.projection if len(rids) * len(next(iter(latents.values()))) > 15 \
+                else "pca"
+            coords = project_trajectories(latents, method=method, seed=0)
+            writer.write_trajectories(seed, method, coords)
