@@ -1,0 +1,101 @@
+"""Prompt files: the shipped set parses; a bad file is reported with its line and field."""
+
+from pathlib import Path
+
+import pytest
+
+from precompute.prompts import (PromptFileError, differing_words, load_prompt_file,
+                                single_prompt_set)
+from precompute.run import plan_jobs
+
+SHIPPED = Path(__file__).parent.parent / "precompute" / "prompts" / "diffusion-explainer.toml"
+
+GOOD = """\
+title = "t"
+[settings]
+seeds = [1, 2]
+guidance_scales = [0, 1, 7]
+
+[[groups]]
+prompt = "a red circle"
+variants = ["a blue circle"]
+
+[[groups]]
+prompt = "a big square"
+"""
+
+
+def test_shipped_prompt_set_has_the_reference_settings_and_26_prompts():
+    ps = load_prompt_file(SHIPPED)
+    assert len(ps.groups) == 13 and len(ps.texts) == 26
+    assert ps.settings == {"model": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                           "scheduler": "lms", "num_inference_steps": 50, "height": 512,
+                           "width": 512, "image_size": 256, "seeds": [1, 2, 3],
+                           "guidance_scales": [0, 1, 7, 20]}
+    for g in ps.groups:  # every main prompt has its changed keyword marked
+        main = g.prompts[0]
+        assert g.highlights[main], g.id
+        assert all(main[s:e].strip() for s, e in g.highlights[main])
+
+
+def test_keyword_marks_the_words_that_differ():
+    a, b = differing_words("a pineapple by the water", "a baobab tree by the water")
+    assert a == [[2, 11]] and b == [[2, 13]]
+
+
+def test_one_job_per_prompt_and_seed_plus_a_shared_guidance_zero_job(tmp_path):
+    (tmp_path / "p.toml").write_text(GOOD)
+    ps = load_prompt_file(tmp_path / "p.toml")
+    jobs = plan_jobs(ps, {**ps.settings})
+    assert [j.key for j in jobs if j.prompt is None] == ["s1-g0", "s2-g0"]
+    assert len([j for j in jobs if j.prompt]) == 3 * 2
+    assert all(j.guidance_scales == [1.0, 7.0] for j in jobs if j.prompt)
+
+
+@pytest.mark.parametrize("replace, line, field, words", [
+    ('seeds = [1, 2]', 3, "settings.seeds", "non-negative integers"),
+    ('guidance_scales = [0, 1, 7]', 4, "settings.guidance_scales", "duplicates"),
+    ('prompt = "a big square"', 11, "groups[1].prompt", "non-empty string"),
+    ('variants = ["a blue circle"]', 8, "groups[0].variants", "list of non-empty strings"),
+    ('title = "t"', 2, "colour", "unknown key"),
+    ('[settings]', 3, "settings.modle", "unknown setting"),
+])
+def test_bad_field_is_reported_with_its_line(tmp_path, replace, line, field, words):
+    bad = {
+        'seeds = [1, 2]': 'seeds = [1, -2]',
+        'guidance_scales = [0, 1, 7]': 'guidance_scales = [0, 1, 1.0]',
+        'prompt = "a big square"': 'prompt = ""',
+        'variants = ["a blue circle"]': 'variants = "a blue circle"',
+        'title = "t"': 'title = "t"\ncolour = 3',
+        '[settings]': '[settings]\nmodle = "x"',
+    }[replace]
+    (tmp_path / "p.toml").write_text(GOOD.replace(replace, bad))
+    with pytest.raises(PromptFileError) as e:
+        load_prompt_file(tmp_path / "p.toml")
+    assert (e.value.line, e.value.field) == (line, field)
+    assert words in e.value.message
+    assert str(e.value).startswith(f"{tmp_path / 'p.toml'}:{e.value.line}: {field}: ")
+
+
+def test_toml_syntax_error_names_the_line(tmp_path):
+    (tmp_path / "p.toml").write_text(GOOD.replace('prompt = "a red circle"', 'prompt = "a red'))
+    with pytest.raises(PromptFileError, match=r"p.toml:7: not valid TOML"):
+        load_prompt_file(tmp_path / "p.toml")
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(PromptFileError, match="cannot read the prompt file"):
+        load_prompt_file(tmp_path / "nope.toml")
+
+
+def test_keyword_must_appear_in_the_prompt(tmp_path):
+    (tmp_path / "p.toml").write_text(GOOD + 'keyword = "triangle"\n')
+    with pytest.raises(PromptFileError, match=r":12: groups\[1\].keyword: must appear"):
+        load_prompt_file(tmp_path / "p.toml")
+
+
+def test_quick_form_marks_the_variant_words():
+    ps = single_prompt_set("spiderman in space", ["winnie the pooh in space"])
+    [g] = ps.groups
+    assert g.highlights == {"spiderman in space": [[0, 9]],
+                            "winnie the pooh in space": [[0, 15]]}
