@@ -1,0 +1,152 @@
+"""End to end: `noisepath precompute` on a tiny model saved with save_pretrained and loaded
+by path, offline. The bundle validates; a killed run resumes to the same bundle; two
+processes fill one bundle together; other settings are refused; corruption is caught."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from backend.bundle import validate_bundle  # noqa: E402
+from tests.tiny_sd import cached_tiny_pipeline  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+PROMPTS = """\
+title = "tiny"
+[settings]
+scheduler = "euler"
+num_inference_steps = 6
+height = 16
+width = 16
+seeds = [1, 2]
+guidance_scales = [0, 1, 5]
+
+[[groups]]
+prompt = "a red circle on the left"
+variants = ["a blue circle on the left"]
+
+[[groups]]
+prompt = "a large green star"
+"""
+
+
+def precompute_cmd(model, prompts, out, *extra):
+    return [sys.executable, "-m", "backend.cli", "precompute", "--prompts", str(prompts),
+            "--out", str(out), "--model", str(model), "--device", "cpu", "--projection", "pca",
+            "--no-progress", *extra]
+
+
+def digest(root: Path) -> dict[str, str]:
+    """Every file of a bundle (not its locks and staging) -> sha256."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and p.relative_to(root).parts[0] not in (".work", ".tmp")}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pre")
+    model = cached_tiny_pipeline(base)
+    prompts = base / "prompts.toml"
+    prompts.write_text(PROMPTS)
+    reference = base / "reference"
+    proc = subprocess.run(precompute_cmd(model, prompts, reference), env=ENV, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return model, prompts, reference, proc.stderr
+
+
+def test_cli_writes_a_bundle_that_validates(setup):
+    model, prompts, reference, log = setup
+    assert [p for p in validate_bundle(reference, checksums=True)] == []
+    index = json.loads((reference / "bundle.json").read_text())
+    # 3 prompts x 2 seeds x guidance {1, 5} + one shared guidance-0 run per seed
+    assert len(index["runs"]) == 3 * 2 * 2 + 2
+    assert index["guidance_scales"] == [0.0, 1.0, 5.0]
+    assert set(index["trajectories"]) == {"1", "2"}
+    assert "computed 14 runs" in log
+
+
+def test_rerun_of_a_finished_bundle_computes_nothing(setup, tmp_path):
+    model, prompts, reference, _ = setup
+    before = digest(reference)
+    proc = subprocess.run(precompute_cmd(model, prompts, reference), env=ENV, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "nothing to compute" in proc.stderr
+    assert digest(reference) == before
+
+
+def test_killed_precompute_resumes_to_the_same_bundle(setup, tmp_path):
+    model, prompts, reference, _ = setup
+    out = tmp_path / "b"
+    proc = subprocess.Popen(precompute_cmd(model, prompts, out), env=ENV, cwd=ROOT,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "runs").glob("*/run.json"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = len(list((out / "runs").glob("*/run.json")))
+    assert 0 < partial < 14, "the kill should land mid-way"
+    resumed = subprocess.run(precompute_cmd(model, prompts, out), env=ENV, cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stderr.count("computed run ") == 14 - partial
+    assert digest(out) == digest(reference)
+
+
+def test_two_processes_split_one_bundle_and_match_one_process(setup, tmp_path):
+    model, prompts, reference, _ = setup
+    out = tmp_path / "b"
+    procs = [subprocess.Popen(precompute_cmd(model, prompts, out), env=ENV, cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    logs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    computed = [line.split()[-1] for log in logs for line in log.splitlines()
+                if line.startswith("computed run ")]
+    assert len(computed) == len(set(computed)) == 14, "each run computed exactly once"
+    assert digest(out) == digest(reference)
+
+
+def test_other_settings_on_an_existing_bundle_are_refused(setup):
+    model, prompts, reference, _ = setup
+    proc = subprocess.run(precompute_cmd(model, prompts, reference, "--steps", "7"), env=ENV,
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "num_inference_steps: bundle has 6, you asked for 7" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_validate_cli_names_the_corrupted_file(setup, tmp_path):
+    import shutil
+    _, _, reference, _ = setup
+    out = tmp_path / "b"
+    shutil.copytree(reference, out)
+    victim = sorted((out / "runs").glob("*-g5/noise_pred_text.npy"))[0]
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    proc = subprocess.run([sys.executable, "-m", "backend.cli", "validate", str(out)],
+                          env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    rel = victim.relative_to(out)
+    assert f"error: {rel}: arrays.noise_pred_text.sha256: sha256 does not match" in proc.stdout
+
+def test_bad_prompt_file_is_refused_before_any_model_loads(tmp_path):
+    bad = tmp_path / "p.toml"
+    bad.write_text(PROMPTS.replace("num_inference_steps = 6", "num_inference_steps = 0"))
+    proc = subprocess.run(precompute_cmd("no/such-model", bad, tmp_path / "b"), env=ENV,
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"{bad}:4: settings.num_inference_steps: must be an integer" in proc.stderr
