@@ -1,0 +1,49 @@
+"""Noisepath's web app: `create_app(test_config=None)` serves the front end, the JSON
+API (docs/api.md) and the files of one bundle, read-only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Flask
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_BUNDLE = REPO / "static" / "demo-bundle"
+FRONTEND = REPO / "frontend"
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                               "style-src 'self'; script-src 'self'; object-src 'none'; "
+                               "base-uri 'self'; frame-ancestors 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "SAMEORIGIN",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """The app over one bundle. Raises backend.bundle.BundleError if the bundle is bad.
+
+    Config: BUNDLE_DIR (default static/demo-bundle), FRONTEND_DIR (default frontend/),
+    CHECKSUMS (verify every file's SHA-256 at startup), SKIP_INVALID (serve the valid
+    runs of a bundle with bad ones), CACHE_BYTES (memory for bodies built on request).
+    """
+    from backend import api, errors, static, store
+
+    app = Flask(__name__, static_folder=None)
+    app.config.from_mapping(BUNDLE_DIR=DEFAULT_BUNDLE, FRONTEND_DIR=FRONTEND,
+                            CHECKSUMS=False, SKIP_INVALID=False, CACHE_BYTES=256 << 20)
+    if test_config:
+        app.config.update(test_config)
+    store.init_app(app)
+    errors.init_app(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(static.bp)
+
+    @app.after_request
+    def security_headers(resp):
+        resp.headers.update(SECURITY_HEADERS)
+        return resp
+
+    return app

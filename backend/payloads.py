@@ -1,0 +1,238 @@
+"""The API's JSON documents and arrays, built from a `Bundle` (docs/api.md).
+
+Pure functions of the bundle: no Flask, no HTTP. `backend/store.py` calls them once
+and caches the encoded bodies; `noisepath export` writes the same bodies as files.
+"""
+
+from __future__ import annotations
+
+import io
+from importlib import metadata
+
+import numpy as np
+
+from backend.bundle import FORMAT, Bundle
+
+EMPTY_PROMPT_ID = "empty"
+VERSION_CHARS = 12          # ?v=<first 12 hex digits of the file's sha256>
+STATS = {  # stats name -> (array, reduction)
+    "latents_std": ("latents", "std"),
+    "noise_pred_norm": ("noise_pred", "norm"),
+    "noise_pred_uncond_norm": ("noise_pred_uncond", "norm"),
+    "noise_pred_text_norm": ("noise_pred_text", "norm"),
+    "pred_original_sample_std": ("pred_original_sample", "std"),
+}
+# per-step vectors: API name -> (array, frame offset from the step index)
+CENTRE = {
+    "latents": ("latents", 0),
+    "noise_pred_uncond": ("noise_pred_uncond", 0),
+    "noise_pred_text": ("noise_pred_text", 0),
+    "noise_pred": ("noise_pred", 0),
+    "latents_next": ("latents", 1),
+    "pred_original_sample": ("pred_original_sample", 0),
+}
+
+
+def num_key(x) -> str:
+    """A number as JavaScript's String() writes it (7 -> "7", 7.5 -> "7.5"): JSON keys."""
+    x = float(x)
+    return str(int(x)) if x.is_integer() else repr(x)
+
+
+def bundle_url(rel: str, sha256: str | None) -> str:
+    return f"bundle/{rel}?v={sha256[:VERSION_CHARS]}" if sha256 else f"bundle/{rel}"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("noisepath")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# ------------------------------------------------------------------------- index
+
+def index(b: Bundle) -> dict:
+    cfg = b.config
+    model_info = cfg.get("model_info") or {}
+    groups_of: dict[str, list[str]] = {pid: [] for pid in b.index["prompts"]}
+    for g in b.index["groups"]:
+        for pid in g.get("prompts", []):
+            groups_of.setdefault(pid, []).append(g["id"])
+    runs = {rid: {"prompt_id": r["prompt_id"], "seed": r["seed"],
+                  "guidance_scale": r["guidance_scale"]} for rid, r in b.runs.items()}
+    return {
+        "title": cfg.get("title", "Noisepath"),
+        "description": cfg.get("description", ""),
+        "config": {
+            "model": cfg["model"], "scheduler": cfg["scheduler"],
+            "num_inference_steps": cfg["num_inference_steps"],
+            "height": cfg.get("height"), "width": cfg.get("width"),
+            "image_size": cfg.get("image_size"), "latent_shape": cfg["latent_shape"],
+            "prediction_type": cfg.get("prediction_type", model_info.get("prediction_type")),
+        },
+        "seeds": sorted({r["seed"] for r in runs.values()}),
+        "guidance_scales": sorted({r["guidance_scale"] for r in runs.values()}),
+        "groups": [{"id": g["id"], "title": g.get("title", g["id"]),
+                    "prompts": list(g.get("prompts", [])),
+                    "highlights": g.get("highlights", {})} for g in b.index["groups"]],
+        "prompts": {pid: {"text": p["text"], "groups": groups_of.get(pid, [])}
+                    for pid, p in b.index["prompts"].items()},
+        "runs": runs,
+        "run_lookup": run_lookup(b),
+        "trajectories": sorted(int(s) for s in b.trajectories),
+        "skipped_runs": list(b.skipped_runs),
+        "about": {
+            "app": "noisepath", "version": _version(),
+            "format": FORMAT, "format_version": b.index.get("format_version"),
+            "dtype": cfg.get("dtype"), "model_info": model_info,
+            "scheduler_config": cfg.get("scheduler_config", {}),
+        },
+    }
+
+
+def run_lookup(b: Bundle) -> dict:
+    """prompt_id -> seed -> guidance -> run_id; guidance 0 is every prompt's shared run."""
+    lookup: dict[str, dict[str, dict[str, str]]] = {}
+    shared = {}  # seed -> the guidance-0 run
+    for rid, r in b.runs.items():
+        if float(r["guidance_scale"]) == 0.0:
+            shared[num_key(r["seed"])] = rid
+        lookup.setdefault(r["prompt_id"], {}).setdefault(num_key(r["seed"]), {})[
+            num_key(r["guidance_scale"])] = rid
+    for pid in b.index["prompts"]:
+        for seed, rid in shared.items():
+            lookup.setdefault(pid, {}).setdefault(seed, {})["0"] = rid
+    return lookup
+
+
+# ------------------------------------------------------------------------ prompts
+
+def prompt(b: Bundle, pid: str) -> dict:
+    p = b.prompts[pid]
+    emb = p["arrays"]["text_embeddings"]
+    tokens = p["tokens"]
+    return {
+        "prompt_id": pid, "text": p["text"],
+        "tokens": {k: tokens.get(k) for k in
+                   ("input_ids", "pieces", "n_real", "truncated", "dropped_pieces")},
+        "text_embeddings": {"url": bundle_url(f"prompts/{pid}/{emb['file']}", emb.get("sha256")),
+                            "dtype": emb["dtype"], "shape": emb["shape"]},
+        "empty_prompt_id": EMPTY_PROMPT_ID if EMPTY_PROMPT_ID in b.prompts else None,
+    }
+
+
+# --------------------------------------------------------------------------- runs
+
+def run_numbers(b: Bundle, rid: str) -> tuple[dict, dict]:
+    """(stats, centre) of a run, read once from its memory-mapped arrays.
+
+    stats: name -> per-step list or None; centre: name -> (frames, C) array of the
+    values at the latent's centre pixel, or None when the array is absent.
+    """
+    arrays = b.runs[rid]["arrays"]
+    stats, centre = {}, {}
+    for name, (array, how) in STATS.items():
+        if array not in arrays:
+            stats[name] = None
+            continue
+        a = np.asarray(b.array(rid, array), dtype=np.float32)         # (frames, C, h, w)
+        flat = a.reshape(a.shape[0], -1)
+        v = flat.std(axis=1) if how == "std" else np.sqrt(np.square(flat).sum(axis=1))
+        stats[name] = [float(x) for x in v]
+    for array in {a for a, _ in CENTRE.values()}:
+        if array in arrays:
+            a = b.array(rid, array)                                     # (frames, C, h, w)
+            centre[array] = np.asarray(a[:, :, a.shape[2] // 2, a.shape[3] // 2],
+                                       dtype=np.float32)                # (frames, C)
+    return stats, centre
+
+
+def run(b: Bundle, rid: str, stats: dict) -> dict:
+    m = b.runs[rid]
+    folder = f"runs/{rid}"
+    return {
+        "run_id": rid, "prompt_id": m["prompt_id"], "seed": m["seed"],
+        "guidance_scale": m["guidance_scale"], "num_inference_steps": m["num_inference_steps"],
+        "scheduler": m["scheduler"], "latent_preview": m.get("latent_preview"),
+        "attention": m.get("attention"),
+        "images": {name: image_entry(folder, e) for name, e in m["images"].items()},
+        "arrays": {name: {"url": bundle_url(f"{folder}/{e['file']}", e.get("sha256")),
+                          "dtype": e["dtype"], "shape": e["shape"]}
+                   for name, e in m["arrays"].items()},
+        "stats": stats,
+    }
+
+
+def image_entry(folder: str, e: dict) -> dict:
+    return {"url": bundle_url(f"{folder}/{e['file']}", e.get("sha256")), "mime": e["mime"],
+            **{k: e[k] for k in ("count", "frame_width", "frame_height", "columns")}}
+
+
+def step(b: Bundle, rid: str, i: int, centre: dict) -> dict:
+    m = b.runs[rid]
+    sched = m["scheduler"]
+    sigmas = sched.get("sigmas")
+    out = {"run_id": rid, "step": i, "timestep": sched["timesteps"][i],
+           "sigma": sigmas[i] if sigmas is not None else None,
+           "alpha_cumprod": sched["alphas_cumprod"][i], "weaken": sched["weaken"][i],
+           "guidance_scale": m["guidance_scale"]}
+    for name, (array, offset) in CENTRE.items():
+        values = centre.get(array)
+        out[name] = None if values is None else [float(x) for x in values[i + offset]]
+    return out
+
+
+# ---------------------------------------------------------------------- attention
+
+def attention_array_name(b: Bundle, rid: str, res: str) -> str | None:
+    """The run's array holding resolution `res` ("combined" or "16"), or None."""
+    att = b.runs[rid].get("attention")
+    if not att:
+        return None
+    if res == "combined":
+        return "attention"
+    if res in {str(r) for r in att.get("resolutions", [])}:
+        name = f"attention_res{res}"
+        return name if name in b.runs[rid]["arrays"] else None
+    return None
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    """A NumPy 1.0-format .npy of `a` as little-endian float16, C order."""
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(a, dtype="<f2"), version=(1, 0),
+                              allow_pickle=False)
+    return buf.getvalue()
+
+
+def attention_token(b: Bundle, rid: str, name: str, k: int) -> bytes:
+    return npy_bytes(b.array(rid, name)[k])                            # (T, r, r)
+
+
+def attention_step(b: Bundle, rid: str, name: str, i: int) -> bytes:
+    return npy_bytes(b.array(rid, name)[:, i])                         # (K, r, r)
+
+
+# ---------------------------------------------------------------- sweeps, trajectories
+
+def sweep_keys(b: Bundle) -> list[tuple[str, str]]:
+    """(prompt_id, seed) pairs that have a sweep: a prompt's own run at that seed."""
+    return sorted({(r["prompt_id"], num_key(r["seed"])) for r in b.runs.values()})
+
+
+def sweep(b: Bundle, pid: str, seed: str) -> dict:
+    by_guidance = run_lookup(b).get(pid, {}).get(seed, {})
+    runs = []
+    for rid in sorted(set(by_guidance.values()), key=lambda r: b.runs[r]["guidance_scale"]):
+        m = b.runs[rid]
+        decoded = image_entry(f"runs/{rid}", m["images"]["decoded"])
+        runs.append({"guidance_scale": m["guidance_scale"], "run_id": rid,
+                     "decoded": decoded, "final_frame": decoded["count"] - 1})
+    return {"prompt_id": pid, "seed": int(seed), "runs": runs}
+
+
+def trajectory(b: Bundle, seed: str) -> dict:
+    t = b.trajectories[seed]
+    return {"seed": int(seed), "method": t["method"],
+            "runs": {rid: xy for rid, xy in t["runs"].items() if rid in b.runs}}

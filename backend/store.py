@@ -1,0 +1,173 @@
+"""The read-only bundle store shared by every request: `init_app(app)`, `get_store()`.
+
+Loads and validates the bundle once (backend/bundle.py), computes the small JSON
+documents (index, prompts, runs with their stats, sweeps, trajectories) at startup,
+and builds per-step JSON, attention slices and bundle files on first request into a
+byte-bounded LRU cache. Every body is a `Resource`: hashed and gzipped once.
+
+Only files the bundle's manifests reference are served from it; lookups take ids
+and indices that the views have already checked, never raw paths.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Iterator
+
+from flask import Flask, current_app
+
+from backend import payloads
+from backend.bundle import Bundle
+from backend.resource import MIME, NPY, Resource, json_resource, make_resource
+
+EXTENSION_KEY = "noisepath.store"
+BUNDLE_MIME = {".npy": NPY, ".png": "image/png", ".webp": "image/webp", ".jpg": "image/jpeg",
+               ".jpeg": "image/jpeg"}
+
+
+class LRU:
+    """A thread-safe cache of Resources, bounded by total body bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._items: OrderedDict[object, Resource] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, build: Callable[[], Resource]) -> Resource:
+        with self._lock:
+            res = self._items.get(key)
+            if res is not None:
+                self._items.move_to_end(key)
+                return res
+        res = build()  # outside the lock: two threads may build the same thing once each
+        with self._lock:
+            if key not in self._items and res.size <= self.max_bytes:
+                self._items[key] = res
+                self.bytes += res.size
+                while self.bytes > self.max_bytes:
+                    _, old = self._items.popitem(last=False)
+                    self.bytes -= old.size
+        return res
+
+
+class Store:
+    def __init__(self, bundle: Bundle, frontend: Path, cache_bytes: int = 256 << 20):
+        self.bundle = b = bundle
+        self.frontend = frontend.resolve()
+        self.steps = b.config["num_inference_steps"]
+        self._cache = LRU(cache_bytes)
+        self._frontend_cache = LRU(64 << 20)
+
+        self.stats, self.centre = {}, {}
+        for rid in b.runs:
+            self.stats[rid], self.centre[rid] = payloads.run_numbers(b, rid)
+        self.index = json_resource(payloads.index(b))
+        self.prompts = {pid: json_resource(payloads.prompt(b, pid)) for pid in b.prompts}
+        self.runs = {rid: json_resource(payloads.run(b, rid, self.stats[rid])) for rid in b.runs}
+        self.sweeps = {key: json_resource(payloads.sweep(b, *key))
+                       for key in payloads.sweep_keys(b)}
+        self.trajectories = {seed: json_resource(payloads.trajectory(b, seed))
+                             for seed in b.trajectories}
+        self.files = self._referenced_files()
+
+    # -- what a run has
+    def n_tokens(self, rid: str) -> int:
+        return self.bundle.runs[rid]["arrays"]["attention"]["shape"][0]
+
+    def attention_name(self, rid: str, res: str) -> str | None:
+        return payloads.attention_array_name(self.bundle, rid, res)
+
+    def attention_shape(self, rid: str, name: str) -> tuple[int, ...]:
+        return tuple(self.bundle.runs[rid]["arrays"][name]["shape"])  # (K, T, r, r)
+
+    def resolutions(self, rid: str) -> list[str]:
+        att = self.bundle.runs[rid].get("attention")
+        if not att:
+            return []
+        return ["combined"] + [str(r) for r in att["resolutions"]
+                               if self.attention_name(rid, str(r))]
+
+    # -- lazily built bodies (arguments already checked by the views)
+    def step(self, rid: str, i: int) -> Resource:
+        return self._cache.get(("step", rid, i), lambda: json_resource(
+            payloads.step(self.bundle, rid, i, self.centre[rid])))
+
+    def attention_token(self, rid: str, name: str, k: int) -> Resource:
+        return self._cache.get(("att-k", rid, name, k), lambda: make_resource(
+            payloads.attention_token(self.bundle, rid, name, k), NPY))
+
+    def attention_step(self, rid: str, name: str, i: int) -> Resource:
+        return self._cache.get(("att-i", rid, name, i), lambda: make_resource(
+            payloads.attention_step(self.bundle, rid, name, i), NPY))
+
+    def bundle_file(self, rel: str) -> Resource | None:
+        """A referenced bundle file (rel as in its URL), or None."""
+        if rel not in self.files:
+            return None
+        path = self.bundle.file_path(rel)
+        if path is None:
+            return None
+        return self._cache.get(("file", rel), lambda: make_resource(
+            path.read_bytes(), BUNDLE_MIME[Path(rel).suffix.lower()]))
+
+    def frontend_file(self, rel: str) -> Resource | None:
+        """A file of the front end folder, re-read when it changes on disk, or None."""
+        parts = rel.split("/")
+        if (not rel or "\\" in rel or "\x00" in rel
+                or any(p in ("", ".", "..") or p.startswith(".") for p in parts)):
+            return None
+        mime = MIME.get(Path(rel).suffix.lower())
+        path = self.frontend.joinpath(*parts)
+        try:
+            real = path.resolve()
+            if self.frontend not in real.parents or not real.is_file():
+                return None
+            st = real.stat()
+        except (OSError, ValueError):
+            return None
+        key = ("frontend", rel, st.st_mtime_ns, st.st_size)
+        return self._frontend_cache.get(key, lambda: make_resource(
+            real.read_bytes(), mime or "application/octet-stream"))
+
+    # -- everything, for export and tests
+    def _referenced_files(self) -> dict[str, str | None]:
+        """bundle-relative path -> sha256 from its manifest, for every served file."""
+        files = {}
+        for pid, p in self.bundle.prompts.items():
+            for e in p["arrays"].values():
+                files[f"prompts/{pid}/{e['file']}"] = e.get("sha256")
+        for rid, m in self.bundle.runs.items():
+            for e in list(m["arrays"].values()) + list(m["images"].values()):
+                files[f"runs/{rid}/{e['file']}"] = e.get("sha256")
+        return {rel: sha for rel, sha in files.items()
+                if Path(rel).suffix.lower() in BUNDLE_MIME}
+
+    def api_paths(self) -> Iterator[str]:
+        """Every API URL path (without the leading slash) this store answers."""
+        yield "api/index.json"
+        yield from (f"api/prompts/{pid}.json" for pid in self.prompts)
+        for rid in self.runs:
+            yield f"api/runs/{rid}.json"
+            yield from (f"api/runs/{rid}/steps/{i}.json" for i in range(self.steps))
+            for res in self.resolutions(rid):
+                base = f"api/runs/{rid}/attention/{res}"
+                yield from (f"{base}/tokens/{k}.npy" for k in range(self.n_tokens(rid)))
+                yield from (f"{base}/steps/{i}.npy" for i in range(self.steps))
+        yield from (f"api/sweeps/{pid}/{seed}.json" for pid, seed in self.sweeps)
+        yield from (f"api/trajectories/{seed}.json" for seed in self.trajectories)
+
+
+def init_app(app: Flask) -> Store:
+    """Load and validate the bundle named by the app's config (raises BundleError)."""
+    cfg = app.config
+    bundle = Bundle(cfg["BUNDLE_DIR"], checksums=cfg["CHECKSUMS"],
+                    skip_invalid=cfg["SKIP_INVALID"])
+    store = Store(bundle, Path(cfg["FRONTEND_DIR"]), cfg["CACHE_BYTES"])
+    app.extensions[EXTENSION_KEY] = store
+    return store
+
+
+def get_store() -> Store:
+    return current_app.extensions[EXTENSION_KEY]

@@ -1,0 +1,367 @@
+"""The app and its JSON API over a synthetic bundle (docs/api.md)."""
+
+import gzip
+import io
+import json
+
+import numpy as np
+import pytest
+
+from backend import SECURITY_HEADERS, create_app
+from backend.bundle import BundleError
+from backend.payloads import npy_bytes
+from backend.resource import NPY, make_resource
+
+
+@pytest.fixture(scope="module")
+def frontend(tmp_path_factory):
+    """A stand-in front end, only for these tests."""
+    root = tmp_path_factory.mktemp("frontend")
+    (root / "js").mkdir()
+    (root / "index.html").write_text("<!doctype html><title>t</title>"
+                                     "<script type=module src=js/app.js></script>")
+    (root / "js" / "app.js").write_text("export const x = 1;\n" * 50)
+    (root / ".secret").write_text("no")
+    return root
+
+
+@pytest.fixture(scope="module")
+def app(synthetic_bundle_ro, frontend):
+    return create_app({"BUNDLE_DIR": synthetic_bundle_ro, "FRONTEND_DIR": frontend})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def index(app):
+    return app.test_client().get("/api/index.json").get_json()
+
+
+def get_json(client, url):
+    r = client.get(url)
+    assert r.status_code == 200, (url, r.data)
+    assert r.mimetype == "application/json"
+    return r.get_json()
+
+
+def load_npy(data: bytes):
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def a_run(index, guidance):
+    return next(rid for rid, r in index["runs"].items() if r["guidance_scale"] == guidance)
+
+
+# ------------------------------------------------------------------------- documents
+
+def test_index_describes_bundle(index):
+    assert index["config"]["num_inference_steps"] == 5
+    assert index["config"]["latent_shape"] == [4, 8, 8]
+    assert index["seeds"] == [1, 2]
+    assert index["guidance_scales"] == [0, 1, 7]
+    assert len(index["groups"]) == 2 and index["groups"][0]["prompts"]
+    assert index["skipped_runs"] == []
+    assert index["trajectories"] == [1, 2]
+    for rid, r in index["runs"].items():
+        assert set(r) == {"prompt_id", "seed", "guidance_scale"}
+        assert r["prompt_id"] in index["prompts"]
+    assert index["about"]["format"] == "noisepath-bundle"
+
+
+def test_run_lookup_points_guidance_zero_at_shared_run(index):
+    for pid in index["prompts"]:
+        for seed, by_g in index["run_lookup"][pid].items():
+            assert by_g["0"] == f"empty--s{seed}-g0"
+            for g, rid in by_g.items():
+                r = index["runs"][rid]
+                assert str(r["seed"]) == seed and float(g) == r["guidance_scale"]
+    pid = next(p for p in index["prompts"] if p != "empty")
+    assert set(index["run_lookup"][pid]["1"]) == {"0", "1", "7"}
+
+
+def test_prompt_has_tokens_and_embeddings_url(client, index):
+    pid = next(p for p in index["prompts"] if p != "empty")
+    p = get_json(client, f"/api/prompts/{pid}.json")
+    assert p["text"] == index["prompts"][pid]["text"]
+    assert len(p["tokens"]["input_ids"]) == 77 and p["tokens"]["n_real"] >= 2
+    assert p["empty_prompt_id"] == "empty"
+    emb = client.get(p["text_embeddings"]["url"])
+    assert emb.status_code == 200
+    assert load_npy(emb.data).shape == tuple(p["text_embeddings"]["shape"]) == (77, 8)
+
+
+def test_run_manifest_urls_and_stats(client, index, synthetic_bundle_ro):
+    rid = a_run(index, 7)
+    run = get_json(client, f"/api/runs/{rid}.json")
+    assert run["run_id"] == rid and run["num_inference_steps"] == 5
+    assert len(run["scheduler"]["timesteps"]) == 5
+    assert run["attention"]["resolutions"] == [8, 4]
+    for name, img in run["images"].items():
+        assert "?v=" in img["url"] and client.get(img["url"]).status_code == 200
+    for name, arr in run["arrays"].items():
+        assert load_npy(client.get(arr["url"]).data).shape == tuple(arr["shape"])
+    latents = np.load(synthetic_bundle_ro / "runs" / rid / "latents.npy").astype(np.float32)
+    assert run["stats"]["latents_std"] == pytest.approx(latents.reshape(6, -1).std(1), rel=1e-5)
+    norms = np.load(synthetic_bundle_ro / "runs" / rid / "noise_pred.npy").astype(np.float32)
+    assert run["stats"]["noise_pred_norm"] == pytest.approx(
+        np.linalg.norm(norms.reshape(5, -1), axis=1), rel=1e-5)
+
+
+def test_stats_are_null_where_the_array_is_absent(client, index):
+    run = get_json(client, f"/api/runs/{a_run(index, 1)}.json")
+    assert run["stats"]["noise_pred_uncond_norm"] is None
+    assert len(run["stats"]["noise_pred_text_norm"]) == 5
+    g0 = get_json(client, f"/api/runs/{a_run(index, 0)}.json")
+    assert g0["stats"]["noise_pred_text_norm"] is None and g0["attention"] is None
+
+
+def test_step_gives_scheduler_numbers_and_centre_pixel(client, index, synthetic_bundle_ro):
+    rid = a_run(index, 7)
+    run = get_json(client, f"/api/runs/{rid}.json")
+    latents = np.load(synthetic_bundle_ro / "runs" / rid / "latents.npy")
+    for i in range(5):
+        s = get_json(client, f"/api/runs/{rid}/steps/{i}.json")
+        assert s["timestep"] == run["scheduler"]["timesteps"][i]
+        assert s["sigma"] == run["scheduler"]["sigmas"][i]
+        assert s["weaken"] == run["scheduler"]["weaken"][i]
+        assert s["latents"] == latents[i, :, 4, 4].astype(float).tolist()
+        assert s["latents_next"] == latents[i + 1, :, 4, 4].astype(float).tolist()
+        assert len(s["noise_pred_text"]) == 4 and s["guidance_scale"] == 7
+
+
+def test_step_has_null_for_absent_branch(client, index):
+    s = get_json(client, f"/api/runs/{a_run(index, 0)}/steps/0.json")
+    assert s["noise_pred_text"] is None and len(s["noise_pred_uncond"]) == 4
+
+
+@pytest.mark.parametrize("step", ["5", "-1", "01", "1.0", "1e3", "abc", "99999999999999999999999",
+                                  "\u0663", "\uff11", "%20", "1 "])
+def test_step_out_of_range_returns_400(client, index, step):
+    r = client.get(f"/api/runs/{a_run(index, 7)}/steps/{step}.json")
+    assert r.status_code == 400
+    body = r.get_json()
+    assert body["status"] == 400 and "0 to 4" in body["message"]
+
+
+def test_attention_by_token_and_by_step_match_the_bundle(client, index, synthetic_bundle_ro):
+    rid = a_run(index, 7)
+    combined = np.load(synthetic_bundle_ro / "runs" / rid / "attention.npy")   # (K, T, 8, 8)
+    res4 = np.load(synthetic_bundle_ro / "runs" / rid / "attention_res4.npy")  # (K, T, 4, 4)
+    k = combined.shape[0]
+    for res, arr in (("combined", combined), ("8", combined), ("4", res4)):
+        for t in range(k):
+            a = load_npy(client.get(f"/api/runs/{rid}/attention/{res}/tokens/{t}.npy").data)
+            assert a.dtype == np.dtype("<f2") and np.array_equal(a, arr[t])
+        for i in range(5):
+            r = client.get(f"/api/runs/{rid}/attention/{res}/steps/{i}.npy")
+            assert r.mimetype == "application/octet-stream"
+            assert r.data[:8] == b"\x93NUMPY\x01\x00"
+            assert np.array_equal(load_npy(r.data), arr[:, i])
+
+
+@pytest.mark.parametrize("tail,status", [
+    ("attention/combined/tokens/99.npy", 400), ("attention/combined/tokens/-1.npy", 400),
+    ("attention/combined/steps/5.npy", 400), ("attention/16/tokens/0.npy", 404),
+    ("attention/04/tokens/0.npy", 404), ("attention/x/steps/0.npy", 404),
+])
+def test_attention_bad_index_or_resolution(client, index, tail, status):
+    r = client.get(f"/api/runs/{a_run(index, 7)}/{tail}")
+    assert r.status_code == status and r.get_json()["status"] == status
+
+
+def test_attention_of_guidance_zero_run_is_404(client, index):
+    r = client.get(f"/api/runs/{a_run(index, 0)}/attention/combined/steps/0.npy")
+    assert r.status_code == 404 and "no attention" in r.get_json()["message"]
+
+
+def test_sweep_lists_runs_by_ascending_guidance(client, index):
+    pid = next(p for p in index["prompts"] if p != "empty")
+    sweep = get_json(client, f"/api/sweeps/{pid}/1.json")
+    gs = [r["guidance_scale"] for r in sweep["runs"]]
+    assert gs == sorted(gs) == [0, 1, 7]
+    assert sweep["runs"][0]["run_id"] == "empty--s1-g0"
+    for r in sweep["runs"]:
+        assert r["final_frame"] == r["decoded"]["count"] - 1 == 5
+        assert client.get(r["decoded"]["url"]).mimetype == "image/webp"
+
+
+def test_trajectory_has_every_run_of_the_seed(client, index):
+    t = get_json(client, "/api/trajectories/2.json")
+    assert t["seed"] == 2 and t["method"] == "pca"
+    assert set(t["runs"]) == {rid for rid, r in index["runs"].items() if r["seed"] == 2}
+    assert all(len(xy) == 6 for xy in t["runs"].values())
+
+
+@pytest.mark.parametrize("url", [
+    "/api/prompts/nope.json", "/api/runs/nope.json", "/api/runs/nope/steps/0.json",
+    "/api/runs/nope/attention/combined/steps/0.npy", "/api/sweeps/empty/9.json",
+    "/api/sweeps/nope/1.json", "/api/sweeps/empty/01.json", "/api/trajectories/3.json",
+    "/api/trajectories/-1.json", "/api/trajectories/1e0.json", "/api/runs/\u00e9t\u00e9.json",
+    "/api/nothing", "/api/index", "/nope.html", "/bundle/bundle.json",
+    "/bundle/config.json", "/bundle/.work/index.lock", "/bundle/runs",
+])
+def test_unknown_ids_and_files_are_404_json(client, url):
+    r = client.get(url)
+    assert r.status_code == 404 and r.mimetype == "application/json"
+    assert set(r.get_json()) == {"error", "message", "status"}
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+@pytest.mark.parametrize("url", ["/api/index.json", "/", "/bundle/x", "/js/app.js"])
+def test_wrong_method_is_405_json(client, method, url):
+    r = client.open(url, method=method)
+    assert r.status_code == 405 and r.get_json()["status"] == 405
+    assert "GET" in r.headers["Allow"]
+
+
+# --------------------------------------------------------------------- files, caching
+
+def test_bundle_files_with_version_are_immutable(client, index):
+    run = get_json(client, f"/api/runs/{a_run(index, 7)}.json")
+    img = client.get(run["images"]["decoded"]["url"])
+    assert img.mimetype == "image/webp"
+    assert img.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    png = client.get(run["images"]["latents"]["url"])
+    assert png.mimetype == "image/png"
+    plain = client.get(run["images"]["decoded"]["url"].split("?")[0])
+    assert plain.headers["Cache-Control"] == "no-cache" and plain.data == img.data
+    wrong = client.get(run["images"]["decoded"]["url"].split("?")[0] + "?v=000000000000")
+    assert wrong.headers["Cache-Control"] == "no-cache"
+
+
+@pytest.mark.parametrize("url", ["/api/index.json", "/api/runs/empty--s1-g0/steps/2.json",
+                                 "/bundle/runs/empty--s1-g0/latents.npy", "/", "/js/app.js",
+                                 "/api/runs/empty--s1-g0.json"])
+def test_etag_gives_304(client, url):
+    first = client.get(url)
+    assert first.status_code == 200 and first.headers["ETag"]
+    again = client.get(url, headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304 and again.data == b""
+    assert again.headers["ETag"] == first.headers["ETag"]
+    other = client.get(url, headers={"If-None-Match": '"something-else"'})
+    assert other.status_code == 200
+
+
+@pytest.mark.parametrize("url", ["/api/index.json", "/api/runs/empty--s1-g0.json",
+                                 "/api/runs/empty--s1-g0/steps/0.json", "/js/app.js"])
+def test_gzip_when_accepted(client, url):
+    plain = client.get(url)
+    packed = client.get(url, headers={"Accept-Encoding": "gzip, deflate, br"})
+    assert packed.headers["Content-Encoding"] == "gzip"
+    assert "Accept-Encoding" in packed.headers["Vary"]
+    assert gzip.decompress(packed.data) == plain.data
+    assert packed.headers["ETag"] != plain.headers["ETag"]
+    refused = client.get(url, headers={"Accept-Encoding": "gzip;q=0"})
+    assert "Content-Encoding" not in refused.headers
+
+
+def test_npy_is_gzipped_only_where_it_helps():
+    smooth = npy_bytes(np.zeros((5, 8, 8)))
+    noisy = npy_bytes(np.random.default_rng(0).standard_normal((5, 8, 8)))
+    assert make_resource(smooth, NPY).gz is not None
+    assert make_resource(noisy, NPY).gz is None
+    assert make_resource(b"x" * 100, NPY).gz is None  # too small to bother
+
+
+def test_frontend_served_at_root_with_content_types(client):
+    root = client.get("/")
+    assert root.status_code == 200 and root.mimetype == "text/html"
+    assert client.get("/index.html").data == root.data
+    js = client.get("/js/app.js")
+    assert js.status_code == 200 and js.mimetype == "text/javascript"
+
+
+@pytest.mark.parametrize("url", [
+    "/.secret", "/js/../.secret", "/../pyproject.toml", "/%2e%2e/pyproject.toml",
+    "/js/..%2f..%2fpyproject.toml", "/bundle/../../etc/passwd", "/bundle/%2e%2e/bundle.json",
+    "/bundle/runs/..%2f..%2fbundle.json", "/js/app.js%00.png", "/bundle/%00", "/js\\app.js",
+    "/%5c..%5cpyproject.toml", "/js/", "/js", "//etc/passwd",
+])
+def test_paths_outside_the_folders_are_404(client, url):
+    r = client.get(url)
+    assert r.status_code == 404 and r.mimetype == "application/json"
+
+
+def test_security_headers_on_every_response(client):
+    for url in ["/", "/api/index.json", "/nope", "/api/runs/x/steps/0.json",
+                "/bundle/runs/empty--s1-g0/latents.npy"]:
+        r = client.get(url)
+        for name, value in SECURITY_HEADERS.items():
+            assert r.headers[name] == value
+    csp = SECURITY_HEADERS["Content-Security-Policy"]
+    assert "unsafe" not in csp and "frame-ancestors 'self'" in csp
+
+
+def test_missing_frontend_is_404_json(synthetic_bundle_ro, tmp_path):
+    app = create_app({"BUNDLE_DIR": synthetic_bundle_ro, "FRONTEND_DIR": tmp_path / "none"})
+    r = app.test_client().get("/")
+    assert r.status_code == 404 and "frontend/index.html" in r.get_json()["message"]
+
+
+def test_unexpected_exception_is_500_json_without_details(synthetic_bundle_ro, frontend):
+    app = create_app({"BUNDLE_DIR": synthetic_bundle_ro, "FRONTEND_DIR": frontend})
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret detail /etc/passwd")
+
+    app.logger.disabled = True
+    r = app.test_client().get("/boom")
+    assert r.status_code == 500
+    assert r.get_json() == {"error": "internal_server_error", "status": 500,
+                            "message": r.get_json()["message"]}
+    assert b"secret" not in r.data and b"Traceback" not in r.data
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+# ----------------------------------------------------------------------- validation
+
+def _corrupt_one_run(bundle):
+    rid = "empty--s2-g0"
+    (bundle / "runs" / rid / "latents.npy").write_bytes(b"not an array")
+    return rid
+
+
+def test_bad_bundle_stops_the_app_with_the_problems(synthetic_bundle, frontend):
+    rid = _corrupt_one_run(synthetic_bundle)
+    with pytest.raises(BundleError) as e:
+        create_app({"BUNDLE_DIR": synthetic_bundle, "FRONTEND_DIR": frontend})
+    assert f"runs/{rid}/latents.npy" in str(e.value)
+
+
+def test_skip_invalid_serves_the_rest_and_lists_skipped(synthetic_bundle, frontend):
+    rid = _corrupt_one_run(synthetic_bundle)
+    app = create_app({"BUNDLE_DIR": synthetic_bundle, "FRONTEND_DIR": frontend,
+                      "SKIP_INVALID": True})
+    client = app.test_client()
+    index = get_json(client, "/api/index.json")
+    assert index["skipped_runs"] == [rid] and rid not in index["runs"]
+    assert index["run_lookup"]["empty"].keys() == {"1"}
+    assert rid not in get_json(client, "/api/trajectories/2.json")["runs"]
+    r = client.get(f"/api/runs/{rid}.json")
+    assert r.status_code == 404 and "skipped" in r.get_json()["message"]
+    assert client.get(f"/bundle/runs/{rid}/decoded.webp").status_code == 404
+
+
+def test_checksums_are_verified_only_when_asked(synthetic_bundle, frontend):
+    path = synthetic_bundle / "runs" / "empty--s1-g0" / "decoded.webp"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    create_app({"BUNDLE_DIR": synthetic_bundle, "FRONTEND_DIR": frontend})
+    with pytest.raises(BundleError, match="sha256"):
+        create_app({"BUNDLE_DIR": synthetic_bundle, "FRONTEND_DIR": frontend,
+                    "CHECKSUMS": True})
+
+
+def test_missing_bundle_folder_is_reported(tmp_path, frontend):
+    with pytest.raises(BundleError, match="does not exist"):
+        create_app({"BUNDLE_DIR": tmp_path / "nope", "FRONTEND_DIR": frontend})
+
+
+def test_json_never_contains_nan(client, index):
+    for url in ["/api/index.json", *(f"/api/runs/{rid}.json" for rid in index["runs"])]:
+        json.loads(client.get(url).data, parse_constant=lambda c: pytest.fail(c))
