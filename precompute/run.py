@@ -251,7 +251,7 @@ def _write_result(writer, components, r, rid, settings, opts) -> None:
         "run_id": rid, "prompt_id": prompt_id(r.prompt or ""), "seed": r.seed,
         "guidance_scale": float(r.guidance_scale),
         "num_inference_steps": settings["num_inference_steps"],
-        "scheduler": {"name": settings["scheduler"], "timesteps": [int(t) for t in r.timesteps],
+        "scheduler": {"name": settings["scheduler"], "timesteps": [float(t) for t in r.timesteps],
                       "sigmas": None if r.sigmas is None else [float(s) for s in r.sigmas],
                       "alphas_cumprod": [float(a) for a in r.alphas_cumprod],
                       "weaken": [float(x) for x in r.weaken]},
