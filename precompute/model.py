@@ -1,0 +1,166 @@
+"""Loads a Stable Diffusion checkpoint into the parts our loop drives.
+
+`load_components` wraps `StableDiffusionPipeline.from_pretrained` (any SD 1.x / 2.x
+checkpoint, hub id or local folder, epsilon or v-prediction) and picks device and
+dtype; `make_scheduler` swaps in one of the schedulers the explainer supports, built
+from the checkpoint's own scheduler config so that `prediction_type`,
+`timestep_spacing`, `rescale_betas_zero_snr`, betas etc. carry over.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    LMSDiscreteScheduler,
+    StableDiffusionPipeline,
+)
+
+# name -> scheduler class. All three return `pred_original_sample` from `step()` and
+# need exactly one model call per step, which is what the per-step record assumes.
+SCHEDULERS = {
+    "lms": LMSDiscreteScheduler,
+    "ddim": DDIMScheduler,
+    "euler": EulerDiscreteScheduler,
+}
+
+DTYPES = {
+    "fp16": torch.float16, "float16": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp32": torch.float32, "float32": torch.float32,
+}
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """auto: cuda > mps > cpu."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """auto: fp16 on cuda (what SD is usually run in), fp32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def make_scheduler(name: str, base_config: dict):
+    """A fresh scheduler of kind `name` configured from the checkpoint's scheduler config."""
+    if name not in SCHEDULERS:
+        raise ValueError(
+            f"scheduler {name!r} is not supported; use one of {sorted(SCHEDULERS)}. The "
+            "precompute records one model call and one pred_original_sample per step, so "
+            "multi-call schedulers (pndm, heun, kdpm2) and multistep solvers that do not "
+            "return pred_original_sample (dpm++, unipc) are left out."
+        )
+    scheduler_class = SCHEDULERS[name]
+    config = dict(base_config)
+    if name == "ddim":
+        # SD works in latent space, where clipping x0 to [-1, 1] is wrong; checkpoints
+        # set clip_sample=False, but configs of other schedulers may omit the key.
+        config.setdefault("clip_sample", False)
+    return scheduler_class.from_config(config)
+
+
+def scheduler_name(scheduler) -> str:
+    for name, scheduler_class in SCHEDULERS.items():
+        if type(scheduler) is scheduler_class:
+            return name
+    raise ValueError(f"unsupported scheduler {type(scheduler).__name__}; use one of {sorted(SCHEDULERS)}")
+
+
+@dataclass
+class Components:
+    """The pipeline's parts, on one device in one dtype."""
+
+    tokenizer: Any
+    text_encoder: Any
+    unet: Any
+    vae: Any
+    scheduler: Any
+    device: torch.device
+    dtype: torch.dtype
+    model_id: str
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def pipeline(self, scheduler=None) -> StableDiffusionPipeline:
+        """A plain StableDiffusionPipeline sharing these modules (for comparisons)."""
+        pipe = StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=scheduler if scheduler is not None else self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def describe(self) -> dict:
+        """JSON-ready facts about the model for the bundle's config."""
+        unet, scheduler = self.unet.config, self.scheduler
+        return {
+            "model_id": self.model_id,
+            "prediction_type": scheduler.config.prediction_type,
+            "latent_channels": unet.in_channels,
+            "vae_scale_factor": self.vae_scale_factor,
+            "vae_scaling_factor": float(self.vae.config.scaling_factor),
+            "cross_attention_dim": unet.cross_attention_dim,
+            "sample_size": unet.sample_size,
+            "text_max_length": int(self.tokenizer.model_max_length),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "scheduler": {
+                "name": scheduler_name(scheduler),
+                "class": type(scheduler).__name__,
+                "config": _jsonable(dict(scheduler.config)),
+            },
+        }
+
+
+def _jsonable(value):
+    """Config values as plain JSON types (tuples -> lists, numpy/torch scalars -> numbers)."""
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+def load_components(model: str, device="auto", dtype="auto", scheduler="lms") -> Components:
+    """Load any diffusers SD checkpoint (hub id or folder) and swap in `scheduler`."""
+    device = pick_device(device)
+    dtype = pick_dtype(dtype, device)
+    # The safety checker only looks at final images; the explainer shows every step
+    # and the checkpoint may not ship one (or a feature extractor) at all.
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(model), dtype=dtype, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.to(device)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.eval().requires_grad_(False)
+    return Components(
+        tokenizer=pipe.tokenizer,
+        text_encoder=pipe.text_encoder,
+        unet=pipe.unet,
+        vae=pipe.vae,
+        scheduler=make_scheduler(scheduler, pipe.scheduler.config),
+        device=device,
+        dtype=dtype,
+        model_id=str(model),
+    )
