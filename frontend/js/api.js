@@ -1,0 +1,103 @@
+/**
+ * The one data-access module: every URL the app requests, and a cache of what came back.
+ *
+ * URLs are relative to the app root (docs/api.md), so the same code works against
+ * `noisepath serve` and a static `noisepath export` under any sub-path. Each URL is
+ * fetched at most once; `peek` returns what is already in memory so views can draw
+ * synchronously, and `load` returns a promise for what is not.
+ */
+import { parseNpy } from "./npy.js";
+
+const enc = encodeURIComponent;
+
+/** Every API path the front end knows, in one place. */
+export const urls = {
+  index: () => "api/index.json",
+  prompt: (promptId) => `api/prompts/${enc(promptId)}.json`,
+  run: (runId) => `api/runs/${enc(runId)}.json`,
+  step: (runId, i) => `api/runs/${enc(runId)}/steps/${i}.json`,
+  attentionToken: (runId, res, k) => `api/runs/${enc(runId)}/attention/${res}/tokens/${k}.npy`,
+  attentionStep: (runId, res, i) => `api/runs/${enc(runId)}/attention/${res}/steps/${i}.npy`,
+  sweep: (promptId, seed) => `api/sweeps/${enc(promptId)}/${seed}.json`,
+  trajectories: (seed) => `api/trajectories/${seed}.json`,
+};
+
+/** Turn an error response ({error, message, status}) into an Error with a readable message. */
+async function failure(response, url) {
+  let message = `${response.status} ${response.statusText}`;
+  try {
+    const body = await response.json();
+    if (body && body.message) message = body.message;
+  } catch {
+    // not JSON: keep the status line
+  }
+  const error = new Error(`${url}: ${message}`);
+  error.status = response.status;
+  return error;
+}
+
+const readers = {
+  async json(response) {
+    return response.json();
+  },
+  async npy(response) {
+    return parseNpy(await response.arrayBuffer());
+  },
+};
+
+async function loadImage(url) {
+  const image = new Image();
+  image.decoding = "async";
+  image.src = url;
+  await image.decode();
+  return image;
+}
+
+/**
+ * @param {{onLoad?: (url: string) => void, onError?: (url: string, error: Error) => void}} hooks
+ *   called after each resource arrives or fails (the app re-renders on them)
+ */
+export function createApi(hooks = {}) {
+  const entries = new Map(); // url -> {promise, value, error}
+
+  function load(url, kind = "json") {
+    let entry = entries.get(url);
+    if (entry) return entry.promise;
+    entry = { value: undefined, error: undefined };
+    entry.promise = (async () => {
+      if (kind === "image") return loadImage(url);
+      const response = await fetch(url);
+      if (!response.ok) throw await failure(response, url);
+      return readers[kind](response);
+    })().then(
+      (value) => {
+        entry.value = value;
+        if (hooks.onLoad) hooks.onLoad(url);
+        return value;
+      },
+      (error) => {
+        entry.error = error;
+        if (hooks.onError) hooks.onError(url, error);
+        throw error;
+      },
+    );
+    entry.promise.catch(() => {}); // reported through hooks.onError; callers may still await
+    entries.set(url, entry);
+    return entry.promise;
+  }
+
+  /** What is in memory for url, starting its load if asked: the value, or undefined. */
+  function peek(url, kind = "json", { start = true } = {}) {
+    const entry = entries.get(url);
+    if (entry) return entry.value;
+    if (start && url) load(url, kind);
+    return undefined;
+  }
+
+  function failed(url) {
+    const entry = entries.get(url);
+    return entry ? entry.error : undefined;
+  }
+
+  return { load, peek, failed, urls };
+}

@@ -1,0 +1,127 @@
+/**
+ * Pure helpers that read the API's JSON: which run a choice means, what a token is,
+ * which frame of a sprite shows a step. No fetching and no DOM here.
+ *
+ * Step convention (docs/bundle-format.md): step s (0..T) shows latents[s], the latent
+ * after s UNet calls; step 0 is the starting noise. Everything else drawn at step s
+ * describes the call that made it, i = s - 1: its noise predictions, its guided noise,
+ * the scheduler's factor, its predicted final image and its cross-attention.
+ */
+
+const sameNumber = (a, b) => Math.abs(Number(a) - Number(b)) < 1e-9;
+
+/** The run for a prompt, seed and guidance scale (guidance 0 points at the shared run). */
+export function runIdFor(index, promptId, seed, guidance) {
+  const bySeed = index.run_lookup && index.run_lookup[promptId];
+  const byGuidance = bySeed && (bySeed[seed] ?? bySeed[String(seed)]);
+  if (byGuidance) {
+    const key = Object.keys(byGuidance).find((k) => sameNumber(k, guidance));
+    if (key !== undefined) return byGuidance[key];
+  }
+  const found = Object.entries(index.runs || {}).find(([, r]) =>
+    r.seed === seed && sameNumber(r.guidance_scale, guidance)
+    && (r.prompt_id === promptId || (Number(guidance) === 0 && r.prompt_id === "empty")));
+  return found ? found[0] : null;
+}
+
+/** The UNet call that produced step s, or null at step 0. */
+export function callIndex(step) {
+  return step > 0 ? step - 1 : null;
+}
+
+const START = "<|startoftext|>";
+const END = "<|endoftext|>";
+
+/** A piece as a reader sees it: "</w>" (end of a word) dropped, special tokens named. */
+export function pieceLabel(piece) {
+  if (piece === START) return "start";
+  if (piece === END) return "end";
+  return piece.replace(/<\/w>$/, "");
+}
+
+/**
+ * The tokenizer output of a prompt, ready to draw.
+ * @returns {{real: object[], padding: number, truncated: boolean, dropped: string[]}}
+ */
+export function tokenList(promptJson) {
+  const t = promptJson.tokens;
+  const real = t.pieces.slice(0, t.n_real).map((piece, k) => ({
+    k,
+    piece,
+    id: t.input_ids[k],
+    label: pieceLabel(piece),
+    kind: piece === START ? "start" : piece === END ? "end" : "word",
+    // a piece without "</w>" continues into the next piece of the same word
+    continues: piece !== START && piece !== END && !piece.endsWith("</w>"),
+  }));
+  return {
+    real,
+    padding: t.pieces.length - t.n_real,
+    truncated: Boolean(t.truncated),
+    dropped: (t.dropped_pieces || []).map(pieceLabel),
+  };
+}
+
+/**
+ * Split the prompt text into spans, each either plain text or the characters of one
+ * real token, so words in the prompt can be clicked like token chips. CLIP lowercases
+ * and cleans the text, so pieces are matched case-insensitively, in order.
+ * @returns {{text: string, k: number|null, start: number}[]}
+ */
+export function alignTokens(text, real) {
+  const lower = text.toLowerCase();
+  const spans = [];
+  let cursor = 0;
+  for (const tok of real) {
+    if (tok.kind !== "word") continue;
+    const at = lower.indexOf(tok.label.toLowerCase(), cursor);
+    if (at < 0 || tok.label === "") continue;
+    if (at > cursor) spans.push({ text: text.slice(cursor, at), k: null, start: cursor });
+    spans.push({ text: text.slice(at, at + tok.label.length), k: tok.k, start: at });
+    cursor = at + tok.label.length;
+  }
+  if (cursor < text.length) spans.push({ text: text.slice(cursor), k: null, start: cursor });
+  return spans;
+}
+
+/** Mark the characters inside any [start, end] highlight span (the words a variant changes). */
+export function markHighlights(spans, highlights) {
+  if (!highlights || !highlights.length) return spans.map((s) => ({ ...s, highlight: false }));
+  return spans.map((s) => ({
+    ...s,
+    highlight: highlights.some(([a, b]) => s.start < b && s.start + s.text.length > a),
+  }));
+}
+
+/** The group a prompt belongs to and its other prompts (variants or main). */
+export function groupOf(index, promptId) {
+  return (index.groups || []).find((g) => g.prompts.includes(promptId)) || null;
+}
+
+/** Format a number for prose: 3 significant digits, a real minus sign. */
+export function fmt(value, digits = 3) {
+  if (value === null || value === undefined || Number.isNaN(value)) return "–";
+  const abs = Math.abs(value);
+  let s;
+  if (abs !== 0 && (abs < 0.001 || abs >= 1e5)) s = value.toExponential(digits - 1);
+  else s = Number(value.toPrecision(digits)).toString();
+  return s.replace("-", "\u2212");
+}
+
+/** Mean over the first axis of a (T, r, r) array: a token's map averaged over all steps. */
+export function meanOverSteps(npy) {
+  const [T, h, w] = npy.shape;
+  const out = new Float32Array(h * w);
+  for (let t = 0; t < T; t++) {
+    const base = t * h * w;
+    for (let j = 0; j < h * w; j++) out[j] += npy.data[base + j];
+  }
+  for (let j = 0; j < h * w; j++) out[j] /= T;
+  return { data: out, shape: [h, w] };
+}
+
+/** Slice frame t of a (T, ...) array without copying. */
+export function sliceFirst(npy, t) {
+  const size = npy.shape.slice(1).reduce((a, b) => a * b, 1);
+  return { data: npy.data.subarray(t * size, (t + 1) * size), shape: npy.shape.slice(1) };
+}

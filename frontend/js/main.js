@@ -1,0 +1,268 @@
+/**
+ * Wires the app: loads the bundle index, creates the one store, derives every view's
+ * datum from it on each change (coalesced to one draw per animation frame) and turns
+ * what views report into store commits. Views never read the store themselves.
+ */
+import { d3 } from "./lib.js";
+import { createApi, urls } from "./api.js";
+import { createStore } from "./state.js";
+import { createModel } from "./model.js";
+import { createPlayer } from "./player.js";
+import { bindKeyboard } from "./keyboard.js";
+import { bindArticleLinks, renderMath } from "./article.js";
+import { architecture } from "./views/architecture.js";
+import { attentionControls, attentionOverlay } from "./views/attention.js";
+import { choice } from "./views/choice.js";
+import { clipDiagram, CLIP_EXAMPLE } from "./views/clip.js";
+import { compareLanes } from "./views/compare.js";
+import { fields } from "./views/fields.js";
+import { guidanceFormula, guidanceSlider, sweep } from "./views/guidance-panel.js";
+import { imagePanel } from "./views/image-panel.js";
+import { promptPicker } from "./views/prompt-picker.js";
+import { promptWords } from "./views/prompt-words.js";
+import { tokenChips, vectorStrips } from "./views/text-panel.js";
+import { timestepController } from "./views/timestep-controller.js";
+
+const RENDER_MEASURE = "noisepath:render";
+
+function setStatus(text, isError = false) {
+  d3.select("#status").text(text).classed("is-error", isError);
+}
+
+/** Commit/preview/unpreview listeners for any view that offers a choice of `key`. */
+function choiceHandlers(view, store, key, after = () => {}) {
+  return view
+    .on("commit", (value) => { store.commit({ [key]: value }); after(); })
+    .on("preview", (value) => store.preview({ [key]: value }))
+    .on("unpreview", () => store.clearPreview([key]));
+}
+
+async function start() {
+  renderMath(document);
+  bindArticleLinks(document);
+
+  let schedule = () => {};
+  const failures = new Map();
+  const api = createApi({
+    onLoad: () => schedule(),
+    onError: (url, error) => {
+      failures.set(url, error);
+      schedule();
+    },
+  });
+
+  let index;
+  try {
+    index = await api.load(urls.index());
+  } catch (error) {
+    setStatus(`Could not load the bundle: ${error.message}`, true);
+    d3.select("#viz").attr("aria-busy", "false");
+    return;
+  }
+  if (!index.runs || !Object.keys(index.runs).length) {
+    setStatus("This bundle has no runs yet: run `noisepath precompute` to fill it.", true);
+    return;
+  }
+
+  const store = createStore(index, window);
+  const model = createModel(index, api);
+  const viz = d3.select("#viz");
+
+  const togglePlay = () => {
+    const s = store.committed();
+    if (!store.playing() && s.step >= index.config.num_inference_steps) store.commit({ step: 0 });
+    store.setPlaying(!store.playing());
+  };
+  const goTo = (step) => {
+    store.setPlaying(false);
+    store.commit({ step });
+  };
+  const toggleToken = (k) => store.commit({ token: store.committed().token === k ? null : k });
+
+  // ---- views, configured once
+  const views = {
+    architecture: architecture(),
+    controller: timestepController()
+      .on("step", goTo)
+      .on("play", (play) => (play !== store.playing() ? togglePlay() : null))
+      .on("speed", (speed) => store.commit({ speed })),
+    picker: choiceHandlers(promptPicker(), store, "prompt"),
+    seeds: choiceHandlers(choice(), store, "seed"),
+    guidance: choiceHandlers(choice(), store, "guidance"),
+    words: promptWords().on("token", toggleToken),
+    chips: tokenChips().on("token", toggleToken),
+    strips: vectorStrips().on("cell", (cell) => {
+      d3.select("#vector-readout").text(cell
+        ? `“${cell.row.label}”, number ${cell.dim}: ${d3.format(".3f")(cell.value)}`
+          + (cell.empty === null ? "" : ` (empty prompt: ${d3.format(".3f")(cell.empty)})`)
+        : "\u00a0");
+    }),
+    clip: clipDiagram(),
+    fields: fields(),
+    imagePanel: imagePanel(),
+    slider: choiceHandlers(guidanceSlider(), store, "guidance"),
+    channels: choice().on("commit", (channel) => store.commit({ channel })),
+    formula: guidanceFormula(),
+    sweep: choiceHandlers(sweep(), store, "guidance"),
+    overlay: attentionOverlay().on("pixel", (p) => store.setHover(p ? { fx: p.fx, fy: p.fy } : null)),
+    attentionControls: attentionControls()
+      .on("res", (res) => store.commit({ res }))
+      .on("avg", (avg) => store.commit({ avg }))
+      .on("clear", () => store.commit({ token: null })),
+    compare: compareLanes(),
+  };
+
+  d3.select("#clip-diagram").datum(CLIP_EXAMPLE).call(views.clip);
+
+  let firstRender = false;
+  let measures = 0;
+
+  function render() {
+    performance.mark("noisepath:render-start");
+    const state = store.state();
+    const m = model.derive(state, store.hover());
+
+    viz.datum(m.architecture).call(views.architecture);
+    d3.select("#timestep-controller").datum(m.controller).call(views.controller);
+    d3.select("#prompt-picker").datum(m.picker).call(views.picker);
+    d3.select("#seed-choice").datum(m.seeds).call(views.seeds);
+    d3.select("#guidance-choice").datum(m.guidance).call(views.guidance);
+    d3.select("#prompt-words").datum(m.words).call(views.words);
+    d3.select(document.body).datum(m.fields).call(views.fields);
+    d3.select(document.body).classed("presenting", state.present);
+    d3.select("#present-toggle").attr("aria-pressed", String(state.present));
+
+    d3.select("#compare-entry").property("hidden", !m.compareEntry || Boolean(state.compare));
+    if (m.compareEntry) d3.select("#compare-variant").text(m.compareEntry.text);
+
+    const att = m.attention;
+    d3.select("#decoded-frame").datum({ map: att ? att.map : null }).call(views.overlay);
+    const controls = d3.select("#attention-controls").property("hidden", !(att && att.controls));
+    if (att && att.controls) controls.datum(att.controls).call(views.attentionControls);
+
+    if (m.text) {
+      d3.select("#token-chips").datum(m.text.chips).call(views.chips);
+      d3.select("#truncation-note").property("hidden", !m.text.chips.truncated);
+      d3.select("#compare-empty").property("checked", state.vsEmpty);
+      if (m.text.strips) d3.select("#vector-strips").datum(m.text.strips).call(views.strips);
+    }
+    if (m.image) d3.select("#panel-image").datum(m.image).call(views.imagePanel);
+    if (m.guidancePanel) {
+      const g = m.guidancePanel;
+      d3.select("#guidance-slider").datum(g.slider).call(views.slider);
+      d3.select("#guidance-channel-choice").datum(g.channels).call(views.channels);
+      d3.select("#guidance-formula").datum(g.formula).call(views.formula);
+      d3.select("#guidance-note-0").property("hidden", !g.notes.zero);
+      d3.select("#guidance-note-1").property("hidden", !g.notes.one);
+      d3.select("#guidance-sweep").datum(g.sweep).call(views.sweep);
+    }
+    if (m.compare) d3.select("#compare-lanes").datum(m.compare).call(views.compare);
+
+    const errors = [...failures.values()];
+    if (errors.length) setStatus(`Some data could not be loaded: ${errors[errors.length - 1].message}`, true);
+    else setStatus(m.ready ? "" : "Loading the run…");
+    viz.attr("aria-busy", String(!m.ready)).attr("data-run", m.runId || null);
+
+    if (m.ready && !firstRender) {
+      firstRender = true;
+      performance.mark("noisepath:first-full-render");
+    }
+    performance.measure(RENDER_MEASURE, "noisepath:render-start");
+    if (++measures > 2000) {
+      performance.clearMeasures(RENDER_MEASURE);
+      measures = 0;
+    }
+  }
+
+  let frameRequest = null;
+  schedule = () => {
+    if (frameRequest === null) {
+      frameRequest = requestAnimationFrame(() => {
+        frameRequest = null;
+        render();
+      });
+    }
+  };
+  store.on("change.render", schedule);
+
+  // ---- page-level intents
+  function openerOf(panel) {
+    return document.querySelector(`#pipeline [data-panel="${panel}"], #viz [data-panel="${panel}"]`);
+  }
+  viz.on("click.panels", (event) => {
+    const opener = event.target.closest("[data-panel]");
+    if (opener) {
+      store.togglePanel(opener.dataset.panel);
+      return;
+    }
+    const closer = event.target.closest("[data-close]");
+    if (closer) {
+      store.togglePanel(closer.dataset.close, false);
+      const back = openerOf(closer.dataset.close);
+      if (back) back.focus();
+    }
+  });
+  d3.select("#compare-open").on("click", () => {
+    const group = index.groups.find((g) => g.prompts.includes(store.committed().prompt));
+    const variant = group && group.prompts.find((p) => p !== store.committed().prompt);
+    if (variant) store.commit({ compare: variant });
+  });
+  d3.select("#compare-close").on("click", () => store.commit({ compare: null }));
+  d3.select("#compare-empty").on("change", function onChange() {
+    store.commit({ vsEmpty: this.checked });
+  });
+
+  // A click outside the open levels (not on a control) closes them.
+  document.addEventListener("click", (event) => {
+    if (!store.committed().open.length) return;
+    const t = event.target;
+    if (!t.isConnected || t.closest(".panel:not([hidden]), button, a, input, select, label, [role=option], [role=listbox]")) return;
+    store.closeAllPanels();
+  });
+
+  const togglePresent = () => {
+    const present = !store.committed().present;
+    store.commit({ present });
+    if (present && document.fullscreenEnabled && !document.fullscreenElement) {
+      document.documentElement.requestFullscreen().catch(() => {});
+    } else if (!present && document.fullscreenElement) {
+      document.exitFullscreen().catch(() => {});
+    }
+  };
+  d3.select("#present-toggle").on("click", togglePresent);
+
+  bindKeyboard({
+    togglePlay,
+    step: (delta) => goTo(Math.max(0, Math.min(index.config.num_inference_steps, store.committed().step + delta))),
+    first: () => goTo(0),
+    last: () => goTo(index.config.num_inference_steps),
+    present: togglePresent,
+    escape: () => {
+      const s = store.committed();
+      if (s.open.length) {
+        const top = s.open[s.open.length - 1];
+        store.closeTopPanel();
+        const back = openerOf(top);
+        if (back) back.focus();
+        return true;
+      }
+      if (s.compare) {
+        store.commit({ compare: null });
+        return true;
+      }
+      if (s.token !== null) {
+        store.commit({ token: null });
+        return true;
+      }
+      return false;
+    },
+  });
+
+  createPlayer(store);
+  render();
+}
+
+start().catch((error) => {
+  setStatus(`Something went wrong: ${error.message}`, true);
+  throw error;
+});

@@ -1,0 +1,348 @@
+/**
+ * Derives what every view draws from the state and what has arrived from the API.
+ *
+ * `derive(state)` is synchronous: it reads the API cache with `peek`, which also starts
+ * any fetch that is missing, and returns one datum per view. When a fetch lands the app
+ * derives again. While a newly chosen run is loading, each picture keeps showing the
+ * last frame it had (marked stale) instead of going blank.
+ */
+import { d3 } from "./lib.js";
+import { urls } from "./api.js";
+import {
+  alignTokens, callIndex, fmt, groupOf, markHighlights, meanOverSteps, runIdFor, sliceFirst, tokenList,
+} from "./data.js";
+import { SPEEDS } from "./state.js";
+
+/** Robust colour range for vectors: the 99th percentile of |value|. */
+function robustMax(values) {
+  const abs = Float32Array.from(values, Math.abs).sort();
+  return abs[Math.floor(0.99 * (abs.length - 1))] || 1;
+}
+
+function cosine(a, b) {
+  let dot = 0;
+  let na = 0;
+  let nb = 0;
+  for (let j = 0; j < a.length; j++) {
+    dot += a[j] * b[j];
+    na += a[j] * a[j];
+    nb += b[j] * b[j];
+  }
+  return dot / (Math.sqrt(na * nb) || 1);
+}
+
+export function createModel(index, api) {
+  const T = index.config.num_inference_steps;
+  const C = index.config.latent_shape ? index.config.latent_shape[0] : 4;
+  const lastGood = new Map();     // picture slot -> last frame datum that was drawable
+  const derived = new WeakMap();  // npy -> values computed from it once (means, ranges)
+
+  const memo = (obj, key, fn) => {
+    let m = derived.get(obj);
+    if (!m) derived.set(obj, (m = new Map()));
+    if (!m.has(key)) m.set(key, fn());
+    return m.get(key);
+  };
+
+  const runOf = (promptId, seed, guidance) => {
+    const id = runIdFor(index, promptId, seed, guidance);
+    return { id, run: id ? api.peek(urls.run(id)) : undefined };
+  };
+
+  /** A frame datum for one picture slot, falling back to the slot's last frame while loading. */
+  function picture(slot, run, name, frameIndex, label) {
+    if (frameIndex === null) return { image: null, entry: null, index: null, label };
+    const entry = run && run.images ? run.images[name] : undefined;
+    if (run && !entry) {
+      lastGood.delete(slot);
+      return { image: null, entry: null, index: null, label }; // this run has no such picture
+    }
+    const image = entry ? api.peek(entry.url, "image") : undefined;
+    if (image) {
+      const d = { image, entry, index: frameIndex, label, stale: false };
+      lastGood.set(slot, d);
+      return d;
+    }
+    const previous = lastGood.get(slot);
+    if (previous && previous.entry.count > frameIndex) return { ...previous, index: frameIndex, label, stale: true };
+    return { image: null, entry: entry || null, index: frameIndex, label };
+  }
+
+  function promptData(promptId) {
+    const json = api.peek(urls.prompt(promptId));
+    return json ? { json, tokens: tokenList(json) } : null;
+  }
+
+  function textPanel(state, prompt) {
+    if (!prompt) return null;
+    const emb = api.peek(prompt.json.text_embeddings.url, "npy");
+    let empty = null;
+    if (state.vsEmpty && prompt.json.empty_prompt_id) {
+      const emptyJson = api.peek(urls.prompt(prompt.json.empty_prompt_id));
+      empty = emptyJson ? api.peek(emptyJson.text_embeddings.url, "npy") : null;
+    }
+    let strips = null;
+    if (emb) {
+      const [, D] = emb.shape;
+      const row = (a, k) => a.data.subarray(k * D, (k + 1) * D);
+      const { real, padding } = prompt.tokens;
+      const rows = real.map((t) => ({ key: `t${t.k}`, k: t.k, label: t.label }));
+      if (padding) rows.push({ key: "pad", k: null, label: `padding (1st of ${padding})`, position: real.length });
+      strips = {
+        dim: D,
+        selected: state.token,
+        domain: memo(emb, "range", () => robustMax(emb.data)),
+        rows: rows.map((r) => {
+          const position = r.k === null ? r.position : r.k;
+          const values = row(emb, position);
+          const other = empty ? row(empty, position) : null;
+          return { ...r, values, empty: other, cosine: other ? cosine(values, other) : null };
+        }),
+      };
+    }
+    return { chips: { ...prompt.tokens, selected: state.token }, strips };
+  }
+
+  function attention(state, runId, run, prompt, i, hover) {
+    if (!run || !prompt) return null;
+    const label = (k) => (prompt.tokens.real[k] ? prompt.tokens.real[k].label : `token ${k}`);
+    const token = state.token;
+    if (!run.attention) {
+      return token === null ? null : {
+        controls: { token: label(token), resolutions: ["combined"], res: "combined", avg: state.avg, max: null, hover: null,
+          note: "At guidance 0 the prompt is not used, so no pixel attends to its words." },
+        map: null,
+      };
+    }
+    const resolutions = ["combined", ...run.attention.resolutions];
+    const res = resolutions.some((r) => String(r) === String(state.res)) ? state.res : "combined";
+    const K = run.attention.tokens;
+    let map = null;
+    let note = "";
+    if (token !== null && token < K) {
+      const tok = api.peek(urls.attentionToken(runId, res, token), "npy");
+      if (tok && state.avg) map = memo(tok, "mean", () => meanOverSteps(tok));
+      else if (tok && i !== null) map = sliceFirst(tok, i);
+      else if (i === null) note = "Step 0 is the starting noise: attention is measured from step 1 on (or tick “all steps averaged”).";
+    }
+    let hoverList = null;
+    if (hover && (i !== null || state.avg)) {
+      const cell = (shape) => Math.floor(hover.fy * shape[0]) * shape[1] + Math.floor(hover.fx * shape[1]);
+      let values = null;
+      if (state.avg) {
+        const all = d3.range(K).map((k) => api.peek(urls.attentionToken(runId, res, k), "npy"));
+        if (all.every(Boolean)) {
+          values = all.map((a) => memo(a, "mean", () => meanOverSteps(a)).data[cell(a.shape.slice(1))]);
+        }
+      } else {
+        const step = api.peek(urls.attentionStep(runId, res, i), "npy");
+        if (step) {
+          const [, h, w] = step.shape;
+          const c = cell([h, w]);
+          values = d3.range(K).map((k) => step.data[k * h * w + c]);
+        }
+      }
+      if (values) {
+        const items = values.map((value, k) => ({ k, label: label(k), value }))
+          .sort((a, b) => b.value - a.value).slice(0, 5);
+        const top = items[0].value || 1;
+        hoverList = { averaged: state.avg, items: items.map((it) => ({ ...it, share: it.value / top })) };
+      }
+    }
+    if (token === null && !hoverList) return { controls: null, map: null };
+    return {
+      map,
+      controls: {
+        token: token === null ? null : label(token), resolutions, res, avg: state.avg,
+        max: map ? d3.max(map.data) : null, note, hover: hoverList,
+      },
+    };
+  }
+
+  function stepNumbers(state, runId, run, i) {
+    if (i === null || !run) return null;
+    const step = api.peek(urls.step(runId, i));
+    if (!step) return null;
+    const weaken = step.weaken ?? run.scheduler.weaken[i];
+    const ch = (name) => step[name] || null;
+    const expected = step.latents && step.noise_pred ? step.latents.map((x, c) => x - weaken * step.noise_pred[c]) : null;
+    const rows = [
+      { key: "latents", label: `latent before (step ${i})`, values: ch("latents") },
+      { key: "uncond", label: "noise, empty prompt", values: ch("noise_pred_uncond") },
+      { key: "text", label: "noise, your prompt", values: ch("noise_pred_text") },
+      { key: "guided", label: `guided noise (g = ${fmt(state.guidance)})`, values: ch("noise_pred") },
+      { key: "weakened", label: `× weaken ${fmt(weaken)}`, values: step.noise_pred ? step.noise_pred.map((v) => v * weaken) : null },
+      { key: "expected", label: "latent − weakened noise", values: expected },
+      { key: "next", label: `latent after (step ${i + 1}, stored)`, values: ch("latents_next") },
+      { key: "leftover", label: "left over (earlier steps' share)",
+        values: expected && step.latents_next ? step.latents_next.map((v, c) => v - expected[c]) : null },
+    ];
+    return { step, weaken, table: { channels: C, rows } };
+  }
+
+  function derive(state, hover) {
+    const s = state.step;
+    const i = callIndex(s);
+    const { id: runId, run } = runOf(state.prompt, state.seed, state.guidance);
+    const prompt = promptData(state.prompt);
+    const open = new Set(state.open);
+    const stats = run ? run.stats || {} : {};
+    const stat = (name, k) => (stats[name] && k !== null && stats[name][k] !== undefined ? stats[name][k] : null);
+    const group = groupOf(index, state.prompt);
+    const variant = group ? group.prompts.find((p) => p !== state.prompt) : null;
+
+    const frames = {
+      noise: picture("noise", run, "latents", 0, `Random noise for seed ${state.seed} (latent preview)`),
+      latent: picture("latent", run, "latents", s, `Latent at step ${s} of ${T} (colour preview of its channels)`),
+      decoded: picture("decoded", run, "decoded", s, `Decoded image at step ${s} of ${T}`),
+      pred: picture("pred", run, "pred_original_sample", i, i === null ? "No prediction at step 0"
+        : `The model's predicted final image at step ${s}`),
+    };
+    const levelOneReady = ["noise", "latent", "decoded"].every((k) => frames[k].image && !frames[k].stale)
+      && (i === null || (frames.pred.image && !frames.pred.stale));
+
+    const needSteps = open.has("image") || open.has("guidance");
+    const numbers = needSteps ? stepNumbers(state, runId, run, i) : null;
+
+    const model = {
+      runId,
+      run,
+      ready: Boolean(run && prompt && levelOneReady),
+      architecture: { open: state.open, playing: state.playing, compare: state.compare, frames, predAtStart: i === null },
+      controller: {
+        step: s, T, playing: state.playing, speed: state.speed, speeds: SPEEDS,
+        timestep: run && i !== null ? run.scheduler.timesteps[i] : null,
+        sigma: run && i !== null && run.scheduler.sigmas ? run.scheduler.sigmas[i] : null,
+      },
+      picker: {
+        selected: state.prompt,
+        previewed: state.previewing.includes("prompt") ? state.prompt : null,
+        groups: pickerGroups(index),
+      },
+      seeds: {
+        options: index.seeds.map((v) => ({ value: v, label: String(v), name: `Seed ${v}` })),
+        selected: state.seed,
+        previewed: state.previewing.includes("seed") ? state.seed : null,
+      },
+      guidance: {
+        options: index.guidance_scales.map((v) => ({ value: v, label: String(v), name: `Guidance scale ${v}` })),
+        selected: state.guidance,
+        previewed: state.previewing.includes("guidance") ? state.guidance : null,
+      },
+      words: prompt ? {
+        selected: state.token,
+        spans: markHighlights(alignTokens(prompt.json.text, prompt.tokens.real),
+          group && group.highlights ? group.highlights[state.prompt] : null),
+      } : { selected: null, spans: [] },
+      compareEntry: variant ? { variant, text: index.prompts[variant].text } : null,
+      fields: {
+        step: String(s),
+        "steps-total": String(T),
+        "call-from": String(i === null ? 0 : i),
+        timestep: run && i !== null ? String(run.scheduler.timesteps[i]) : "–",
+        weaken: run && i !== null ? fmt(run.scheduler.weaken[i]) : "–",
+        guidance: fmt(state.guidance),
+        seed: String(state.seed),
+        "latent-std": fmt(stat("latents_std", s)),
+        "uncond-norm": fmt(stat("noise_pred_uncond_norm", i)),
+        "text-norm": fmt(stat("noise_pred_text_norm", i)),
+        "guided-norm": fmt(stat("noise_pred_norm", i)),
+        channels: String(C),
+        model: index.config.model,
+        scheduler: String(index.config.scheduler).toUpperCase(),
+        "embed-dim": String(prompt && prompt.json.text_embeddings.shape ? prompt.json.text_embeddings.shape[1]
+          : (index.config.model_info && index.config.model_info.cross_attention_dim) || "768"),
+        "latent-shape": (index.config.latent_shape || [4, 64, 64]).join(" × "),
+      },
+      attention: attention(state, runId, run, prompt, i, hover),
+    };
+
+    if (open.has("text")) model.text = textPanel(state, prompt);
+    if (open.has("image")) {
+      const none = { image: null, entry: null, index: null, label: "" };
+      model.image = {
+        atStart: i === null,
+        missing: {
+          uncond: Boolean(run && !run.images.noise_pred_uncond),
+          text: Boolean(run && !run.images.noise_pred_text),
+        },
+        frames: {
+          prev: picture("prev", run, "latents", i === null ? 0 : i, `Latent before the step, step ${i === null ? 0 : i}`),
+          uncond: i === null ? none : picture("uncond", run, "noise_pred_uncond", i, `Noise predicted for the empty prompt at step ${s}`),
+          text: i === null ? none : picture("text", run, "noise_pred_text", i, `Noise predicted for your prompt at step ${s}`),
+          guided: i === null ? none : picture("guided", run, "noise_pred", i, `Guided noise at step ${s}`),
+          next: i === null ? none : picture("next", run, "latents", s, `Latent after the step, step ${s}`),
+        },
+        table: numbers ? numbers.table : null,
+      };
+    }
+    if (open.has("guidance")) model.guidancePanel = guidancePanel(state, numbers, s);
+    if (state.compare) model.compare = compareLanes(state, s);
+    return model;
+  }
+
+  function guidancePanel(state, numbers, s) {
+    const c = state.channel;
+    const step = numbers ? numbers.step : null;
+    const pick = (name) => (step && step[name] ? step[name][c] : null);
+    const formula = step ? {
+      g: state.guidance,
+      uncond: pick("noise_pred_uncond"),
+      text: pick("noise_pred_text"),
+      guided: pick("noise_pred"),
+      missing: !step.noise_pred_text ? "text" : !step.noise_pred_uncond ? "uncond" : null,
+    } : null;
+    const sweepJson = api.peek(urls.sweep(state.prompt, state.seed));
+    const items = sweepJson ? sweepJson.runs.map((r) => {
+      const image = api.peek(r.decoded.url, "image");
+      return {
+        g: r.guidance_scale,
+        selected: r.guidance_scale === state.guidance && !state.previewing.includes("guidance"),
+        previewed: r.guidance_scale === state.guidance && state.previewing.includes("guidance"),
+        frame: { image: image || null, entry: r.decoded, index: Math.min(s, r.decoded.count - 1),
+          label: `Guidance ${r.guidance_scale}, step ${s}` },
+      };
+    }) : [];
+    return {
+      slider: {
+        scales: index.guidance_scales,
+        selected: state.previewing.includes("guidance") ? null : state.guidance,
+        previewed: state.previewing.includes("guidance") ? state.guidance : null,
+      },
+      channels: { options: d3.range(C).map((v) => ({ value: v, label: String(v), name: `Channel ${v}` })), selected: c },
+      formula,
+      notes: { zero: state.guidance === 0, one: state.guidance === 1 },
+      sweep: { items },
+    };
+  }
+
+  function compareLanes(state, s) {
+    const lanes = [state.prompt, state.compare].map((pid, n) => {
+      const { run } = runOf(pid, state.seed, state.guidance);
+      return {
+        key: `${n}-${pid}`,
+        text: index.prompts[pid].text,
+        frame: picture(`compare-${n}`, run, "decoded", s, `Decoded image at step ${s} for: ${index.prompts[pid].text}`),
+      };
+    });
+    return { lanes };
+  }
+
+  return { derive };
+}
+
+/** The prompt picker's groups: the bundle's groups, then any prompt not in one. */
+function pickerGroups(index) {
+  const seen = new Set();
+  const groups = (index.groups || []).map((g) => ({
+    id: g.id,
+    title: g.title,
+    options: g.prompts.filter((id) => index.prompts[id]).map((id) => {
+      seen.add(id);
+      return { id, text: index.prompts[id].text };
+    }),
+  }));
+  const rest = Object.keys(index.prompts).filter((id) => id !== "empty" && !seen.has(id));
+  if (rest.length) groups.push({ id: "other", title: "Other prompts", options: rest.map((id) => ({ id, text: index.prompts[id].text })) });
+  return groups;
+}

@@ -1,0 +1,49 @@
+/**
+ * Playback: while the store says "playing", advance one step every 1/speed seconds on
+ * animation frames, hold the last step for a moment, then start again from step 0.
+ * Frames come from sprites already in memory, so a tick is only a state change and a draw.
+ */
+
+const HOLD_AT_END_MS = 1200;
+
+export function createPlayer(store) {
+  let frameRequest = null;
+  let last = null;
+  let waited = 0;
+
+  function tick(now) {
+    frameRequest = null;
+    if (!store.playing()) return;
+    if (last === null) last = now;
+    waited += now - last;
+    last = now;
+    const s = store.committed();
+    const T = store.index.config.num_inference_steps;
+    const interval = 1000 / s.speed;
+    if (s.step >= T) {
+      if (waited >= HOLD_AT_END_MS) {
+        waited = 0;
+        store.commit({ step: 0 });
+      }
+    } else if (waited >= interval) {
+      waited = Math.min(waited - interval, interval);
+      store.commit({ step: s.step + 1 });
+    }
+    frameRequest = requestAnimationFrame(tick);
+  }
+
+  function sync() {
+    if (store.playing() && frameRequest === null) {
+      last = null;
+      waited = 0;
+      frameRequest = requestAnimationFrame(tick);
+    } else if (!store.playing() && frameRequest !== null) {
+      cancelAnimationFrame(frameRequest);
+      frameRequest = null;
+    }
+  }
+
+  store.on("change.player", sync);
+  sync();
+  return { sync };
+}

@@ -1,0 +1,238 @@
+/**
+ * The one state module.
+ *
+ * `committed` is what the user chose; `preview` is what they hover over (a prompt, a
+ * seed, a guidance scale) and is dropped when the pointer leaves. Views draw
+ * `store.state()`, the two merged. The committed state lives in the URL's query string
+ * (the hash is left to in-page anchors), so a link reopens exactly what was on screen
+ * and back/forward move through committed choices. Steps and playback speed replace the
+ * current history entry instead of adding one, so playing does not flood the history.
+ */
+import { d3 } from "./lib.js";
+
+/** Panels that can be open, and the level-2 panel each deeper one belongs to. */
+export const PANELS = { text: null, clip: "text", image: null, guidance: null };
+export const SPEEDS = [2, 5, 10, 20];
+
+const REPLACE_ONLY = new Set(["step", "speed"]);
+
+/** Guidance scales compare as numbers; the URL writes them as plain decimals. */
+const sameNumber = (a, b) => Math.abs(a - b) < 1e-9;
+
+export function defaults(index) {
+  const groups = index.groups || [];
+  const firstPrompt = groups.length && groups[0].prompts.length
+    ? groups[0].prompts[0]
+    : Object.keys(index.prompts).find((id) => id !== "empty");
+  const scales = index.guidance_scales;
+  const guidance = scales.find((g) => sameNumber(g, 7.5)) ?? scales.find((g) => sameNumber(g, 7))
+    ?? scales[Math.floor(scales.length / 2)];
+  return {
+    prompt: firstPrompt,
+    seed: index.seeds[0],
+    guidance,
+    step: 0,
+    open: [],
+    token: null,
+    res: "combined",
+    avg: false,
+    speed: 10,
+    compare: null,
+    present: false,
+    vsEmpty: false,
+    channel: 0,
+  };
+}
+
+/** Make any partial state valid for this bundle: unknown values fall back to defaults. */
+export function normalize(index, raw) {
+  const base = defaults(index);
+  const s = { ...base, ...raw };
+  const T = index.config.num_inference_steps;
+  if (!index.prompts[s.prompt] || s.prompt === "empty") s.prompt = base.prompt;
+  if (!index.seeds.includes(s.seed)) s.seed = base.seed;
+  const g = index.guidance_scales.find((x) => sameNumber(x, s.guidance));
+  s.guidance = g === undefined ? base.guidance : g;
+  s.step = Number.isInteger(s.step) ? Math.max(0, Math.min(T, s.step)) : base.step;
+  const open = (Array.isArray(s.open) ? s.open : []).filter((p) => p in PANELS);
+  s.open = open.filter((p, i) => open.indexOf(p) === i && (PANELS[p] === null || open.includes(PANELS[p])));
+  s.token = Number.isInteger(s.token) && s.token >= 0 && s.token < 77 ? s.token : null;
+  s.res = s.res === "combined" || (Number.isInteger(s.res) && s.res > 0) ? s.res : "combined";
+  s.avg = Boolean(s.avg);
+  s.speed = SPEEDS.includes(s.speed) ? s.speed : base.speed;
+  s.compare = s.compare && index.prompts[s.compare] && s.compare !== s.prompt ? s.compare : null;
+  s.present = Boolean(s.present);
+  s.vsEmpty = Boolean(s.vsEmpty);
+  const C = index.config.latent_shape ? index.config.latent_shape[0] : 4;
+  s.channel = Number.isInteger(s.channel) && s.channel >= 0 && s.channel < C ? s.channel : 0;
+  return s;
+}
+
+const int = (v) => (v === null || v === "" || !/^-?\d+$/.test(v) ? undefined : Number(v));
+const num = (v) => (v === null || v === "" || Number.isNaN(Number(v)) ? undefined : Number(v));
+
+/** Read a query string ("?prompt=...&seed=1") into a partial state. */
+export function fromSearch(search) {
+  const q = new URLSearchParams(search);
+  const raw = {};
+  if (q.has("prompt")) raw.prompt = q.get("prompt");
+  if (q.has("seed")) raw.seed = int(q.get("seed"));
+  if (q.has("guidance")) raw.guidance = num(q.get("guidance"));
+  if (q.has("step")) raw.step = int(q.get("step"));
+  if (q.has("open")) raw.open = q.get("open").split(",").filter(Boolean);
+  if (q.has("token")) raw.token = int(q.get("token"));
+  if (q.has("res")) raw.res = q.get("res") === "combined" ? "combined" : int(q.get("res"));
+  if (q.has("avg")) raw.avg = q.get("avg") === "1";
+  if (q.has("speed")) raw.speed = int(q.get("speed"));
+  if (q.has("compare")) raw.compare = q.get("compare");
+  if (q.has("present")) raw.present = q.get("present") === "1";
+  if (q.has("vs")) raw.vsEmpty = q.get("vs") === "empty";
+  if (q.has("channel")) raw.channel = int(q.get("channel"));
+  for (const k of Object.keys(raw)) if (raw[k] === undefined) delete raw[k];
+  return raw;
+}
+
+/** Write a full state as a query string; values equal to the defaults are left out. */
+export function toSearch(index, s) {
+  const base = defaults(index);
+  const q = new URLSearchParams();
+  q.set("prompt", s.prompt);
+  q.set("seed", String(s.seed));
+  q.set("guidance", String(s.guidance));
+  q.set("step", String(s.step));
+  if (s.open.length) q.set("open", s.open.join(","));
+  if (s.token !== null) q.set("token", String(s.token));
+  if (s.res !== base.res) q.set("res", String(s.res));
+  if (s.avg) q.set("avg", "1");
+  if (s.speed !== base.speed) q.set("speed", String(s.speed));
+  if (s.compare) q.set("compare", s.compare);
+  if (s.present) q.set("present", "1");
+  if (s.vsEmpty) q.set("vs", "empty");
+  if (s.channel !== base.channel) q.set("channel", String(s.channel));
+  return `?${q.toString()}`;
+}
+
+/**
+ * @param index   the bundle index (api/index.json)
+ * @param win     an object with `location`, `history` and `addEventListener` (the window)
+ * @returns the store: state(), committed(), commit(patch), preview(patch), clearPreview(),
+ *          playing(), setPlaying(bool), togglePanel(id), closeTopPanel(), on(type, fn)
+ */
+export function createStore(index, win) {
+  const dispatch = d3.dispatch("change");
+  const fromUrl = fromSearch(win.location.search);
+  let committed = normalize(index, fromUrl);
+  let preview = {};
+  let hover = null;
+  // A link that names a step shows that step; otherwise the page plays on load.
+  let playing = !("step" in fromUrl);
+
+  function emit(reason) {
+    dispatch.call("change", null, { reason });
+  }
+
+  function writeUrl(push) {
+    const search = toSearch(index, committed);
+    if (search === win.location.search) return;
+    const url = `${win.location.pathname}${search}${win.location.hash}`;
+    if (push) win.history.pushState(null, "", url);
+    else win.history.replaceState(null, "", url);
+  }
+
+  function commit(patch) {
+    const next = { ...committed, ...patch };
+    if (patch.prompt !== undefined && patch.prompt !== committed.prompt && !("token" in patch)) {
+      next.token = null; // token positions belong to the old prompt
+    }
+    const normalized = normalize(index, next);
+    const changed = Object.keys(normalized).filter(
+      (k) => JSON.stringify(normalized[k]) !== JSON.stringify(committed[k]),
+    );
+    // a committed choice ends the preview of that choice
+    for (const k of Object.keys(patch)) delete preview[k];
+    if (!changed.length) {
+      emit("preview");
+      return;
+    }
+    committed = normalized;
+    writeUrl(changed.some((k) => !REPLACE_ONLY.has(k)));
+    emit(changed.join(","));
+  }
+
+  win.addEventListener("popstate", () => {
+    committed = normalize(index, fromSearch(win.location.search));
+    preview = {};
+    playing = false;
+    emit("history");
+  });
+
+  // Show the normalized state in the address bar from the start (no new entry).
+  writeUrl(false);
+
+  return {
+    index,
+    /** The state to draw: the committed choice with any hover preview on top. */
+    state: () => ({ ...committed, ...preview, playing, previewing: Object.keys(preview) }),
+    committed: () => ({ ...committed }),
+    commit,
+    preview(patch) {
+      const next = { ...preview, ...patch };
+      if (JSON.stringify(next) === JSON.stringify(preview)) return;
+      preview = next;
+      emit("preview");
+    },
+    /** Transient pointer state (a hovered pixel): never in the URL or the history. */
+    hover: () => hover,
+    setHover(value) {
+      if (JSON.stringify(value) === JSON.stringify(hover)) return;
+      hover = value;
+      emit("hover");
+    },
+    clearPreview(keys) {
+      if (!Object.keys(preview).length) return;
+      if (keys) for (const k of keys) delete preview[k];
+      else preview = {};
+      emit("preview");
+    },
+    playing: () => playing,
+    setPlaying(value) {
+      if (playing === Boolean(value)) return;
+      playing = Boolean(value);
+      emit("playing");
+    },
+    /** Open a panel (closing other level-2 panels and their children) or close it. */
+    togglePanel(id, force) {
+      const isOpen = committed.open.includes(id);
+      const open = force ?? !isOpen;
+      if (open === isOpen) return;
+      if (!open) {
+        commit({ open: committed.open.filter((p) => p !== id && PANELS[p] !== id) });
+        return;
+      }
+      let next = committed.open;
+      const parent = PANELS[id];
+      if (parent === null && id !== "guidance") {
+        // one level-2 column at a time, as in the reference
+        next = next.filter((p) => p === "guidance");
+      } else if (parent && !next.includes(parent)) {
+        next = [...next, parent];
+      }
+      commit({ open: [...next, id] });
+    },
+    /** Escape: close the most recently opened panel. Returns whether one was open. */
+    closeTopPanel() {
+      const open = committed.open;
+      if (!open.length) return false;
+      const top = open[open.length - 1];
+      commit({ open: open.filter((p) => p !== top && PANELS[p] !== top) });
+      return true;
+    },
+    closeAllPanels() {
+      if (committed.open.length) commit({ open: [] });
+    },
+    on(type, fn) {
+      dispatch.on(type, fn);
+      return this;
+    },
+  };
+}

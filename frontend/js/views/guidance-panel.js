@@ -1,0 +1,135 @@
+/**
+ * Guidance level 3: a slider that snaps to the bundle's guidance scales (hover or drag to
+ * preview, release to choose), the guidance formula with this step's numbers, and the
+ * same seed's image at every scale.
+ *
+ * guidanceSlider():  datum {scales, selected, previewed}; events "commit", "preview", "unpreview"
+ * guidanceFormula(): datum {g, uncond, text, guided, missing} (numbers at one pixel) or null
+ * sweep():           datum {items: [{g, frame, selected, previewed}]}; events as the slider
+ */
+import { d3, katex } from "../lib.js";
+import { fmt } from "../data.js";
+import { frame } from "./frame.js";
+
+const nearest = (scales, v) => scales.reduce((a, b) => (Math.abs(b - v) < Math.abs(a - v) ? b : a));
+
+export function guidanceSlider() {
+  const listeners = d3.dispatch("commit", "preview", "unpreview");
+
+  function view(selection) {
+    const d = selection.datum();
+    const lo = d3.min(d.scales);
+    const hi = d3.max(d.scales);
+    const pos = (g) => (hi === lo ? 0 : (100 * (g - lo)) / (hi - lo));
+    const root = selection.selectAll(".gs").data([null]).join((enter) => {
+      const gs = enter.append("div").attr("class", "gs");
+      const label = gs.append("label").attr("class", "gs-label");
+      label.append("span").attr("class", "visually-hidden").text("Guidance scale");
+      label.append("input").attr("type", "range").attr("class", "gs-range")
+        .attr("step", "any")
+        .on("input", function onInput() {
+          listeners.call("preview", null, nearest(selection.datum().scales, Number(this.value)));
+        })
+        .on("change", function onChange() {
+          const g = nearest(selection.datum().scales, Number(this.value));
+          this.value = g; // snap
+          listeners.call("commit", null, g);
+        })
+        .on("keydown", (event) => {
+          const delta = { ArrowRight: 1, ArrowUp: 1, ArrowLeft: -1, ArrowDown: -1 }[event.key];
+          if (!delta) return;
+          event.preventDefault();
+          event.stopPropagation();
+          const { scales, selected } = selection.datum();
+          const i = scales.indexOf(selected);
+          listeners.call("commit", null, scales[Math.max(0, Math.min(scales.length - 1, i + delta))]);
+        });
+      gs.append("div").attr("class", "gs-stops");
+      return gs;
+    });
+    const shown = d.previewed ?? d.selected;
+    const input = root.select(".gs-range").attr("min", lo).attr("max", hi)
+      .attr("aria-valuetext", `guidance scale ${d.selected}`);
+    if (document.activeElement !== input.node() || Number(input.property("value")) !== shown) {
+      input.property("value", shown);
+    }
+    root.select(".gs-stops").selectAll("button.gs-stop")
+      .data(d.scales, (g) => g)
+      .join((enter) => enter.append("button").attr("type", "button").attr("class", "gs-stop")
+        .on("click", (event, g) => listeners.call("commit", null, g))
+        .on("pointerenter", (event, g) => listeners.call("preview", null, g))
+        .on("pointerleave", () => listeners.call("unpreview", null)))
+      .style("left", (g) => `${pos(g)}%`)
+      .attr("aria-label", (g) => `Guidance scale ${g}`)
+      .attr("aria-pressed", (g) => String(g === d.selected))
+      .classed("is-selected", (g) => g === d.selected)
+      .classed("is-previewed", (g) => g === d.previewed && g !== d.selected)
+      .text((g) => g);
+  }
+
+  view.on = (type, fn) => {
+    listeners.on(type, fn);
+    return view;
+  };
+  return view;
+}
+
+const tex = (v) => fmt(v).replace("\u2212", "-");
+const paren = (v) => (v < 0 ? `(${tex(v)})` : tex(v));
+
+export function guidanceFormula() {
+  let last = null;
+  return function view(selection) {
+    const d = selection.datum();
+    let source;
+    if (!d) source = "\\text{(this step's numbers are loading, or step 0 has none)}";
+    else if (d.missing === "text") {
+      source = `\\hat\\epsilon = \\epsilon_{\\text{empty}} = ${tex(d.uncond)} \\quad (g = 0:\\ \\text{the prompt's branch is not run})`;
+    } else if (d.missing === "uncond") {
+      source = `\\hat\\epsilon = \\epsilon_{\\text{prompt}} = ${tex(d.text)} \\quad (g = 1:\\ \\text{the empty branch cancels out})`;
+    } else {
+      const computed = d.uncond + d.g * (d.text - d.uncond);
+      source = `\\hat\\epsilon = ${tex(d.uncond)} + ${tex(d.g)} \\times (${tex(d.text)} - ${paren(d.uncond)}) = ${tex(computed)}`
+        + (d.guided === null ? "" : `\\quad\\text{(stored: ${tex(d.guided)})}`);
+    }
+    if (source === last) return;
+    last = source;
+    katex.render(source, selection.node(), { displayMode: true, throwOnError: false });
+    selection.attr("aria-label", source.replace(/\\[a-z]+|[{}\\_^]/g, " ").replace(/\s+/g, " ").trim());
+  };
+}
+
+export function sweep() {
+  const listeners = d3.dispatch("commit", "preview", "unpreview");
+  const draw = frame();
+
+  function view(selection) {
+    const d = selection.datum();
+    const items = selection.selectAll("figure.sweep-item")
+      .data(d.items, (it) => it.g)
+      .join((enter) => {
+        const fig = enter.append("figure").attr("class", "sweep-item");
+        const button = fig.append("button").attr("type", "button").attr("class", "sweep-button")
+          .on("click", (event, it) => listeners.call("commit", null, it.g))
+          .on("pointerenter", (event, it) => listeners.call("preview", null, it.g))
+          .on("pointerleave", () => listeners.call("unpreview", null));
+        button.append("div").attr("class", "frame frame-small");
+        fig.append("figcaption");
+        return fig;
+      })
+      .classed("is-selected", (it) => it.selected)
+      .classed("is-previewed", (it) => it.previewed);
+    items.select(".sweep-button").attr("aria-label", (it) => `Choose guidance scale ${it.g}`)
+      .attr("aria-pressed", (it) => String(it.selected));
+    items.select(".frame").each(function drawOne(it) {
+      d3.select(this).datum(it.frame).call(draw);
+    });
+    items.select("figcaption").text((it) => `g = ${it.g}`);
+  }
+
+  view.on = (type, fn) => {
+    listeners.on(type, fn);
+    return view;
+  };
+  return view;
+}

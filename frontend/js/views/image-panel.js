@@ -1,0 +1,57 @@
+/**
+ * Image level 2: one real step of the refiner. The latent before the step and the
+ * timestep go into the UNet, which predicts the noise for the empty prompt and for your
+ * prompt; guidance combines them; the scheduler weakens the result by its factor for
+ * this step and subtracts it, giving the latent after the step.
+ *
+ * Usage: d3.select(panel).datum({atStart, frames: {prev, uncond, text, guided, next},
+ *          missing: {uncond, text}, table: {rows, channels} | null}).call(imagePanel())
+ * The frames are `frame()` data; the prose and numbers around them live in index.html.
+ */
+import { d3 } from "../lib.js";
+import { fmt } from "../data.js";
+import { frame } from "./frame.js";
+
+export function pixelTable() {
+  return function view(selection) {
+    const d = selection.datum();
+    const table = selection;
+    table.selectAll("thead").data(d ? [d] : []).join("thead")
+      .selectAll("tr").data((t) => [t]).join("tr")
+      .selectAll("th").data((t) => ["", ...d3.range(t.channels).map((c) => `channel ${c}`)])
+      .join("th").attr("scope", "col").text((x) => x);
+    table.selectAll("tbody").data(d ? [d] : []).join("tbody")
+      .selectAll("tr").data((t) => t.rows, (r) => r.key)
+      .join((enter) => {
+        const tr = enter.append("tr");
+        tr.append("th").attr("scope", "row");
+        return tr;
+      })
+      .attr("class", (r) => `row-${r.key}`)
+      .call((tr) => tr.select("th").text((r) => r.label))
+      .selectAll("td").data((r) => r.values || d3.range(d.channels).map(() => null))
+      .join("td").text((v) => fmt(v));
+  };
+}
+
+export function imagePanel() {
+  const draw = frame();
+  const table = pixelTable();
+
+  return function view(selection) {
+    const d = selection.datum();
+    selection.select("#image-note-start").property("hidden", !d.atStart);
+    selection.select("#step-flow").classed("at-start", d.atStart);
+    const slots = {
+      prev: "#step-latent-prev", uncond: "#step-uncond", text: "#step-text",
+      guided: "#step-guided", next: "#step-latent-next",
+    };
+    for (const [name, sel] of Object.entries(slots)) selection.select(sel).datum(d.frames[name]).call(draw);
+    selection.select("#branch-uncond").property("hidden", d.missing.uncond);
+    selection.select("#missing-uncond").property("hidden", !d.missing.uncond);
+    selection.select("#branch-text").property("hidden", d.missing.text);
+    selection.select("#missing-text").property("hidden", !d.missing.text);
+    selection.select("#pixel-numbers-note").property("hidden", Boolean(d.table));
+    selection.select("#pixel-table").datum(d.table).call(table);
+  };
+}

@@ -1,0 +1,74 @@
+"""Helpers for the browser tests and the front-end benchmark: serve the app over a
+bundle on a real loopback server, and drive Debian's chromium through Playwright.
+
+Chromium is not downloaded by Playwright here: the tests use /usr/bin/chromium
+(`apt-get install chromium`) and skip with that advice when it is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+from pathlib import Path
+
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run"]
+SKIP_REASON = ("browser tests need Debian's chromium at /usr/bin/chromium "
+               "(apt-get install chromium) and Python Playwright (pip install playwright)")
+
+
+def chromium_path() -> str | None:
+    """The chromium executable to drive, or None when there is none."""
+    env = os.environ.get("NOISEPATH_CHROMIUM")
+    for candidate in ((env,) if env else ()) + CHROMIUM_CANDIDATES:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("chromium")
+    return found
+
+
+def browser_available() -> bool:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return False
+    return chromium_path() is not None
+
+
+@contextlib.contextmanager
+def serve_bundle(bundle_dir: str | Path):
+    """Serve create_app over bundle_dir on 127.0.0.1 (a free port); yields the base URL."""
+    from werkzeug.serving import make_server
+
+    from backend import create_app
+
+    app = create_app({"BUNDLE_DIR": Path(bundle_dir)})
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def launch_chromium():
+    """A headless chromium driven by Playwright; yields the Browser."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=LAUNCH_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def wait_ready(page, timeout: float = 15_000) -> None:
+    """Wait until the pictures of the current run are drawn (#viz stops being aria-busy)."""
+    page.wait_for_selector("#viz[aria-busy=false]", timeout=timeout)
