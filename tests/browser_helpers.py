@@ -41,12 +41,16 @@ def browser_available() -> bool:
 @contextlib.contextmanager
 def serve_bundle(bundle_dir: str | Path):
     """Serve create_app over bundle_dir on 127.0.0.1 (a free port); yields the base URL."""
-    from werkzeug.serving import make_server
+    from werkzeug.serving import WSGIRequestHandler, make_server
 
     from backend import create_app
 
+    class QuietHandler(WSGIRequestHandler):
+        def log_request(self, *args, **kwargs):  # one line per request would drown test output
+            pass
+
     app = create_app({"BUNDLE_DIR": Path(bundle_dir)})
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

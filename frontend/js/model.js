@@ -87,7 +87,7 @@ export function createModel(index, api) {
       const row = (a, k) => a.data.subarray(k * D, (k + 1) * D);
       const { real, padding } = prompt.tokens;
       const rows = real.map((t) => ({ key: `t${t.k}`, k: t.k, label: t.label }));
-      if (padding) rows.push({ key: "pad", k: null, label: `padding (1st of ${padding})`, position: real.length });
+      if (padding) rows.push({ key: "pad", k: null, label: `padding 1/${padding}`, position: real.length });
       strips = {
         dim: D,
         selected: state.token,

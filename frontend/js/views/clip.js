@@ -98,10 +98,11 @@ export function clipDiagram() {
     const dots = svg.selectAll("g.clip-point").data(points, (p) => p.key).join((enter) => {
       const g = enter.append("g");
       g.append("circle").attr("r", 7);
-      g.append("text").attr("dy", -11).attr("text-anchor", "middle");
+      g.append("text").attr("text-anchor", "middle");
       return g;
     }).attr("class", (p) => `clip-point ${p.kind}`)
       .attr("transform", (p) => `translate(${sx(p.at[0])},${sy(p.at[1])})`);
-    dots.select("text").text((p) => `${p.label} ${p.pair + 1}`);
+    // captions label above their dot, images below, so the close pairs stay readable
+    dots.select("text").attr("dy", (p) => (p.kind === "text-side" ? -12 : 22)).text((p) => `${p.label} ${p.pair + 1}`);
   };
 }

@@ -77,8 +77,8 @@ export function vectorStrips() {
   function view(selection) {
     selection.each(function draw(d) {
       const host = d3.select(this);
-      // diverging, colour-blind-safe (purple-orange), symmetric around 0
-      const color = d3.scaleDiverging(d3.interpolatePuOr).domain([d.domain, 0, -d.domain]).clamp(true);
+      // diverging, colour-blind-safe: negative orange, 0 white, positive purple
+      const color = d3.scaleDiverging(d3.interpolatePuOr).domain([-d.domain, 0, d.domain]).clamp(true);
 
       const legend = host.selectAll(".strip-legend").data([d.domain]).join((enter) => {
         const p = enter.append("p").attr("class", "strip-legend");
