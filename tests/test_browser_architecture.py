@@ -44,16 +44,23 @@ def shots(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def page(browser):
+@pytest.fixture(scope="module")
+def context(browser):
+    """One context (so one HTTP cache) for the module; every test gets a fresh page."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(context):
     page = context.new_page()
     problems: list[str] = []
     page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     page.problems = problems
     yield page
-    context.close()
+    page.close()
     assert problems == [], "the page logged errors:\n" + "\n".join(problems)
 
 

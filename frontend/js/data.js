@@ -108,6 +108,12 @@ export function fmt(value, digits = 3) {
   return s.replace("-", "\u2212");
 }
 
+/** A scheduler timestep: integers as they are, fractional ones (Euler, LMS) to 1 decimal. */
+export function fmtTimestep(t) {
+  if (t === null || t === undefined) return "–";
+  return Number.isInteger(t) ? String(t) : t.toFixed(1);
+}
+
 /** Mean over the first axis of a (T, r, r) array: a token's map averaged over all steps. */
 export function meanOverSteps(npy) {
   const [T, h, w] = npy.shape;

@@ -9,7 +9,7 @@
 import { d3 } from "./lib.js";
 import { urls } from "./api.js";
 import {
-  alignTokens, callIndex, fmt, groupOf, markHighlights, meanOverSteps, runIdFor, sliceFirst, tokenList,
+  alignTokens, callIndex, fmt, fmtTimestep, groupOf, markHighlights, meanOverSteps, runIdFor, sliceFirst, tokenList,
 } from "./data.js";
 import { SPEEDS } from "./state.js";
 
@@ -239,7 +239,7 @@ export function createModel(index, api) {
         step: String(s),
         "steps-total": String(T),
         "call-from": String(i === null ? 0 : i),
-        timestep: run && i !== null ? String(run.scheduler.timesteps[i]) : "–",
+        timestep: run && i !== null ? fmtTimestep(run.scheduler.timesteps[i]) : "–",
         weaken: run && i !== null ? fmt(run.scheduler.weaken[i]) : "–",
         guidance: fmt(state.guidance),
         seed: String(state.seed),

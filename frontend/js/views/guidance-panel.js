@@ -89,8 +89,10 @@ export function guidanceFormula() {
       source = `\\hat\\epsilon = \\epsilon_{\\text{prompt}} = ${tex(d.text)} \\quad (g = 1:\\ \\text{the empty branch cancels out})`;
     } else {
       const computed = d.uncond + d.g * (d.text - d.uncond);
-      source = `\\hat\\epsilon = ${tex(d.uncond)} + ${tex(d.g)} \\times (${tex(d.text)} - ${paren(d.uncond)}) = ${tex(computed)}`
-        + (d.guided === null ? "" : `\\quad\\text{(stored: ${tex(d.guided)})}`);
+      source = `\\begin{aligned}\\hat\\epsilon &= ${tex(d.uncond)} + ${tex(d.g)} \\times (${tex(d.text)} - ${paren(d.uncond)})`
+        + ` \\\\ &= ${tex(computed)}`
+        + (d.guided === null ? "" : `\\quad\\text{(the UNet's guided noise: ${tex(d.guided)})}`)
+        + "\\end{aligned}";
     }
     if (source === last) return;
     last = source;

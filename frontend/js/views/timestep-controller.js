@@ -6,7 +6,7 @@
  * Stepping or dragging pauses playback (the app decides that; this view only reports intent).
  */
 import { d3 } from "../lib.js";
-import { fmt } from "../data.js";
+import { fmt, fmtTimestep } from "../data.js";
 
 const ICONS = {
   back: "M6 5h2.2v14H6zM19 5v14L9.5 12z",
@@ -73,7 +73,7 @@ export function timestepController() {
       .attr("aria-valuetext", `step ${d.step} of ${d.T}`);
     if (Number(slider.property("value")) !== d.step) slider.property("value", d.step);
     root.select(".tc-step").text(`step ${d.step} / ${d.T}`);
-    root.select(".tc-timestep").text(d.timestep === null ? "pure noise" : `timestep ${d.timestep}${d.sigma === null || d.sigma === undefined ? "" : `, σ ${fmt(d.sigma)}`}`);
+    root.select(".tc-timestep").text(d.timestep === null ? "pure noise" : `timestep ${fmtTimestep(d.timestep)}${d.sigma === null || d.sigma === undefined ? "" : `, σ ${fmt(d.sigma)}`}`);
     root.select(".tc-speed-select").selectAll("option")
       .data(d.speeds, (v) => v)
       .join("option")
