@@ -1,0 +1,142 @@
+"""`noisepath serve`: the app on a bundle under waitress, a production WSGI server.
+
+    noisepath serve                         the shipped demo bundle on http://127.0.0.1:8000/
+    noisepath serve --bundle DIR --open     another bundle, and open the browser
+    noisepath serve --host 0.0.0.0          share with a class: prints the LAN address(es)
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import sys
+import threading
+import webbrowser
+from pathlib import Path
+
+from backend import DEFAULT_BUNDLE, create_app
+from backend.bundle import BundleError
+
+DEFAULT_THREADS = 16
+CONNECTION_LIMIT = 1000      # a class of 200 browsers with a few connections each
+DEMO_HELP = ("The demo bundle is made by the demo model (docs/demo-model.md):\n"
+             "  noisepath train-demo      # train the tiny demo model\n"
+             "  noisepath precompute ...  # record its runs into static/demo-bundle/\n"
+             "or serve a bundle you have:  noisepath serve --bundle DIR")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, metavar="DIR",
+                   help="the bundle folder to serve")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 0.0.0.0 lets other machines (a class) connect")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--open", action="store_true", help="open the app in a web browser")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help="worker threads answering requests")
+    p.add_argument("--checksums", action="store_true",
+                   help="verify every file's SHA-256 at startup (slower on big bundles)")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="serve the valid runs of a bundle with bad ones, and list the rest")
+
+
+def lan_addresses() -> list[str]:
+    """This machine's IPv4 addresses that other machines on the network can reach."""
+    found = set()
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            found.add(info[4][0])
+    except OSError:
+        pass
+    try:  # the address of the interface with the default route; sends no packet
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 80))
+            found.add(s.getsockname()[0])
+    except OSError:
+        pass
+    return sorted(a for a in found if not a.startswith("127."))
+
+
+def urls(host: str, port: int) -> list[str]:
+    if host in ("0.0.0.0", "", "::"):
+        return [f"http://127.0.0.1:{port}/"] + [f"http://{a}:{port}/" for a in lan_addresses()]
+    shown = f"[{host}]" if ":" in host else host
+    return [f"http://{shown}:{port}/"]
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (OSError if the port is taken), for waitress to listen on."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if os.name != "nt":  # on Windows this flag would let two servers share a port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def make_server(app, host: str, port: int, threads: int):
+    import waitress
+
+    return waitress.create_server(
+        app, sockets=[listen_socket(host, port)], threads=threads,
+        connection_limit=CONNECTION_LIMIT, asyncore_use_poll=True,  # poll: no 1024-fd limit
+        backlog=2048, ident="",  # no Server header
+        channel_timeout=60, clear_untrusted_proxy_headers=True)
+
+
+def run(args) -> int:
+    try:
+        app = create_app({"BUNDLE_DIR": args.bundle, "CHECKSUMS": args.checksums,
+                          "SKIP_INVALID": args.skip_invalid})
+    except BundleError as e:
+        if not args.bundle.exists() and args.bundle.resolve() == DEFAULT_BUNDLE.resolve():
+            print(f"noisepath serve: the demo bundle is missing ({DEFAULT_BUNDLE}).\n"
+                  f"{DEMO_HELP}", file=sys.stderr)
+        elif not args.bundle.is_dir():
+            print(f"noisepath serve: there is no bundle folder at {args.bundle}", file=sys.stderr)
+        else:
+            print(f"noisepath serve: {e}\n\nCheck it with `noisepath validate {args.bundle}`;"
+                  " serve only its valid runs with --skip-invalid.", file=sys.stderr)
+        return 1
+    store = app.extensions["noisepath.store"]
+    if store.bundle.skipped_runs:
+        print(f"skipped {len(store.bundle.skipped_runs)} invalid run(s):", file=sys.stderr)
+        for p in store.bundle.problems:
+            if p.severity == "error":
+                print(f"  {p}", file=sys.stderr)
+    try:
+        server = make_server(app, args.host, args.port, args.threads)
+    except (OSError, UnicodeError) as e:  # UnicodeError: an unusable host name
+        if getattr(e, "errno", None) == errno.EADDRINUSE:
+            print(f"noisepath serve: port {args.port} on {args.host} is already in use "
+                  f"(another noisepath serve?). Stop it, or pick another port: "
+                  f"--port {args.port + 1}", file=sys.stderr)
+        else:
+            print(f"noisepath serve: cannot listen on {args.host}:{args.port}: "
+                  f"{getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        return 1
+    port = server.effective_port if hasattr(server, "effective_port") else args.port
+    addresses = urls(args.host, port)
+    try:
+        print(f"Noisepath: {len(store.runs)} runs of {store.bundle.root}")
+        print(f"Open {addresses[0]} in a web browser.")
+        if len(addresses) > 1:
+            print("Students on the same network open:")
+            for url in addresses[1:]:
+                print(f"  {url}")
+        print("Press Ctrl+C to stop.", flush=True)
+        if args.open:
+            threading.Timer(0.5, webbrowser.open, [addresses[0]]).start()
+        server.run()  # returns on Ctrl+C (waitress catches KeyboardInterrupt)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    print("\nstopped", flush=True)
+    return 0
