@@ -109,6 +109,9 @@ class CrossAttentionCapture:
     def __init__(self, unet, latent_hw, n_tokens: int, rows, check_softmax: bool = False):
         self.unet, self.latent_hw, self.n_tokens = unet, tuple(latent_hw), int(n_tokens)
         self.rows = list(rows)
+        # the loop's text rows are contiguous: a slice selects them without an index copy
+        contiguous = self.rows == list(range(self.rows[0], self.rows[-1] + 1)) if self.rows else False
+        self._select = slice(self.rows[0], self.rows[-1] + 1) if contiguous else self.rows
         self.check_softmax = check_softmax
         self.max_softmax_error = 0.0
         self.active = False
@@ -138,7 +141,7 @@ class CrossAttentionCapture:
     # -- called from inside the UNet, once per cross-attention layer
     @torch.no_grad()
     def record(self, name, attn, hidden_states, encoder_hidden_states):
-        rows = torch.as_tensor(self.rows, device=hidden_states.device)
+        rows = self._select
         probs = attention_probs(attn, hidden_states[rows], encoder_hidden_states[rows])  # (R, heads, N, 77)
         if self.check_softmax:
             error = (probs.sum(dim=-1) - 1).abs().max().item()

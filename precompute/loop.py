@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,6 +151,10 @@ def run_guidance_sweep(
     scheduler = copy.deepcopy(components.scheduler)
     scheduler.set_timesteps(num_inference_steps, device=device)
     timesteps = scheduler.timesteps
+    if hasattr(scheduler, "get_lms_coefficient"):
+        # LMS integrates its coefficients numerically (scipy) at every step; cache them so
+        # the zero-output copy in 5.4 (a deepcopy shares the cache) does not redo it
+        scheduler.get_lms_coefficient = functools.lru_cache(maxsize=None)(scheduler.get_lms_coefficient)
 
     # 4. Prepare latents x_T ~ N(0, I) * init_noise_sigma, exactly as the pipeline's
     #    prepare_latents for batch 1; every guidance scale starts from the same x_T

@@ -86,8 +86,9 @@ def test_capture_does_not_change_the_unet_output_and_restores_processors():
     c = components()
     before = c.unet.attn_processors
     embeds = torch.randn(3, 77, 32)
-    plain, captured, _, _ = capture_one_call(c.unet, embeds, rows=(1, 2))
+    plain, captured, maps, _ = capture_one_call(c.unet, embeds, rows=(0, 2))  # non-contiguous rows
     assert torch.equal(plain, captured)
+    assert maps["combined"].shape == (2, 5, 8, 8)
     assert c.unet.attn_processors == before
 
 

@@ -94,31 +94,72 @@ def sd_shaped_unet_config(kind="sd15", sample_size=8):
     return config
 
 
-def build_sd_shaped_unet(kind="sd15", sample_size=8, seed=0):
-    """An SD-1.5- or SD-2-shaped UNet with cheap pseudo-random weights.
+def fast_random_init(module, seed=0):
+    """Cheap pseudo-random weights for big modules (torch's init of 860M floats takes ~8 s).
 
-    torch's default init of 860M parameters takes about 8 s on two cores, so the model
-    is built on the meta device and its matrices are tiled from one random pool,
-    scaled by 1/sqrt(fan_in) (norm weights 1, biases 0). Fine for shapes and capture.
+    Matrices are tiled from one random pool and scaled by 1/sqrt(fan_in); 1-D weights
+    (norms) are 1, biases 0. Fine for shapes, capture and timing, not for pictures.
     """
     import torch
-    from diffusers import UNet2DConditionModel
 
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**sd_shaped_unet_config(kind, sample_size))
-    unet.to_empty(device="cpu")
     pool = torch.rand(2**20 + 7, generator=torch.Generator().manual_seed(seed)) * 2 - 1
     with torch.no_grad():
-        for name, param in unet.named_parameters():
+        for name, param in module.named_parameters():
             if param.ndim == 1:
                 param.fill_(1.0 if name.endswith("weight") else 0.0)
                 continue
             flat = param.view(-1)
             for start in range(0, flat.numel(), len(pool)):
                 chunk = flat[start : start + len(pool)]
-                chunk.copy_(pool[: chunk.numel()])
+                chunk.copy_(pool[: chunk.numel()].to(chunk.dtype))
             flat.mul_(1 / math.sqrt(param[0].numel()))
-    return unet.eval()
+    return module.eval()
+
+
+def build_sd_shaped_unet(kind="sd15", sample_size=8, seed=0):
+    """An SD-1.5- or SD-2-shaped UNet (about 860M parameters) with cheap random weights."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**sd_shaped_unet_config(kind, sample_size))
+    return fast_random_init(unet.to_empty(device="cpu"), seed)
+
+
+def build_sd15_random_components(seed=0):
+    """SD-1.5-sized UNet, VAE and CLIP ViT-L text encoder with random weights (for timing).
+
+    The tokenizer is the tiny one (the text encoder's vocabulary matches it); every
+    other shape is SD 1.5's.
+    """
+    import torch
+    from diffusers import AutoencoderKL, LMSDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = build_tokenizer()
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**sd_shaped_unet_config("sd15", sample_size=64))
+        vae = AutoencoderKL(
+            block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
+            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+            sample_size=512,
+        )
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+            num_attention_heads=12, max_position_embeddings=77, projection_dim=768,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ))
+    for i, module in enumerate((unet, vae, text_encoder)):
+        fast_random_init(module.to_empty(device="cpu"), seed + i)
+    # position_ids is a buffer, not a parameter: restore it after to_empty
+    text_model = getattr(text_encoder, "text_model", text_encoder)
+    embeddings = text_model.embeddings
+    embeddings.position_ids.copy_(torch.arange(77)[None])
+    scheduler = LMSDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                     num_train_timesteps=1000, steps_offset=1)
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
 def build_components(kind="sd15", seed=0):
