@@ -6,12 +6,14 @@ import http.server
 import json
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
 
 from backend import create_app, export_cli
 from backend.export_cli import ExportError, write_site
+from tests.synthetic_bundle import PROMPTS, make_bundle
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +33,28 @@ def app(synthetic_bundle_ro, frontend):
 
 
 @pytest.fixture(scope="module")
-def site(app, tmp_path_factory):
-    """The export under a sub-path (/course/noisepath/) of a real HTTP server."""
+def tiny_bundle(tmp_path_factory):
+    """A smaller bundle for the tests of how the export is written."""
+    return make_bundle(tmp_path_factory.mktemp("tiny") / "b", steps=2, seeds=(1,),
+                       guidance_scales=(0, 7), prompts=PROMPTS[:1])
+
+
+@pytest.fixture(scope="module")
+def tiny_app(tiny_bundle, frontend):
+    return create_app({"BUNDLE_DIR": tiny_bundle, "FRONTEND_DIR": frontend})
+
+
+@pytest.fixture(scope="module")
+def www(app, tmp_path_factory):
     root = tmp_path_factory.mktemp("www")
     write_site(app, root / "course" / "noisepath")
+    return root
+
+
+@pytest.fixture(scope="module")
+def site(www):
+    """The export under a sub-path (/course/noisepath/) of a real HTTP server."""
+    root = www
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
@@ -115,41 +135,41 @@ def test_front_end_is_at_the_site_root(site):
         fetch(site, ".git-keep")
 
 
-def test_export_holds_only_the_referenced_bundle_files(app, tmp_path):
-    write_site(app, tmp_path / "out")
-    bundle_files = {p.relative_to(tmp_path / "out" / "bundle").as_posix()
-                    for p in (tmp_path / "out" / "bundle").rglob("*") if p.is_file()}
+def test_export_holds_only_the_referenced_bundle_files(app, www):
+    out = www / "course" / "noisepath"
+    bundle_files = {p.relative_to(out / "bundle").as_posix()
+                    for p in (out / "bundle").rglob("*") if p.is_file()}
     assert bundle_files == set(app.extensions["noisepath.store"].files)
     assert not any(f.endswith(".json") for f in bundle_files)
 
 
-def test_refuses_a_non_empty_folder_unless_forced(app, tmp_path):
+def test_refuses_a_non_empty_folder_unless_forced(tiny_app, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(ExportError, match="--force"):
-        write_site(app, out)
+        write_site(tiny_app, out)
     assert (out / "keep.txt").read_text() == "mine"
-    write_site(app, out, force=True)
+    write_site(tiny_app, out, force=True)
     assert not (out / "keep.txt").exists() and (out / "api" / "index.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_empty_folder_is_filled(app, tmp_path):
+def test_empty_folder_is_filled(tiny_app, tmp_path):
     (tmp_path / "out").mkdir()
-    write_site(app, tmp_path / "out")
+    write_site(tiny_app, tmp_path / "out")
     assert (tmp_path / "out" / "index.html").is_file()
 
 
-def test_a_failed_export_leaves_the_old_site_and_no_temporary_folder(app, tmp_path,
+def test_a_failed_export_leaves_the_old_site_and_no_temporary_folder(tiny_app, tmp_path,
                                                                      monkeypatch):
     out = tmp_path / "out"
-    write_site(app, out)
+    write_site(tiny_app, out)
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
-    store = app.extensions["noisepath.store"]
+    store = tiny_app.extensions["noisepath.store"]
     monkeypatch.setattr(store, "api_paths", lambda: iter(["api/index.json", "api/nope.json"]))
     with pytest.raises(ExportError, match="api/nope.json"):
-        write_site(app, out, force=True)
+        write_site(tiny_app, out, force=True)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
@@ -168,13 +188,11 @@ def parse(*argv):
     return p.parse_args(list(argv))
 
 
-def test_cli_exports_and_reports(synthetic_bundle_ro, tmp_path, capsys):
-    assert export_cli.run(parse(str(tmp_path / "site"), "--bundle",
-                                str(synthetic_bundle_ro))) == 0
+def test_cli_exports_and_reports(tiny_bundle, tmp_path, capsys):
+    assert export_cli.run(parse(str(tmp_path / "site"), "--bundle", str(tiny_bundle))) == 0
     assert "API files" in capsys.readouterr().out
     assert (tmp_path / "site" / "api" / "index.json").is_file()
-    assert export_cli.run(parse(str(tmp_path / "site"), "--bundle",
-                                str(synthetic_bundle_ro))) == 1
+    assert export_cli.run(parse(str(tmp_path / "site"), "--bundle", str(tiny_bundle))) == 1
     assert "--force" in capsys.readouterr().err
 
 
