@@ -98,7 +98,7 @@ def test_page_loads_with_no_console_errors(page, base_url, shots):
     assert page.title().startswith("Noisepath")
     assert page.locator("#decoded-frame canvas.frame-canvas").is_visible()
     assert page.locator("#pred-frame[data-frame]").count() == 1
-    assert page.locator(".article .katex").count() >= 5, "the article's math is typeset"
+    page.wait_for_function("() => document.querySelectorAll('.article .katex').length >= 5")  # math typeset
     assert page.locator("#prompt-words .token-word").count() == 6
     page.screenshot(path=str(shots / "load-1280.png"), full_page=True)
 

@@ -2,11 +2,12 @@
  * The article: typesets its math with the vendored KaTeX and makes the "i" buttons in
  * the views jump to their section. The prose itself lives in index.html.
  */
-import { katex } from "./lib.js";
+import { loadKatex } from "./lib.js";
 
 /** Render every `.tex` element's TeX source in place (`.tex-display` as a display formula). */
-export function renderMath(root) {
-  for (const el of root.querySelectorAll(".tex")) {
+export async function renderMath(root) {
+  const katex = await loadKatex();
+  for (const el of root.querySelectorAll(".tex:not([data-tex])")) {
     const source = el.textContent;
     el.setAttribute("data-tex", source);
     katex.render(source, el, { displayMode: el.classList.contains("tex-display"), throwOnError: false });

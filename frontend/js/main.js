@@ -38,7 +38,6 @@ function choiceHandlers(view, store, key, after = () => {}) {
 }
 
 async function start() {
-  renderMath(document);
   bindArticleLinks(document);
 
   let schedule = () => {};
@@ -57,6 +56,7 @@ async function start() {
   } catch (error) {
     setStatus(`Could not load the bundle: ${error.message}`, true);
     d3.select("#viz").attr("aria-busy", "false");
+    renderMath(document);
     return;
   }
   if (!index.runs || !Object.keys(index.runs).length) {
@@ -166,6 +166,8 @@ async function start() {
     if (m.ready && !firstRender) {
       firstRender = true;
       performance.mark("noisepath:first-full-render");
+      // The math is off the first screen: typeset it once the pictures are up.
+      setTimeout(() => renderMath(document).then(schedule), 50);
     }
     performance.measure(RENDER_MEASURE, "noisepath:render-start");
     if (++measures > 2000) {

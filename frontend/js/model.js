@@ -51,8 +51,11 @@ export function createModel(index, api) {
 
   /** A frame datum for one picture slot, falling back to the slot's last frame while loading. */
   function picture(slot, run, name, frameIndex, label) {
-    if (frameIndex === null) return { image: null, entry: null, index: null, label };
     const entry = run && run.images ? run.images[name] : undefined;
+    if (frameIndex === null) {
+      if (entry) api.peek(entry.url, "image"); // fetch it now so the next step draws at once
+      return { image: null, entry: null, index: null, label };
+    }
     if (run && !entry) {
       lastGood.delete(slot);
       return { image: null, entry: null, index: null, label }; // this run has no such picture

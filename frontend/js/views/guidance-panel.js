@@ -7,7 +7,7 @@
  * guidanceFormula(): datum {g, uncond, text, guided, missing} (numbers at one pixel) or null
  * sweep():           datum {items: [{g, frame, selected, previewed}]}; events as the slider
  */
-import { d3, katex } from "../lib.js";
+import { d3, katexIfLoaded, loadKatex } from "../lib.js";
 import { fmt } from "../data.js";
 import { frame } from "./frame.js";
 
@@ -93,6 +93,14 @@ export function guidanceFormula() {
         + ` \\\\ &= ${tex(computed)}`
         + (d.guided === null ? "" : `\\quad\\text{(the UNet's guided noise: ${tex(d.guided)})}`)
         + "\\end{aligned}";
+    }
+    const katex = katexIfLoaded();
+    if (!katex) {
+      // plain text until KaTeX arrives; the app redraws once it has
+      loadKatex();
+      selection.text(source.replace(/\\[a-z]+\{?|[{}&]/g, " "));
+      last = null;
+      return;
     }
     if (source === last) return;
     last = source;
