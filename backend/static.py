@@ -25,13 +25,13 @@ def root():
     return send(res)
 
 
-@bp.get("/bundle/<path:rel>")
-def bundle_file(rel: str):
+@bp.get("/bundle/<path:path>")
+def bundle_file(path: str):
     store = get_store()
-    res = store.bundle_file(rel)
+    res = store.bundle_file(path)
     if res is None:
-        not_found(f"no bundle file {rel[:80]!r}; the run and prompt documents give the URLs")
-    sha = store.files[rel]
+        not_found(f"no bundle file {path[:80]!r}; the run and prompt documents give the URLs")
+    sha = store.files[path]
     fresh = bool(sha) and request.args.get("v") == sha[:VERSION_CHARS]
     return send(res, IMMUTABLE if fresh else REVALIDATE)
 

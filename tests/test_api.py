@@ -3,6 +3,8 @@
 import gzip
 import io
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -365,3 +367,124 @@ def test_missing_bundle_folder_is_reported(tmp_path, frontend):
 def test_json_never_contains_nan(client, index):
     for url in ["/api/index.json", *(f"/api/runs/{rid}.json" for rid in index["runs"])]:
         json.loads(client.get(url).data, parse_constant=lambda c: pytest.fail(c))
+
+
+# -------------------------------------------------------------------------- OpenAPI
+
+SPEC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
+
+
+def load_spec() -> dict:
+    """docs/openapi.yaml is JSON-syntax YAML after its comment lines (see its header)."""
+    text = SPEC_PATH.read_text(encoding="utf-8")
+    return json.loads("\n".join(line for line in text.splitlines()
+                                if not line.lstrip().startswith("#")))
+
+
+SPEC = load_spec()
+TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool,
+         "array": list, "object": dict, "null": type(None)}
+
+
+def check_schema(value, schema, where="$"):
+    """A small JSON Schema check: the keywords docs/openapi.yaml uses. Returns problems."""
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return check_schema(value, SPEC["components"]["schemas"][name], where)
+    problems = []
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        ok = any(isinstance(value, TYPES[t]) and not (isinstance(value, bool) and t != "boolean")
+                 for t in types)
+        if not ok:
+            return [f"{where}: {type(value).__name__} is not {types}"]
+    if "enum" in schema and value not in schema["enum"]:
+        problems.append(f"{where}: {value!r} not in {schema['enum']}")
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        problems += [f"{where}: missing {k}" for k in schema.get("required", []) if k not in value]
+        extra = schema.get("additionalProperties", True)
+        for k, v in value.items():
+            if k in props:
+                problems += check_schema(v, props[k], f"{where}.{k}")
+            elif extra is False:
+                problems.append(f"{where}: unexpected {k}")
+            elif isinstance(extra, dict):
+                problems += check_schema(v, extra, f"{where}.{k}")
+    if isinstance(value, list):
+        if len(value) < schema.get("minItems", 0) or len(value) > schema.get("maxItems", 1 << 30):
+            problems.append(f"{where}: {len(value)} items")
+        for i, v in enumerate(value):
+            problems += check_schema(v, schema.get("items", {}), f"{where}[{i}]")
+    return problems
+
+
+def spec_template(path: str) -> str | None:
+    """The spec path a concrete URL path matches (parameters match one segment)."""
+    for template in SPEC["paths"]:
+        pattern = re.escape(template)
+        pattern = re.sub(r"\\\{path\\\}", ".+", pattern)
+        pattern = re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", pattern)
+        if re.fullmatch(pattern, path):
+            return template
+    return None
+
+
+def test_spec_is_openapi_31_with_a_response_for_every_operation():
+    assert SPEC["openapi"] == "3.1.0"
+    for path, item in SPEC["paths"].items():
+        assert set(item) == {"get"}, path
+        assert "200" in item["get"]["responses"] and "405" in item["get"]["responses"]
+        params = {p["name"] for p in item["get"].get("parameters", []) if p["in"] == "path"}
+        assert params == set(re.findall(r"\{(\w+)\}", path)), path
+
+
+def test_spec_paths_are_the_app_routes(app):
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in ("frontend.frontend_file",):  # the front end's own files: see "/"
+            continue
+        routes.add(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule))
+    assert routes == set(SPEC["paths"])
+
+
+def test_every_api_response_matches_its_schema(app, client):
+    store = app.extensions["noisepath.store"]
+    seen = set()
+    for rel in store.api_paths():
+        template = spec_template("/" + rel)
+        assert template, rel
+        seen.add(template)
+        r = client.get("/" + rel)
+        assert r.status_code == 200, rel
+        content = SPEC["paths"][template]["get"]["responses"]["200"]["content"]
+        assert r.mimetype in content, rel
+        if r.mimetype == "application/json":
+            assert check_schema(r.get_json(), content[r.mimetype]["schema"]) == [], rel
+    files = [f"/bundle/{f}" for f in store.files]
+    for url in files:
+        r = client.get(url)
+        assert spec_template(url) == "/bundle/{path}" and r.status_code == 200
+        assert r.mimetype in SPEC["paths"]["/bundle/{path}"]["get"]["responses"]["200"]["content"]
+    assert seen | {"/", "/bundle/{path}"} == set(SPEC["paths"])
+
+
+@pytest.mark.parametrize("url,status", [
+    ("/api/runs/nope.json", 404), ("/api/runs/empty--s1-g0/steps/99.json", 400),
+    ("/api/runs/empty--s1-g0/attention/combined/steps/0.npy", 404), ("/bundle/nope", 404),
+    ("/api/sweeps/empty/7.json", 404), ("/api/trajectories/x.json", 404),
+])
+def test_errors_match_the_declared_error_responses(client, url, status):
+    r = client.get(url)
+    assert r.status_code == status
+    template = spec_template(url.split("?")[0])
+    assert str(status) in SPEC["paths"][template]["get"]["responses"]
+    assert check_schema(r.get_json(), {"$ref": "#/components/schemas/Error"}) == []
+
+
+def test_schema_check_catches_mismatches():
+    step = {"$ref": "#/components/schemas/Step"}
+    assert check_schema({"run_id": "x"}, step)
+    assert check_schema([], {"$ref": "#/components/schemas/Index"})
+    assert check_schema({"error": "e", "message": "m", "status": True},
+                        {"$ref": "#/components/schemas/Error"})
