@@ -467,3 +467,57 @@ def test_info_buttons_jump_to_their_article_section(page, base_url):
     open_app(page, base_url)
     page.locator("[data-article=decoder]").first.click()
     page.wait_for_function("() => document.activeElement.closest('#article-decoder') !== null")
+
+
+# ---------------------------------------------------------------------- modules on their own
+
+
+def test_token_chips_show_word_pieces_padding_and_what_truncation_cut(page, base_url):
+    """The text view's chart and helpers, called on their own with a too-long prompt."""
+    open_app(page, base_url)
+    result = page.evaluate("""async () => {
+      const { d3 } = await import('./js/lib.js');
+      const { tokenList, alignTokens } = await import('./js/data.js');
+      const { tokenChips } = await import('./js/views/text-panel.js');
+      const pieces = ['<|startoftext|>', 'an</w>', 'adora', 'ble</w>', 'bunny</w>'];
+      while (pieces.length < 76) pieces.push('very</w>');
+      pieces.push('<|endoftext|>');
+      const prompt = { text: 'an adorable bunny very very', tokens: {
+        input_ids: pieces.map((_, i) => i), pieces, n_real: 77, truncated: true,
+        dropped_pieces: ['cute</w>', 'flowers</w>'] } };
+      const tokens = tokenList(prompt);
+      const host = d3.select('body').append('div').attr('id', 'chips-under-test');
+      host.datum({ ...tokens, selected: 2 }).call(tokenChips());
+      const chips = [...host.node().querySelectorAll('.chip')];
+      return {
+        padding: tokens.padding,
+        continues: tokens.real.filter((t) => t.continues).map((t) => t.label),
+        spans: alignTokens(prompt.text, tokens.real.slice(0, 6)).map((s) => [s.text, s.k]),
+        dropped: chips.filter((c) => c.classList.contains('chip-dropped')).map((c) => c.textContent),
+        selected: chips.filter((c) => c.getAttribute('aria-pressed') === 'true').map((c) => c.textContent),
+        count: chips.length,
+      };
+    }""")
+    assert result["padding"] == 0
+    assert result["continues"] == ["adora"]
+    assert result["spans"][:5] == [["an", 1], [" ", None], ["adora", 2], ["ble", 3], [" ", None]]
+    assert result["dropped"] == ["cute", "flowers"]
+    assert result["selected"] == ["adora"]
+    assert result["count"] == 77 + 2
+
+
+def test_state_round_trips_through_the_url_and_normalizes_bad_values(page, base_url):
+    open_app(page, base_url)
+    result = page.evaluate("""async () => {
+      const { normalize, toSearch, fromSearch } = await import('./js/state.js');
+      const index = await (await fetch('api/index.json')).json();
+      const s = normalize(index, { prompt: 'nope', seed: 99, guidance: 7, step: 999, open: ['clip', 'bogus'],
+                                   token: 3, res: 4, speed: 5 });
+      const back = normalize(index, fromSearch(toSearch(index, s)));
+      return { s, same: JSON.stringify(back) === JSON.stringify(s) };
+    }""")
+    s = result["s"]
+    assert result["same"]
+    assert s["prompt"] == PROMPT and s["seed"] == 1 and s["step"] == T
+    assert s["open"] == [], "a level-3 panel needs its level-2 panel"
+    assert s["token"] == 3 and s["res"] == 4 and s["speed"] == 5
