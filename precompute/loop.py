@@ -183,23 +183,10 @@ def run_guidance_sweep(
             latent_model_input = scheduler.scale_model_input(latent_model_input, t)
             model_output = unet(latent_model_input, t, encoder_hidden_states=encoder_hidden_states,
                                 return_dict=False)[0]  # (Gu + Gt, C, h, w)
-            noise_pred_uncond_rows, noise_pred_text_rows = model_output.split([len(uncond_runs), len(text_runs)])
 
-            # 5.2 Classifier-free guidance (Ho & Salimans 2022, eq. 6):
-            #     eps = eps_uncond + s * (eps_text - eps_uncond), one s per run.
-            #     A run without one branch uses the other in its place, so s=0 gives
-            #     eps_uncond and s=1 gives eps_text exactly.
-            noise_pred_uncond = noise_pred_text = None
-            if uncond_runs:
-                noise_pred_uncond = _scatter(noise_pred_uncond_rows, uncond_runs, fill=noise_pred_text_rows,
-                                             fill_runs=text_runs, n=len(guidance_scales))
-            if text_runs:
-                noise_pred_text = _scatter(noise_pred_text_rows, text_runs, fill=noise_pred_uncond_rows,
-                                           fill_runs=uncond_runs, n=len(guidance_scales))
-            if noise_pred_uncond is None:
-                noise_pred_uncond = noise_pred_text
-            if noise_pred_text is None:
-                noise_pred_text = noise_pred_uncond
+            # 5.2 Classifier-free guidance (Ho & Salimans 2022, eq. 6 with s = 1 + w),
+            #     one s per run: eps = eps_uncond + s * (eps_text - eps_uncond)
+            noise_pred_uncond, noise_pred_text = _per_run(model_output, uncond_runs, text_runs)  # (G, C, h, w) each
             noise_pred = (noise_pred_uncond + s * (noise_pred_text - noise_pred_uncond)).to(dtype)  # (G, C, h, w)
 
             # 5.3 Scheduler step x_t -> x_{t-1} (LMS: Karras et al. 2022 sampling with a
@@ -237,7 +224,7 @@ def run_guidance_sweep(
             for k, v in record.items() if k != "attention"}
     attention = None
     if capture is not None:
-        attention = {key: torch.stack([step[key] for step in record["attention"]], dim=2).numpy()
+        attention = {key: torch.stack([maps[key] for maps in record["attention"]], dim=2).numpy()
                      for key in record["attention"][0]}  # {key: (Gt, K, T, r_h, r_w)}
     common = dict(
         seed=int(seed),
@@ -264,12 +251,19 @@ def run_guidance_sweep(
     return results
 
 
-def _scatter(rows, runs, fill, fill_runs, n):
-    """Put `rows` at positions `runs` of an n-run batch; other positions take `fill`."""
-    out = torch.empty((n, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
-    out[fill_runs] = fill
-    out[runs] = rows
-    return out
+def _per_run(model_output, uncond_runs, text_runs):
+    """Rows [uncond x Gu, text x Gt] -> per-run (noise_pred_uncond, noise_pred_text), (G, C, h, w) each.
+
+    A run with one branch only (guidance 0 or 1) gets that branch in both places, so the
+    guidance formula returns it exactly: s=0 gives eps_uncond, s=1 gives eps_text.
+    """
+    uncond_rows, text_rows = model_output.split([len(uncond_runs), len(text_runs)])
+    n_runs = len(set(uncond_runs) | set(text_runs))
+    noise_pred_uncond = model_output.new_empty((n_runs, *model_output.shape[1:]))
+    noise_pred_text = model_output.new_empty((n_runs, *model_output.shape[1:]))
+    noise_pred_uncond[text_runs], noise_pred_uncond[uncond_runs] = text_rows, uncond_rows
+    noise_pred_text[uncond_runs], noise_pred_text[text_runs] = uncond_rows, text_rows
+    return noise_pred_uncond, noise_pred_text
 
 
 # -- images ---------------------------------------------------------------------
