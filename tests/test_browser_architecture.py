@@ -455,12 +455,12 @@ def test_presentation_mode_enlarges_type_and_is_in_the_url(page, base_url, shots
     open_app(page, base_url)
     size = page.evaluate("() => parseFloat(getComputedStyle(document.body).fontSize)")
     page.locator("body").press("p")
-    page.wait_for_function("() => document.body.classList.contains('presenting')")
+    page.wait_for_function("() => document.documentElement.classList.contains('presenting')")
     assert page.evaluate("() => parseFloat(getComputedStyle(document.body).fontSize)") > size
     assert query(page)["present"] == "1"
     page.screenshot(path=str(shots / "presentation.png"))
     page.locator("#present-toggle").click()
-    page.wait_for_function("() => !document.body.classList.contains('presenting')")
+    page.wait_for_function("() => !document.documentElement.classList.contains('presenting')")
 
 
 def test_info_buttons_jump_to_their_article_section(page, base_url):

@@ -129,7 +129,7 @@ async function start() {
     d3.select("#guidance-choice").datum(m.guidance).call(views.guidance);
     d3.select("#prompt-words").datum(m.words).call(views.words);
     d3.select(document.body).datum(m.fields).call(views.fields);
-    d3.select(document.body).classed("presenting", state.present);
+    d3.select(document.documentElement).classed("presenting", state.present);
     d3.select("#present-toggle").attr("aria-pressed", String(state.present));
 
     d3.select("#compare-entry").property("hidden", !m.compareEntry || Boolean(state.compare));
