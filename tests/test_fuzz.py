@@ -7,6 +7,7 @@ and odd headers. More examples with `-m slow`.
 """
 
 import json
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -57,13 +58,8 @@ def segment(valid):
 
 def filled_spec_path(valid):
     def fill(template, values):
-        out = template
-        for value in values:
-            if "{" not in out:
-                break
-            start, end = out.index("{"), out.index("}")
-            out = out[:start] + value + out[end + 1:]
-        return out
+        it = iter(values)
+        return re.sub(r"\{\w+\}", lambda m: next(it), template)
     return st.builds(fill, st.sampled_from(sorted(SPEC["paths"])),
                      st.lists(segment(valid), min_size=3, max_size=3))
 
