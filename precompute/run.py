@@ -108,7 +108,7 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
         "image_size": settings["image_size"], "dtype": str(components.dtype).replace("torch.", ""),
         "latent_shape": [components.unet.config.in_channels, h, w],
         "prediction_type": components.scheduler.config.get("prediction_type", "epsilon"),
-        "model_info": info,
+        "model_info": _public(info),
     }
     writer = BundleWriter(out, config)
     writer.clean_stale_staging()
@@ -142,11 +142,15 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
                 settings["num_inference_steps"], settings["height"], settings["width"],
                 capture_attention=True, progress=steps)
             steps.close()
-            for result, rid in zip(results, job.run_ids):
-                _write_result(writer, components, result, rid, settings, opts)
-                computed += 1
-                bar.update(1)
-                _say_run(opts, rid, bar)
+            # stage every run of the job, then publish them back to back: a kill
+            # almost never splits a job, and a finished run is never replaced
+            staged = [_stage_result(writer, components, result, rid, settings, opts)
+                      for result, rid in zip(results, job.run_ids) if not writer.has_run(rid)]
+            for folder, target in staged:
+                if writer.publish([(folder, target)]):
+                    computed += 1
+                    bar.update(1)
+                    _say_run(opts, target.name, bar)
         writer.rebuild_index()
     bar.close()
 
@@ -160,6 +164,13 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
          f"{len(index['runs'])} runs" + (f"; {skipped_busy} jobs were being computed by "
                                           "another process" if skipped_busy else ""))
     return summary
+
+
+def _public(value):
+    """Drop diffusers' private config keys (e.g. `_use_default_values`, an unordered set)."""
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items() if not str(k).startswith("_")}
+    return value
 
 
 def _read_config(out: Path) -> dict:
@@ -219,7 +230,7 @@ def noise_preview(noise: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return (np.clip(0.5 + 0.5 * rgb / scale, 0, 1) * 255).round().astype(np.uint8)
 
 
-def _write_result(writer, components, r, rid, settings, opts) -> None:
+def _stage_result(writer, components, r, rid, settings, opts):
     from precompute import loop
 
     size = settings["image_size"]
@@ -247,7 +258,7 @@ def _write_result(writer, components, r, rid, settings, opts) -> None:
         for key, maps in r.attention.items():
             arrays["attention" if key == "combined" else f"attention_{key}"] = maps
         attention = r.attention_meta
-    writer.write_run({
+    return writer.stage_run({
         "run_id": rid, "prompt_id": prompt_id(r.prompt or ""), "seed": r.seed,
         "guidance_scale": float(r.guidance_scale),
         "num_inference_steps": settings["num_inference_steps"],

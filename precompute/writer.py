@@ -235,8 +235,13 @@ class BundleWriter:
 
     # -- runs
     def write_run(self, manifest: dict, arrays: dict[str, np.ndarray],
-                  images: dict[str, tuple[np.ndarray, str]]) -> None:
-        """Write one run atomically.
+                  images: dict[str, tuple[np.ndarray, str]]) -> bool:
+        """Write one run atomically; False if it was already there (nothing replaced)."""
+        return self.publish([self.stage_run(manifest, arrays, images)]) == 1
+
+    def stage_run(self, manifest: dict, arrays: dict[str, np.ndarray],
+                  images: dict[str, tuple[np.ndarray, str]]) -> tuple[Path, Path]:
+        """Write one run into a staging folder; publish() moves it into runs/.
 
         manifest: run_id, prompt_id, seed, guidance_scale, num_inference_steps,
           scheduler {...}, latent_preview {...}, attention {...} or None.
@@ -250,7 +255,11 @@ class BundleWriter:
                     "images": {n: save_sprite(folder, n, f, fmt)
                                for n, (f, fmt) in images.items()}}
         write_json_atomic(folder / "run.json", manifest)
-        self._publish(folder, self.root / "runs" / rid)
+        return folder, self.root / "runs" / rid
+
+    def publish(self, staged: list[tuple[Path, Path]]) -> int:
+        """Rename staged runs into place, back to back; returns how many were new."""
+        return sum(self._publish(folder, target) for folder, target in staged)
 
     def write_trajectories(self, seed: int, method: str, coords: dict[str, np.ndarray]) -> None:
         """coords: run_id -> (T+1, 2), all runs of one seed on one map."""
@@ -267,14 +276,16 @@ class BundleWriter:
         return folder
 
     @staticmethod
-    def _publish(folder: Path, target: Path) -> None:
+    def _publish(folder: Path, target: Path) -> bool:
         """Rename a complete staging folder into place; the first writer wins."""
         try:
             os.rename(folder, target)
+            return True
         except OSError:
             if not target.exists():
                 raise
             shutil.rmtree(folder)  # identical work finished elsewhere: keep theirs
+            return False
 
     def clean_stale_staging(self) -> int:
         """Remove staging folders left by processes that died (same host)."""
