@@ -94,13 +94,14 @@ def test_batched_sweep_rows_match_single_scale_runs():
 
 def test_attention_capture_leaves_every_array_bit_identical():
     c = components()
+    before = c.unet.attn_processors
     captured = sweep(c, [0.0, 1.0, 7.5], capture_attention=True)
+    assert c.unet.attn_processors == before  # the stock processors are back
     plain = sweep(c, [0.0, 1.0, 7.5], capture_attention=False)
     for a, b in zip(captured, plain):
         for name in ("latents", "noise_pred", "pred_original_sample", "weaken"):
             assert np.array_equal(getattr(a, name), getattr(b, name)), name
         assert b.attention is None
-    assert c.unet.attn_processors == components().unet.attn_processors
 
 
 def test_stored_guided_noise_is_uncond_plus_scale_times_difference():
