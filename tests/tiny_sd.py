@@ -12,7 +12,9 @@ touches a hub. Shapes follow diffusers' own fast tests (see shared/sd-internals.
 kind="sd15": epsilon prediction, conv projections, one attention_head_dim.
 kind="sd2v": v-prediction, linear projections, attention_head_dim per block (like SD 2.x).
 
-Also builds bare SD-1.5- and SD-2-shaped UNets (random weights) for capture tests.
+Also: bare SD-1.5- and SD-2-shaped UNets with cheap random weights (capture tests),
+SD-1.5-sized random components (GPU benchmark), and per-process caches for tests:
+`tiny_pipeline_path(kind)` (a folder) and `tiny_components(kind, scheduler)`.
 """
 
 import atexit
