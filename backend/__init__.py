@@ -27,13 +27,15 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     Config: BUNDLE_DIR (default static/demo-bundle), FRONTEND_DIR (default frontend/),
     CHECKSUMS (verify every file's SHA-256 at startup), SKIP_INVALID (serve the valid
-    runs of a bundle with bad ones), CACHE_BYTES (memory for bodies built on request).
+    runs of a bundle with bad ones), CACHE_BYTES (memory for bodies built on request),
+    FAST_PATH (answer API documents without Flask's request machinery; same responses).
     """
     from backend import api, errors, static, store
 
     app = Flask(__name__, static_folder=None)
     app.config.from_mapping(BUNDLE_DIR=DEFAULT_BUNDLE, FRONTEND_DIR=FRONTEND,
-                            CHECKSUMS=False, SKIP_INVALID=False, CACHE_BYTES=256 << 20)
+                            CHECKSUMS=False, SKIP_INVALID=False, CACHE_BYTES=256 << 20,
+                            FAST_PATH=True)
     if test_config:
         app.config.update(test_config)
     store.init_app(app)
@@ -46,4 +48,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         resp.headers.update(SECURITY_HEADERS)
         return resp
 
+    if app.config["FAST_PATH"]:
+        from backend.fastpath import FastPath
+        app.wsgi_app = FastPath(app.wsgi_app, store.get_store_of(app), SECURITY_HEADERS)
     return app

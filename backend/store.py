@@ -169,5 +169,9 @@ def init_app(app: Flask) -> Store:
     return store
 
 
+def get_store_of(app: Flask) -> Store:
+    return app.extensions[EXTENSION_KEY]
+
+
 def get_store() -> Store:
-    return current_app.extensions[EXTENSION_KEY]
+    return get_store_of(current_app)

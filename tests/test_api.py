@@ -488,3 +488,54 @@ def test_schema_check_catches_mismatches():
     assert check_schema([], {"$ref": "#/components/schemas/Index"})
     assert check_schema({"error": "e", "message": "m", "status": True},
                         {"$ref": "#/components/schemas/Error"})
+
+
+# ------------------------------------------------------------------------ fast path
+
+@pytest.fixture(scope="module")
+def slow_app(synthetic_bundle_ro, frontend):
+    return create_app({"BUNDLE_DIR": synthetic_bundle_ro, "FRONTEND_DIR": frontend,
+                       "FAST_PATH": False})
+
+
+def fast_path_urls(app):
+    store = app.extensions["noisepath.store"]
+    return [p for p in store.api_paths() if p.endswith(".json")]
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip", "gzip, deflate, br, zstd", "*", "identity",
+                                      "GZIP", "br", "gzip;q=0", "gzip;q=0.5"])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_fast_path_answers_exactly_as_flask(app, slow_app, encoding, method):
+    headers = {"Accept-Encoding": encoding} if encoding else {}
+    fast, slow = app.test_client(), slow_app.test_client()
+    for url in ["/" + p for p in fast_path_urls(app)] + [
+            "/api/runs/nope/steps/0.json", "/api/runs/empty--s1-g0/steps/05.json",
+            "/api/runs/empty--s1-g0/steps/5.json", "/api/index.json?x=1", "/api/prompts/x.json"]:
+        a = fast.open(url, method=method, headers=headers)
+        b = slow.open(url, method=method, headers=headers)
+        assert (a.status_code, a.data) == (b.status_code, b.data), url
+        strip = {"Date"}
+        assert ({k: v for k, v in a.headers if k not in strip}
+                == {k: v for k, v in b.headers if k not in strip}), url
+
+
+def test_fast_path_takes_the_documents_and_leaves_the_rest_to_flask(app, monkeypatch):
+    fast = app.wsgi_app
+    calls = []
+
+    def flask(environ, start_response):
+        calls.append(environ["PATH_INFO"])
+        start_response("204 No Content", [])
+        return []
+
+    monkeypatch.setattr(fast, "wsgi_app", flask)
+    client = app.test_client()
+    for url in ["/" + p for p in fast_path_urls(app)]:
+        assert client.get(url, headers={"Accept-Encoding": "gzip"}).status_code == 200
+    assert calls == []
+    for url in ["/", "/api/index.json?v=1", "/api/runs/nope.json", "/bundle/x"]:
+        assert client.get(url).status_code == 204
+    client.get("/api/index.json", headers={"If-None-Match": '"x"'})
+    client.post("/api/index.json")
+    assert len(calls) == 6
