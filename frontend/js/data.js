@@ -131,3 +131,64 @@ export function sliceFirst(npy, t) {
   const size = npy.shape.slice(1).reduce((a, b) => a * b, 1);
   return { data: npy.data.subarray(t * size, (t + 1) * size), shape: npy.shape.slice(1) };
 }
+
+/** The words of a text with their character ranges; compared lowercased, without punctuation. */
+function words(text) {
+  return [...text.matchAll(/\S+/g)].map((m) => ({
+    key: m[0].toLowerCase().replace(/[^\p{L}\p{N}'-]+/gu, ""),
+    start: m.index,
+    end: m.index + m[0].length,
+  }));
+}
+
+/**
+ * The words two prompts do not share: a word-level longest common subsequence, so
+ * "a cute panda" vs "a cute red panda" marks only "red".
+ * @returns {[number, number][][]} two lists of [start, end] character ranges, one per text
+ */
+export function wordDiff(textA, textB) {
+  const a = words(textA);
+  const b = words(textB);
+  const n = a.length;
+  const m = b.length;
+  // lcs[i][j]: common words of a[i:] and b[j:]
+  const lcs = Array.from({ length: n + 1 }, () => new Int32Array(m + 1));
+  for (let i = n - 1; i >= 0; i--) {
+    for (let j = m - 1; j >= 0; j--) {
+      lcs[i][j] = a[i].key === b[j].key ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+    }
+  }
+  const keepA = new Set();
+  const keepB = new Set();
+  for (let i = 0, j = 0; i < n && j < m;) {
+    if (a[i].key === b[j].key) {
+      keepA.add(i++);
+      keepB.add(j++);
+    } else if (lcs[i + 1][j] >= lcs[i][j + 1]) i++;
+    else j++;
+  }
+  const ranges = (ws, keep) => ws.filter((w, i) => !keep.has(i)).map((w) => [w.start, w.end]);
+  return [ranges(a, keepA), ranges(b, keepB)];
+}
+
+/** Cut a text into spans at the edges of [start, end] ranges, marking the spans inside one. */
+export function splitRanges(text, ranges) {
+  const edges = [...new Set([0, text.length, ...ranges.flat()])]
+    .filter((x) => x >= 0 && x <= text.length).sort((a, b) => a - b);
+  const spans = [];
+  for (let j = 0; j + 1 < edges.length; j++) {
+    const [start, end] = [edges[j], edges[j + 1]];
+    if (end > start) {
+      spans.push({ text: text.slice(start, end), start, highlight: ranges.some(([a, b]) => start < b && end > a) });
+    }
+  }
+  return spans;
+}
+
+/** The prompt a comparison opens with: the prompt's variant, else any other prompt with a run for this seed. */
+export function compareCandidate(index, promptId, seed, guidance) {
+  const group = groupOf(index, promptId);
+  const variant = group ? group.prompts.find((p) => p !== promptId && index.prompts[p]) : null;
+  return variant || Object.keys(index.prompts).find((id) => id !== "empty" && id !== promptId
+    && runIdFor(index, id, seed, guidance)) || null;
+}

@@ -7,6 +7,7 @@ import { d3 } from "./lib.js";
 import { createApi, urls } from "./api.js";
 import { createStore } from "./state.js";
 import { createModel } from "./model.js";
+import { compareCandidate } from "./data.js";
 import { createPlayer } from "./player.js";
 import { bindKeyboard } from "./keyboard.js";
 import { bindArticleLinks, renderMath } from "./article.js";
@@ -15,13 +16,16 @@ import { attentionControls, attentionOverlay } from "./views/attention.js";
 import { choice } from "./views/choice.js";
 import { clipDiagram, CLIP_EXAMPLE } from "./views/clip.js";
 import { compareLanes } from "./views/compare.js";
+import { differenceChart, differenceImage } from "./views/difference-chart.js";
 import { fields } from "./views/fields.js";
+import { frame } from "./views/frame.js";
 import { guidanceFormula, guidanceSlider, sweep } from "./views/guidance-panel.js";
 import { imagePanel } from "./views/image-panel.js";
 import { promptPicker } from "./views/prompt-picker.js";
 import { promptWords } from "./views/prompt-words.js";
 import { tokenChips, vectorStrips } from "./views/text-panel.js";
 import { timestepController } from "./views/timestep-controller.js";
+import { trajectoryMap } from "./views/trajectory-map.js";
 
 const RENDER_MEASURE = "noisepath:render";
 
@@ -79,6 +83,21 @@ async function start() {
   };
   const toggleToken = (k) => store.commit({ token: store.committed().token === k ? null : k });
 
+  /** Open the comparison: the prompt's variant, else any other prompt with a run for this seed. */
+  function enterCompare() {
+    const s = store.committed();
+    const other = compareCandidate(index, s.prompt, s.seed, s.guidance);
+    if (!other) return;
+    store.setPlaying(false);
+    store.commit({ compare: other });
+    requestAnimationFrame(() => document.getElementById("panel-compare-title").focus());
+  }
+  function leaveCompare() {
+    store.commit({ compare: null });
+    const back = document.getElementById("compare-open");
+    requestAnimationFrame(() => back && back.offsetParent && back.focus());
+  }
+
   // ---- views, configured once
   const views = {
     architecture: architecture(),
@@ -89,7 +108,7 @@ async function start() {
     picker: choiceHandlers(promptPicker(), store, "prompt"),
     seeds: choiceHandlers(choice(), store, "seed"),
     guidance: choiceHandlers(choice(), store, "guidance"),
-    words: promptWords().on("token", toggleToken),
+    words: promptWords().on("token", toggleToken).on("keyword", () => enterCompare()),
     chips: tokenChips().on("token", toggleToken),
     strips: vectorStrips().on("cell", (cell) => {
       d3.select("#vector-readout").text(cell
@@ -109,9 +128,21 @@ async function start() {
       .on("res", (res) => store.commit({ res }))
       .on("avg", (avg) => store.commit({ avg }))
       .on("clear", () => store.commit({ token: null })),
-    compare: compareLanes(),
+    compare: compareLanes()
+      .on("commit", ({ lane, id }) => store.commit({ [lane === 0 ? "prompt" : "compare"]: id }))
+      .on("preview", ({ lane, id }) => store.preview({ [lane === 0 ? "prompt" : "compare"]: id }))
+      .on("unpreview", ({ lane }) => store.clearPreview([lane === 0 ? "prompt" : "compare"])),
+    compareSeeds: choiceHandlers(choice(), store, "seed"),
+    compareGuidance: choiceHandlers(choice(), store, "guidance"),
+    trajectory: trajectoryMap()
+      .anchor((key) => document.querySelector(`#compare-lanes [data-lane="${key}"] .lane-decoded`))
+      .on("step", goTo)
+      .on("paths", (paths) => store.commit({ paths })),
+    differences: differenceChart().on("step", goTo),
+    differenceImage: differenceImage(),
   };
 
+  const frameView = frame();
   d3.select("#clip-diagram").datum(CLIP_EXAMPLE).call(views.clip);
 
   let firstRender = false;
@@ -132,8 +163,8 @@ async function start() {
     d3.select(document.documentElement).classed("presenting", state.present);
     d3.select("#present-toggle").attr("aria-pressed", String(state.present));
 
-    d3.select("#compare-entry").property("hidden", !m.compareEntry || Boolean(state.compare));
-    if (m.compareEntry) d3.select("#compare-variant").text(m.compareEntry.text);
+    d3.select("#compare-entry").property("hidden", !m.compareFallback || Boolean(state.compare));
+    d3.select("#compare-variant").text(m.compareEntry ? m.compareEntry.text : "another prompt");
 
     const att = m.attention;
     d3.select("#decoded-frame").datum({ map: att ? att.map : null }).call(views.overlay);
@@ -156,7 +187,19 @@ async function start() {
       d3.select("#guidance-note-1").property("hidden", !g.notes.one);
       d3.select("#guidance-sweep").datum(g.sweep).call(views.sweep);
     }
-    if (m.compare) d3.select("#compare-lanes").datum(m.compare).call(views.compare);
+    viz.classed("is-comparing", Boolean(m.compare))
+      .attr("aria-label", m.compare ? "Comparison view: two prompts from the same noise" : "Architecture view: the whole pipeline");
+    if (m.compare) {
+      const c = m.compare;
+      d3.select("#compare-lanes").datum(c).call(views.compare);
+      d3.select("#compare-seed-choice").datum(m.seeds).call(views.compareSeeds);
+      d3.select("#compare-guidance-choice").datum(m.guidance).call(views.compareGuidance);
+      d3.select("#compare-noise-frame").datum(c.noise).call(frameView);
+      d3.select("#compare-note-shared").property("hidden", !c.shared);
+      d3.select("#trajectory-map").datum(c.map).call(views.trajectory);
+      d3.select("#difference-chart").datum(c.differences.chart).call(views.differences);
+      d3.select("#difference-image").datum(c.differences.image).call(views.differenceImage);
+    }
 
     const errors = [...failures.values()];
     if (errors.length) setStatus(`Some data could not be loaded: ${errors[errors.length - 1].message}`, true);
@@ -204,19 +247,16 @@ async function start() {
       if (back) back.focus();
     }
   });
-  d3.select("#compare-open").on("click", () => {
-    const group = index.groups.find((g) => g.prompts.includes(store.committed().prompt));
-    const variant = group && group.prompts.find((p) => p !== store.committed().prompt);
-    if (variant) store.commit({ compare: variant });
-  });
-  d3.select("#compare-close").on("click", () => store.commit({ compare: null }));
+  d3.select("#compare-open").on("click", enterCompare);
+  d3.select("#compare-close").on("click", leaveCompare);
+  window.addEventListener("resize", () => schedule()); // the map's size and leader lines follow the layout
   d3.select("#compare-empty").on("change", function onChange() {
     store.commit({ vsEmpty: this.checked });
   });
 
   // A click outside the open levels (not on a control) closes them.
   document.addEventListener("click", (event) => {
-    if (!store.committed().open.length) return;
+    if (!store.committed().open.length || store.committed().compare) return;
     const t = event.target;
     if (!t.isConnected || t.closest(".panel:not([hidden]), button, a, input, select, label, [role=option], [role=listbox]")) return;
     store.closeAllPanels();
@@ -241,15 +281,15 @@ async function start() {
     present: togglePresent,
     escape: () => {
       const s = store.committed();
+      if (s.compare) {
+        leaveCompare();
+        return true;
+      }
       if (s.open.length) {
         const top = s.open[s.open.length - 1];
         store.closeTopPanel();
         const back = openerOf(top);
         if (back) back.focus();
-        return true;
-      }
-      if (s.compare) {
-        store.commit({ compare: null });
         return true;
       }
       if (s.token !== null) {

@@ -9,9 +9,10 @@
 import { d3 } from "./lib.js";
 import { urls } from "./api.js";
 import {
-  alignTokens, callIndex, fmt, fmtTimestep, groupOf, markHighlights, meanOverSteps, runIdFor, sliceFirst, tokenList,
+  alignTokens, callIndex, compareCandidate, fmt, fmtTimestep, groupOf, markHighlights, meanOverSteps, runIdFor, sliceFirst, tokenList,
 } from "./data.js";
 import { SPEEDS } from "./state.js";
+import { createCompareModel } from "./compare-model.js";
 
 /** Robust colour range for vectors: the 99th percentile of |value|. */
 function robustMax(values) {
@@ -75,6 +76,8 @@ export function createModel(index, api) {
     const json = api.peek(urls.prompt(promptId));
     return json ? { json, tokens: tokenList(json) } : null;
   }
+
+  const compare = createCompareModel(index, api, { picture, runOf, promptData });
 
   function textPanel(state, prompt) {
     if (!prompt) return null;
@@ -234,10 +237,12 @@ export function createModel(index, api) {
       },
       words: prompt ? {
         selected: state.token,
+        keyword: Boolean(variant),
         spans: markHighlights(alignTokens(prompt.json.text, prompt.tokens.real),
           group && group.highlights ? group.highlights[state.prompt] : null),
       } : { selected: null, spans: [] },
       compareEntry: variant ? { variant, text: index.prompts[variant].text } : null,
+      compareFallback: compareCandidate(index, state.prompt, state.seed, state.guidance),
       fields: {
         step: String(s),
         "steps-total": String(T),
@@ -280,7 +285,7 @@ export function createModel(index, api) {
       };
     }
     if (open.has("guidance")) model.guidancePanel = guidancePanel(state, numbers, s);
-    if (state.compare) model.compare = compareLanes(state, s);
+    if (state.compare) model.compare = compare(state);
     return model;
   }
 
@@ -317,18 +322,6 @@ export function createModel(index, api) {
       notes: { zero: state.guidance === 0, one: state.guidance === 1 },
       sweep: { items },
     };
-  }
-
-  function compareLanes(state, s) {
-    const lanes = [state.prompt, state.compare].map((pid, n) => {
-      const { run } = runOf(pid, state.seed, state.guidance);
-      return {
-        key: `${n}-${pid}`,
-        text: index.prompts[pid].text,
-        frame: picture(`compare-${n}`, run, "decoded", s, `Decoded image at step ${s} for: ${index.prompts[pid].text}`),
-      };
-    });
-    return { lanes };
   }
 
   return { derive };

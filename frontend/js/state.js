@@ -38,6 +38,7 @@ export function defaults(index) {
     avg: false,
     speed: 10,
     compare: null,
+    paths: false,
     present: false,
     vsEmpty: false,
     channel: 0,
@@ -60,7 +61,8 @@ export function normalize(index, raw) {
   s.res = s.res === "combined" || (Number.isInteger(s.res) && s.res > 0) ? s.res : "combined";
   s.avg = Boolean(s.avg);
   s.speed = SPEEDS.includes(s.speed) ? s.speed : base.speed;
-  s.compare = s.compare && index.prompts[s.compare] && s.compare !== s.prompt ? s.compare : null;
+  s.compare = s.compare && s.compare !== "empty" && index.prompts[s.compare] && s.compare !== s.prompt ? s.compare : null;
+  s.paths = Boolean(s.paths);
   s.present = Boolean(s.present);
   s.vsEmpty = Boolean(s.vsEmpty);
   const C = index.config.latent_shape ? index.config.latent_shape[0] : 4;
@@ -85,6 +87,7 @@ export function fromSearch(search) {
   if (q.has("avg")) raw.avg = q.get("avg") === "1";
   if (q.has("speed")) raw.speed = int(q.get("speed"));
   if (q.has("compare")) raw.compare = q.get("compare");
+  if (q.has("paths")) raw.paths = q.get("paths") === "all";
   if (q.has("present")) raw.present = q.get("present") === "1";
   if (q.has("vs")) raw.vsEmpty = q.get("vs") === "empty";
   if (q.has("channel")) raw.channel = int(q.get("channel"));
@@ -106,6 +109,7 @@ export function toSearch(index, s) {
   if (s.avg) q.set("avg", "1");
   if (s.speed !== base.speed) q.set("speed", String(s.speed));
   if (s.compare) q.set("compare", s.compare);
+  if (s.paths) q.set("paths", "all");
   if (s.present) q.set("present", "1");
   if (s.vsEmpty) q.set("vs", "empty");
   if (s.channel !== base.channel) q.set("channel", String(s.channel));

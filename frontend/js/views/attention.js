@@ -12,7 +12,8 @@
 import { d3 } from "../lib.js";
 import { fmt } from "../data.js";
 
-const viridis = (t) => d3.rgb(d3.interpolateViridis(t));
+const VIRIDIS = d3.range(256).map((j) => d3.rgb(d3.interpolateViridis(j / 255)));
+const viridis = (t) => VIRIDIS[Math.max(0, Math.min(255, Math.round(255 * t)))];
 
 export function attentionOverlay() {
   const listeners = d3.dispatch("pixel");

@@ -16,6 +16,7 @@ export function promptPicker() {
   let expanded = false; // whether the list is open: this view's own transient UI state
   let active = null;    // the option the keyboard is on while the list is open
   let host = null;
+  let buttonText = "Choose a prompt ▾";
 
   function options() {
     return host.selectAll("[role=option]").data();
@@ -84,7 +85,7 @@ export function promptPicker() {
       .attr("aria-expanded", String(expanded))
       .attr("aria-activedescendant", expanded && active ? `${listId}-${active}` : null)
       .attr("aria-label", `Prompt: ${current ? current.text : ""}. Choose another prompt`)
-      .text("Choose a prompt ▾");
+      .text(buttonText);
 
     const list = selection.selectAll("ul.picker-list").data([null]).join("ul")
       .attr("class", "picker-list")
@@ -131,5 +132,10 @@ export function promptPicker() {
     return view;
   };
   view.isOpen = () => expanded;
+  /** The button's text (default "Choose a prompt ▾"). */
+  view.buttonText = (text) => {
+    buttonText = text;
+    return view;
+  };
   return view;
 }
