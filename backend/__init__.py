@@ -46,6 +46,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     @app.after_request
     def security_headers(resp):
         resp.headers.update(SECURITY_HEADERS)
+        if "ETag" not in resp.headers and not resp.is_streamed:  # errors, OPTIONS
+            resp.add_etag()
         return resp
 
     if app.config["FAST_PATH"]:

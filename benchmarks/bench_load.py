@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import pwd
@@ -133,7 +134,7 @@ def _json(body: bytes):
     return json.loads(body)
 
 
-async def load_test(host, port, base, clients, think, ramp, max_s) -> dict:
+async def load_test(host, port, *, base, clients, think, ramp, max_s) -> dict:
     probe = Client(host, port)
     status, body = await probe.get(base + "api/index.json")
     await probe.close()
@@ -258,10 +259,12 @@ def main(argv=None) -> int:
     p.add_argument("--bundle", type=Path, help="bundle to serve (default: a synthetic one)")
     p.add_argument("--servers", default="app,nginx", help="which to test: app, nginx or both")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--repeat", type=int, default=1, help="runs per server")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     random.seed(args.seed)
 
+    load_before = f"{os.getloadavg()[0]:.2f}"
     tmp = Path(tempfile.mkdtemp(prefix="noisepath-bench-"))
     results = {}
     try:
@@ -273,12 +276,12 @@ def main(argv=None) -> int:
             bundle = make_bundle(tmp / "bundle", steps=50, latent=16, image_size=64)
             print(f"synthetic bundle: {time.monotonic() - t0:.1f} s", file=sys.stderr)
         servers = args.servers.split(",")
+        test = functools.partial(load_test, "127.0.0.1", base="/", clients=args.clients,
+                                 think=args.think_ms / 1000, ramp=args.ramp_s, max_s=args.max_s)
         if "app" in servers:
             proc, port = start_app(bundle, args.threads, tmp / "serve.log")
             try:
-                results["app"] = asyncio.run(load_test(
-                    "127.0.0.1", port, "/", args.clients, args.think_ms / 1000, args.ramp_s,
-                    args.max_s))
+                results["app"] = [asyncio.run(test(port)) for _ in range(args.repeat)]
             finally:
                 stop(proc)
         if "nginx" in servers:
@@ -288,22 +291,24 @@ def main(argv=None) -> int:
             (tmp / "nginx").mkdir()
             proc, port = start_nginx(site, tmp / "nginx")
             try:
-                results["nginx"] = asyncio.run(load_test(
-                    "127.0.0.1", port, "/", args.clients, args.think_ms / 1000, args.ramp_s,
-                    args.max_s))
+                results["nginx"] = [asyncio.run(test(port)) for _ in range(args.repeat)]
             finally:
                 stop(proc)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+    print(f"load average before: {load_before}, after: {os.getloadavg()[0]:.2f} "
+          f"({os.cpu_count()} CPUs)")
     print("| server | clients | requests | errors | req/s | p50 ms | p95 ms | p99 ms | max ms |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, r in results.items():
-        print(f"| {name} | {r['clients']} | {r['requests']} | {r['errors']} | {r['rps']} | "
-              f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['max_ms']} |")
+    for name, runs in results.items():
+        for r in runs:
+            print(f"| {name} | {r['clients']} | {r['requests']} | {r['errors']} | {r['rps']} | "
+                  f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['max_ms']} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-    failed = any(r["errors"] or not r["completed_all_steps"] for r in results.values())
+    failed = any(r["errors"] or not r["completed_all_steps"]
+                 for runs in results.values() for r in runs)
     return 1 if failed else 0
 
 

@@ -293,6 +293,7 @@ def test_security_headers_on_every_response(client):
         r = client.get(url)
         for name, value in SECURITY_HEADERS.items():
             assert r.headers[name] == value
+        assert r.headers["ETag"]
     csp = SECURITY_HEADERS["Content-Security-Policy"]
     assert "unsafe" not in csp and "frame-ancestors 'self'" in csp
 
