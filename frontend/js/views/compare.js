@@ -84,7 +84,7 @@ export function compareLanes() {
       host.datum({ ...l.frames.decoded, label: `${l.name}: ${l.attention.title.toLowerCase()}, over its decoded image` }).call(draw);
       host.datum({ map: l.attention.map }).call(overlay);
     });
-    lanes.select(".lane-figure-attention figcaption").text((l) => l.attention.title);
+    lanes.select(".lane-figure-attention figcaption").text((l) => l.attention.title).attr("title", (l) => l.attention.title);
     lanes.select(".lane-attention-note").text((l) => l.attention.note).property("hidden", (l) => !l.attention.note);
   }
 
