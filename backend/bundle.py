@@ -8,6 +8,7 @@ memory-mapped on first use.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import threading
@@ -87,7 +88,7 @@ class _Checker:
         if not path.is_file():
             self.add(rel, "", "file is missing", run_id=run_id)
             return False
-        if self.checksums and expected != _sha256(path):
+        if self.checksums and expected != sha256_file(path):
             self.add(rel, field, "sha256 does not match the file (corrupt or changed)",
                      run_id=run_id)
             return False
@@ -149,8 +150,7 @@ class _Checker:
                      f"{expected[0]}x{expected[1]}", run_id=run_id)
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-FORMAT = "noisepath-bundle"
-FORMAT_VERSION = 1
+# the format's name, version and checksum are defined once, by the reader
+from backend.bundle import FORMAT, FORMAT_VERSION, sha256_file  # noqa: F401
+
 EMPTY_PROMPT_ID = "empty"  # the unconditional prompt ""; guidance-0 runs belong to it
 
 # Config keys that must agree for runs to share one bundle (and one trajectory map).
@@ -66,14 +67,6 @@ def run_id(prompt_id_: str, seed: int, guidance_scale: float) -> str:
 
 
 # ---------------------------------------------------------------------- file helpers
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _fsync_write(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
