@@ -105,6 +105,9 @@ def run(args) -> int:
                   " serve only its valid runs with --skip-invalid.", file=sys.stderr)
         return 1
     store = app.extensions["noisepath.store"]
+    if store.frontend_file("index.html") is None:
+        print(f"warning: no front end at {store.frontend}/index.html: only the API will answer",
+              file=sys.stderr)
     if store.bundle.skipped_runs:
         print(f"skipped {len(store.bundle.skipped_runs)} invalid run(s):", file=sys.stderr)
         for p in store.bundle.problems:

@@ -154,3 +154,11 @@ def test_never_flask_debug_server():
     source = Path(serve_cli.__file__).read_text(encoding="utf-8")
     assert "app.run(" not in source and "waitress" in source
     assert os.environ.get("FLASK_DEBUG") in (None, "", "0")
+
+
+def test_missing_front_end_is_a_warning(synthetic_bundle_ro, no_server, monkeypatch, tmp_path,
+                                        capsys):
+    import backend
+    monkeypatch.setattr(backend, "FRONTEND", tmp_path / "none")
+    assert serve_cli.run(parse("--bundle", str(synthetic_bundle_ro))) == 0
+    assert "no front end" in capsys.readouterr().err
