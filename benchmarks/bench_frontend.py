@@ -5,11 +5,14 @@ Measures, on loopback:
      cold cache and warm cache;
   2. per-step update time while scrubbing the slider through every step: the app's own
      render time (performance measure "noisepath:render") and input -> next painted frame,
-     with only level 1 open and with the refiner, guidance and attention views open;
+     with only level 1 open, with the refiner, guidance and attention views open, and in
+     the comparison view (two lanes, the Trajectory Map with every guidance scale's path,
+     the what-differs charts and the difference image);
   3. requests and bytes to show one run, and then to play it through.
 
     .venv/bin/python benchmarks/bench_frontend.py                 # synthetic bundle, 50 steps
     .venv/bin/python benchmarks/bench_frontend.py --bundle static/demo-bundle
+    .venv/bin/python benchmarks/bench_frontend.py --mode compare       # only the comparison scrub
 
 The synthetic bundle's frames are random noise, which compresses far worse than real
 images, so its byte counts are an upper bound for the same sizes.
@@ -87,6 +90,8 @@ def main() -> int:
     parser.add_argument("--bundle", type=Path, help="a bundle folder (default: a synthetic one)")
     parser.add_argument("--steps", type=int, default=50, help="steps of the synthetic bundle")
     parser.add_argument("--repeat", type=int, default=5, help="page loads per first-render figure")
+    parser.add_argument("--mode", choices=("all", "compare"), default="all",
+                        help="compare: only the per-step update while scrubbing in the comparison view")
     args = parser.parse_args()
     if not browser_available():
         print("needs Debian's chromium (apt-get install chromium) and Playwright", file=sys.stderr)
@@ -102,11 +107,48 @@ def main() -> int:
         else:
             label = f"bundle {bundle}"
         with serve_bundle(bundle) as base, launch_chromium() as browser:
-            report = run(browser, base, args.repeat)
+            report = run_compare(browser, base) if args.mode == "compare" else run(browser, base, args.repeat)
     print(f"# Front-end benchmark: {label}\n")
     for line in report:
         print(line)
     return 0
+
+
+def compare_search(page, base: str) -> str:
+    """A comparison of the bundle's first group (main prompt and variant), every guidance path shown."""
+    page.goto(f"{base}api/index.json")
+    index = page.evaluate("() => JSON.parse(document.body.innerText)")
+    groups = [g for g in index["groups"] if len(g["prompts"]) >= 2]
+    a, b = groups[0]["prompts"][:2] if groups else [p for p in index["prompts"] if p != "empty"][:2]
+    return f"prompt={a}&compare={b}&step=0&paths=all"
+
+
+def scrub_rows(page, base: str, name: str, search: str, ready_selector: str | None = None) -> list[str]:
+    page.goto(f"{base}?{search}")
+    wait_ready(page)
+    if ready_selector:
+        page.wait_for_selector(ready_selector)
+    page.wait_for_load_state("networkidle")
+    page.evaluate(SCRUB_JS)          # first pass warms the caches (step numbers, maps, difference images)
+    page.wait_for_load_state("networkidle")
+    result = page.evaluate(SCRUB_JS)
+    r, f = result["render"], result["toFrame"]
+    return [f"| scrub, {name}: app render per step p50 / p95 / max | "
+            f"{percentile(r, .5):.2f} / {percentile(r, .95):.2f} / {max(r):.2f} ms |",
+            f"| scrub, {name}: input -> painted frame p50 / p95 | "
+            f"{percentile(f, .5):.1f} / {percentile(f, .95):.1f} ms |"]
+
+
+COMPARE_READY = "#difference-chart .dc-images .dc-line[d]"
+
+
+def run_compare(browser, base: str) -> list[str]:
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    out = ["| measure | value |", "|---|---|"]
+    out += scrub_rows(page, base, "comparison view", compare_search(page, base), COMPARE_READY)
+    context.close()
+    return out
 
 
 def run(browser, base: str, repeat: int) -> list[str]:
@@ -165,17 +207,8 @@ def run(browser, base: str, repeat: int) -> list[str]:
     # 2. per-step update while scrubbing
     for name, search in (("level 1", "step=0"),
                          ("refiner + guidance + attention open", "step=0&open=image,guidance&token=2")):
-        page.goto(f"{base}?{search}")
-        wait_ready(page)
-        page.wait_for_load_state("networkidle")
-        page.evaluate(SCRUB_JS)          # first pass warms the caches (step numbers, maps)
-        page.wait_for_load_state("networkidle")
-        result = page.evaluate(SCRUB_JS)
-        r, f = result["render"], result["toFrame"]
-        out.append(f"| scrub, {name}: app render per step p50 / p95 / max | "
-                   f"{percentile(r, .5):.2f} / {percentile(r, .95):.2f} / {max(r):.2f} ms |")
-        out.append(f"| scrub, {name}: input -> painted frame p50 / p95 | "
-                   f"{percentile(f, .5):.1f} / {percentile(f, .95):.1f} ms |")
+        out += scrub_rows(page, base, name, search)
+    out += scrub_rows(page, base, "comparison view", compare_search(page, base), COMPARE_READY)
     context.close()
     return out
 

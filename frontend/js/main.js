@@ -199,6 +199,7 @@ async function start() {
       d3.select("#trajectory-map").datum(c.map).call(views.trajectory);
       d3.select("#difference-chart").datum(c.differences.chart).call(views.differences);
       d3.select("#difference-image").datum(c.differences.image).call(views.differenceImage);
+      checkLayout();
     }
 
     const errors = [...failures.values()];
@@ -217,6 +218,17 @@ async function start() {
       performance.clearMeasures(RENDER_MEASURE);
       measures = 0;
     }
+  }
+
+  // The map's leader lines depend on the page layout: read it at the start of the next
+  // frame (when it is already computed, so reading is cheap) and draw again if it moved.
+  let layoutCheck = null;
+  function checkLayout() {
+    if (layoutCheck !== null) return;
+    layoutCheck = requestAnimationFrame(() => {
+      layoutCheck = null;
+      if (views.trajectory.measure()) schedule();
+    });
   }
 
   let frameRequest = null;

@@ -30,11 +30,32 @@ export function trajectoryMap() {
   let root = null;     // the host selection of the last draw
   let hovered = null;  // {path, i} under the pointer
   let zoom = null;
+  let layout = null;   // the page layout the map was last drawn for: {width, anchors: {key: [x, y] | null}}
 
   const pale = d3.scaleLinear().range([0.18, 1]).clamp(true);
 
+  /**
+   * Read the svg's width and where each lane's anchor sits relative to the svg (CSS px),
+   * or null while the map is not displayed. Reading layout forces the browser to lay the
+   * page out, so the app calls `measure()` between frames instead of in the middle of a draw.
+   */
+  function readLayout(svgNode, keys) {
+    if (!svgNode || !svgNode.isConnected || !svgNode.clientWidth) return null;
+    const box = svgNode.getBoundingClientRect();
+    const anchors = {};
+    for (const key of keys) {
+      const el = anchor(key);
+      const r = el && el.offsetParent ? el.getBoundingClientRect() : null;
+      // a leader line only when the lane sits to the left of the map (wide layouts)
+      anchors[key] = r && r.width && r.right <= box.left + 2
+        ? [Math.round(r.right - box.left), Math.round(r.top + r.height / 2 - box.top)] : null;
+    }
+    return { width: Math.max(200, svgNode.clientWidth), anchors };
+  }
+
   function geometry(svg, d) {
-    const width = Math.max(200, svg.node().clientWidth || 400);
+    if (!layout) layout = readLayout(svg.node(), d.paths.map((p) => p.key));
+    const width = layout ? layout.width : 400;
     const height = Math.round(Math.max(220, Math.min(460, width * 0.78)));
     const [[x0, y0], [x1, y1]] = d.extent || [[0, 0], [1, 1]];
     const padX = (x1 - x0) * 0.04 || 1;
@@ -211,16 +232,13 @@ export function trajectoryMap() {
     }
 
     // leader lines from each lane's image to its current node, when the lane sits beside the map
-    const box = svg.node().getBoundingClientRect();
-    const scale = box.width ? g.width / box.width : 1;
+    const scale = g.width / (layout ? layout.width : g.width);
     const leaders = current.map((c) => {
-      const el = anchor(c.key);
-      if (!el || !el.offsetParent) return null;
-      const r = el.getBoundingClientRect();
+      const from = layout && layout.anchors[c.key];
       const inside = c.x >= 0 && c.x <= g.width && c.y >= 0 && c.y <= g.height;
-      if (!inside || r.right > box.left + 2 || r.width === 0) return null;  // not to the left of the map
-      const from = [(r.right - box.left) * scale + 4, (r.top + r.height / 2 - box.top) * scale];
-      return { key: c.key, lane: c.path.lane, d: d3.linkHorizontal()({ source: from, target: [c.x, c.y] }) };
+      if (!from || !inside) return null;
+      const start = [from[0] * scale + 4, from[1] * scale];
+      return { key: c.key, lane: c.path.lane, d: d3.linkHorizontal()({ source: start, target: [c.x, c.y] }) };
     }).filter(Boolean);
     svg.select(".tm-leaders").selectAll("path.tm-leader").data(leaders, (l) => l.key).join("path")
       .attr("class", (l) => `tm-leader lane-${l.lane + 1}`)
@@ -233,6 +251,18 @@ export function trajectoryMap() {
   view.on = (type, fn) => {
     listeners.on(type, fn);
     return view;
+  };
+  /**
+   * Re-read the layout (call it between frames, before any DOM writes). Returns true when
+   * it changed since the last draw, i.e. the map needs drawing again.
+   */
+  view.measure = () => {
+    if (!root) return false;
+    const svg = root.select("svg.tm-svg").node();
+    const next = readLayout(svg, (root.datum().paths || []).map((p) => p.key));
+    if (!next || JSON.stringify(next) === JSON.stringify(layout)) return false;
+    layout = next;
+    return true;
   };
   /** The element each lane's leader line starts from: fn(laneKey) -> Element | null. */
   view.anchor = (fn) => {
