@@ -107,7 +107,8 @@ export function trajectoryMap() {
     });
     bar.select(".tm-faint-input").property("checked", d.showFaint);
 
-    const svg = selection.selectAll("svg.tm-svg").data([null]).join((enter) => {
+    const stage = selection.selectAll(".tm-stage").data([null]).join("div").attr("class", "tm-stage");
+    const svg = stage.selectAll("svg.tm-svg").data([null]).join((enter) => {
       const s = enter.append("svg").attr("class", "tm-svg").attr("tabindex", 0)
         .attr("role", "img");
       s.append("clipPath").attr("id", clipId).append("rect");
@@ -212,7 +213,7 @@ export function trajectoryMap() {
     svg.select(".tm-hover-ring").attr("hidden", hoverNode ? null : true)
       .attr("cx", hoverNode ? hoverNode.x : 0).attr("cy", hoverNode ? hoverNode.y : 0);
     svg.style("cursor", hoverNode ? "pointer" : null);
-    const tip = selection.selectAll(".tm-tip").data([null]).join((enter) => {
+    const tip = stage.selectAll(".tm-tip").data([null]).join((enter) => {
       const t = enter.append("div").attr("class", "tm-tip").attr("aria-hidden", "true");
       t.append("p").attr("class", "tm-tip-title");
       t.append("div").attr("class", "frame frame-tip tm-tip-frame");
@@ -224,7 +225,7 @@ export function trajectoryMap() {
       const p = hoverNode.path;
       tip.attr("class", `tm-tip lane-${p.lane + 1}`)
         .style("left", `${Math.max(0, Math.min(hoverNode.x + 14, g.width - 150))}px`)
-        .style("top", `${svg.node().offsetTop + Math.max(0, hoverNode.y - 60)}px`);
+        .style("top", `${Math.max(0, hoverNode.y - 60)}px`);
       tip.select(".tm-tip-title").text(`${p.name}, step ${hoverNode.i}`);
       tip.select(".tm-tip-frame").datum(p.thumb
         ? { ...p.thumb, index: Math.min(hoverNode.i, p.thumb.entry.count - 1), label: `${p.name} at step ${hoverNode.i}` }
