@@ -311,3 +311,34 @@ def test_phone_layout_stacks_the_lanes_without_horizontal_scrolling(browser, bas
         assert problems == []
     finally:
         context.close()
+
+
+# ---------------------------------------------------------------------- modules on their own
+
+
+def test_word_diff_marks_only_the_words_the_other_prompt_lacks(page, base_url):
+    page.goto(base_url)
+    wait_ready(page)
+    result = page.evaluate("""async () => {
+      const { wordDiff, splitRanges } = await import('./js/data.js');
+      const cases = [
+        ['a cute panda playing the guitar in a bamboo forest', 'a cute panda playing the guitar'],
+        ['calm winter night, Thomas Kinkade', 'calm winter night, Van Gogh'],
+        ['spiderman in space', 'winnie the pooh in space'],
+        ['A very very beautiful cityscape', 'a beautiful cityscape'],
+      ];
+      const words = cases.map(([a, b]) => {
+        const [ra, rb] = wordDiff(a, b);
+        return [ra.map(([s, e]) => a.slice(s, e)), rb.map(([s, e]) => b.slice(s, e))];
+      });
+      const spans = splitRanges('spiderman in space', wordDiff('spiderman in space', 'batman in space')[0])
+        .map((s) => [s.text, s.highlight]);
+      return { words, spans };
+    }""")
+    assert result["words"] == [
+        [["in", "a", "bamboo", "forest"], []],
+        [["Thomas", "Kinkade"], ["Van", "Gogh"]],
+        [["spiderman"], ["winnie", "the", "pooh"]],
+        [["very", "very"], []],
+    ]
+    assert result["spans"] == [["spiderman", True], [" in space", False]]
