@@ -206,7 +206,10 @@ def _validate_prompts(c: _Checker, prompts: dict) -> dict[str, int]:
     n_real = {}
     for pid, entry in prompts.items():
         rel = f"prompts/{pid}/prompt.json"
-        if not c.checksum(rel, (entry or {}).get("sha256"), f"prompts.{pid}.sha256"):
+        if not isinstance(entry, dict):
+            c.add("bundle.json", f"prompts.{pid}", "must be an object")
+            continue
+        if not c.checksum(rel, entry.get("sha256"), f"prompts.{pid}.sha256"):
             continue
         p = c.load_json(rel)
         if p is None:
@@ -291,8 +294,14 @@ def _validate_run(c: _Checker, rid: str, entry, steps: int, latent_shape, n_real
 def _validate_trajectories(c: _Checker, index: dict, steps: int) -> None:
     runs = index.get("runs") or {}
     for seed, entry in (index.get("trajectories") or {}).items():
-        rel = (entry or {}).get("file", f"trajectories/seed-{seed}.json")
-        if not c.checksum(rel, (entry or {}).get("sha256"), f"trajectories.{seed}.sha256"):
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            c.add("bundle.json", f"trajectories.{seed}", "must be an object with a file")
+            continue
+        rel = entry["file"]
+        if not rel.startswith("trajectories/") or ".." in rel:
+            c.add("bundle.json", f"trajectories.{seed}.file", "must be a file in trajectories/")
+            continue
+        if not c.checksum(rel, entry.get("sha256"), f"trajectories.{seed}.sha256"):
             continue
         t = c.load_json(rel)
         if t is None:
@@ -305,7 +314,7 @@ def _validate_trajectories(c: _Checker, index: dict, steps: int) -> None:
                       and all(isinstance(p, list) and len(p) == 2 for p in xy)):
                 c.add(rel, f"runs.{rid}", f"must be {steps + 1} [x, y] pairs", run_id=rid)
         for rid, r in runs.items():
-            if str(r.get("seed")) == str(seed) and rid not in coords:
+            if isinstance(r, dict) and str(r.get("seed")) == str(seed) and rid not in coords:
                 c.add(rel, "runs", f"run {rid} has no trajectory (re-run precompute to refit)",
                       "warning")
 
@@ -364,7 +373,10 @@ class Bundle:
 
     def file_path(self, rel: str) -> Path | None:
         """Resolve a path inside the bundle, or None if it would leave the bundle."""
-        path = (self.root / rel).resolve()
+        try:
+            path = (self.root / rel).resolve()
+        except (OSError, ValueError):  # e.g. a NUL byte in the path
+            return None
         if path != self.root and self.root not in path.parents:
             return None
         if any(part.startswith(".") for part in path.relative_to(self.root).parts):

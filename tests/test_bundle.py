@@ -125,3 +125,19 @@ def test_file_path_never_leaves_the_bundle(synthetic_bundle_ro):
     assert b.file_path("/etc/passwd") is None
     assert b.file_path(".work/index.lock") is None
     assert b.file_path("config.json") is not None
+    assert b.file_path("runs/\x00/run.json") is None
+
+
+@pytest.mark.parametrize("key, value", [
+    ("prompts", {"empty": "not an object"}),
+    ("trajectories", {"1": None}),
+    ("trajectories", {"1": {"file": "../../etc/passwd", "sha256": "x"}}),
+    ("runs", {"x": 3}),
+])
+def test_malformed_index_entries_are_problems_not_crashes(synthetic_bundle, key, value):
+    index = json.loads((synthetic_bundle / "bundle.json").read_text())
+    index[key] = value
+    (synthetic_bundle / "bundle.json").write_text(json.dumps(index))
+    problems = problems_of(synthetic_bundle)
+    assert problems and all(p.file == "bundle.json" or p.severity == "error" for p in problems)
+    assert any(p.file == "bundle.json" and p.field.startswith(key) for p in problems)
