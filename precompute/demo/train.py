@@ -1,0 +1,355 @@
+"""Train the demo model from scratch and save it as a Stable Diffusion pipeline folder.
+
+    python -m precompute.demo.train --out demo-work --minutes 90
+    python -m precompute.demo.train --out demo-work --resume      # continue where it stopped
+
+Stage 1 trains the VAE to reconstruct rendered scenes (L1 + MSE + a small KL term), then
+measures the latent scaling factor (1 / std of the latents, SD 1.5's is 0.18215).
+Stage 2 trains the UNet and the text encoder together on v-prediction with the
+zero-terminal-SNR schedule (model.SCHEDULE), dropping 10% of the captions so the same
+network also learns the unconditional prediction that classifier-free guidance needs.
+Every few minutes it writes a checkpoint (resumable: the batches are a function of the
+seed and the step) and exports the EMA weights as a pipeline folder (`<out>/pipeline`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from precompute.demo import model as demo_model
+from precompute.demo import world
+
+
+@dataclass
+class TrainConfig:
+    out: str = "demo-work"
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 2
+    size: str = "demo"  # "demo" or "micro" (tests)
+    vae_steps: int = 1200
+    vae_batch: int = 16
+    vae_lr: float = 5e-4
+    kl_weight: float = 1e-6
+    unet_steps: int = 20000
+    unet_batch: int = 64
+    unet_lr: float = 1e-3
+    warmup: int = 100
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.998
+    minutes: float = 0.0  # 0: no time limit, stop at the step targets
+    checkpoint_minutes: float = 4.0
+    eval_every: int = 100
+    model: demo_model.ModelConfig = field(default_factory=demo_model.ModelConfig)
+
+
+def step_rng(cfg: TrainConfig, stage: int, step: int) -> np.random.Generator:
+    """Batches depend only on (seed, stage, step), so a resumed run sees the same data."""
+    return np.random.default_rng([cfg.seed, stage, step])
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()  # (B, 3, 64, 64)
+    return x / 127.5 - 1.0
+
+
+def save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path, title: str) -> None:
+    """A log-scale loss chart drawn with Pillow (no matplotlib in the precompute extra)."""
+    from PIL import Image, ImageDraw
+
+    w, h, pad = 640, 360, 48
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    points = [p for c in curves.values() for p in c if p[1] > 0]
+    if not points:
+        return
+    x_max = max(p[0] for p in points) or 1
+    lo, hi = math.log10(min(p[1] for p in points)), math.log10(max(p[1] for p in points))
+    hi = hi if hi > lo else lo + 1
+    sx = lambda s: pad + (w - 2 * pad) * s / x_max  # noqa: E731
+    sy = lambda v: h - pad - (h - 2 * pad) * (math.log10(v) - lo) / (hi - lo)  # noqa: E731
+    d.rectangle([pad, pad, w - pad, h - pad], outline="gray")
+    for e in range(math.floor(lo), math.ceil(hi) + 1):
+        for m in (1, 2, 5):
+            v = m * 10.0 ** e
+            if lo <= math.log10(v) <= hi:
+                d.line([pad, sy(v), w - pad, sy(v)], fill=(225, 225, 225))
+                d.text((4, sy(v) - 6), f"{v:g}", fill="black")
+    d.text((pad, 12), title, fill="black")
+    d.text((w - pad - 60, h - pad + 8), f"step {x_max}", fill="black")
+    palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
+    for i, (name, curve) in enumerate(curves.items()):
+        pts = [(sx(s), sy(v)) for s, v in curve if v > 0]
+        colour = palette[i % len(palette)]
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=2)
+        d.text((pad + 10 + 170 * i, h - pad + 24), name, fill=colour)
+    img.save(path)
+
+
+def smooth(curve: list[tuple[int, float]], k: int = 25) -> list[tuple[int, float]]:
+    out = []
+    for i in range(0, len(curve), k):
+        chunk = curve[i:i + k]
+        out.append((chunk[-1][0], float(np.mean([v for _, v in chunk]))))
+    return out
+
+
+class Deadline:
+    def __init__(self, minutes: float, every_minutes: float):
+        self.start = time.monotonic()
+        self.limit = minutes * 60 if minutes > 0 else math.inf
+        self.every = every_minutes * 60
+        self.last_save = self.start
+
+    def expired(self) -> bool:
+        return time.monotonic() - self.start > self.limit
+
+    def save_due(self) -> bool:
+        if time.monotonic() - self.last_save > self.every:
+            self.last_save = time.monotonic()
+            return True
+        return False
+
+
+# --- stage 1: the VAE -----------------------------------------------------------------------
+
+def train_vae(cfg: TrainConfig, vae, out: Path, deadline: Deadline) -> bool:
+    """Train until cfg.vae_steps; returns True when the stage is complete."""
+    path = out / "vae.pt"
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
+    state = {"step": 0, "losses": [], "scaling_factor": None}
+    if path.exists():
+        state = torch.load(path, weights_only=False)
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+    if state["scaling_factor"] is not None:
+        vae.register_to_config(scaling_factor=state["scaling_factor"])
+        return True
+
+    def checkpoint():
+        save_atomic({**state, "vae": vae.state_dict(), "opt": opt.state_dict()}, path)
+        plot_losses({"vae L1": smooth(state["losses"])}, out / "loss_vae.png", "VAE reconstruction")
+
+    vae.train()
+    bar = tqdm(range(state["step"], cfg.vae_steps), desc="vae", initial=state["step"],
+               total=cfg.vae_steps, dynamic_ncols=True)
+    for step in bar:
+        images, _, _ = world.sample_batch(step_rng(cfg, 1, step), cfg.vae_batch)
+        x = to_tensor(images).to(cfg.device)  # (B, 3, 64, 64)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample(generator=None)  # (B, 4, 16, 16)
+        recon = vae.decode(z).sample  # (B, 3, 64, 64)
+        l1 = F.l1_loss(recon, x)
+        loss = l1 + F.mse_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state["step"] = step + 1
+        state["losses"].append((step + 1, l1.item()))
+        bar.set_postfix(l1=f"{l1.item():.4f}")
+        if deadline.save_due():
+            checkpoint()
+        if deadline.expired():
+            checkpoint()
+            return False
+
+    # SD scales latents to about unit variance before diffusion: measure that factor.
+    vae.eval()
+    with torch.no_grad():
+        images, _, _ = world.sample_batch(step_rng(cfg, 9, 0), 256)
+        z = vae.encode(to_tensor(images).to(cfg.device)).latent_dist.sample()  # (256, 4, 16, 16)
+    state["scaling_factor"] = float(1.0 / z.std())
+    vae.register_to_config(scaling_factor=state["scaling_factor"])
+    checkpoint()
+    return True
+
+
+# --- stage 2: the UNet and the text encoder -------------------------------------------------
+
+def encode_text(tokenizer, text_encoder, captions: list[str], device: str) -> torch.Tensor:
+    ids = tokenizer(captions, padding="max_length", max_length=demo_model.MAX_LENGTH,
+                    truncation=True, return_tensors="pt").input_ids.to(device)  # (B, 77)
+    return text_encoder(ids)[0]  # (B, 77, hidden)
+
+
+def diffusion_loss(cfg, vae, unet, text_encoder, tokenizer, scheduler, images, captions, gen):
+    with torch.no_grad():
+        latents = vae.encode(to_tensor(images).to(cfg.device)).latent_dist.sample(gen)
+        latents = latents * vae.config.scaling_factor  # (B, 4, 16, 16)
+    noise = torch.randn(latents.shape, generator=gen).to(cfg.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(images),), generator=gen)
+    t = t.to(cfg.device)
+    noisy = scheduler.add_noise(latents, noise, t)  # x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps
+    target = scheduler.get_velocity(latents, noise, t)  # v = sqrt(a_t) eps - sqrt(1 - a_t) x_0
+    hidden = encode_text(tokenizer, text_encoder, captions, cfg.device)
+    pred = unet(noisy, t, hidden).sample  # (B, 4, 16, 16)
+    return F.mse_loss(pred, target)
+
+
+def export_pipeline(vae, text_encoder, tokenizer, unet, folder: Path, dtype=torch.float32):
+    pipe = demo_model.make_pipeline(vae, text_encoder, tokenizer, unet)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    if dtype != torch.float32:  # re-save the weights in half precision, a smaller folder
+        from diffusers import StableDiffusionPipeline
+
+        StableDiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype).save_pretrained(str(folder))
+
+
+def train_unet(cfg: TrainConfig, vae, unet, text_encoder, tokenizer, out: Path,
+               deadline: Deadline) -> bool:
+    import copy
+
+    path = out / "unet.pt"
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, betas=(0.9, 0.99), weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup))
+    ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
+    state = {"step": 0, "losses": [], "val": []}
+    if path.exists():
+        state = torch.load(path, weights_only=False)
+        for module, key in ((unet, "unet"), (text_encoder, "text"), (ema_unet, "ema_unet"),
+                            (ema_text, "ema_text"), (opt, "opt"), (sched, "sched")):
+            module.load_state_dict(state[key])
+    scheduler = demo_model.training_scheduler()
+    vae.eval().requires_grad_(False)
+
+    # A fixed validation batch of held-out captions: loss with and without the caption.
+    val_images, val_captions, _ = world.sample_batch(step_rng(cfg, 8, 0), 64, split="test")
+
+    def validate(net, text) -> tuple[float, float]:
+        with torch.no_grad():
+            losses = [diffusion_loss(cfg, vae, net, text, tokenizer, scheduler, val_images, caps,
+                                     torch.Generator().manual_seed(cfg.seed + 1)).item()
+                      for caps in (val_captions, [""] * len(val_captions))]
+        return losses[0], losses[1]
+
+    def checkpoint():
+        save_atomic({**state, "unet": unet.state_dict(), "text": text_encoder.state_dict(),
+                     "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+                     "opt": opt.state_dict(), "sched": sched.state_dict()}, path)
+        curves = {"train v-MSE": smooth(state["losses"]),
+                  "held-out, caption": [(s, a) for s, a, _ in state["val"]],
+                  "held-out, no caption": [(s, b) for s, _, b in state["val"]]}
+        plot_losses(curves, out / "loss_unet.png", "UNet + text encoder (v-prediction MSE)")
+        export_pipeline(vae, ema_text, tokenizer, ema_unet, out / "pipeline")
+        (out / "pipeline" / "training_state.json").write_text(json.dumps(
+            {"vae_steps": cfg.vae_steps, "unet_steps": state["step"], "seed": cfg.seed,
+             "last_val": state["val"][-1] if state["val"] else None}, indent=1))
+
+    unet.train(), text_encoder.train()
+    bar = tqdm(range(state["step"], cfg.unet_steps), desc="unet", initial=state["step"],
+               total=cfg.unet_steps, dynamic_ncols=True)
+    for step in bar:
+        rng = step_rng(cfg, 2, step)
+        images, captions, _ = world.sample_batch(rng, cfg.unet_batch)
+        drop = rng.random(len(captions)) < cfg.caption_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop)]
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        loss = diffusion_loss(cfg, vae, unet, text_encoder, tokenizer, scheduler, images,
+                              captions, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for ema, net in ((ema_unet, unet), (ema_text, text_encoder)):
+                for pe, p in zip(ema.parameters(), net.parameters()):
+                    pe.lerp_(p, 1 - decay)
+        state["step"] = step + 1
+        state["losses"].append((step + 1, loss.item()))
+        if (step + 1) % cfg.eval_every == 0:
+            state["val"].append((step + 1, *validate(ema_unet, ema_text)))
+            tqdm.write(f"step {step + 1}: held-out v-MSE with caption {state['val'][-1][1]:.4f}, "
+                       f"without {state['val'][-1][2]:.4f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if deadline.save_due():
+            checkpoint()
+        if deadline.expired():
+            break
+    checkpoint()
+    return state["step"] >= cfg.unet_steps
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) both stages; returns the exported pipeline folder."""
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+    tokenizer_dir = out / "tokenizer"
+    if (tokenizer_dir / "tokenizer_config.json").exists():
+        tokenizer = demo_model.load_tokenizer(tokenizer_dir)
+    else:
+        tokenizer = demo_model.train_tokenizer(world.caption_corpus(), tokenizer_dir)
+    vae = demo_model.build_vae(cfg.model).to(cfg.device)
+    text_encoder = demo_model.build_text_encoder(cfg.model, tokenizer).to(cfg.device)
+    unet = demo_model.build_unet(cfg.model).to(cfg.device)
+    deadline = Deadline(cfg.minutes, cfg.checkpoint_minutes)
+    if train_vae(cfg, vae, out, deadline) and not deadline.expired():
+        train_unet(cfg, vae, unet, text_encoder, tokenizer, out, deadline)
+    return out / "pipeline"
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    p = argparse.ArgumentParser(
+        prog="noisepath train-demo",
+        description="Train the demo model (a tiny Stable Diffusion on a shapes world) from "
+                    "scratch: the VAE first, then the UNet and text encoder. Writes resumable "
+                    "checkpoints, loss curves (loss_*.png) and a pipeline folder under --out.")
+    p.add_argument("--out", default="demo-work", help="work folder (checkpoints, pipeline/)")
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="stop (with a checkpoint) after this many minutes; 0 = no limit")
+    p.add_argument("--steps", type=int, default=TrainConfig.unet_steps,
+                   help="UNet training steps to reach (the VAE takes --vae-steps first)")
+    p.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoints in --out (otherwise --out must not "
+                        "hold any)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    p.add_argument("--size", choices=("demo", "micro"), default="demo",
+                   help="network sizes: the shipped demo model, or a micro one for tests")
+    p.add_argument("--batch", type=int, default=TrainConfig.unet_batch, help="UNet batch size")
+    p.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    args = p.parse_args(argv)
+    has_checkpoint = any((Path(args.out) / f).exists() for f in ("vae.pt", "unet.pt"))
+    if has_checkpoint and not args.resume:
+        p.error(f"{args.out} holds checkpoints: pass --resume to continue, or pick another --out")
+    return TrainConfig(
+        out=args.out, seed=args.seed, device=args.device, threads=args.threads, size=args.size,
+        vae_steps=args.vae_steps, unet_steps=args.steps, unet_batch=args.batch,
+        minutes=args.minutes, checkpoint_minutes=args.checkpoint_minutes,
+        model=demo_model.MICRO if args.size == "micro" else demo_model.ModelConfig())
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    folder = train(cfg)
+    print(f"pipeline folder: {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
