@@ -89,6 +89,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, help="a bundle folder (default: a synthetic one)")
     parser.add_argument("--steps", type=int, default=50, help="steps of the synthetic bundle")
+    parser.add_argument("--latent", type=int, default=16, help="latent side of the synthetic bundle (SD 1.5: 64)")
+    parser.add_argument("--image-size", type=int, default=64, help="frame side of the synthetic bundle's sprites")
     parser.add_argument("--repeat", type=int, default=5, help="page loads per first-render figure")
     parser.add_argument("--mode", choices=("all", "compare"), default="all",
                         help="compare: only the per-step update while scrubbing in the comparison view")
@@ -101,9 +103,10 @@ def main() -> int:
         bundle = args.bundle
         if bundle is None:
             from tests.synthetic_bundle import make_bundle
-            bundle = make_bundle(Path(tmp) / "bundle", steps=args.steps, latent=16, image_size=64,
-                                 seeds=(1,), guidance_scales=(0, 1, 7))
-            label = f"synthetic bundle ({args.steps} steps, 64x64 frames of random noise)"
+            bundle = make_bundle(Path(tmp) / "bundle", steps=args.steps, latent=args.latent,
+                                 image_size=args.image_size, seeds=(1,), guidance_scales=(0, 1, 7))
+            label = (f"synthetic bundle ({args.steps} steps, {args.latent}x{args.latent} latents, "
+                     f"{args.image_size}x{args.image_size} frames of random noise)")
         else:
             label = f"bundle {bundle}"
         with serve_bundle(bundle) as base, launch_chromium() as browser:

@@ -191,7 +191,7 @@ export function createModel(index, api) {
     const i = callIndex(s);
     const { id: runId, run } = runOf(state.prompt, state.seed, state.guidance);
     const prompt = promptData(state.prompt);
-    const open = new Set(state.open);
+    const open = new Set(state.compare ? [] : state.open); // the comparison hides the levels
     const stats = run ? run.stats || {} : {};
     const stat = (name, k) => (stats[name] && k !== null && stats[name][k] !== undefined ? stats[name][k] : null);
     const group = groupOf(index, state.prompt);

@@ -25,6 +25,7 @@ export function architecture() {
       .attr("aria-expanded", function expanded() { return String(d.open.includes(this.dataset.panel)); })
       .classed("is-open", function isOpen() { return d.open.includes(this.dataset.panel); });
     selection.select("#panel-compare").property("hidden", !d.compare);
+    if (d.compare) return; // the comparison replaces the pipeline: its pictures wait
     selection.select("#noise-frame").datum(d.frames.noise).call(draw);
     selection.select("#latent-frame").datum(d.frames.latent).call(draw);
     selection.select("#decoded-frame").datum(d.frames.decoded).call(draw);
