@@ -289,6 +289,27 @@ def test_what_differs_measures_the_latents_and_images_and_shows_where_the_words_
     assert "Step 0" in page.locator(f"{lane(1)} .lane-attention-note").inner_text()
 
 
+def test_every_control_is_named_and_the_map_zooms_from_the_keyboard(page, base_url):
+    open_compare(page, base_url, f"step={T}")
+    unnamed = page.evaluate("""() => [...document.querySelectorAll('#panel-compare button, #panel-compare input, #panel-compare [role=radio]')]
+        .filter((el) => el.offsetParent !== null)
+        .filter((el) => {
+          const label = el.getAttribute('aria-label') || el.closest('label')?.textContent || el.textContent;
+          return !label || !label.trim();
+        }).map((el) => el.outerHTML.slice(0, 80))""")
+    assert unnamed == []
+    assert "Prompt 1 as circles, Prompt 2 as squares" in page.locator("#trajectory-map .tm-svg").get_attribute("aria-label")
+    node = page.locator("#trajectory-map .tm-node.lane-1[data-step='3']")
+    before = node.get_attribute("transform")
+    page.locator("#trajectory-map .tm-svg").focus()
+    page.keyboard.press("+")
+    page.wait_for_function("(t) => document.querySelector(\"#trajectory-map .tm-node.lane-1[data-step='3']\")"
+                           ".getAttribute('transform') !== t", arg=before)
+    page.keyboard.press("0")
+    page.wait_for_function("(t) => document.querySelector(\"#trajectory-map .tm-node.lane-1[data-step='3']\")"
+                           ".getAttribute('transform') === t", arg=before)
+
+
 # ---------------------------------------------------------------------- phones
 
 

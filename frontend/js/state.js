@@ -7,6 +7,10 @@
  * (the hash is left to in-page anchors), so a link reopens exactly what was on screen
  * and back/forward move through committed choices. Steps and playback speed replace the
  * current history entry instead of adding one, so playing does not flood the history.
+ *
+ * `compare` is the second prompt of the comparison view (null: the overview), so entering
+ * and leaving it are history entries and a link can open a comparison; `paths` shows the
+ * other guidance scales' paths on its Trajectory Map.
  */
 import { d3 } from "./lib.js";
 
