@@ -164,7 +164,7 @@ async function start() {
     d3.select("#present-toggle").attr("aria-pressed", String(state.present));
 
     d3.select("#compare-entry").property("hidden", !m.compareFallback || Boolean(state.compare));
-    d3.select("#compare-variant").text(m.compareEntry ? m.compareEntry.text : "another prompt");
+    if (m.compareFallback) d3.select("#compare-variant").text(index.prompts[m.compareFallback].text);
 
     const att = m.attention;
     d3.select("#decoded-frame").datum({ map: att ? att.map : null }).call(views.overlay);
