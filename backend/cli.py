@@ -24,7 +24,7 @@ SUBCOMMANDS = {
                  "every problem"),
     "serve": ("backend.serve_cli", "serve the app on a bundle with a production WSGI server"),
     "export": ("backend.export_cli", "write a fully static copy of the app and a bundle"),
-    "train-demo": ("precompute.demo.cli", "train the tiny Stable-Diffusion-shaped demo model "
+    "train-demo": ("precompute.demo.train", "train the tiny Stable-Diffusion-shaped demo model "
                    "(needs the [precompute] extra)"),
 }
 
@@ -36,19 +36,25 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `noisepath COMMAND --help` for a command's options.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        p.set_defaults(_module=module)
         try:
-            importlib.import_module(module).add_arguments(p)
+            mod, error = importlib.import_module(module), None
         except ImportError as e:  # a missing optional extra must not break the others
-            p.set_defaults(_import_error=e)
+            mod, error = None, e
+        own_parser = mod is not None and not hasattr(mod, "add_arguments")
+        p = sub.add_parser(name, help=help_, description=help_, add_help=not own_parser,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.set_defaults(_module=module, _import_error=error)
+        p.set_defaults(_own_parser=own_parser)  # then main(argv) gets the rest of the line
+        if mod is not None and not own_parser:
+            mod.add_arguments(p)
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "_own_parser", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if not args.command:
         parser.print_help()
         return 2
@@ -58,7 +64,10 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     try:
-        return importlib.import_module(args._module).run(args) or 0
+        mod = importlib.import_module(args._module)
+        if args._own_parser:
+            return mod.main(rest) or 0
+        return mod.run(args) or 0
     except KeyboardInterrupt:
         print("\ninterrupted; finished work is kept, run the same command to resume",
               file=sys.stderr)
