@@ -26,8 +26,8 @@ class ModelConfig:
     """Sizes of the three networks. The defaults are the shipped demo model."""
 
     image_size: int = 64
-    vae_channels: tuple[int, ...] = (32, 64, 64)  # 3 blocks: 4x downsampling
-    vae_norm_groups: int = 16
+    vae_channels: tuple[int, ...] = (16, 32, 64)  # 3 blocks: 4x downsampling
+    vae_norm_groups: int = 8
     latent_channels: int = 4
     unet_channels: tuple[int, ...] = (32, 64, 128)
     unet_attention_heads: int = 4

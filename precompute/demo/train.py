@@ -34,11 +34,11 @@ class TrainConfig:
     out: str = "demo-work"
     seed: int = 0
     device: str = "cpu"
-    threads: int = 2
+    threads: int = 1
     size: str = "demo"  # "demo" or "micro" (tests)
     vae_steps: int = 1200
     vae_batch: int = 16
-    vae_lr: float = 5e-4
+    vae_lr: float = 1e-3
     kl_weight: float = 1e-6
     unet_steps: int = 20000
     unet_batch: int = 64
@@ -328,7 +328,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                         "hold any)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch (1 is fastest on a shared, busy machine)")
     p.add_argument("--size", choices=("demo", "micro"), default="demo",
                    help="network sizes: the shipped demo model, or a micro one for tests")
     p.add_argument("--batch", type=int, default=TrainConfig.unet_batch, help="UNet batch size")

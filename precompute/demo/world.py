@@ -40,12 +40,12 @@ SHAPES = ("circle", "square", "triangle", "star")
 # Half the object's extent in pixels. Small shapes are kept large enough that the VAE
 # (4x downsampling) keeps their corners; two-object scenes use a middle size, unnamed.
 SIZES: dict[str, int] = {"small": 9, "large": 16}
-PAIR_HALF_EXTENT = 12
+PAIR_HALF_EXTENT = 11
 POSITIONS: dict[str, tuple[int, int]] = {  # object centre (x, y) in pixels
-    "left": (19, 32),
-    "right": (45, 32),
-    "top": (32, 19),
-    "bottom": (32, 45),
+    "left": (18, 32),
+    "right": (46, 32),
+    "top": (32, 18),
+    "bottom": (32, 46),
     "center": (32, 32),
 }
 POSITION_PHRASES = {
@@ -57,6 +57,7 @@ POSITION_PHRASES = {
 }
 PAIR_LAYOUTS = (("left", "right"), ("top", "bottom"))
 JITTER = 2  # the centre moves by up to this many pixels
+PAIR_JITTER = 1  # less in two-object scenes, which keeps the objects 4+ pixels apart
 TWO_OBJECT_FRACTION = 0.3
 HELD_OUT_MODULUS = 10  # one combination in ten is held out
 
@@ -101,8 +102,9 @@ def _sample_objects(rng: np.random.Generator, background: str) -> tuple[SceneObj
                             size=str(rng.choice(list(SIZES))), dx=jitter(), dy=jitter()),)
     layout = PAIR_LAYOUTS[int(rng.integers(len(PAIR_LAYOUTS)))]
     c1, c2 = rng.choice(colours, size=2, replace=False)
+    pair_jitter = lambda: int(rng.integers(-PAIR_JITTER, PAIR_JITTER + 1))  # noqa: E731
     objects = [SceneObject(colour=str(c), shape=str(rng.choice(SHAPES)), position=p,
-                           dx=jitter(), dy=jitter()) for c, p in zip((c1, c2), layout)]
+                           dx=pair_jitter(), dy=pair_jitter()) for c, p in zip((c1, c2), layout)]
     if rng.random() < 0.5:  # either object may be named first
         objects.reverse()
     return tuple(objects)
