@@ -1,0 +1,75 @@
+"""The demo model's tokenizer, components and training script, at micro size."""
+import json
+
+import numpy as np
+import pytest
+
+from precompute.demo import model as demo_model
+from precompute.demo import train, world
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return demo_model.train_tokenizer(world.caption_corpus(), tmp_path_factory.mktemp("tok"))
+
+
+def test_tokenizer_wraps_captions_in_start_and_end_tokens(tokenizer):
+    ids = tokenizer("a large red circle on the left, on a blue background").input_ids
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    assert tokens[0] == demo_model.BOS and tokens[-1] == demo_model.EOS
+    assert tokens[1:5] == ["a</w>", "large</w>", "red</w>", "circle</w>"]
+
+
+def test_every_caption_word_is_one_token(tokenizer):
+    words = {w for c in world.caption_corpus()[::7] for w in c.replace(",", " ,").split()}
+    for word in words:
+        assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
+
+
+def test_tokenizer_round_trips_and_pads_to_77(tokenizer):
+    caption = "an orange star at the top and a white square at the bottom, on a green background"
+    ids = tokenizer(caption, padding="max_length", max_length=77).input_ids
+    assert len(ids) == 77 == tokenizer.model_max_length
+    assert tokenizer.decode(ids, skip_special_tokens=True).replace(" ,", ",") == caption
+
+
+def test_unknown_words_still_encode_from_bytes(tokenizer):
+    ids = tokenizer("zebra!", add_special_tokens=False).input_ids
+    assert tokenizer.eos_token_id not in ids  # the end token doubles as "unknown" in CLIP
+    assert tokenizer.decode(ids) == "zebra !"  # CLIP decodes every `</w>` as a space
+
+
+def test_two_step_training_saves_a_loadable_pipeline_that_generates(tmp_path):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    cfg = train.TrainConfig(out=str(tmp_path / "run"), size="micro", model=demo_model.MICRO,
+                            vae_steps=2, vae_batch=4, unet_steps=2, unet_batch=4, eval_every=1)
+    folder = train.train(cfg)
+    assert (tmp_path / "run" / "loss_unet.png").exists()
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder))
+    sched = pipe.scheduler.config
+    assert sched.prediction_type == "v_prediction" and sched.rescale_betas_zero_snr
+    assert sched.timestep_spacing == "trailing"
+    assert pipe.vae.config.scaling_factor != 0.18215  # measured, not SD 1.5's
+    out = pipe("a large red circle on the left, on a blue background", num_inference_steps=2,
+               guidance_scale=3.0, generator=torch.Generator().manual_seed(0), output_type="np")
+    assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
+    state = json.loads((folder / "training_state.json").read_text())
+    assert state["unet_steps"] == 2
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+    cfg = train.TrainConfig(out=str(tmp_path / "run"), size="micro", model=demo_model.MICRO,
+                            vae_steps=1, vae_batch=2, unet_steps=1, unet_batch=2, eval_every=100)
+    train.train(cfg)
+    cfg.unet_steps = 2
+    folder = train.train(cfg)
+    assert json.loads((folder / "training_state.json").read_text())["unet_steps"] == 2
+
+
+def test_cli_refuses_to_overwrite_checkpoints_without_resume(tmp_path):
+    (tmp_path / "vae.pt").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", str(tmp_path)])
+    assert train.parse_args(["--out", str(tmp_path), "--resume"]).out == str(tmp_path)
