@@ -129,15 +129,18 @@ def is_held_out(scene: Scene) -> bool:
 
 # --- captions ---------------------------------------------------------------------------
 
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def _object_phrase(obj: SceneObject) -> str:
     words = f"{obj.size} {obj.colour}" if obj.size else obj.colour
-    article = "an" if words[0] in "aeiou" else "a"
-    return f"{article} {words} {obj.shape} {POSITION_PHRASES[obj.position]}"
+    return f"{_article(words)} {words} {obj.shape} {POSITION_PHRASES[obj.position]}"
 
 
 def caption_of(scene: Scene) -> str:
     objects = " and ".join(_object_phrase(o) for o in scene.objects)
-    return f"{objects}, on a {scene.background} background"
+    return f"{objects}, on {_article(scene.background)} {scene.background} background"
 
 
 _WORD = lambda names: "|".join(names)  # noqa: E731
@@ -146,7 +149,7 @@ _OBJECT_RE = (rf"an? (?:(?P<size{{i}}>{_WORD(SIZES)}) )?(?P<colour{{i}}>{_WORD(C
               rf"(?P<position{{i}}>{_WORD(POSITION_PHRASES.values())})")
 _CAPTION_RE = re.compile(
     rf"^{_OBJECT_RE.format(i=0)}(?: and {_OBJECT_RE.format(i=1)})?, "
-    rf"on a (?P<background>{_WORD(COLOURS)}) background$")
+    rf"on an? (?P<background>{_WORD(COLOURS)}) background$")
 _PHRASE_TO_POSITION = {v: k for k, v in POSITION_PHRASES.items()}
 
 
