@@ -57,6 +57,9 @@ def test_two_step_training_saves_a_loadable_pipeline_that_generates(tmp_path):
     assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
     state = json.loads((folder / "training_state.json").read_text())
     assert state["unet_steps"] == 2
+    train.export(folder, tmp_path / "fp16")
+    half = StableDiffusionPipeline.from_pretrained(str(tmp_path / "fp16"), torch_dtype=torch.float32)
+    assert next(half.unet.parameters()).dtype == torch.float32
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path):
@@ -72,4 +75,4 @@ def test_cli_refuses_to_overwrite_checkpoints_without_resume(tmp_path):
     (tmp_path / "vae.pt").write_bytes(b"")
     with pytest.raises(SystemExit):
         train.parse_args(["--out", str(tmp_path)])
-    assert train.parse_args(["--out", str(tmp_path), "--resume"]).out == str(tmp_path)
+    assert train.parse_args(["--out", str(tmp_path), "--resume"])[0].out == str(tmp_path)

@@ -311,7 +311,7 @@ def train(cfg: TrainConfig) -> Path:
     return out / "pipeline"
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
     p = argparse.ArgumentParser(
         prog="noisepath train-demo",
         description="Train the demo model (a tiny Stable Diffusion on a shapes world) from "
@@ -334,21 +334,48 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="network sizes: the shipped demo model, or a micro one for tests")
     p.add_argument("--batch", type=int, default=TrainConfig.unet_batch, help="UNet batch size")
     p.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    p.add_argument("--export", default=None, metavar="FOLDER",
+                   help="afterwards, copy the pipeline to FOLDER with fp16 weights (the "
+                        "shipped model lives in static/demo-model)")
+    p.add_argument("--export-only", action="store_true",
+                   help="skip training: only export --out's current pipeline to --export")
     args = p.parse_args(argv)
+    if args.export_only:
+        if not args.export:
+            p.error("--export-only needs --export FOLDER")
+        args.resume = True
     has_checkpoint = any((Path(args.out) / f).exists() for f in ("vae.pt", "unet.pt"))
     if has_checkpoint and not args.resume:
         p.error(f"{args.out} holds checkpoints: pass --resume to continue, or pick another --out")
-    return TrainConfig(
+    cfg = TrainConfig(
         out=args.out, seed=args.seed, device=args.device, threads=args.threads, size=args.size,
         vae_steps=args.vae_steps, unet_steps=args.steps, unet_batch=args.batch,
         minutes=args.minutes, checkpoint_minutes=args.checkpoint_minutes,
         model=demo_model.MICRO if args.size == "micro" else demo_model.ModelConfig())
+    return cfg, args
+
+
+def export(folder: str | Path, target: str | Path) -> None:
+    """Re-save a pipeline folder with half-precision weights (half the size; load it with
+    torch_dtype=torch.float32 to run on a CPU)."""
+    import shutil
+
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), torch_dtype=torch.float16)
+    pipe.save_pretrained(str(target), safe_serialization=True)
+    if (Path(folder) / "training_state.json").exists():
+        shutil.copy(Path(folder) / "training_state.json", Path(target) / "training_state.json")
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
-    folder = train(cfg)
+    """`noisepath train-demo`: train (or resume) the demo model, optionally export it."""
+    cfg, args = parse_args(argv)
+    folder = Path(cfg.out) / "pipeline" if args.export_only else train(cfg)
     print(f"pipeline folder: {folder}")
+    if args.export:
+        export(folder, args.export)
+        print(f"exported (fp16) to {args.export}")
     return 0
 
 
