@@ -99,3 +99,12 @@ def test_quick_form_marks_the_variant_words():
     [g] = ps.groups
     assert g.highlights == {"spiderman in space": [[0, 9]],
                             "winnie the pooh in space": [[0, 15]]}
+
+
+def test_shipped_demo_prompts_are_a_subset_of_the_full_demo_set():
+    prompts = SHIPPED.parent
+    demo, full = load_prompt_file(prompts / "demo.toml"), load_prompt_file(prompts / "demo-full.toml")
+    assert set(demo.texts) < set(full.texts) and len(full.groups) == 13
+    assert set(demo.settings["seeds"]) <= set(full.settings["seeds"])
+    assert {k: v for k, v in demo.settings.items() if k != "seeds"} == \
+        {k: v for k, v in full.settings.items() if k != "seeds"}
