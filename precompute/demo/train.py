@@ -48,6 +48,8 @@ class TrainConfig:
     ema_decay: float = 0.998
     minutes: float = 0.0  # 0: no time limit, stop at the step targets
     checkpoint_minutes: float = 4.0
+    decoder_only: bool = False  # run stage 1b (decoder fine-tuning) instead of stage 2
+    decoder_steps: int = 3000
     eval_every: int = 100
     model: demo_model.ModelConfig = field(default_factory=demo_model.ModelConfig)
 
@@ -157,8 +159,11 @@ def train_vae(cfg: TrainConfig, vae, out: Path, deadline: Deadline) -> bool:
         recon = vae.decode(z).sample  # (B, 3, 64, 64)
         l1 = F.l1_loss(recon, x)
         loss = l1 + F.mse_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+        for group in opt.param_groups:  # cosine decay to a tenth, a function of the step
+            group["lr"] = cfg.vae_lr * (0.55 + 0.45 * math.cos(math.pi * step / cfg.vae_steps))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)  # lr 1e-3 alone spiked
         opt.step()
         state["step"] = step + 1
         state["losses"].append((step + 1, l1.item()))
@@ -178,6 +183,58 @@ def train_vae(cfg: TrainConfig, vae, out: Path, deadline: Deadline) -> bool:
     vae.register_to_config(scaling_factor=state["scaling_factor"])
     checkpoint()
     return True
+
+
+def train_decoder(cfg: TrainConfig, vae, out: Path, deadline: Deadline) -> None:
+    """Stage 1b (optional, can run beside stage 2): fine-tune only the VAE decoder with the
+    encoder frozen. The latent space does not move, so the UNet is unaffected; sharper
+    decodes of the same latents. Saved to decoder.pt, picked up by every export."""
+    path = out / "decoder.pt"
+    decoder = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(decoder, lr=cfg.vae_lr / 3)
+    state = {"step": 0, "losses": []}
+    if path.exists():
+        state = torch.load(path, weights_only=False)
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+
+    def checkpoint():
+        save_atomic({**state, "vae": vae.state_dict(), "opt": opt.state_dict()}, path)
+        plot_losses({"decoder L1": smooth(state["losses"])}, out / "loss_decoder.png",
+                    "VAE decoder fine-tuning (encoder frozen)")
+
+    vae.encoder.requires_grad_(False), vae.quant_conv.requires_grad_(False)
+    bar = tqdm(range(state["step"], cfg.decoder_steps), desc="decoder", initial=state["step"],
+               total=cfg.decoder_steps, dynamic_ncols=True)
+    for step in bar:
+        images, _, _ = world.sample_batch(step_rng(cfg, 3, step), cfg.vae_batch)
+        x = to_tensor(images).to(cfg.device)  # (B, 3, 64, 64)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample()  # (B, 4, 16, 16)
+        recon = vae.decode(z).sample  # (B, 3, 64, 64)
+        l1 = F.l1_loss(recon, x)
+        loss = l1 + F.mse_loss(recon, x)
+        for group in opt.param_groups:
+            group["lr"] = cfg.vae_lr / 3 * (0.55 + 0.45 * math.cos(math.pi * step / cfg.decoder_steps))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(decoder, 1.0)
+        opt.step()
+        state["step"] = step + 1
+        state["losses"].append((step + 1, l1.item()))
+        bar.set_postfix(l1=f"{l1.item():.4f}")
+        if deadline.save_due() or deadline.expired() or step + 1 == cfg.decoder_steps:
+            checkpoint()
+        if deadline.expired():
+            return
+
+
+def load_decoder(vae, out: Path) -> None:
+    """Use the fine-tuned decoder if stage 1b has written one (encoder weights identical)."""
+    if (out / "decoder.pt").exists():
+        decoded = torch.load(out / "decoder.pt", weights_only=False)["vae"]
+        vae.load_state_dict({k: v for k, v in decoded.items() if not k.startswith(("encoder.", "quant_conv."))},
+                            strict=False)
 
 
 # --- stage 2: the UNet and the text encoder -------------------------------------------------
@@ -247,6 +304,7 @@ def train_unet(cfg: TrainConfig, vae, unet, text_encoder, tokenizer, out: Path,
                   "held-out, caption": [(s, a) for s, a, _ in state["val"]],
                   "held-out, no caption": [(s, b) for s, _, b in state["val"]]}
         plot_losses(curves, out / "loss_unet.png", "UNet + text encoder (v-prediction MSE)")
+        load_decoder(vae, out)
         export_pipeline(vae, ema_text, tokenizer, ema_unet, out / "pipeline")
         (out / "pipeline" / "training_state.json").write_text(json.dumps(
             {"vae_steps": cfg.vae_steps, "unet_steps": state["step"], "seed": cfg.seed,
@@ -306,7 +364,10 @@ def train(cfg: TrainConfig) -> Path:
     text_encoder = demo_model.build_text_encoder(cfg.model, tokenizer).to(cfg.device)
     unet = demo_model.build_unet(cfg.model).to(cfg.device)
     deadline = Deadline(cfg.minutes, cfg.checkpoint_minutes)
-    if train_vae(cfg, vae, out, deadline) and not deadline.expired():
+    vae_done = train_vae(cfg, vae, out, deadline)
+    if vae_done and cfg.decoder_only:
+        train_decoder(cfg, vae, out, deadline)
+    elif vae_done and not deadline.expired():
         train_unet(cfg, vae, unet, text_encoder, tokenizer, out, deadline)
     return out / "pipeline"
 
@@ -337,6 +398,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     p.add_argument("--export", default=None, metavar="FOLDER",
                    help="afterwards, copy the pipeline to FOLDER with fp16 weights (the "
                         "shipped model lives in static/demo-model)")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="after the VAE stage, fine-tune only its decoder (--decoder-steps) "
+                        "instead of training the UNet; can run beside a UNet run on --out")
+    p.add_argument("--decoder-steps", type=int, default=TrainConfig.decoder_steps)
     p.add_argument("--export-only", action="store_true",
                    help="skip training: only export --out's current pipeline to --export")
     args = p.parse_args(argv)
@@ -344,13 +409,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         if not args.export:
             p.error("--export-only needs --export FOLDER")
         args.resume = True
-    has_checkpoint = any((Path(args.out) / f).exists() for f in ("vae.pt", "unet.pt"))
+    has_checkpoint = any((Path(args.out) / f).exists() for f in ("vae.pt", "unet.pt", "decoder.pt"))
     if has_checkpoint and not args.resume:
         p.error(f"{args.out} holds checkpoints: pass --resume to continue, or pick another --out")
     cfg = TrainConfig(
         out=args.out, seed=args.seed, device=args.device, threads=args.threads, size=args.size,
         vae_steps=args.vae_steps, unet_steps=args.steps, unet_batch=args.batch,
         minutes=args.minutes, checkpoint_minutes=args.checkpoint_minutes,
+        decoder_only=args.decoder_only, decoder_steps=args.decoder_steps,
         model=demo_model.MICRO if args.size == "micro" else demo_model.ModelConfig())
     return cfg, args
 
