@@ -217,6 +217,27 @@ def samples_grid(pipe, captions: list[str], path: Path, scales=GUIDANCE_SCALES, 
     grid.save(path)
 
 
+def markdown(metrics: dict) -> str:
+    """The metrics as the tables docs/demo-model.md shows."""
+    lines = ["| images | background | colour | shape | size | position |", "|---|---|---|---|---|---|"]
+    for name in ("judge on renders", "judge on VAE reconstructions"):
+        row = metrics[name]
+        lines.append(f"| {name} | " + " | ".join(f"{row.get(a, float('nan')):.2f}" for a in judge.ATTRIBUTES) + " |")
+    for kind in ("one object", "two objects"):
+        for scale, row in metrics.get(f"adherence, {kind}", {}).items():
+            cells = " | ".join(f"{row[a]:.2f}" if a in row else "-" for a in judge.ATTRIBUTES)
+            lines.append(f"| generated, {kind}, {scale} | {cells} |")
+    if "attention" in metrics:
+        lines += ["", "| attention | value |", "|---|---|"]
+        for name, value in metrics["attention"].items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k} {v:.2f}" for k, v in value.items())
+            else:
+                value = f"{value:.2f}"
+            lines.append(f"| {name} | {value} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Measure the demo model's adherence and attention.")
     p.add_argument("--model", required=True, help="pipeline folder")
@@ -242,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics["attention"] = attention_scores(pipe)
         print(json.dumps(metrics["attention"], indent=1), flush=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(markdown(metrics), flush=True)
     captions = [s.caption for s in held_out(6, False)] + [s.caption for s in held_out(3, True)]
     samples_grid(pipe, captions, out / "samples.png")
     return 0
