@@ -255,9 +255,9 @@ def _stage_result(writer, components, r, rid, settings, opts):
             images[name] = (noise_preview(value, matrix), "png")
     attention = None
     if r.attention is not None:
+        attention, names = bundle_attention(r.attention_meta)
         for key, maps in r.attention.items():
-            arrays["attention" if key == "combined" else f"attention_{key}"] = maps
-        attention = r.attention_meta
+            arrays[names[key]] = maps
     return writer.stage_run({
         "run_id": rid, "prompt_id": prompt_id(r.prompt or ""), "seed": r.seed,
         "guidance_scale": float(r.guidance_scale),
@@ -270,6 +270,32 @@ def _stage_result(writer, components, r, rid, settings, opts):
                            "bias": np.asarray(bias).round(6).tolist()},
         "attention": attention,
     }, arrays, images)
+
+
+def bundle_attention(meta: dict) -> tuple[dict, dict[str, str]]:
+    """The loop's attention description in the bundle's terms (docs/bundle-format.md).
+
+    Down and up levels are named by their map height r (arrays `attention_res<r>`, the
+    API's `res=<r>`); the mid block, whose map is coarse and may share a height with a
+    level, is always `attention_mid`. Returns the manifest entry and loop key -> array.
+    """
+    levels = {k: int(v["size"][0]) for k, v in meta["resolutions"].items() if k != "mid"}
+    if len(set(levels.values())) != len(levels):
+        raise ValueError(f"two attention levels share a height: {levels}")
+    names = {"combined": "attention", "mid": "attention_mid",
+             **{k: f"attention_res{h}" for k, h in levels.items()}}
+    mid = meta["resolutions"].get("mid")
+    return {
+        "tokens": int(meta["tokens"]),
+        "resolutions": sorted(levels.values(), reverse=True),
+        "combined": {"resolution": list(meta["combined"]["size"]),
+                     "from": sorted((levels[k] for k in meta["combined"]["from"]),
+                                    reverse=True)},
+        "layers": int(meta["n_layers"]),
+        "layers_by_level": {("mid" if k == "mid" else str(levels[k])): v["layers"]
+                            for k, v in meta["resolutions"].items()},
+        "mid_block_resolution": list(mid["size"]) if mid else None,
+    }, names
 
 
 def fit_trajectories(writer: BundleWriter, seeds, opts: Options) -> None:

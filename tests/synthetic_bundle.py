@@ -81,7 +81,7 @@ def _write_run(writer, rng, text, seed, g, steps, c, latent, image_size):
         arrays["attention"] = a / a.sum(0, keepdims=True)
         arrays[f"attention_res{latent}"] = arrays["attention"]
         arrays[f"attention_res{latent // 2}"] = rng.random((k, steps, latent // 2, latent // 2))
-        attention = {"tokens": k, "resolutions": [latent, latent // 2],
+        attention = {"tokens": k, "resolutions": [latent, latent // 2], "mid_block_resolution": None,
                      "combined": {"resolution": [latent, latent], "from": [latent]},
                      "layers": 4}
     images = {"decoded": (_frames(rng, steps + 1, image_size), "webp"),

@@ -155,3 +155,16 @@ def test_bad_prompt_file_is_refused_before_any_model_loads(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert f"{bad}:4: settings.num_inference_steps: must be an integer" in proc.stderr
+
+
+def test_attention_is_described_in_the_bundle_format(setup):
+    _, _, reference, _ = setup
+    run = json.loads(next((reference / "runs").glob("*-g5/run.json")).read_text())
+    att = run["attention"]
+    assert att["resolutions"] == sorted(att["resolutions"], reverse=True)
+    assert all(isinstance(r, int) for r in att["resolutions"])
+    assert {f"attention_res{r}" for r in att["resolutions"]} | {"attention", "attention_mid"} \
+        == {name for name in run["arrays"] if name.startswith("attention")}
+    assert set(att["combined"]["from"]) <= set(att["resolutions"])
+    assert att["mid_block_resolution"] == run["arrays"]["attention_mid"]["shape"][-2:]
+    assert att["layers"] == sum(len(v) for v in att["layers_by_level"].values())
