@@ -76,3 +76,33 @@ def test_cli_refuses_to_overwrite_checkpoints_without_resume(tmp_path):
     with pytest.raises(SystemExit):
         train.parse_args(["--out", str(tmp_path)])
     assert train.parse_args(["--out", str(tmp_path), "--resume"])[0].out == str(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def micro_pipe(tmp_path_factory):
+    from precompute.demo import evaluate
+
+    out = tmp_path_factory.mktemp("micro")
+    cfg = train.TrainConfig(out=str(out), size="micro", model=demo_model.MICRO, vae_steps=1,
+                            vae_batch=2, unet_steps=1, unet_batch=2, eval_every=100)
+    return evaluate.load(str(train.train(cfg)))
+
+
+def test_guidance_zero_ignores_the_prompt(micro_pipe):
+    from precompute.demo import evaluate
+
+    a = evaluate.generate(micro_pipe, ["a large red circle on the left, on a blue background"], 0.0,
+                          num_inference_steps=3)
+    b = evaluate.generate(micro_pipe, ["a small white star at the top, on a black background"], 0.0,
+                          num_inference_steps=3)
+    assert np.array_equal(a, b)
+
+
+def test_recorded_cross_attention_sums_to_one_over_tokens(micro_pipe):
+    from precompute.demo import evaluate
+
+    scenes = evaluate.held_out(2, two_objects=False)
+    maps = evaluate.word_maps(micro_pipe, scenes, num_inference_steps=2)  # (2, 77, 64, 64)
+    per_pixel = maps.sum(1)  # layers x steps of distributions that each sum to 1
+    assert np.allclose(per_pixel, per_pixel[0, 0, 0], rtol=1e-4)
+    assert all(type(p).__name__ != "AttentionRecorder" for p in micro_pipe.unet.attn_processors.values())
