@@ -118,8 +118,8 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
         if not writer.has_prompt(prompt_id(text)):
             tokens = loop.encode_prompt_tokens(components, text)
             writer.write_prompt(text, tokens, tokens["embeddings"])
-    for group in prompt_set.groups:
-        writer.write_group(group.as_bundle_group())
+    for order, group in enumerate(prompt_set.groups):
+        writer.write_group({**group.as_bundle_group(), "order": order})
 
     # 2. the runs, one claimed job at a time
     computed, skipped_busy = 0, 0

@@ -222,7 +222,8 @@ class BundleWriter:
         return pid
 
     def write_group(self, group: dict) -> None:
-        """group: id, title, prompts (ids, main first), texts, highlights {pid: [[s, e]]}."""
+        """group: id, title, prompts (ids, main first), highlights {pid: [[s, e]]}, and
+        order (its place in the prompt file; the index lists groups in that order)."""
         write_json_atomic(self.root / "groups" / f"{group['id']}.json",
                           {"format_version": FORMAT_VERSION, **group})
 
@@ -323,6 +324,8 @@ def build_index(root: Path) -> dict:
     for path in sorted((root / "groups").glob("*.json")):
         g = json.loads(path.read_text())
         groups.append({k: g[k] for k in ("id", "title", "prompts", "highlights")})
+        groups[-1]["order"] = g.get("order", 0)
+    groups.sort(key=lambda g: (g.pop("order"), g["id"]))  # the prompt file's order
     for path in sorted((root / "trajectories").glob("seed-*.json")):
         t = json.loads(path.read_text())
         trajectories[str(t["seed"])] = {"file": f"trajectories/{path.name}",

@@ -81,6 +81,8 @@ def test_cli_writes_a_bundle_that_validates(setup):
     assert index["guidance_scales"] == [0.0, 1.0, 5.0]
     assert set(index["trajectories"]) == {"1", "2"}
     assert "computed 14 runs" in log
+    assert [g["title"] for g in index["groups"]] == ["a red circle on the left",
+                                                     "a large green star"]  # file order
 
 
 def test_rerun_of_a_finished_bundle_computes_nothing(setup, tmp_path):
