@@ -258,6 +258,7 @@ export function createModel(index, api) {
         channels: String(C),
         model: index.config.model,
         scheduler: String(index.config.scheduler).toUpperCase(),
+        "prediction-note": predictionNote(index.config.prediction_type),
         "embed-dim": String(prompt && prompt.json.text_embeddings.shape ? prompt.json.text_embeddings.shape[1]
           : (index.config.model_info && index.config.model_info.cross_attention_dim) || "768"),
         "latent-shape": (index.config.latent_shape || [4, 64, 64]).join(" × "),
@@ -341,4 +342,15 @@ function pickerGroups(index) {
   const rest = Object.keys(index.prompts).filter((id) => id !== "empty" && !seen.has(id));
   if (rest.length) groups.push({ id: "other", title: "Other prompts", options: rest.map((id) => ({ id, text: index.prompts[id].text })) });
   return groups;
+}
+
+/** What the UNet's output is, in words: the pictures below show exactly that output. */
+function predictionNote(type) {
+  if (type === "v_prediction") {
+    return "This model predicts v (\u201cvelocity\u201d), a mix of the noise and the image: " +
+      "v = \u221a\u0101\u00b7noise \u2212 \u221a(1\u2212\u0101)\u00b7image (v-prediction, as in Stable " +
+      "Diffusion 2.x). The scheduler turns it into the noise to remove; the pictures show v.";
+  }
+  if (type === "sample") return "This model predicts the clean image directly; the scheduler derives the noise.";
+  return "The UNet predicts the noise in the latent (\u03b5-prediction, as in Stable Diffusion 1.x).";
 }
