@@ -24,3 +24,31 @@ def synthetic_bundle(tmp_path, synthetic_bundle_ro):
     dst = tmp_path / "bundle"
     shutil.copytree(synthetic_bundle_ro, dst)
     return dst
+
+
+# -- browser tests (tests/test_browser_*.py): one server and one chromium for the session
+
+@pytest.fixture(scope="session")
+def base_url(synthetic_bundle_ro):
+    """The app over the synthetic bundle on a real loopback server."""
+    from tests.browser_helpers import serve_bundle
+    with serve_bundle(synthetic_bundle_ro) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium driven by Playwright (the tests skip when it is missing)."""
+    from tests.browser_helpers import launch_chromium
+    with launch_chromium() as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def shots(tmp_path_factory):
+    """Where screenshots go: $NOISEPATH_SCREENSHOT_DIR, or a temporary folder."""
+    from pathlib import Path
+    folder = os.environ.get("NOISEPATH_SCREENSHOT_DIR")
+    path = Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -8,40 +8,18 @@ Screenshots go to NOISEPATH_SCREENSHOT_DIR, or to a pytest temporary folder.
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from tests.browser_helpers import SKIP_REASON, browser_available, launch_chromium, serve_bundle, wait_ready
+from tests.browser_helpers import SKIP_REASON, browser_available, wait_ready
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not browser_available(), reason=SKIP_REASON)]
 
 PROMPT = "a-red-circle-on-the-left-ad3b43dc"   # tests/synthetic_bundle.py, group 0 main
 VARIANT = "a-red-square-on-the-left-0cb5c515"
 T = 5
-
-
-@pytest.fixture(scope="module")
-def base_url(synthetic_bundle_ro):
-    with serve_bundle(synthetic_bundle_ro) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with launch_chromium() as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory):
-    folder = os.environ.get("NOISEPATH_SCREENSHOT_DIR")
-    path = Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,12 @@ Screenshots go to NOISEPATH_SCREENSHOT_DIR, or to a pytest temporary folder.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
 
-from tests.browser_helpers import SKIP_REASON, browser_available, launch_chromium, serve_bundle, wait_ready
+from tests.browser_helpers import SKIP_REASON, browser_available, wait_ready
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not browser_available(), reason=SKIP_REASON)]
 
@@ -24,26 +22,6 @@ VARIANT = "a-red-square-on-the-left-0cb5c515"
 OTHER = "a-blue-star-3fa90ba3"                     # group 1's variant: same seeds, another group
 T = 5
 COMPARE = f"prompt={PROMPT}&compare={VARIANT}&seed=1&guidance=7"
-
-
-@pytest.fixture(scope="module")
-def base_url(synthetic_bundle_ro):
-    with serve_bundle(synthetic_bundle_ro) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with launch_chromium() as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory):
-    folder = os.environ.get("NOISEPATH_SCREENSHOT_DIR")
-    path = Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @pytest.fixture(scope="module")
