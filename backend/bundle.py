@@ -94,6 +94,12 @@ class _Checker:
             return False
         return True
 
+    def checked_json(self, rel: str, sha, field: str, run_id=None):
+        """A manifest whose checksum the index holds: None (and a problem) if bad."""
+        if not self.checksum(rel, sha, field, run_id):
+            return None
+        return self.load_json(rel, run_id)
+
     def array(self, folder: str, name: str, entry, shape, run_id=None):
         """Check one array entry of a manifest against its .npy file and the expected shape."""
         field = f"arrays.{name}"
@@ -209,9 +215,7 @@ def _validate_prompts(c: _Checker, prompts: dict) -> dict[str, int]:
         if not isinstance(entry, dict):
             c.add("bundle.json", f"prompts.{pid}", "must be an object")
             continue
-        if not c.checksum(rel, entry.get("sha256"), f"prompts.{pid}.sha256"):
-            continue
-        p = c.load_json(rel)
+        p = c.checked_json(rel, entry.get("sha256"), f"prompts.{pid}.sha256")
         if p is None:
             continue
         c.need(p, rel, "text", str)
@@ -237,9 +241,7 @@ def _validate_run(c: _Checker, rid: str, entry, steps: int, latent_shape, n_real
     if not isinstance(entry, dict):
         c.add("bundle.json", f"runs.{rid}", "must be an object", run_id=rid)
         return
-    if not c.checksum(rel, entry.get("sha256"), f"runs.{rid}.sha256", rid):
-        return
-    m = c.load_json(rel, rid)
+    m = c.checked_json(rel, entry.get("sha256"), f"runs.{rid}.sha256", rid)
     if m is None:
         return
     if m.get("run_id") != rid:
@@ -301,9 +303,7 @@ def _validate_trajectories(c: _Checker, index: dict, steps: int) -> None:
         if not rel.startswith("trajectories/") or ".." in rel:
             c.add("bundle.json", f"trajectories.{seed}.file", "must be a file in trajectories/")
             continue
-        if not c.checksum(rel, entry.get("sha256"), f"trajectories.{seed}.sha256"):
-            continue
-        t = c.load_json(rel)
+        t = c.checked_json(rel, entry.get("sha256"), f"trajectories.{seed}.sha256")
         if t is None:
             continue
         coords = c.need(t, rel, "runs", dict) or {}
