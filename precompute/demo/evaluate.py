@@ -205,7 +205,7 @@ def samples_grid(pipe, captions: list[str], path: Path, scales=GUIDANCE_SCALES, 
 
     cols = [(s, seed) for s in scales for seed in seeds]
     tiles = {c: generate(pipe, captions, c[0], c[1]) for c in cols}  # each (rows, 64, 64, 3)
-    cell, label_w, head = 66, 330, 18
+    cell, label_w, head = 66, 420, 18
     grid = Image.new("RGB", (label_w + cell * len(cols), head + cell * len(captions)), "white")
     d = ImageDraw.Draw(grid)
     for j, (s, seed) in enumerate(cols):
@@ -213,7 +213,9 @@ def samples_grid(pipe, captions: list[str], path: Path, scales=GUIDANCE_SCALES, 
         for i in range(len(captions)):
             grid.paste(Image.fromarray(tiles[(s, seed)][i]), (label_w + j * cell, head + i * cell))
     for i, caption in enumerate(captions):
-        d.text((4, head + i * cell + 26), caption[:52], fill="black")
+        objects, background = caption.split(", on ")
+        d.text((4, head + i * cell + 18), objects, fill="black")
+        d.text((4, head + i * cell + 34), "on " + background, fill="black")
     grid.save(path)
 
 
@@ -251,9 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = load(args.model)
-    metrics: dict = {"judge on renders": judge.judge_accuracy(200),
-                     "judge on VAE reconstructions": judge.judge_accuracy(
-                         200, transform=lambda im: reconstruct(pipe, im))}
+    vae_round_trip = lambda im: reconstruct(pipe, im)  # noqa: E731
+    metrics: dict = {"judge on VAE reconstructions, renders only":
+                     judge.judge_accuracy(200, transform=vae_round_trip)["shape"]}
+    judge.calibrate(vae_round_trip)
+    metrics["judge on renders"] = judge.judge_accuracy(200)
+    metrics["judge on VAE reconstructions"] = judge.judge_accuracy(200, transform=vae_round_trip)
     print(json.dumps(metrics, indent=1), flush=True)
     for kind, two in (("one object", False), ("two objects", True)):
         table = adherence_table(pipe, held_out(args.n, two), steps=args.steps)
@@ -264,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(metrics["attention"], indent=1), flush=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(markdown(metrics), flush=True)
-    captions = [s.caption for s in held_out(6, False)] + [s.caption for s in held_out(3, True)]
+    captions = list(dict.fromkeys([s.caption for s in held_out(8, False)]))[:6]
+    captions += [s.caption for s in held_out(3, True)]
     samples_grid(pipe, captions, out / "samples.png")
     return 0
 

@@ -9,7 +9,8 @@ The judge knows the renderer's palette and layout, nothing about the model:
 - position: the nearest of the five anchor points to the region's bounding-box centre;
 - shape: a k-nearest-neighbour classifier on mask geometry (fill of the bounding box,
   fill of the convex hull, widths of the mask at five heights and heights at five
-  columns, each relative to the box), trained on rendered scenes.
+  columns, each relative to the box), trained on rendered scenes and, after `calibrate`,
+  also on VAE reconstructions of other scenes (the decoder rounds corners).
 
 `judge_accuracy` measures the judge itself, on renders or on any images of known scenes
 (for example VAE reconstructions).
@@ -85,6 +86,18 @@ class ShapeClassifier:
         self.y = np.array(labels)
         self.scale = self.x.std(0) + 1e-3
         self.k = k
+
+    def add_examples(self, images: np.ndarray, scenes: list[world.Scene]) -> int:
+        """Add the regions read from images of known one-object scenes (e.g. VAE
+        reconstructions, whose corners are rounder than the renders'); returns how many."""
+        added = 0
+        for image, scene in zip(images, scenes):
+            reading = read_scene(image, max_objects=1)
+            if len(scene.objects) == 1 and reading.objects:
+                self.x = np.concatenate([self.x, shape_features(reading.objects[0].mask)[None]])
+                self.y = np.append(self.y, world.SHAPES.index(scene.objects[0].shape))
+                added += 1
+        return added
 
     def predict(self, mask: np.ndarray) -> str:
         d = (((self.x - shape_features(mask)) / self.scale) ** 2).sum(-1)
@@ -165,6 +178,13 @@ def adherence(images: np.ndarray, scenes: list[world.Scene]) -> dict[str, float]
     rows = [score(read_scene(img), s) for img, s in zip(images, scenes)]
     return {a: float(np.mean([r[a] for r in rows if a in r])) for a in ATTRIBUTES
             if any(a in r for r in rows)}
+
+
+def calibrate(transform, n: int = 600, seed: int = 99) -> int:
+    """Teach the shape classifier what shapes look like after transform (images -> images,
+    e.g. a VAE round trip), from n training-split scenes; judge_accuracy uses other scenes."""
+    images, _, scenes = world.sample_batch(np.random.default_rng(seed), n, split="train")
+    return shape_classifier().add_examples(transform(images), scenes)
 
 
 def judge_accuracy(n: int = 200, seed: int = 7, transform=None) -> dict[str, float]:
