@@ -81,6 +81,14 @@ def test_page_loads_with_no_console_errors(page, base_url, shots):
     page.screenshot(path=str(shots / "load-1280.png"), full_page=True)
 
 
+def test_header_names_the_bundle_and_says_what_it_is(page, base_url):
+    open_app(page, base_url)
+    about = page.locator(".bundle-about")
+    assert about.locator("summary").inner_text() == "Showing: Synthetic test bundle"
+    about.locator("summary").click()
+    assert about.locator("p").inner_text() == "random arrays, real format"
+
+
 def test_autoplay_advances_steps(page, base_url):
     page.goto(base_url)
     wait_ready(page)

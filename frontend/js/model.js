@@ -257,6 +257,8 @@ export function createModel(index, api) {
         "guided-norm": fmt(stat("noise_pred_norm", i)),
         channels: String(C),
         model: index.config.model,
+        "bundle-title": index.title || index.config.model,
+        "bundle-description": index.description || "",
         scheduler: String(index.config.scheduler).toUpperCase(),
         "prediction-note": predictionNote(index.config.prediction_type),
         "embed-dim": String(prompt && prompt.json.text_embeddings.shape ? prompt.json.text_embeddings.shape[1]
