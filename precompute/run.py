@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from precompute.prompts import PromptSet
-from precompute.writer import EMPTY_PROMPT_ID, BundleWriter, prompt_id, run_id
+from precompute.writer import EMPTY_PROMPT_ID, BundleWriter, prompt_id, read_config, run_id
 
 DEFAULTS = {"model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "scheduler": "lms",
             "num_inference_steps": 50, "height": 512, "width": 512,
@@ -89,7 +89,7 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
     t0 = time.perf_counter()
     check_existing_config(out, settings)
     if done_before == total and (out / "bundle.json").exists():
-        writer = BundleWriter(out, _read_config(out))
+        writer = BundleWriter(out, read_config(out))
         fit_trajectories(writer, settings["seeds"], opts)
         writer.rebuild_index()
         _say(opts, "nothing to compute: every run is already in the bundle")
@@ -173,25 +173,14 @@ def _public(value):
     return value
 
 
-def _read_config(out: Path) -> dict:
-    import json
-    config = json.loads((out / "config.json").read_text())
-    return {k: v for k, v in config.items() if k not in ("format", "format_version")}
-
-
 def check_existing_config(out: Path, settings: dict) -> None:
-    """Refuse early (before loading a model) when the bundle was made with other settings."""
-    from precompute.writer import CONFIG_IDENTITY_KEYS, BundleConfigMismatch
+    """Refuse early (before loading a model) when the bundle was made with other settings;
+    dtype is checked later, once the device (and so the "auto" dtype) is known."""
+    from precompute.writer import CONFIG_IDENTITY_KEYS, check_config, read_config
 
-    if not (out / "config.json").exists():
-        return
-    old = _read_config(out)
-    diffs = [f"{k}: bundle has {old.get(k)!r}, you asked for {settings.get(k)!r}"
-             for k in CONFIG_IDENTITY_KEYS if k != "dtype" and old.get(k) != settings.get(k)]
-    if diffs:
-        raise BundleConfigMismatch(
-            f"{out} was made with different settings, and runs of one bundle must share "
-            "them:\n  " + "\n  ".join(diffs) + "\nUse a new --out folder for these settings.")
+    if (out / "config.json").exists():
+        check_config(out, read_config(out), settings,
+                     [k for k in CONFIG_IDENTITY_KEYS if k != "dtype"])
 
 
 def _say_run(opts, rid, bar):

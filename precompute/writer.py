@@ -163,6 +163,22 @@ class BundleConfigMismatch(ValueError):
     pass
 
 
+def read_config(root: Path) -> dict:
+    """A bundle's config.json without its format fields."""
+    config = json.loads((Path(root) / "config.json").read_text())
+    return {k: v for k, v in config.items() if k not in ("format", "format_version")}
+
+
+def check_config(root: Path, old: dict, new: dict, keys=CONFIG_IDENTITY_KEYS) -> None:
+    """Raise BundleConfigMismatch naming every identity setting where new differs from old."""
+    diffs = [f"{k}: bundle has {old.get(k)!r}, you asked for {new.get(k)!r}"
+             for k in keys if old.get(k) != new.get(k)]
+    if diffs:
+        raise BundleConfigMismatch(
+            f"{root} was made with different settings, and runs of one bundle must share "
+            "them:\n  " + "\n  ".join(diffs) + "\nUse a new --out folder for these settings.")
+
+
 # -------------------------------------------------------------------------- writer
 
 class BundleWriter:
@@ -187,13 +203,7 @@ class BundleWriter:
             raise BundleConfigMismatch(
                 f"{path}: format_version {old.get('format_version')} is not "
                 f"{FORMAT_VERSION}; write to a new --out folder")
-        diffs = [f"{k}: bundle has {old.get(k)!r}, you asked for {self.config.get(k)!r}"
-                 for k in CONFIG_IDENTITY_KEYS if old.get(k) != self.config.get(k)]
-        if diffs:
-            raise BundleConfigMismatch(
-                f"{self.root} was made with different settings, and runs of one bundle "
-                "must share them:\n  " + "\n  ".join(diffs) +
-                "\nUse a new --out folder for these settings.")
+        check_config(self.root, old, self.config)
 
     # -- claims: cooperating processes split the work without configuration
     def claim(self, key: str):
@@ -312,7 +322,7 @@ def _pid_alive(pid: int) -> bool:
 
 def build_index(root: Path) -> dict:
     """The index is a pure function of config, prompts, groups, runs and trajectories."""
-    config = json.loads((root / "config.json").read_text())
+    config = read_config(root)
     prompts, runs, groups, trajectories = {}, {}, [], {}
     for path in sorted((root / "prompts").glob("*/prompt.json")):
         p = json.loads(path.read_text())
@@ -332,7 +342,7 @@ def build_index(root: Path) -> dict:
                                         "method": t["method"], "sha256": sha256_file(path)}
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
-        "config": {k: v for k, v in config.items() if k not in ("format", "format_version")},
+        "config": config,
         "seeds": sorted({r["seed"] for r in runs.values()}),
         "guidance_scales": sorted({r["guidance_scale"] for r in runs.values()}),
         "groups": groups, "prompts": prompts, "runs": runs, "trajectories": trajectories,
