@@ -73,6 +73,14 @@ def launch_chromium():
             browser.close()
 
 
+def watch_errors(page) -> list[str]:
+    """Collect the page's console errors and uncaught exceptions into a list."""
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    return problems
+
+
 def wait_ready(page, timeout: float = 15_000) -> None:
     """Wait until the pictures of the current run are drawn (#viz stops being aria-busy)."""
     page.wait_for_selector("#viz[aria-busy=false]", timeout=timeout)

@@ -52,3 +52,14 @@ def shots(tmp_path_factory):
     path = Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture
+def page(context):
+    """A fresh page in the module's `context`; the test fails if it logged any error."""
+    from tests.browser_helpers import watch_errors
+    page = context.new_page()
+    problems = watch_errors(page)
+    yield page
+    page.close()
+    assert problems == [], "the page logged errors:\n" + "\n".join(problems)

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 
-from tests.browser_helpers import SKIP_REASON, browser_available, wait_ready
+from tests.browser_helpers import SKIP_REASON, browser_available, wait_ready, watch_errors
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not browser_available(), reason=SKIP_REASON)]
 
@@ -29,22 +29,6 @@ def context(browser):
     context = browser.new_context(viewport={"width": 1440, "height": 1000})
     yield context
     context.close()
-
-
-def watch(page):
-    problems: list[str] = []
-    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    return problems
-
-
-@pytest.fixture
-def page(context):
-    page = context.new_page()
-    problems = watch(page)
-    yield page
-    page.close()
-    assert problems == [], "the page logged errors:\n" + "\n".join(problems)
 
 
 def query(page) -> dict[str, str]:
@@ -295,7 +279,7 @@ def test_phone_layout_stacks_the_lanes_without_horizontal_scrolling(browser, bas
     context = browser.new_context(viewport={"width": 375, "height": 812}, device_scale_factor=2,
                                   is_mobile=True, has_touch=True)
     page = context.new_page()
-    problems = watch(page)
+    problems = watch_errors(page)
     try:
         open_compare(page, base_url)
         page.locator(f"{lane(2)} .lane-decoded[data-frame='3']").wait_for()
