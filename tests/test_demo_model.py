@@ -106,3 +106,38 @@ def test_recorded_cross_attention_sums_to_one_over_tokens(micro_pipe):
     per_pixel = maps.sum(1)  # layers x steps of distributions that each sum to 1
     assert np.allclose(per_pixel, per_pixel[0, 0, 0], rtol=1e-4)
     assert all(type(p).__name__ != "AttentionRecorder" for p in micro_pipe.unet.attn_processors.values())
+
+
+def test_init_from_an_exported_pipeline_continues_its_weights_and_step_count(tmp_path):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    first = train.TrainConfig(out=str(tmp_path / "a"), size="micro", model=demo_model.MICRO,
+                              vae_steps=1, vae_batch=2, unet_steps=3, unet_batch=2, eval_every=100)
+    train.export(train.train(first), tmp_path / "shipped")
+    cfg, _ = train.parse_args(["--out", str(tmp_path / "b"), "--size", "micro", "--init-from",
+                               str(tmp_path / "shipped"), "--steps", "3", "--batch", "2"])
+    folder = train.train(cfg)  # already at step 3: nothing to train, the weights pass through
+    shipped = StableDiffusionPipeline.from_pretrained(str(tmp_path / "shipped"), dtype=torch.float32)
+    again = StableDiffusionPipeline.from_pretrained(str(folder), dtype=torch.float32)
+    for a, b in zip(shipped.unet.parameters(), again.unet.parameters()):
+        assert torch.equal(a, b)
+    assert again.vae.config.scaling_factor == shipped.vae.config.scaling_factor
+    assert json.loads((folder / "training_state.json").read_text())["unet_steps"] == 3
+    cfg.unet_steps = 5
+    folder = train.train(cfg)  # resumes: two more steps with a fresh optimizer
+    assert json.loads((folder / "training_state.json").read_text())["unet_steps"] == 5
+    with pytest.raises(SystemExit):  # --init-from never overwrites checkpoints
+        train.parse_args(["--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "shipped")])
+
+
+def test_unet_learning_rate_warms_up_then_decays_along_a_cosine():
+    cfg = train.TrainConfig(unet_lr=1e-3, unet_lr_final=1e-4, unet_steps=1100, warmup=100)
+    assert train.unet_lr(cfg, 0) == pytest.approx(1e-5)
+    assert train.unet_lr(cfg, 99) == pytest.approx(1e-3 * (1 + np.cos(np.pi * 99 / 1100)) / 2
+                                                   + 1e-4 * (1 - np.cos(np.pi * 99 / 1100)) / 2)
+    assert train.unet_lr(cfg, 1100) == pytest.approx(1e-4)
+    assert train.unet_lr(cfg, 600, start_step=100) == pytest.approx(5.5e-4)  # half-way
+    assert train.unet_lr(cfg, 100, start_step=100) == pytest.approx(1e-3 / 100)  # new warm-up
+    constant = train.TrainConfig(unet_lr=1e-3, warmup=100)
+    assert train.unet_lr(constant, 5000) == 1e-3

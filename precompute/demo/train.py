@@ -43,6 +43,7 @@ class TrainConfig:
     unet_steps: int = 20000
     unet_batch: int = 64
     unet_lr: float = 1e-3
+    unet_lr_final: float = 0.0  # > 0: cosine decay from unet_lr to this at unet_steps
     warmup: int = 100
     caption_dropout: float = 0.1
     ema_decay: float = 0.998
@@ -51,6 +52,7 @@ class TrainConfig:
     decoder_only: bool = False  # run stage 1b (decoder fine-tuning) instead of stage 2
     decoder_steps: int = 3000
     eval_every: int = 100
+    init_from: str | None = None  # a pipeline folder to start stage 2 from (see init_from)
     model: demo_model.ModelConfig = field(default_factory=demo_model.ModelConfig)
 
 
@@ -268,6 +270,18 @@ def export_pipeline(vae, text_encoder, tokenizer, unet, folder: Path, dtype=torc
         StableDiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype).save_pretrained(str(folder))
 
 
+def unet_lr(cfg: TrainConfig, step: int, start_step: int = 0) -> float:
+    """The learning rate at a step (a function of the step, so resuming changes nothing):
+    linear warm-up over cfg.warmup steps from where the optimizer started, then constant,
+    or a cosine decay to cfg.unet_lr_final at cfg.unet_steps when that is set."""
+    warm = min(1.0, (step - start_step + 1) / cfg.warmup)
+    if cfg.unet_lr_final <= 0:
+        return cfg.unet_lr * warm
+    done = min(1.0, max(0.0, (step - start_step) / max(1, cfg.unet_steps - start_step)))
+    cosine = 0.5 * (1 + math.cos(math.pi * done))
+    return warm * (cfg.unet_lr_final + (cfg.unet_lr - cfg.unet_lr_final) * cosine)
+
+
 def train_unet(cfg: TrainConfig, vae, unet, text_encoder, tokenizer, out: Path,
                deadline: Deadline) -> bool:
     import copy
@@ -275,14 +289,14 @@ def train_unet(cfg: TrainConfig, vae, unet, text_encoder, tokenizer, out: Path,
     path = out / "unet.pt"
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, betas=(0.9, 0.99), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup))
     ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
-    state = {"step": 0, "losses": [], "val": []}
+    state = {"step": 0, "start_step": 0, "losses": [], "val": []}
     if path.exists():
         state = torch.load(path, weights_only=False)
         for module, key in ((unet, "unet"), (text_encoder, "text"), (ema_unet, "ema_unet"),
-                            (ema_text, "ema_text"), (opt, "opt"), (sched, "sched")):
+                            (ema_text, "ema_text"), (opt, "opt")):
             module.load_state_dict(state[key])
+    state.setdefault("start_step", 0)  # where the optimizer started (after --init-from)
     scheduler = demo_model.training_scheduler()
     vae.eval().requires_grad_(False)
 
@@ -299,7 +313,7 @@ def train_unet(cfg: TrainConfig, vae, unet, text_encoder, tokenizer, out: Path,
     def checkpoint():
         save_atomic({**state, "unet": unet.state_dict(), "text": text_encoder.state_dict(),
                      "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
-                     "opt": opt.state_dict(), "sched": sched.state_dict()}, path)
+                     "opt": opt.state_dict()}, path)
         curves = {"train v-MSE": smooth(state["losses"]),
                   "held-out, caption": [(s, a) for s, a, _ in state["val"]],
                   "held-out, no caption": [(s, b) for s, _, b in state["val"]]}
@@ -321,11 +335,12 @@ def train_unet(cfg: TrainConfig, vae, unet, text_encoder, tokenizer, out: Path,
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         loss = diffusion_loss(cfg, vae, unet, text_encoder, tokenizer, scheduler, images,
                               captions, gen)
+        for group in opt.param_groups:
+            group["lr"] = unet_lr(cfg, step, state["start_step"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        sched.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for ema, net in ((ema_unet, unet), (ema_text, text_encoder)):
@@ -346,6 +361,34 @@ def train_unet(cfg: TrainConfig, vae, unet, text_encoder, tokenizer, out: Path,
     return state["step"] >= cfg.unet_steps
 
 
+def init_from(cfg: TrainConfig, folder: str | Path, out: Path) -> None:
+    """Start a work folder from an exported pipeline (e.g. the shipped static/demo-model):
+    its tokenizer, its VAE as a finished stage 1 and its (EMA) UNet and text encoder as the
+    starting weights of stage 2, continuing the step count of its training_state.json
+    with a fresh optimizer (and a new warm-up). The way to keep training the shipped model
+    when the original checkpoints are gone."""
+    import shutil
+
+    from diffusers import StableDiffusionPipeline
+
+    folder = Path(folder)
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), dtype=torch.float32)
+    steps = json.loads((folder / "training_state.json").read_text()) \
+        if (folder / "training_state.json").exists() else {}
+    shutil.copytree(folder / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
+    vae_steps = steps.get("vae_steps", cfg.vae_steps)
+    save_atomic({"step": vae_steps, "losses": [], "vae": pipe.vae.state_dict(),
+                 "opt": torch.optim.AdamW(pipe.vae.parameters()).state_dict(),
+                 "scaling_factor": pipe.vae.config.scaling_factor}, out / "vae.pt")
+    params = list(pipe.unet.parameters()) + list(pipe.text_encoder.parameters())
+    start = steps.get("unet_steps", 0)
+    save_atomic({"step": start, "start_step": start, "losses": [], "val": [],
+                 "unet": pipe.unet.state_dict(), "text": pipe.text_encoder.state_dict(),
+                 "ema_unet": pipe.unet.state_dict(), "ema_text": pipe.text_encoder.state_dict(),
+                 "opt": torch.optim.AdamW(params).state_dict(), "init_from": str(folder)},
+                out / "unet.pt")
+
+
 # --- entry point ----------------------------------------------------------------------------
 
 def train(cfg: TrainConfig) -> Path:
@@ -355,6 +398,8 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+    if cfg.init_from and not (out / "unet.pt").exists():
+        init_from(cfg, cfg.init_from, out)
     tokenizer_dir = out / "tokenizer"
     if (tokenizer_dir / "tokenizer_config.json").exists():
         tokenizer = demo_model.load_tokenizer(tokenizer_dir)
@@ -402,6 +447,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
                    help="after the VAE stage, fine-tune only its decoder (--decoder-steps) "
                         "instead of training the UNet; can run beside a UNet run on --out")
     p.add_argument("--decoder-steps", type=int, default=TrainConfig.decoder_steps)
+    p.add_argument("--init-from", default=None, metavar="PIPELINE",
+                   help="start from an exported pipeline folder (e.g. static/demo-model): "
+                        "its VAE, tokenizer and weights, continuing its step count with a "
+                        "fresh optimizer; the way to keep training the shipped model")
+    p.add_argument("--lr", type=float, default=TrainConfig.unet_lr, help="UNet learning rate")
+    p.add_argument("--lr-final", type=float, default=0.0,
+                   help="if > 0, decay the UNet learning rate along a cosine to this value "
+                        "at --steps (default: constant after the warm-up)")
     p.add_argument("--export-only", action="store_true",
                    help="skip training: only export --out's current pipeline to --export")
     args = p.parse_args(argv)
@@ -410,6 +463,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
             p.error("--export-only needs --export FOLDER")
         args.resume = True
     has_checkpoint = any((Path(args.out) / f).exists() for f in ("vae.pt", "unet.pt", "decoder.pt"))
+    if args.init_from and has_checkpoint:
+        p.error(f"{args.out} already holds checkpoints: --init-from needs an empty --out")
+    if args.init_from and not (Path(args.init_from) / "model_index.json").exists():
+        p.error(f"--init-from {args.init_from}: not a pipeline folder (no model_index.json)")
     if has_checkpoint and not args.resume:
         p.error(f"{args.out} holds checkpoints: pass --resume to continue, or pick another --out")
     cfg = TrainConfig(
@@ -417,6 +474,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         vae_steps=args.vae_steps, unet_steps=args.steps, unet_batch=args.batch,
         minutes=args.minutes, checkpoint_minutes=args.checkpoint_minutes,
         decoder_only=args.decoder_only, decoder_steps=args.decoder_steps,
+        unet_lr=args.lr, unet_lr_final=args.lr_final, init_from=args.init_from,
         model=demo_model.MICRO if args.size == "micro" else demo_model.ModelConfig())
     return cfg, args
 
