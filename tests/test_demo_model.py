@@ -141,3 +141,32 @@ def test_unet_learning_rate_warms_up_then_decays_along_a_cosine():
     assert train.unet_lr(cfg, 100, start_step=100) == pytest.approx(1e-3 / 100)  # new warm-up
     constant = train.TrainConfig(unet_lr=1e-3, warmup=100)
     assert train.unet_lr(constant, 5000) == 1e-3
+
+
+def test_fresh_unet_keeps_only_the_vae_and_tokenizer(tmp_path):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    first = train.TrainConfig(out=str(tmp_path / "a"), size="micro", model=demo_model.MICRO,
+                              vae_steps=1, vae_batch=2, unet_steps=1, unet_batch=2, eval_every=100)
+    train.export(train.train(first), tmp_path / "shipped")
+    cfg, _ = train.parse_args(["--out", str(tmp_path / "b"), "--size", "micro", "--init-from",
+                               str(tmp_path / "shipped"), "--fresh-unet", "--unet-channels",
+                               "32,32,64", "--steps", "1", "--batch", "2"])
+    folder = train.train(cfg)
+    shipped = StableDiffusionPipeline.from_pretrained(str(tmp_path / "shipped"), dtype=torch.float32)
+    fresh = StableDiffusionPipeline.from_pretrained(str(folder), dtype=torch.float32)
+    assert list(fresh.unet.config.block_out_channels) == [32, 32, 64]
+    assert json.loads((folder / "training_state.json").read_text())["unet_steps"] == 1
+    for a, b in zip(shipped.vae.parameters(), fresh.vae.parameters()):
+        assert torch.equal(a, b)
+    resumed, _ = train.parse_args(["--out", str(tmp_path / "b"), "--resume", "--size", "micro"])
+    assert resumed.model.unet_channels == (32, 32, 64)  # read back from the run's config
+
+
+@pytest.mark.parametrize("argv", [["--fresh-unet"], ["--unet-channels", "64,100,128"],
+                                  ["--unet-channels", "a,b,c"], ["--unet-channels", "64,128"]])
+def test_cli_rejects_bad_model_options(tmp_path, argv, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", str(tmp_path / "x"), *argv])
+    assert "error:" in capsys.readouterr().err

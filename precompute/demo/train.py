@@ -17,7 +17,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,7 @@ class TrainConfig:
     decoder_steps: int = 3000
     eval_every: int = 100
     init_from: str | None = None  # a pipeline folder to start stage 2 from (see init_from)
+    fresh_unet: bool = False  # with init_from: take only its VAE and tokenizer
     model: demo_model.ModelConfig = field(default_factory=demo_model.ModelConfig)
 
 
@@ -380,6 +381,8 @@ def init_from(cfg: TrainConfig, folder: str | Path, out: Path) -> None:
     save_atomic({"step": vae_steps, "losses": [], "vae": pipe.vae.state_dict(),
                  "opt": torch.optim.AdamW(pipe.vae.parameters()).state_dict(),
                  "scaling_factor": pipe.vae.config.scaling_factor}, out / "vae.pt")
+    if cfg.fresh_unet:
+        return  # stage 2 starts from scratch on the pipeline's VAE
     params = list(pipe.unet.parameters()) + list(pipe.text_encoder.parameters())
     start = steps.get("unet_steps", 0)
     save_atomic({"step": start, "start_step": start, "losses": [], "val": [],
@@ -451,6 +454,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
                    help="start from an exported pipeline folder (e.g. static/demo-model): "
                         "its VAE, tokenizer and weights, continuing its step count with a "
                         "fresh optimizer; the way to keep training the shipped model")
+    p.add_argument("--fresh-unet", action="store_true",
+                   help="with --init-from: take only its VAE and tokenizer; train a new UNet "
+                        "and text encoder from scratch (e.g. with other --unet-channels)")
+    p.add_argument("--unet-channels", default=None, metavar="C1,C2,C3",
+                   help="the UNet's block_out_channels (default: %s)"
+                        % ",".join(map(str, demo_model.ModelConfig.unet_channels)))
     p.add_argument("--lr", type=float, default=TrainConfig.unet_lr, help="UNet learning rate")
     p.add_argument("--lr-final", type=float, default=0.0,
                    help="if > 0, decay the UNet learning rate along a cosine to this value "
@@ -463,6 +472,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
             p.error("--export-only needs --export FOLDER")
         args.resume = True
     has_checkpoint = any((Path(args.out) / f).exists() for f in ("vae.pt", "unet.pt", "decoder.pt"))
+    if args.fresh_unet and not args.init_from:
+        p.error("--fresh-unet needs --init-from PIPELINE (whose VAE to keep)")
+    model = demo_model.MICRO if args.size == "micro" else demo_model.ModelConfig()
+    if args.unet_channels:
+        try:
+            channels = tuple(int(c) for c in args.unet_channels.split(","))
+        except ValueError:
+            p.error(f"--unet-channels {args.unet_channels}: expected integers like 64,128,128")
+        if len(channels) != 3 or min(channels) < 1 or any(c % min(32, channels[0]) for c in channels):
+            p.error(f"--unet-channels {args.unet_channels}: three widths, each a multiple of "
+                    "the group-norm group count, min(32, first width)")
+        model = replace(model, unet_channels=channels)
+    saved = Path(args.out) / "config.json"
+    if args.resume and not args.unet_channels and saved.exists():  # keep the run's own sizes
+        saved_channels = json.loads(saved.read_text()).get("model", {}).get("unet_channels")
+        if saved_channels:
+            model = replace(model, unet_channels=tuple(saved_channels))
     if args.init_from and has_checkpoint:
         p.error(f"{args.out} already holds checkpoints: --init-from needs an empty --out")
     if args.init_from and not (Path(args.init_from) / "model_index.json").exists():
@@ -475,7 +501,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         minutes=args.minutes, checkpoint_minutes=args.checkpoint_minutes,
         decoder_only=args.decoder_only, decoder_steps=args.decoder_steps,
         unet_lr=args.lr, unet_lr_final=args.lr_final, init_from=args.init_from,
-        model=demo_model.MICRO if args.size == "micro" else demo_model.ModelConfig())
+        fresh_unet=args.fresh_unet, model=model)
     return cfg, args
 
 
