@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from backend.previews import latent_preview  # noqa: F401  (the preview is defined with the bundle)
 from precompute.attention import CrossAttentionCapture
 from precompute.model import Components, scheduler_name
 
@@ -299,9 +300,3 @@ def latent_rgb_factors(latents_final, image_final) -> tuple[np.ndarray, np.ndarr
     x = np.concatenate([x, np.ones((len(x), 1))], axis=1)  # (N*h*w, C+1)
     coef, *_ = np.linalg.lstsq(x, image.reshape(-1, 3), rcond=None)  # (C+1, 3)
     return coef[:c].astype(np.float32), coef[c].astype(np.float32)
-
-
-def latent_preview(latents, matrix, bias) -> np.ndarray:
-    """The cheap latent -> RGB preview: (N, C, h, w) -> uint8 (N, h, w, 3)."""
-    rgb = np.einsum("nchw,ck->nhwk", np.asarray(latents, np.float32), matrix) + bias  # (N, h, w, 3)
-    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)

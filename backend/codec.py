@@ -1,0 +1,170 @@
+"""Compact storage of a run's arrays (docs/bundle-format.md, "Compact storage").
+
+Two ideas, numpy only, shared by the writer (precompute/writer.py) and the reader
+(backend/bundle.py) so the two cannot drift apart:
+
+- q8-delta: each 2-D map (one step and channel of a latent, one token and step of an
+  attention map) is quantized to 8 bits between its own min and max,
+
+      q = round((x - lo) / scale),  scale = (max - min) / 255   # |x - (lo + q*scale)| <= scale/2
+
+  and the uint8 values are delta-coded along the step axis (wrapping mod 256, so the
+  delta step is lossless) before deflate: neighbouring steps are alike, so the deltas
+  are small and compress well. Stored as `<name>.q8.npz` with members q, lo, scale.
+- derived arrays, not stored at all, recomputed exactly as the precompute defines them:
+  the guided noise prediction (classifier-free guidance) and the combined attention map
+  (the per-resolution maps upsampled bilinearly like torch's F.interpolate, averaged).
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+
+ENCODING = "q8-delta"
+MEMBERS = ("q", "lo", "scale")
+DERIVED_KINDS = ("guidance", "attention_mean")
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so identical arrays give identical files
+
+
+def step_axis(name: str) -> int:
+    """Run arrays are (T, C, h, w), attention maps (K, T, H, W): the axis of the steps."""
+    return 1 if name.startswith("attention") else 0
+
+
+# ------------------------------------------------------------------------- q8-delta
+
+def quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(q uint8, lo float32, scale float32) per 2-D map over the last two axes."""
+    x = np.asarray(x, np.float32)
+    lo = x.min(axis=(-2, -1), keepdims=True)                      # (..., 1, 1)
+    scale = (x.max(axis=(-2, -1), keepdims=True) - lo) / np.float32(255)
+    safe = np.where(scale > 0, scale, np.float32(1))              # a constant map: q = 0
+    q = np.clip(np.rint((x - lo) / safe), 0, 255).astype(np.uint8)
+    return q, lo, scale
+
+
+def delta(q: np.ndarray, axis: int) -> np.ndarray:
+    """q[i] - q[i-1] along axis (the first slice kept), wrapping mod 256."""
+    return np.diff(q, axis=axis, prepend=np.zeros_like(np.take(q, [0], axis=axis)))
+
+
+def undelta(d: np.ndarray, axis: int) -> np.ndarray:
+    return np.cumsum(d, axis=axis, dtype=np.uint8)                # wraps mod 256
+
+
+def dequantize(q: np.ndarray, lo: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return lo + q * scale                                          # float32
+
+
+def encode(x: np.ndarray, axis: int) -> tuple[bytes, np.ndarray]:
+    """An array -> (the .q8.npz file's bytes, the float32 values a reader decodes)."""
+    q, lo, scale = quantize(x)
+    members = {"q": delta(q, axis), "lo": lo, "scale": scale}
+    return npz_bytes(members), dequantize(q, lo, scale)
+
+
+def decode(members: dict[str, np.ndarray], axis: int) -> np.ndarray:
+    """The members of a .q8.npz -> float32 values (callers cast to float16)."""
+    return dequantize(undelta(members["q"], axis), members["lo"], members["scale"])
+
+
+def npz_bytes(members: dict[str, np.ndarray]) -> bytes:
+    """An .npz (a zip of .npy files, deflated) with fixed timestamps: deterministic.
+
+    np.savez_compressed stamps each member with the current time, so two writes of the
+    same arrays would differ; this writes the same zip without the clock.
+    """
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, array in members.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(array), version=(1, 0),
+                                      allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, member.getvalue(), compress_type=zipfile.ZIP_DEFLATED,
+                        compresslevel=9)
+    return buf.getvalue()
+
+
+def read_npz(path, header_only: tuple[str, ...] = ()) -> dict[str, object]:
+    """Members of an .npz: name -> array, or (dtype, shape) for names in header_only
+    (read from the member's first bytes, without inflating the rest). Raises on a bad file."""
+    out = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            name = info.filename.removesuffix(".npy")
+            with zf.open(info) as f:
+                if name in header_only:
+                    version = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(f)
+                    out[name] = (np.dtype(dtype), tuple(shape))
+                else:
+                    out[name] = np.lib.format.read_array(f, allow_pickle=False)
+    return out
+
+
+def load(path, axis: int) -> np.ndarray:
+    """A .q8.npz file -> float32 values."""
+    return decode(read_npz(path), axis)
+
+
+def spatially_reduced(shape) -> list[int]:
+    """The shape of lo and scale for an array of `shape`: the two map axes reduced to 1."""
+    return [*list(shape)[:-2], 1, 1]
+
+
+# ------------------------------------------------------------------------- derived
+
+def guidance(sources: list[np.ndarray], guidance_scale: float) -> np.ndarray:
+    """Classifier-free guidance as precompute/loop.py computes it, in float32:
+    noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond).
+    One source (guidance 0 or 1: the run has one branch) is the guided prediction itself."""
+    if len(sources) == 1:
+        return np.asarray(sources[0], np.float32)
+    uncond, text = (np.asarray(s, np.float32) for s in sources)
+    return uncond + np.float32(guidance_scale) * (text - uncond)
+
+
+def bilinear_weights(n_in: int, n_out: int):
+    """Source indices and weights of torch's bilinear interpolation, align_corners=False:
+    src = (dst + 0.5) * n_in / n_out - 0.5, clamped at 0 (as aten's upsample kernels)."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    src = np.maximum((np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale
+                     - np.float32(0.5), np.float32(0))
+    i0 = src.astype(np.int64)                                      # floor (src >= 0)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = src - i0.astype(np.float32)
+    return i0, i1, np.float32(1) - w1, w1
+
+
+def upsample_bilinear(x: np.ndarray, size) -> np.ndarray:
+    """F.interpolate(x, size, mode="bilinear", align_corners=False) over the last two axes."""
+    x = np.asarray(x, np.float32)
+    h0, h1, a0, a1 = bilinear_weights(x.shape[-2], int(size[0]))
+    w0, w1, b0, b1 = bilinear_weights(x.shape[-1], int(size[1]))
+    # width first, then height, as aten's CPU kernel nests them (agrees within float32 rounding)
+    cols = x[..., w0] * b0 + x[..., w1] * b1                            # (..., h, W)
+    return cols[..., h0, :] * a0[:, None] + cols[..., h1, :] * a1[:, None]  # (..., H, W)
+
+
+def attention_mean(levels: list[np.ndarray], size) -> np.ndarray:
+    """The combined attention map (precompute/attention.py, pop_step): every level's map
+    upsampled to `size` (a level already that size is taken as it is), equal weights."""
+    maps = [np.asarray(a, np.float32) if tuple(a.shape[-2:]) == tuple(size)
+            else upsample_bilinear(a, size) for a in levels]
+    return np.mean(np.stack(maps), axis=0, dtype=np.float32)
+
+
+def derive(kind: str, sources: list[np.ndarray], shape, guidance_scale: float) -> np.ndarray:
+    """A derived array's float32 values from its sources' values (entry `from`, in order)."""
+    if kind == "guidance":
+        return guidance(sources, guidance_scale)
+    if kind == "attention_mean":
+        return attention_mean(sources, list(shape)[-2:])
+    raise ValueError(f"unknown derived array kind {kind!r}; expected one of {DERIVED_KINDS}")

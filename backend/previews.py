@@ -1,0 +1,96 @@
+"""Image sprites and the cheap previews of a run's arrays (numpy and Pillow, no torch).
+
+One definition, used by the writer (precompute/writer.py) to store previews in a full
+bundle and by the server (backend/store.py) to render them for a compact bundle, so
+the two give byte-identical PNGs for the same arrays:
+
+- `latents.png`: each latent through the run's linear latent -> RGB map
+  (`latent_preview` in run.json), after undoing the sigma scaling of noisy latents;
+- `noise_pred*.png`: each noise prediction through the same map, centred at grey, one
+  scale for every step of the array.
+
+A preview is a function of the stored (float16) arrays and run.json only.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image
+
+# preview image name -> the array it shows (image and array share a name)
+PREVIEWS = ("latents", "noise_pred", "noise_pred_uncond", "noise_pred_text")
+FORMATS = {  # sprite format -> (file extension, mime, Pillow options)
+    "webp": ("webp", "image/webp", {"quality": 82, "method": 4}),
+    "png": ("png", "image/png", {"optimize": True}),
+    "jpeg": ("jpg", "image/jpeg", {"quality": 85}),
+}
+
+
+# -------------------------------------------------------------------------- sprites
+
+def sprite(frames: np.ndarray, fmt: str) -> tuple[bytes, dict]:
+    """Pack frames (N, H, W, 3) uint8 into one grid image, row-major: (file bytes, entry).
+
+    One request loads every frame of a kind; the client crops frame i at column
+    i % columns, row i // columns. entry: mime, count, frame_width, frame_height, columns.
+    """
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected frames (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    n, h, w, _ = frames.shape
+    columns = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    sheet = np.zeros((rows * h, columns * w, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        r, c = divmod(i, columns)
+        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = frame
+    _, mime, options = FORMATS[fmt]
+    buf = io.BytesIO()
+    Image.fromarray(sheet).save(buf, format=fmt.upper(), **options)
+    return buf.getvalue(), {"mime": mime, "count": n, "frame_width": w, "frame_height": h,
+                            "columns": columns}
+
+
+# ------------------------------------------------------------------------- previews
+
+def latent_preview(latents, matrix, bias) -> np.ndarray:
+    """The cheap latent -> RGB preview: (N, C, h, w) -> uint8 (N, h, w, 3)."""
+    rgb = np.einsum("nchw,ck->nhwk", np.asarray(latents, np.float32), matrix) + bias  # (N, h, w, 3)
+    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
+
+
+def latents_frames(latents, matrix, bias) -> np.ndarray:
+    """(T+1, C, h, w) -> (T+1, h, w, 3): x_t is scaled by sigma for sigma schedulers, so
+    each frame is divided by how much larger than the final latent's its spread is."""
+    latents = np.asarray(latents, np.float32)
+    final_std = float(latents[-1].std()) or 1.0
+    scales = np.maximum(1.0, latents.reshape(len(latents), -1).std(1) / final_std)  # (T+1,)
+    return latent_preview(latents / scales[:, None, None, None].astype(np.float32),
+                          matrix, bias)
+
+
+def noise_frames(noise, matrix) -> np.ndarray:
+    """(T, C, h, w) noise -> (T, h, w, 3) uint8, centred at grey, one scale for all steps."""
+    rgb = np.einsum("tchw,cd->thwd", np.asarray(noise, np.float32), matrix)
+    scale = 2.5 * float(rgb.std()) or 1.0
+    return (np.clip(0.5 + 0.5 * rgb / scale, 0, 1) * 255).round().astype(np.uint8)
+
+
+def preview_frames(name: str, array: np.ndarray, latent_preview_: dict) -> np.ndarray:
+    """The frames of preview `name` from its array (as stored: float16) and run.json's
+    `latent_preview` {matrix (C x 3), bias (3)}."""
+    if name not in PREVIEWS:
+        raise ValueError(f"{name!r} has no preview; previews are {', '.join(PREVIEWS)}")
+    matrix = np.asarray(latent_preview_["matrix"], np.float32)   # (C, 3)
+    bias = np.asarray(latent_preview_["bias"], np.float32)       # (3,)
+    array = np.asarray(array, np.float16)  # what a bundle stores, whatever came in
+    if name == "latents":
+        return latents_frames(array, matrix, bias)
+    return noise_frames(array, matrix)
+
+
+def preview_png(name: str, array: np.ndarray, latent_preview_: dict) -> tuple[bytes, dict]:
+    """Preview `name` as a PNG sprite: (file bytes, entry)."""
+    return sprite(preview_frames(name, array, latent_preview_), "png")
