@@ -2,8 +2,9 @@
 
 The one module that reads the format (precompute/writer.py is the one that writes
 it). `validate_bundle` names the file and field of every problem; `Bundle` is the
-read-only store the server shares between requests: JSON loaded once, arrays
-memory-mapped on first use.
+read-only store the server shares between requests: JSON loaded once, stored arrays
+memory-mapped on first use, encoded and derived arrays (compact storage,
+backend/codec.py) decoded on first use into a bounded cache.
 """
 
 from __future__ import annotations
@@ -12,14 +13,20 @@ import hashlib
 import json
 import math
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
 
+from backend import codec, previews
+
 FORMAT = "noisepath-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)   # 1: every array a .npy, every image a file (storage "full")
+STORAGES = ("full", "compact")
 MAX_TOKENS = 77
 
 # images a run must have, and how many frames each holds (T = num_inference_steps)
@@ -56,6 +63,7 @@ class BundleError(Exception):
 class _Checker:
     def __init__(self, root: Path, checksums: bool):
         self.root, self.checksums, self.problems = root, checksums, []
+        self.version = FORMAT_VERSION
 
     def add(self, file, field, message, severity="error", run_id=None):
         self.problems.append(Problem(str(file), field, message, severity, run_id))
@@ -100,10 +108,16 @@ class _Checker:
             return None
         return self.load_json(rel, run_id)
 
-    def array(self, folder: str, name: str, entry, shape, run_id=None):
-        """Check one array entry of a manifest against its .npy file and the expected shape."""
+    def array(self, folder: str, name: str, entry, shape, run_id=None, arrays=None,
+              guidance_scale=None):
+        """Check one array entry of a manifest against its file (a .npy, or an encoded
+        .npz) or, for a derived array, its sources; and against the expected shape."""
         field = f"arrays.{name}"
         rel_manifest = f"{folder}/run.json" if folder.startswith("runs/") else f"{folder}/prompt.json"
+        if isinstance(entry, dict) and "derived" in entry:
+            self.derived_array(rel_manifest, name, entry, shape, arrays or {}, guidance_scale,
+                               run_id)
+            return
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
             self.add(rel_manifest, field, "entry is missing or has no file", run_id=run_id)
             return
@@ -111,7 +125,12 @@ class _Checker:
         if "/" in entry["file"] or "\\" in entry["file"] or entry["file"].startswith("."):
             self.add(rel_manifest, f"{field}.file", "must be a plain file name", run_id=run_id)
             return
+        if "encoding" in entry and not self.new_in_2(rel_manifest, f"{field}.encoding", run_id):
+            return
         if not self.checksum(rel, entry.get("sha256"), f"{field}.sha256", run_id):
+            return
+        if "encoding" in entry:
+            self.encoded_array(rel, rel_manifest, name, entry, shape, run_id)
             return
         try:
             arr = np.load(self.root / rel, mmap_mode="r", allow_pickle=False)
@@ -121,20 +140,121 @@ class _Checker:
         if str(arr.dtype) != entry.get("dtype"):
             self.add(rel, "dtype", f"file has {arr.dtype}, manifest says {entry.get('dtype')}",
                      run_id=run_id)
-        if list(arr.shape) != entry.get("shape"):
-            self.add(rel, "shape", f"file has {list(arr.shape)}, manifest says "
-                     f"{entry.get('shape')}", run_id=run_id)
-        elif shape is not None and list(arr.shape) != list(shape):
-            self.add(rel, "shape", f"is {list(arr.shape)}, expected {list(shape)}", run_id=run_id)
+        self.shape(rel, list(arr.shape), entry, shape, run_id)
 
-    def image(self, folder: str, name: str, entry, count: int, run_id=None):
+    def shape(self, rel: str, actual: list, entry: dict, expected, run_id, field="shape"):
+        if actual != entry.get("shape"):
+            self.add(rel, field, f"file has {actual}, manifest says {entry.get('shape')}",
+                     run_id=run_id)
+        elif expected is not None and actual != list(expected):
+            self.add(rel, field, f"is {actual}, expected {list(expected)}", run_id=run_id)
+
+    def new_in_2(self, rel: str, field: str, run_id) -> bool:
+        """Encoded and derived entries are format 2; a format-1 bundle has none."""
+        if self.version < 2:
+            self.add(rel, field, f"format_version {self.version} bundles store every array and "
+                     "image as a file", run_id=run_id)
+        return self.version >= 2
+
+    def error_bound(self, rel: str, field: str, entry: dict, run_id) -> None:
+        err = entry.get("max_abs_error")
+        if not (type(err) in (int, float) and math.isfinite(err) and err >= 0):
+            self.add(rel, f"{field}.max_abs_error", "must be a number >= 0", run_id=run_id)
+
+    def encoded_array(self, rel: str, rel_manifest: str, name: str, entry: dict, shape, run_id):
+        """A q8-delta .npz: exactly the members q (uint8), lo and scale (float32, the map
+        axes reduced to 1), q's shape the manifest's (the decoded shape)."""
+        field = f"arrays.{name}"
+        if entry["encoding"] != codec.ENCODING:
+            self.add(rel_manifest, f"{field}.encoding", f"is {entry['encoding']!r}; this "
+                     f"noisepath reads {codec.ENCODING!r}", run_id=run_id)
+            return
+        if entry.get("dtype") != "float16":
+            self.add(rel_manifest, f"{field}.dtype", "must be float16 (the decoded dtype)",
+                     run_id=run_id)
+        self.error_bound(rel_manifest, field, entry, run_id)
+        try:
+            members = codec.read_npz(self.root / rel, header_only=("q",))
+        except Exception as e:  # a truncated or foreign file must be reported, not raised
+            self.add(rel, "", f"not a readable .npz file ({e})", run_id=run_id)
+            return
+        if sorted(members) != sorted(codec.MEMBERS):
+            self.add(rel, "members", f"are {sorted(members)}, expected exactly "
+                     f"{', '.join(codec.MEMBERS)}", run_id=run_id)
+            return
+        q_dtype, q_shape = members["q"]
+        if q_dtype != np.uint8:
+            self.add(rel, "q", f"dtype is {q_dtype}, expected uint8", run_id=run_id)
+        self.shape(rel, list(q_shape), entry, shape, run_id, field="q")
+        reduced = codec.spatially_reduced(entry.get("shape") if isinstance(entry.get("shape"), list)
+                                          and len(entry["shape"]) >= 2 else q_shape)
+        for key in ("lo", "scale"):
+            a = members[key]
+            if a.dtype != np.float32:
+                self.add(rel, key, f"dtype is {a.dtype}, expected float32", run_id=run_id)
+            elif list(a.shape) != reduced:
+                self.add(rel, key, f"shape is {list(a.shape)}, expected {reduced}", run_id=run_id)
+            elif not np.isfinite(a).all() or (key == "scale" and (a < 0).any()):
+                self.add(rel, key, "must be finite" + (" and >= 0" if key == "scale" else ""),
+                         run_id=run_id)
+
+    def derived_array(self, rel: str, name: str, entry: dict, shape, arrays: dict,
+                      guidance_scale, run_id):
+        """A derived array has no file: its kind, its sources (stored arrays of the run)."""
+        field = f"arrays.{name}"
+        if not self.new_in_2(rel, f"{field}.derived", run_id):
+            return
+        kind, sources = entry.get("derived"), entry.get("from")
+        if kind not in codec.DERIVED_KINDS:
+            self.add(rel, f"{field}.derived", f"is {kind!r}; expected one of "
+                     f"{', '.join(codec.DERIVED_KINDS)}", run_id=run_id)
+            return
+        if entry.get("dtype") != "float16":
+            self.add(rel, f"{field}.dtype", "must be float16", run_id=run_id)
+        if "max_abs_error" in entry:
+            self.error_bound(rel, field, entry, run_id)
+        if not (isinstance(sources, list) and sources and all(isinstance(x, str) for x in sources)):
+            self.add(rel, f"{field}.from", "must be a non-empty list of array names", run_id=run_id)
+            return
+        for source in sources:
+            src = arrays.get(source)
+            if not isinstance(src, dict) or "derived" in src or not isinstance(src.get("file"), str):
+                self.add(rel, f"{field}.from", f"names {source!r}, which is not a stored array "
+                         "of this run", run_id=run_id)
+                return
+        entry_shape = entry.get("shape")
+        if kind == "guidance":
+            branches = {0: ["noise_pred_uncond"], 1: ["noise_pred_text"]}.get(
+                guidance_scale, ["noise_pred_uncond", "noise_pred_text"])
+            if sources != branches:
+                self.add(rel, f"{field}.from", f"is {sources}; at guidance {guidance_scale} "
+                         f"it must be {branches}", run_id=run_id)
+        elif not all(x.startswith("attention_res") for x in sources):
+            self.add(rel, f"{field}.from", f"is {sources}; the combined map averages "
+                     "attention_res<r> levels", run_id=run_id)
+        lead = 2 if kind == "attention_mean" else 4  # the axes the sources share with it
+        for source in sources:
+            src_shape = arrays[source].get("shape")
+            if not isinstance(src_shape, list) or not isinstance(entry_shape, list) \
+                    or src_shape[:lead] != entry_shape[:lead]:
+                self.add(rel, f"{field}.shape", f"is {entry_shape}, but {source} is {src_shape}",
+                         run_id=run_id)
+                return
+        if shape is not None and entry_shape != list(shape):
+            self.add(rel, f"{field}.shape", f"is {entry_shape}, expected {list(shape)}",
+                     run_id=run_id)
+
+    def image(self, folder: str, name: str, entry, count: int, run_id=None, arrays=None):
         field = f"images.{name}"
         rel_manifest = f"{folder}/run.json"
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+        derived = isinstance(entry, dict) and entry.get("derived") is True
+        if not isinstance(entry, dict) or not (derived or isinstance(entry.get("file"), str)):
             self.add(rel_manifest, field, "entry is missing or has no file", run_id=run_id)
             return
-        rel = f"{folder}/{entry['file']}"
-        if not self.checksum(rel, entry.get("sha256"), f"{field}.sha256", run_id):
+        if derived and not self.new_in_2(rel_manifest, f"{field}.derived", run_id):
+            return
+        rel = rel_manifest if derived else f"{folder}/{entry['file']}"
+        if not derived and not self.checksum(rel, entry.get("sha256"), f"{field}.sha256", run_id):
             return
         ints = [entry.get(k) for k in ("count", "frame_width", "frame_height", "columns")]
         if not all(isinstance(v, int) and v > 0 for v in ints):
@@ -144,6 +264,9 @@ class _Checker:
         n, fw, fh, cols = ints
         if n != count:
             self.add(rel_manifest, f"{field}.count", f"is {n}, expected {count}", run_id=run_id)
+        if derived:
+            self.derived_image(rel_manifest, name, entry, arrays or {}, run_id)
+            return
         try:
             with Image.open(self.root / rel) as im:
                 size = im.size
@@ -154,6 +277,27 @@ class _Checker:
         if size != expected:
             self.add(rel, "", f"image is {size[0]}x{size[1]}, manifest implies "
                      f"{expected[0]}x{expected[1]}", run_id=run_id)
+
+    def derived_image(self, rel: str, name: str, entry: dict, arrays: dict, run_id):
+        """A preview the server renders (backend/previews.py): the sprite it will get."""
+        field = f"images.{name}"
+        source = arrays.get(name)
+        if name not in previews.PREVIEWS or entry.get("from") != [name] \
+                or not isinstance(source, dict):
+            self.add(rel, f"{field}.from", f"must be [{name!r}], an array of this run with a "
+                     f"preview ({', '.join(previews.PREVIEWS)})", run_id=run_id)
+            return
+        if entry.get("mime") != "image/png":
+            self.add(rel, f"{field}.mime", "must be image/png", run_id=run_id)
+        shape = source.get("shape")
+        n = entry["count"]
+        expected = {"frame_height": shape[-2], "frame_width": shape[-1],
+                    "columns": math.ceil(math.sqrt(n))} if isinstance(shape, list) and \
+            len(shape) == 4 else {}
+        for key, value in expected.items():
+            if entry[key] != value:
+                self.add(rel, f"{field}.{key}", f"is {entry[key]}, the rendered preview has "
+                         f"{value}", run_id=run_id)
 
 
 def sha256_file(path: Path) -> str:
@@ -175,11 +319,15 @@ def validate_bundle(root, checksums: bool = True) -> list[Problem]:
         return c.problems
     if index.get("format") != FORMAT:
         c.add("bundle.json", "format", f"must be {FORMAT!r}")
-    if index.get("format_version") != FORMAT_VERSION:
-        c.add("bundle.json", "format_version",
-              f"is {index.get('format_version')!r}; this noisepath reads version {FORMAT_VERSION}")
+    if index.get("format_version") not in READABLE_VERSIONS:
+        c.add("bundle.json", "format_version", f"is {index.get('format_version')!r}; this "
+              f"noisepath reads versions {', '.join(map(str, READABLE_VERSIONS))}")
         return c.problems
+    c.version = index["format_version"]
     config = c.need(index, "bundle.json", "config", dict) or {}
+    if config.get("storage", "full") not in STORAGES:
+        c.add("bundle.json", "config.storage", f"is {config.get('storage')!r}; expected one of "
+              f"{', '.join(STORAGES)}")
     steps = c.need(config, "bundle.json", "num_inference_steps", int)
     latent_shape = c.need(config, "bundle.json", "latent_shape", list)
     for key in ("model", "scheduler"):
@@ -272,7 +420,7 @@ def _validate_run(c: _Checker, rid: str, entry, steps: int, latent_shape, n_real
         c.add(rel, f"arrays.{name}", "is missing", run_id=rid)
     for name, extra in STEP_ARRAYS.items():
         if name in arrays:
-            c.array(folder, name, arrays[name], [steps + extra, *latent_shape], rid)
+            c.array(folder, name, arrays[name], [steps + extra, *latent_shape], rid, arrays, g)
 
     att = m.get("attention")
     if att is not None and pid in n_real:
@@ -283,14 +431,31 @@ def _validate_run(c: _Checker, rid: str, entry, steps: int, latent_shape, n_real
         for name in [n for n in arrays if n.startswith("attention")]:
             shape = arrays[name].get("shape") if isinstance(arrays[name], dict) else None
             hw = shape[-2:] if isinstance(shape, list) and len(shape) == 4 else [None, None]
-            c.array(folder, name, arrays[name], [k, steps, *hw], rid)
+            combined = att.get("combined") if isinstance(att, dict) else None
+            if name == "attention" and isinstance(combined, dict) \
+                    and isinstance(combined.get("resolution"), list):
+                hw = combined["resolution"]  # what the combined map is upsampled to
+            c.array(folder, name, arrays[name], [k, steps, *hw], rid, arrays, g)
 
     images = c.need(m, rel, "images", dict, rid) or {}
     for name, extra in REQUIRED_IMAGES.items():
-        c.image(folder, name, images.get(name), steps + extra, rid)
+        c.image(folder, name, images.get(name), steps + extra, rid, arrays)
     for name, extra in OPTIONAL_IMAGES.items():
         if name in images:
-            c.image(folder, name, images[name], steps + extra, rid)
+            c.image(folder, name, images[name], steps + extra, rid, arrays)
+    if any(isinstance(e, dict) and e.get("derived") is True for e in images.values()):
+        lp, channels = m.get("latent_preview"), latent_shape[0]
+        if not (isinstance(lp, dict) and _matrix(lp.get("matrix"), channels, 3)
+                and _matrix([lp.get("bias")], 1, 3)):
+            c.add(rel, "latent_preview", f"must have matrix ({channels} x 3) and bias (3 "
+                  "numbers): the previews are rendered with it", run_id=rid)
+
+
+def _matrix(value, rows: int, cols: int) -> bool:
+    return (isinstance(value, list) and len(value) == rows
+            and all(isinstance(r, list) and len(r) == cols
+                    and all(type(x) in (int, float) and math.isfinite(x) for x in r)
+                    for r in value))
 
 
 def _validate_trajectories(c: _Checker, index: dict, steps: int) -> None:
@@ -321,14 +486,69 @@ def _validate_trajectories(c: _Checker, index: dict, steps: int) -> None:
 
 # -------------------------------------------------------------------------- reader
 
+def is_file_array(entry: dict) -> bool:
+    """A plain .npy on disk (memory-mappable), as opposed to an encoded or derived array."""
+    return "file" in entry and "encoding" not in entry and "derived" not in entry
+
+
+def array_values(folder: Path, arrays: dict, name: str, guidance_scale: float) -> np.ndarray:
+    """A run array's values in float32, read from its file, decoded, or derived from its
+    sources' float32 values (docs/bundle-format.md, "Compact storage")."""
+    entry = arrays[name]
+    if "derived" in entry:
+        sources = [array_values(folder, arrays, s, guidance_scale) for s in entry["from"]]
+        return codec.derive(entry["derived"], sources, entry["shape"], guidance_scale)
+    if entry.get("encoding") == codec.ENCODING:
+        return codec.load(folder / entry["file"], codec.step_axis(name))
+    return np.load(folder / entry["file"], allow_pickle=False).astype(np.float32)
+
+
+def load_array(folder: Path, arrays: dict, name: str, guidance_scale: float) -> np.ndarray:
+    """A run array as the API serves it (read-only, float16): a stored .npy memory-mapped;
+    an encoded or derived one computed in float32 and cast, as the writer measured it."""
+    if is_file_array(arrays[name]):
+        return np.load(folder / arrays[name]["file"], mmap_mode="r", allow_pickle=False)
+    values = array_values(folder, arrays, name, guidance_scale).astype(np.float16)
+    values.flags.writeable = False
+    return values
+
+
+class LRU:
+    """A thread-safe cache bounded by the total size of its values (sizeof(value) bytes)."""
+
+    def __init__(self, max_bytes: int, sizeof: Callable[[object], int]):
+        self.max_bytes, self.bytes, self.sizeof = max_bytes, 0, sizeof
+        self._items: OrderedDict[object, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, build: Callable[[], object]):
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+                return value
+        value = build()  # outside the lock: two threads may build the same thing once each
+        size = self.sizeof(value)
+        with self._lock:
+            if key not in self._items and size <= self.max_bytes:
+                self._items[key] = value
+                self.bytes += size
+                while self.bytes > self.max_bytes:
+                    _, old = self._items.popitem(last=False)
+                    self.bytes -= self.sizeof(old)
+        return value
+
+
 class Bundle:
-    """A read-only bundle store: the index and manifests in memory, arrays memory-mapped.
+    """A read-only bundle store: the index and manifests in memory, stored arrays
+    memory-mapped, encoded and derived arrays decoded into a cache of `cache_bytes`.
 
     Raises BundleError when the bundle has errors, unless skip_invalid=True, which
     drops the invalid runs and keeps the list in `problems`.
     """
 
-    def __init__(self, root, *, checksums: bool = False, skip_invalid: bool = False):
+    def __init__(self, root, *, checksums: bool = False, skip_invalid: bool = False,
+                 cache_bytes: int = 128 << 20):
         self.root = Path(root).resolve()
         self.problems = validate_bundle(self.root, checksums=checksums)
         errors = [p for p in self.problems if p.severity == "error"]
@@ -341,25 +561,31 @@ class Bundle:
                               if rid not in bad_runs}
         self.skipped_runs = sorted(bad_runs)
         self.config = self.index["config"]
+        self.storage = self.config.get("storage", "full")
         self.runs = {rid: self._json(f"runs/{rid}/run.json") for rid in self.index["runs"]}
         self.prompts = {pid: self._json(f"prompts/{pid}/prompt.json")
                         for pid in self.index["prompts"]}
         self.trajectories = {seed: self._json(t["file"])
                              for seed, t in self.index["trajectories"].items()}
         self._arrays: dict[tuple[str, str], np.ndarray] = {}
+        self._decoded = LRU(cache_bytes, lambda a: a.nbytes)
         self._lock = threading.Lock()
 
     def _json(self, rel: str):
         return json.loads((self.root / rel).read_text(encoding="utf-8"))
 
     def array(self, run_id: str, name: str) -> np.ndarray:
-        """A run's array, memory-mapped once and shared (read-only)."""
+        """A run's array (read-only float16): memory-mapped once and shared, or decoded
+        (compact storage) and kept while the cache has room."""
+        m = self.runs[run_id]
+        if not is_file_array(m["arrays"][name]):
+            return self._decoded.get((run_id, name), lambda: load_array(
+                self.root / "runs" / run_id, m["arrays"], name, m["guidance_scale"]))
         key = (run_id, name)
         with self._lock:
             if key not in self._arrays:
-                entry = self.runs[run_id]["arrays"][name]
-                self._arrays[key] = np.load(self.root / "runs" / run_id / entry["file"],
-                                            mmap_mode="r", allow_pickle=False)
+                self._arrays[key] = load_array(self.root / "runs" / run_id, m["arrays"], name,
+                                               m["guidance_scale"])
             return self._arrays[key]
 
     def text_embeddings(self, prompt_id: str) -> np.ndarray:

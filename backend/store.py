@@ -2,8 +2,9 @@
 
 Loads and validates the bundle once (backend/bundle.py), computes the small JSON
 documents (index, prompts, runs with their stats, sweeps, trajectories) at startup,
-and builds per-step JSON, attention slices and bundle files on first request into a
-byte-bounded LRU cache. Every body is a `Resource`: hashed and gzipped once.
+and builds per-step JSON, attention slices, bundle files and, for a compact bundle,
+decoded arrays and rendered previews on first request into a byte-bounded LRU cache.
+Every body is a `Resource`: hashed and gzipped once.
 
 Only files the bundle's manifests reference are served from it; lookups take ids
 and indices that the views have already checked, never raw paths.
@@ -11,15 +12,13 @@ and indices that the views have already checked, never raw paths.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from flask import Flask, current_app
 
 from backend import payloads
-from backend.bundle import Bundle
+from backend.bundle import LRU, Bundle
 from backend.resource import MIME, NPY, Resource, json_resource, make_resource
 
 EXTENSION_KEY = "noisepath.store"
@@ -27,29 +26,8 @@ BUNDLE_MIME = {".npy": NPY, ".png": "image/png", ".webp": "image/webp", ".jpg": 
                ".jpeg": "image/jpeg"}
 
 
-class LRU:
-    """A thread-safe cache of Resources, bounded by total body bytes."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes, self.bytes = max_bytes, 0
-        self._items: OrderedDict[object, Resource] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key, build: Callable[[], Resource]) -> Resource:
-        with self._lock:
-            res = self._items.get(key)
-            if res is not None:
-                self._items.move_to_end(key)
-                return res
-        res = build()  # outside the lock: two threads may build the same thing once each
-        with self._lock:
-            if key not in self._items and res.size <= self.max_bytes:
-                self._items[key] = res
-                self.bytes += res.size
-                while self.bytes > self.max_bytes:
-                    _, old = self._items.popitem(last=False)
-                    self.bytes -= old.size
-        return res
+def _size(res: Resource) -> int:
+    return res.size
 
 
 class Store:
@@ -57,8 +35,8 @@ class Store:
         self.bundle = b = bundle
         self.frontend = frontend.resolve()
         self.steps = b.config["num_inference_steps"]
-        self._cache = LRU(cache_bytes)
-        self._frontend_cache = LRU(64 << 20)
+        self._cache = LRU(cache_bytes, _size)
+        self._frontend_cache = LRU(64 << 20, _size)
 
         self.stats, self.centre = {}, {}
         for rid in b.runs:
@@ -71,6 +49,10 @@ class Store:
         self.trajectories = {seed: json_resource(payloads.trajectory(b, seed))
                              for seed in b.trajectories}
         self.files = self._referenced_files()
+        # what the API serves in place of bundle files (compact storage)
+        self.api_arrays = {rid: payloads.api_arrays(b, rid) for rid in b.runs}
+        self.api_images = {rid: payloads.api_images(b, rid) for rid in b.runs}
+        self.versions = {rid: payloads.run_version(b, rid) for rid in b.runs}
 
     # -- what a run has
     def n_tokens(self, rid: str) -> int:
@@ -101,6 +83,14 @@ class Store:
     def attention_step(self, rid: str, name: str, i: int) -> Resource:
         return self._cache.get(("att-i", rid, name, i), lambda: make_resource(
             payloads.attention_step(self.bundle, rid, name, i), NPY))
+
+    def run_array(self, rid: str, name: str) -> Resource:
+        return self._cache.get(("array", rid, name), lambda: make_resource(
+            payloads.run_array(self.bundle, rid, name), NPY))
+
+    def run_image(self, rid: str, name: str) -> Resource:
+        return self._cache.get(("image", rid, name), lambda: make_resource(
+            payloads.run_image(self.bundle, rid, name), "image/png"))
 
     def bundle_file(self, rel: str) -> Resource | None:
         """A referenced bundle file (rel as in its URL), or None."""
@@ -140,7 +130,8 @@ class Store:
                 files[f"prompts/{pid}/{e['file']}"] = e.get("sha256")
         for rid, m in self.bundle.runs.items():
             for e in list(m["arrays"].values()) + list(m["images"].values()):
-                files[f"runs/{rid}/{e['file']}"] = e.get("sha256")
+                if "file" in e and "encoding" not in e:  # encoded arrays: see api_arrays
+                    files[f"runs/{rid}/{e['file']}"] = e.get("sha256")
         return {rel: sha for rel, sha in files.items()
                 if Path(rel).suffix.lower() in BUNDLE_MIME}
 
@@ -151,6 +142,8 @@ class Store:
         for rid in self.runs:
             yield f"api/runs/{rid}.json"
             yield from (f"api/runs/{rid}/steps/{i}.json" for i in range(self.steps))
+            yield from (f"api/runs/{rid}/arrays/{name}.npy" for name in self.api_arrays[rid])
+            yield from (f"api/runs/{rid}/images/{name}.png" for name in self.api_images[rid])
             for res in self.resolutions(rid):
                 base = f"api/runs/{rid}/attention/{res}"
                 yield from (f"{base}/tokens/{k}.npy" for k in range(self.n_tokens(rid)))

@@ -9,6 +9,7 @@
     width = 512
     seeds = [1, 2, 3]
     guidance_scales = [0, 1, 7, 20]
+    storage = "full"               # full | compact (8-bit arrays, ~5x smaller; docs/bundle-format.md)
 
     [[groups]]
     prompt = "a cute panda playing the guitar in a bamboo forest"
@@ -26,11 +27,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from precompute.writer import prompt_id, slugify
+from precompute.writer import STORAGES, prompt_id, slugify
 
 SCHEDULERS = ("lms", "ddim", "euler")
 SETTINGS_KEYS = {"model", "scheduler", "num_inference_steps", "height", "width", "seeds",
-                 "guidance_scales", "image_size"}
+                 "guidance_scales", "image_size", "storage"}
 GROUP_KEYS = {"id", "title", "prompt", "variants", "keyword"}
 TOP_KEYS = {"title", "description", "settings", "groups"}
 
@@ -163,6 +164,9 @@ def check_settings(s: dict, err) -> dict:
         err("guidance_scales", "must be a non-empty list of numbers from 0 to 100")
     if gs is not None and len({float(x) for x in gs}) != len(gs):
         err("guidance_scales", "has duplicates")
+    if "storage" in s and s["storage"] not in STORAGES:
+        err("storage", f"must be one of {', '.join(STORAGES)} (compact: 8-bit arrays, "
+            "derived arrays and previews left out; docs/bundle-format.md)")
     return s
 
 

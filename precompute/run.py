@@ -14,6 +14,7 @@ Resumable and cooperative by construction:
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -23,12 +24,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from backend.bundle import load_array
 from precompute.prompts import PromptSet
 from precompute.writer import EMPTY_PROMPT_ID, BundleWriter, prompt_id, read_config, run_id
 
 DEFAULTS = {"model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "scheduler": "lms",
             "num_inference_steps": 50, "height": 512, "width": 512,
-            "seeds": [1, 2, 3], "guidance_scales": [0, 1, 7, 20]}
+            "seeds": [1, 2, 3], "guidance_scales": [0, 1, 7, 20], "storage": "full"}
 
 
 @dataclass
@@ -106,6 +108,7 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
         "num_inference_steps": settings["num_inference_steps"],
         "height": settings["height"], "width": settings["width"],
         "image_size": settings["image_size"], "dtype": str(components.dtype).replace("torch.", ""),
+        "storage": settings["storage"],
         "latent_shape": [components.unet.config.in_channels, h, w],
         "prediction_type": components.scheduler.config.get("prediction_type", "epsilon"),
         "model_info": _public(info),
@@ -212,13 +215,6 @@ def _resize(frames: np.ndarray, size: int) -> np.ndarray:
                      for f in frames])
 
 
-def noise_preview(noise: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """(T, C, h, w) noise -> (T, h, w, 3) uint8, centred at grey, one scale for all steps."""
-    rgb = np.einsum("tchw,cd->thwd", noise, matrix)
-    scale = 2.5 * float(rgb.std()) or 1.0
-    return (np.clip(0.5 + 0.5 * rgb / scale, 0, 1) * 255).round().astype(np.uint8)
-
-
 def _stage_result(writer, components, r, rid, settings, opts):
     from precompute import loop
 
@@ -226,22 +222,16 @@ def _stage_result(writer, components, r, rid, settings, opts):
     decoded = loop.decode_latents(components, r.latents, opts.decode_batch_size)   # (T+1, H, W, 3)
     x0_images = loop.decode_latents(components, r.pred_original_sample, opts.decode_batch_size)
     matrix, bias = loop.latent_rgb_factors(r.latents[-1], decoded[-1])
-    # x_t is scaled by sigma for sigma schedulers: undo that scale for a readable preview
-    final_std = float(r.latents[-1].std()) or 1.0
-    scales = np.maximum(1.0, r.latents.reshape(len(r.latents), -1).std(1) / final_std)
-    previews = loop.latent_preview(r.latents / scales[:, None, None, None], matrix, bias)
 
+    # the writer makes the previews of latents and noise predictions from these arrays
     arrays = {"latents": r.latents, "noise_pred": r.noise_pred,
               "pred_original_sample": r.pred_original_sample}
     images = {"decoded": (_resize(decoded, size), "webp"),
-              "pred_original_sample": (_resize(x0_images, size), "webp"),
-              "latents": (previews, "png"),
-              "noise_pred": (noise_preview(r.noise_pred, matrix), "png")}
+              "pred_original_sample": (_resize(x0_images, size), "webp")}
     for name in ("noise_pred_uncond", "noise_pred_text"):
         value = getattr(r, name)
         if value is not None:
             arrays[name] = value
-            images[name] = (noise_preview(value, matrix), "png")
     attention = None
     if r.attention is not None:
         attention, names = bundle_attention(r.attention_meta)
@@ -298,9 +288,14 @@ def fit_trajectories(writer: BundleWriter, seeds, opts: Options) -> None:
             rids = sorted(r for r, e in index["runs"].items() if e["seed"] == seed)
             if not rids:
                 continue
-            latents = {r: np.load(writer.root / "runs" / r / "latents.npy").astype(np.float32)
-                       for r in rids}
+            latents = {r: np.asarray(_run_array(writer.root / "runs" / r, "latents"), np.float32)
+                       for r in rids}  # the latents as stored (float16) and served
             method = opts.projection if len(rids) * len(next(iter(latents.values()))) > 15 \
                 else "pca"
             coords = project_trajectories(latents, method=method, seed=0)
             writer.write_trajectories(seed, method, coords)
+
+
+def _run_array(folder: Path, name: str) -> np.ndarray:
+    m = json.loads((folder / "run.json").read_text())
+    return load_array(folder, m["arrays"], name, m["guidance_scale"])

@@ -1,8 +1,11 @@
 """Writes a Noisepath bundle: the only interface between precompute and serving.
 
 This is the one module that writes the format; `backend/bundle.py` is the one that
-reads and validates it, and `tests/test_bundle_roundtrip.py` keeps the two honest.
-The format is documented in docs/bundle-format.md.
+reads and validates it, and `tests/test_bundle.py` keeps the two honest. The format
+is documented in docs/bundle-format.md. Two storages: "full" writes every array as a
+float16 .npy and every preview as a PNG; "compact" writes arrays as 8-bit q8-delta
+.npz files (backend/codec.py), and leaves out what the reader derives exactly (the
+guided noise prediction, the combined attention map, the previews).
 
 Needs numpy and Pillow only (no torch), so tests and tools can build bundles from
 plain arrays. Every file lands atomically:
@@ -19,24 +22,24 @@ import contextlib
 import hashlib
 import io
 import json
-import math
 import os
 import re
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from backend import codec, previews
 # the format's name, version and checksum are defined once, by the reader
-from backend.bundle import FORMAT, FORMAT_VERSION, sha256_file  # noqa: F401
+from backend.bundle import FORMAT, FORMAT_VERSION, STORAGES, sha256_file  # noqa: F401
 
 EMPTY_PROMPT_ID = "empty"  # the unconditional prompt ""; guidance-0 runs belong to it
 
 # Config keys that must agree for runs to share one bundle (and one trajectory map).
 CONFIG_IDENTITY_KEYS = ("model", "scheduler", "num_inference_steps", "height", "width",
-                        "dtype", "image_size")
+                        "dtype", "image_size", "storage")
 
 
 # ----------------------------------------------------------------------------- ids
@@ -99,33 +102,94 @@ def save_array(folder: Path, name: str, array: np.ndarray, dtype: str) -> dict:
             "sha256": sha256_file(path)}
 
 
-def save_sprite(folder: Path, name: str, frames: np.ndarray, fmt: str) -> dict:
-    """Pack frames (N, H, W, 3) uint8 into one grid image, row-major, and return its entry.
+def save_encoded(folder: Path, name: str, array: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Save one run array as q8-delta `<name>.q8.npz`: (manifest entry, the float32 values
+    a reader decodes). max_abs_error: the largest |decoded float16 - original| here."""
+    x = np.asarray(array, np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"array {name!r}: compact storage takes (T, C, h, w) or (K, T, H, W) "
+                         f"arrays, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"array {name!r} has non-finite values")
+    data, values = codec.encode(x, codec.step_axis(name))
+    served = values.astype(np.float16)
+    if not np.isfinite(served).all():
+        raise ValueError(f"array {name!r} does not fit in float16")
+    path = folder / f"{name}.q8.npz"
+    _fsync_write(path, data)
+    return {"file": path.name, "dtype": "float16", "shape": list(x.shape),
+            "sha256": sha256_file(path), "encoding": codec.ENCODING,
+            "max_abs_error": _max_abs(served, x)}, values
 
-    One request loads every frame of a kind; the client crops frame i at
-    column i % columns, row i // columns.
-    """
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"sprite {name!r}: expected (N, H, W, 3) uint8, got "
-                         f"{frames.shape} {frames.dtype}")
-    n, h, w, _ = frames.shape
-    columns = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / columns)
-    sheet = np.zeros((rows * h, columns * w, 3), np.uint8)
-    for i, frame in enumerate(frames):
-        r, c = divmod(i, columns)
-        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = frame
-    ext, mime, kwargs = {
-        "webp": ("webp", "image/webp", {"quality": 82, "method": 4}),
-        "png": ("png", "image/png", {"optimize": True}),
-        "jpeg": ("jpg", "image/jpeg", {"quality": 85}),
-    }[fmt]
-    path = folder / f"{name}.{ext}"
-    buf = io.BytesIO()
-    Image.fromarray(sheet).save(buf, format=fmt.upper(), **kwargs)
-    _fsync_write(path, buf.getvalue())
-    return {"file": path.name, "mime": mime, "count": n, "frame_width": w,
-            "frame_height": h, "columns": columns, "sha256": sha256_file(path)}
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a, np.float32) - b).max()) if b.size else 0.0
+
+
+def derivations(manifest: dict, arrays: dict) -> dict[str, tuple[str, list[str]]]:
+    """What a compact run leaves out: name -> (kind, source arrays), as docs/bundle-format.md
+    defines them. The guided noise prediction when its branches are there (at guidance 0
+    or 1 it is the one branch); the combined attention map when its levels are there."""
+    plan = {}
+    g = float(manifest["guidance_scale"])
+    branches = [n for n in ("noise_pred_uncond", "noise_pred_text") if n in arrays]
+    one_branch = {0.0: ["noise_pred_uncond"], 1.0: ["noise_pred_text"]}.get(g)
+    if "noise_pred" in arrays and (len(branches) == 2 or branches == one_branch):
+        plan["noise_pred"] = ("guidance", branches)
+    combined = (manifest.get("attention") or {}).get("combined") or {}
+    levels = [f"attention_res{r}" for r in combined.get("from", [])]
+    if "attention" in arrays and levels and all(n in arrays for n in levels):
+        plan["attention"] = ("attention_mean", levels)
+    return plan
+
+
+def derive_entry(name: str, kind: str, sources: list[str], original: np.ndarray,
+                 values: dict, entries: dict, guidance_scale: float) -> tuple[dict, np.ndarray]:
+    """The manifest entry of a derived array, and its values; refuses an array that its
+    sources do not reproduce (within what their quantization explains)."""
+    x = np.asarray(original, np.float32)
+    derived = codec.derive(kind, [values[s] for s in sources], x.shape, guidance_scale)
+    if derived.shape != x.shape:
+        raise ValueError(f"array {name!r} is {list(x.shape)}; {kind} of {sources} gives "
+                         f"{list(derived.shape)}")
+    error = _max_abs(derived.astype(np.float16), x)
+    g = float(guidance_scale)
+    weights = ([1.0] if len(sources) == 1 else [abs(1 - g), abs(g)]) if kind == "guidance" \
+        else [1 / len(sources)] * len(sources)
+    propagated = sum(w * entries[s]["max_abs_error"] for w, s in zip(weights, sources))
+    largest = max([float(np.abs(x).max(initial=0))]
+                  + [float(np.abs(values[s]).max(initial=0)) for s in sources])
+    bound = propagated + 2.0 ** -10 * (1 + sum(weights)) * largest + 1e-6  # + float16 roundings
+    if not error <= bound:
+        raise ValueError(f"array {name!r} is not the {kind} of {', '.join(sources)} (max "
+                         f"difference {error:.3g}, quantization explains {bound:.3g}); "
+                         "write this bundle with storage = \"full\"")
+    return {"derived": kind, "dtype": "float16", "shape": list(x.shape), "from": list(sources),
+            "max_abs_error": error}, derived
+
+
+@dataclass(frozen=True)
+class EncodedSprite:
+    """A sprite already encoded (as another bundle stores it): written as it is."""
+    data: bytes
+    ext: str
+    entry: dict  # mime, count, frame_width, frame_height, columns
+
+
+def save_sprite(folder: Path, name: str, frames: np.ndarray, fmt: str) -> dict:
+    """Pack frames (N, H, W, 3) uint8 into one grid image (backend/previews.py) and return
+    its entry."""
+    try:
+        data, entry = previews.sprite(frames, fmt)
+    except ValueError as e:
+        raise ValueError(f"sprite {name!r}: {e}") from None
+    return _write_sprite(folder, name, EncodedSprite(data, previews.FORMATS[fmt][0], entry))
+
+
+def _write_sprite(folder: Path, name: str, sprite: EncodedSprite) -> dict:
+    path = folder / f"{name}.{sprite.ext}"
+    _fsync_write(path, sprite.data)
+    return {"file": path.name, **sprite.entry, "sha256": sha256_file(path)}
 
 
 # ------------------------------------------------------------------------- locking
@@ -164,9 +228,10 @@ class BundleConfigMismatch(ValueError):
 
 
 def read_config(root: Path) -> dict:
-    """A bundle's config.json without its format fields."""
+    """A bundle's config.json without its format fields (no `storage`: "full")."""
     config = json.loads((Path(root) / "config.json").read_text())
-    return {k: v for k, v in config.items() if k not in ("format", "format_version")}
+    return {"storage": "full",
+            **{k: v for k, v in config.items() if k not in ("format", "format_version")}}
 
 
 def check_config(root: Path, old: dict, new: dict, keys=CONFIG_IDENTITY_KEYS) -> None:
@@ -186,7 +251,10 @@ class BundleWriter:
 
     def __init__(self, root: str | os.PathLike, config: dict):
         self.root = Path(root)
-        self.config = config
+        self.config = {"storage": "full", **config}
+        self.storage = self.config["storage"]
+        if self.storage not in STORAGES:
+            raise ValueError(f"storage must be one of {', '.join(STORAGES)}, not {self.storage!r}")
         for sub in ("runs", "prompts", "groups", "trajectories", ".tmp", ".work"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         with file_lock(self.root / ".work" / "index.lock"):
@@ -203,7 +271,7 @@ class BundleWriter:
             raise BundleConfigMismatch(
                 f"{path}: format_version {old.get('format_version')} is not "
                 f"{FORMAT_VERSION}; write to a new --out folder")
-        check_config(self.root, old, self.config)
+        check_config(self.root, read_config(self.root), self.config)
 
     # -- claims: cooperating processes split the work without configuration
     def claim(self, key: str):
@@ -244,22 +312,55 @@ class BundleWriter:
         return self.publish([self.stage_run(manifest, arrays, images)]) == 1
 
     def stage_run(self, manifest: dict, arrays: dict[str, np.ndarray],
-                  images: dict[str, tuple[np.ndarray, str]]) -> tuple[Path, Path]:
+                  images: dict[str, tuple[np.ndarray, str] | EncodedSprite]) -> tuple[Path, Path]:
         """Write one run into a staging folder; publish() moves it into runs/.
 
         manifest: run_id, prompt_id, seed, guidance_scale, num_inference_steps,
           scheduler {...}, latent_preview {...}, attention {...} or None.
-        arrays: name -> array (float arrays are stored as float16).
-        images: name -> (frames (N, H, W, 3) uint8, "webp" | "png" | "jpeg").
+        arrays: name -> array, every one the run has (full: stored as float16 .npy;
+          compact: stored as q8-delta .npz, or derived and not stored).
+        images: the VAE's sprites, name -> (frames (N, H, W, 3) uint8, "webp" | "png" |
+          "jpeg") or an EncodedSprite. The previews of latents and noise predictions are
+          made here from the arrays as stored (backend/previews.py).
         """
         rid = manifest["run_id"]
+        clash = sorted(set(images) & set(previews.PREVIEWS))
+        if clash:
+            raise ValueError(f"run {rid}: images {clash} are previews, which the writer makes "
+                             "from the arrays; pass the VAE's sprites only")
+        if "latent_preview" not in manifest:
+            raise ValueError(f"run {rid}: the manifest needs latent_preview for the previews")
         folder = self._stage()
+        if self.storage == "compact":
+            entries, values = self._save_compact(folder, manifest, arrays)
+        else:
+            entries = {n: save_array(folder, n, a, "float16") for n, a in arrays.items()}
+            values = arrays
+        image_entries = {n: _write_sprite(folder, n, v) if isinstance(v, EncodedSprite)
+                         else save_sprite(folder, n, *v) for n, v in images.items()}
+        for name in previews.PREVIEWS:
+            if name in values:
+                data, entry = previews.preview_png(name, values[name], manifest["latent_preview"])
+                image_entries[name] = (
+                    {**entry, "derived": True, "from": [name]} if self.storage == "compact"
+                    else _write_sprite(folder, name, EncodedSprite(data, "png", entry)))
         manifest = {"format_version": FORMAT_VERSION, **manifest,
-                    "arrays": {n: save_array(folder, n, a, "float16") for n, a in arrays.items()},
-                    "images": {n: save_sprite(folder, n, f, fmt)
-                               for n, (f, fmt) in images.items()}}
+                    "arrays": entries, "images": image_entries}
         write_json_atomic(folder / "run.json", manifest)
         return folder, self.root / "runs" / rid
+
+    @staticmethod
+    def _save_compact(folder: Path, manifest: dict, arrays: dict) -> tuple[dict, dict]:
+        """Encode what must be stored, derive the rest: (entries, float32 values as read)."""
+        plan = derivations(manifest, arrays)
+        entries, values = {}, {}
+        for name, array in arrays.items():
+            if name not in plan:
+                entries[name], values[name] = save_encoded(folder, name, array)
+        for name, (kind, sources) in plan.items():
+            entries[name], values[name] = derive_entry(
+                name, kind, sources, arrays[name], values, entries, manifest["guidance_scale"])
+        return {n: entries[n] for n in arrays}, values
 
     def publish(self, staged: list[tuple[Path, Path]]) -> int:
         """Rename staged runs into place, back to back; returns how many were new."""

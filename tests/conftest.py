@@ -18,6 +18,12 @@ def synthetic_bundle_ro(tmp_path_factory):
     return make_bundle(tmp_path_factory.mktemp("bundle") / "b")
 
 
+@pytest.fixture(scope="session")
+def compact_bundle_ro(tmp_path_factory):
+    """The same synthetic bundle written with storage = "compact" (docs/bundle-format.md)."""
+    return make_bundle(tmp_path_factory.mktemp("compact") / "b", storage="compact")
+
+
 @pytest.fixture
 def synthetic_bundle(tmp_path, synthetic_bundle_ro):
     """A private copy that a test may corrupt."""

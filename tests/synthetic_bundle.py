@@ -1,7 +1,13 @@
 """Builds small, valid bundles from plain numpy arrays (no torch) for tests.
 
 The arrays are not a diffusion model's, but they go through the real writer, so
-they have exactly the shapes, dtypes, files and checksums a precompute writes.
+they have exactly the shapes, dtypes, files and checksums a precompute writes, and
+they keep the format's definitions: noise_pred is the guidance of its branches and
+attention the mean of its levels (so a compact bundle can derive them).
+
+exact=True draws every map from 256 levels k/64 - 2 that reach both ends, which 8-bit
+quantization stores without loss: a compact bundle then decodes to exactly the
+values of the full one.
 """
 
 from __future__ import annotations
@@ -32,12 +38,20 @@ def _frames(rng, n, size) -> np.ndarray:
     return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)  # (N, H, W, 3)
 
 
+def _exact(rng, shape) -> np.ndarray:
+    """Values k/64 - 2 (k in 0..255), each 2-D map holding k = 0 and k = 255."""
+    k = rng.integers(0, 256, shape)
+    k[..., 0, 0], k[..., -1, -1] = 0, 255
+    return (k / 64 - 2).astype(np.float32)
+
+
 def make_bundle(root: str | Path, *, steps: int = 5, seeds=(1, 2), guidance_scales=(0, 1, 7),
-                latent: int = 8, image_size: int = 16, prompts=PROMPTS) -> Path:
+                latent: int = 8, image_size: int = 16, prompts=PROMPTS, storage: str = "full",
+                exact: bool = False) -> Path:
     root = Path(root)
     rng = np.random.default_rng(0)
     c = 4
-    writer = BundleWriter(root, {
+    writer = BundleWriter(root, {"storage": storage,
         "title": "Synthetic test bundle", "description": "random arrays, real format",
         "model": "synthetic", "scheduler": "euler", "num_inference_steps": steps,
         "height": latent * 8, "width": latent * 8, "dtype": "float32", "image_size": image_size,
@@ -55,7 +69,7 @@ def make_bundle(root: str | Path, *, steps: int = 5, seeds=(1, 2), guidance_scal
     for seed in seeds:
         for g in guidance_scales:
             for text in ([""] if g == 0 else texts[1:]):
-                _write_run(writer, rng, text, seed, g, steps, c, latent, image_size)
+                _write_run(writer, rng, text, seed, g, steps, c, latent, image_size, exact)
     for seed in seeds:
         coords = {rid: rng.standard_normal((steps + 1, 2))
                   for rid, r in writer.rebuild_index()["runs"].items() if r["seed"] == seed}
@@ -64,32 +78,40 @@ def make_bundle(root: str | Path, *, steps: int = 5, seeds=(1, 2), guidance_scal
     return root
 
 
-def _write_run(writer, rng, text, seed, g, steps, c, latent, image_size):
+def _write_run(writer, rng, text, seed, g, steps, c, latent, image_size, exact=False):
     pid = prompt_id(text)
     shape = (steps, c, latent, latent)
-    arrays = {"latents": rng.standard_normal((steps + 1, c, latent, latent)),
-              "noise_pred": rng.standard_normal(shape),
-              "pred_original_sample": rng.standard_normal(shape)}
+
+    def draw(shape_):
+        return _exact(rng, shape_) if exact else rng.standard_normal(shape_).astype(np.float32)
+
+    arrays = {"latents": draw((steps + 1, c, latent, latent)),
+              "pred_original_sample": draw(shape)}
     if g != 1:
-        arrays["noise_pred_uncond"] = rng.standard_normal(shape)
+        arrays["noise_pred_uncond"] = draw(shape)
     if g != 0:
-        arrays["noise_pred_text"] = rng.standard_normal(shape)
+        arrays["noise_pred_text"] = draw(shape)
+    # classifier-free guidance as the precompute computes it (in float32)
+    uncond = arrays.get("noise_pred_uncond", arrays.get("noise_pred_text"))
+    text_ = arrays.get("noise_pred_text", uncond)
+    arrays["noise_pred"] = uncond + np.float32(g) * (text_ - uncond)
     attention = None
     if g != 0:
         k = len(text.split()) + 2
-        a = rng.random((k, steps, latent, latent))
-        arrays["attention"] = a / a.sum(0, keepdims=True)
-        arrays[f"attention_res{latent}"] = arrays["attention"]
-        arrays[f"attention_res{latent // 2}"] = rng.random((k, steps, latent // 2, latent // 2))
+        if exact:  # positive, like probabilities, and on the 8-bit grid
+            fine = _exact(rng, (k, steps, latent, latent)) + 2.5
+            coarse = _exact(rng, (k, steps, latent // 2, latent // 2)) + 2.5
+        else:
+            a = rng.random((k, steps, latent, latent))
+            fine = (a / a.sum(0, keepdims=True)).astype(np.float32)
+            coarse = rng.random((k, steps, latent // 2, latent // 2)).astype(np.float32)
+        arrays[f"attention_res{latent}"], arrays[f"attention_res{latent // 2}"] = fine, coarse
+        arrays["attention"] = fine  # the mean over `combined.from` below: one level
         attention = {"tokens": k, "resolutions": [latent, latent // 2], "mid_block_resolution": None,
                      "combined": {"resolution": [latent, latent], "from": [latent]},
                      "layers": 4}
     images = {"decoded": (_frames(rng, steps + 1, image_size), "webp"),
-              "pred_original_sample": (_frames(rng, steps, image_size), "webp"),
-              "latents": (_frames(rng, steps + 1, latent), "png")}
-    for name in ("noise_pred_uncond", "noise_pred_text", "noise_pred"):
-        if name in arrays:
-            images[name] = (_frames(rng, steps, latent), "png")
+              "pred_original_sample": (_frames(rng, steps, image_size), "webp")}
     ts = np.linspace(999, 0, steps).round().astype(int).tolist()
     writer.write_run({
         "run_id": run_id(pid, seed, g), "prompt_id": pid, "seed": seed,
@@ -98,6 +120,7 @@ def _write_run(writer, rng, text, seed, g, steps, c, latent, image_size):
                       "sigmas": np.linspace(14.6, 0.03, steps).tolist(),
                       "alphas_cumprod": np.linspace(0.005, 0.99, steps).tolist(),
                       "weaken": np.linspace(2.0, 0.03, steps).tolist()},
-        "latent_preview": {"matrix": rng.standard_normal((4, 3)).tolist(), "bias": [0.5] * 3},
+        "latent_preview": {"matrix": rng.standard_normal((4, 3)).round(6).tolist(),
+                           "bias": [0.5] * 3},
         "attention": attention,
     }, arrays, images)

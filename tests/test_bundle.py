@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from backend.bundle import Bundle, BundleError, validate_bundle
+from backend.bundle import Bundle, BundleError, load_array, validate_bundle
 from precompute.writer import (BundleConfigMismatch, BundleWriter, build_index, prompt_id,
                                run_id)
 
@@ -141,3 +141,243 @@ def test_malformed_index_entries_are_problems_not_crashes(synthetic_bundle, key,
     problems = problems_of(synthetic_bundle)
     assert problems and all(p.file == "bundle.json" or p.severity == "error" for p in problems)
     assert any(p.file == "bundle.json" and p.field.startswith(key) for p in problems)
+
+
+# ------------------------------------------------------------------ compact storage
+
+def digest(root):
+    import hashlib
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and p.relative_to(root).parts[0] not in (".work", ".tmp")}
+
+
+def _g7_run(b):
+    return next(r for r, m in b.runs.items() if m["guidance_scale"] == 7)
+
+
+def test_compact_bundle_validates_and_lists_encoded_and_derived_entries(compact_bundle_ro):
+    assert problems_of(compact_bundle_ro, checksums=True) == []
+    b = Bundle(compact_bundle_ro)
+    assert b.storage == "compact" and b.index["format_version"] == 2
+    m = b.runs[_g7_run(b)]
+    for name in ("latents", "noise_pred_uncond", "noise_pred_text", "pred_original_sample",
+                 "attention_res8", "attention_res4"):
+        e = m["arrays"][name]
+        assert e["file"] == f"{name}.q8.npz" and e["encoding"] == "q8-delta"
+        assert e["dtype"] == "float16" and e["max_abs_error"] > 0
+    assert m["arrays"]["noise_pred"]["derived"] == "guidance"
+    assert m["arrays"]["noise_pred"]["from"] == ["noise_pred_uncond", "noise_pred_text"]
+    assert m["arrays"]["attention"] == {**m["arrays"]["attention"], "derived": "attention_mean",
+                                        "from": ["attention_res8"], "shape": [5, 5, 8, 8]}
+    assert "file" not in m["arrays"]["attention"]
+    for name in ("latents", "noise_pred", "noise_pred_uncond", "noise_pred_text"):
+        assert m["images"][name]["derived"] is True and "file" not in m["images"][name]
+    assert "file" in m["images"]["decoded"]
+    assert not list((compact_bundle_ro / "runs").glob("*/*.npy"))
+    assert not list((compact_bundle_ro / "runs").glob("*/*.png"))
+
+
+def test_one_branch_runs_alias_the_guided_prediction(compact_bundle_ro):
+    b = Bundle(compact_bundle_ro)
+    for rid, m in b.runs.items():
+        if m["guidance_scale"] in (0, 1):
+            branch = "noise_pred_uncond" if m["guidance_scale"] == 0 else "noise_pred_text"
+            assert m["arrays"]["noise_pred"]["from"] == [branch]
+            assert np.array_equal(b.array(rid, "noise_pred"), b.array(rid, branch))
+
+
+def test_compact_values_are_the_full_values_within_the_recorded_error(synthetic_bundle_ro,
+                                                                     compact_bundle_ro):
+    full, compact = Bundle(synthetic_bundle_ro), Bundle(compact_bundle_ro)
+    assert set(full.runs) == set(compact.runs)
+    for rid, m in compact.runs.items():
+        for name, e in m["arrays"].items():
+            a = np.asarray(full.array(rid, name), np.float32)   # float16 of the originals
+            c = compact.array(rid, name)
+            assert c.dtype == np.float16 and not c.flags.writeable and not isinstance(c, np.memmap)
+            # the error was measured against the float32 originals; float16 storage of
+            # the full bundle adds at most half a float16 ulp
+            bound = e["max_abs_error"] + np.abs(a) * 2.0 ** -11 + 1e-7
+            assert (np.abs(c.astype(np.float32) - a) <= bound).all(), (rid, name)
+
+
+def test_recorded_error_is_the_measured_one_and_within_half_a_step(tmp_path):
+    """Re-encode one run's arrays by hand: max_abs_error is max |decoded - original|, and
+    each element is within scale/2 (+ float16 rounding) of the original."""
+    from backend import codec
+    from precompute.writer import save_encoded
+    x = np.random.default_rng(9).standard_normal((6, 4, 8, 8)).astype(np.float32) * 3
+    entry, values = save_encoded(tmp_path, "latents", x)
+    decoded = load_array(tmp_path, {"latents": entry}, "latents", 7.0).astype(np.float32)
+    assert entry["max_abs_error"] == float(np.abs(decoded - x).max())
+    scale = codec.read_npz(tmp_path / entry["file"])["scale"]
+    assert (np.abs(values - x) <= scale / 2 * (1 + 1e-5)).all()
+    assert (np.abs(decoded - x) <= scale / 2 * (1 + 1e-5) + np.abs(decoded) * 2.0 ** -11).all()
+
+
+def test_writing_a_compact_bundle_twice_gives_identical_files(tmp_path):
+    from tests.synthetic_bundle import make_bundle
+    a = make_bundle(tmp_path / "a", storage="compact", seeds=(1,), guidance_scales=(0, 7))
+    b = make_bundle(tmp_path / "b", storage="compact", seeds=(1,), guidance_scales=(0, 7))
+    assert digest(a) == digest(b) and any(k.endswith(".q8.npz") for k in digest(a))
+
+
+def test_exact_arrays_give_a_compact_bundle_equal_to_the_full_one(tmp_path):
+    """Values on the 8-bit grid survive quantization: every array, derived or decoded, and
+    every preview PNG, is what the full bundle stores (so the derivations are the
+    precompute's own, to the bit, and previews are byte-identical)."""
+    from backend.previews import preview_png
+    from tests.synthetic_bundle import make_bundle
+    kw = dict(seeds=(1,), guidance_scales=(0, 1, 7), exact=True)
+    full = Bundle(make_bundle(tmp_path / "f", **kw), checksums=True)
+    compact = Bundle(make_bundle(tmp_path / "c", storage="compact", **kw), checksums=True)
+    for rid, m in full.runs.items():
+        cm = compact.runs[rid]
+        for name in m["arrays"]:
+            assert np.array_equal(full.array(rid, name), compact.array(rid, name)), (rid, name)
+            assert cm["arrays"][name]["max_abs_error"] == 0
+        for name, e in m["images"].items():
+            if name in ("decoded", "pred_original_sample"):
+                continue
+            stored = (full.root / "runs" / rid / e["file"]).read_bytes()
+            assert preview_png(name, compact.array(rid, name), cm["latent_preview"])[0] == stored
+            assert {k: v for k, v in cm["images"][name].items() if k not in ("derived", "from")} \
+                == {k: v for k, v in e.items() if k not in ("file", "sha256")}
+
+
+def test_full_previews_are_the_rendering_of_the_stored_arrays(synthetic_bundle_ro):
+    from backend.previews import preview_png
+    b = Bundle(synthetic_bundle_ro)
+    rid = _g7_run(b)
+    for name in ("latents", "noise_pred", "noise_pred_uncond", "noise_pred_text"):
+        e = b.runs[rid]["images"][name]
+        assert preview_png(name, b.array(rid, name), b.runs[rid]["latent_preview"])[0] == \
+            (b.root / "runs" / rid / e["file"]).read_bytes()
+
+
+def test_decoded_arrays_are_cached_within_the_bound(compact_bundle_ro):
+    b = Bundle(compact_bundle_ro, cache_bytes=4096)
+    rid = _g7_run(b)
+    first = b.array(rid, "latents")                    # 6 x 4 x 8 x 8 float16 = 3 KB
+    assert b.array(rid, "latents") is first
+    b.array(rid, "pred_original_sample")
+    assert b.array(rid, "latents") is not first and np.array_equal(b.array(rid, "latents"), first)
+    assert b._decoded.bytes <= 4096
+
+
+def test_compact_writer_refuses_arrays_its_sources_do_not_give(tmp_path):
+    from tests.synthetic_bundle import make_bundle
+    root = make_bundle(tmp_path / "b", storage="compact", seeds=(1,), guidance_scales=(7,))
+    config = json.loads((root / "config.json").read_text())
+    w = BundleWriter(root, config)
+    m = json.loads(next((root / "runs").glob("*/run.json")).read_text())
+    rng = np.random.default_rng(0)
+    arrays = {n: rng.standard_normal(e["shape"]).astype(np.float32)
+              for n, e in m["arrays"].items()}
+    manifest = {k: m[k] for k in ("prompt_id", "seed", "guidance_scale", "num_inference_steps",
+                                  "scheduler", "latent_preview", "attention")}
+    with pytest.raises(ValueError, match="'noise_pred' is not the guidance of"):
+        w.stage_run({**manifest, "run_id": "x--s1-g7"}, arrays, {})
+
+
+def test_appending_with_another_storage_is_refused(synthetic_bundle):
+    config = json.loads((synthetic_bundle / "config.json").read_text())
+    assert config["storage"] == "full"
+    with pytest.raises(BundleConfigMismatch,
+                       match="storage: bundle has 'full', you asked for 'compact'"):
+        BundleWriter(synthetic_bundle, {**config, "storage": "compact"})
+
+
+def _rewrite_npz(path, **members):
+    from backend import codec
+    old = codec.read_npz(path)
+    new = {k: v for k, v in {**old, **members}.items() if v is not None}
+    path.write_bytes(codec.npz_bytes(new))
+
+
+@pytest.mark.parametrize("corrupt, field, words", [
+    (lambda p: _rewrite_npz(p, lo=np.zeros((5, 4, 1, 1), np.float64)), "lo", "float64"),
+    (lambda p: _rewrite_npz(p, scale=None), "members", "expected exactly q, lo, scale"),
+    (lambda p: _rewrite_npz(p, extra=np.zeros(3)), "members", "expected exactly"),
+    (lambda p: _rewrite_npz(p, q=np.zeros((4, 4, 8, 8), np.uint8)), "q", "manifest says"),
+    (lambda p: _rewrite_npz(p, q=np.zeros((5, 4, 8, 8), np.int16)), "q", "expected uint8"),
+    (lambda p: _rewrite_npz(p, scale=np.full((5, 4, 1, 1), -1, np.float32)), "scale", ">= 0"),
+    (lambda p: _rewrite_npz(p, lo=np.zeros((5, 4, 8, 1), np.float32)), "lo", "shape"),
+    (lambda p: p.write_bytes(b"PK\x03\x04 not a zip"), "", "not a readable .npz"),
+])
+def test_corrupt_npz_member_is_reported_by_file_and_field(tmp_path, corrupt, field, words):
+    from tests.synthetic_bundle import make_bundle
+    root = make_bundle(tmp_path / "b", storage="compact", seeds=(1,), guidance_scales=(7,))
+    rid = next(p.name for p in (root / "runs").iterdir())
+    corrupt(root / "runs" / rid / "noise_pred_text.q8.npz")
+    [p] = problems_of(root, checksums=False)
+    assert (p.file, p.field, p.run_id) == (f"runs/{rid}/noise_pred_text.q8.npz", field, rid)
+    assert words in p.message
+    [p] = problems_of(root, checksums=True)
+    assert p.field == "arrays.noise_pred_text.sha256"
+
+
+@pytest.mark.parametrize("edit, field, words", [
+    (lambda a: a["noise_pred"].update({"from": ["noise_pred_uncond", "nope"]}),
+     "arrays.noise_pred.from", "'nope'"),
+    (lambda a: a["noise_pred"].update({"from": ["noise_pred_text"]}),
+     "arrays.noise_pred.from", "at guidance 7.0"),
+    (lambda a: a["attention"].update({"derived": "median"}), "arrays.attention.derived",
+     "'median'"),
+    (lambda a: a["attention"].update({"from": ["latents"]}), "arrays.attention.from",
+     "attention_res"),
+    (lambda a: a["latents"].update({"encoding": "q4"}), "arrays.latents.encoding", "'q4'"),
+    (lambda a: a["latents"].update({"max_abs_error": -1}), "arrays.latents.max_abs_error",
+     ">= 0"),
+    (lambda a: a["attention"].update({"shape": a["attention"]["shape"][:2] + [4, 4]}),
+     "arrays.attention.shape", "5, 8, 8]"),
+])
+def test_bad_compact_manifest_entries_name_the_field(tmp_path, edit, field, words):
+    from precompute.writer import sha256_file
+    from tests.synthetic_bundle import make_bundle
+    root = make_bundle(tmp_path / "b", storage="compact", seeds=(1,), guidance_scales=(7,))
+    rid = next(p.name for p in (root / "runs").iterdir())
+    path = root / "runs" / rid / "run.json"
+    m = json.loads(path.read_text())
+    edit(m["arrays"])
+    path.write_text(json.dumps(m))
+    index = json.loads((root / "bundle.json").read_text())
+    index["runs"][rid]["sha256"] = sha256_file(path)
+    (root / "bundle.json").write_text(json.dumps(index))
+    problems = problems_of(root)
+    assert any(p.file == f"runs/{rid}/run.json" and p.field == field and words in p.message
+               for p in problems), problems
+
+
+def _as_format_1(root):
+    """What noisepath 0.1 wrote: version 1 everywhere, no storage in the config."""
+    for path in [root / "bundle.json", root / "config.json"]:
+        doc = json.loads(path.read_text())
+        doc["format_version"] = 1
+        (doc.get("config") or doc).pop("storage", None)
+        path.write_text(json.dumps(doc))
+
+
+def test_format_1_bundles_are_read_as_full_storage(synthetic_bundle):
+    _as_format_1(synthetic_bundle)
+    assert problems_of(synthetic_bundle, checksums=True) == []
+    b = Bundle(synthetic_bundle)
+    assert b.storage == "full" and isinstance(b.array(_g7_run(b), "latents"), np.memmap)
+
+
+def test_format_1_bundles_have_no_encoded_or_derived_entries(tmp_path):
+    from tests.synthetic_bundle import make_bundle
+    root = make_bundle(tmp_path / "b", storage="compact", seeds=(1,), guidance_scales=(7,))
+    _as_format_1(root)
+    fields = {p.field for p in problems_of(root)}
+    assert {"arrays.latents.encoding", "arrays.noise_pred.derived",
+            "images.latents.derived"} <= fields
+
+
+def test_unknown_format_version_is_refused(synthetic_bundle):
+    index = json.loads((synthetic_bundle / "bundle.json").read_text())
+    index["format_version"] = 3
+    (synthetic_bundle / "bundle.json").write_text(json.dumps(index))
+    [p] = problems_of(synthetic_bundle)
+    assert p.field == "format_version" and "reads versions 1, 2" in p.message

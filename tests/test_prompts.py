@@ -108,3 +108,12 @@ def test_shipped_demo_prompts_are_a_subset_of_the_full_demo_set():
     assert set(demo.settings["seeds"]) <= set(full.settings["seeds"])
     assert {k: v for k, v in demo.settings.items() if k != "seeds"} == \
         {k: v for k, v in full.settings.items() if k != "seeds"}
+
+
+def test_storage_setting_is_full_or_compact(tmp_path):
+    (tmp_path / "p.toml").write_text(GOOD.replace("[settings]", '[settings]\nstorage = "compact"'))
+    assert load_prompt_file(tmp_path / "p.toml").settings["storage"] == "compact"
+    (tmp_path / "p.toml").write_text(GOOD.replace("[settings]", '[settings]\nstorage = "small"'))
+    with pytest.raises(PromptFileError, match=r"p.toml:3: settings.storage: must be one of full, "
+                                              "compact"):
+        load_prompt_file(tmp_path / "p.toml")
