@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 
-from flask import Blueprint
+from flask import Blueprint, request
 
 from backend.errors import bad_request, not_found
-from backend.resource import send
+from backend.resource import IMMUTABLE, REVALIDATE, send
 from backend.store import Store, get_store
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -87,6 +87,29 @@ def attention_step(run_id: str, res: str, step: str):
     store = get_store()
     name = attention_or_404(store, run_or_404(store, run_id), res)
     return send(store.attention_step(run_id, name, index_or_400(step, store.steps, "step")))
+
+
+def versioned(store: Store, run_id: str) -> str:
+    """Immutable caching for a URL with the run's ?v= (the URL changes with the run)."""
+    return IMMUTABLE if request.args.get("v") == store.versions[run_id] else REVALIDATE
+
+
+@bp.get("/runs/<run_id>/arrays/<name>.npy")
+def run_array(run_id: str, name: str):
+    store = get_store()
+    if name not in store.api_arrays[run_or_404(store, run_id)]:
+        not_found(f"run {run_id} serves no array {_show(name)} here; the run document's "
+                  "arrays.<name>.url says where each array is")
+    return send(store.run_array(run_id, name), versioned(store, run_id))
+
+
+@bp.get("/runs/<run_id>/images/<name>.png")
+def run_image(run_id: str, name: str):
+    store = get_store()
+    if name not in store.api_images[run_or_404(store, run_id)]:
+        not_found(f"run {run_id} renders no image {_show(name)}; the run document's "
+                  "images.<name>.url says where each image is")
+    return send(store.run_image(run_id, name), versioned(store, run_id))
 
 
 @bp.get("/sweeps/<prompt_id>/<seed>.json")

@@ -11,7 +11,8 @@ from importlib import metadata
 
 import numpy as np
 
-from backend.bundle import FORMAT, Bundle
+from backend import previews
+from backend.bundle import FORMAT, Bundle, is_file_array
 
 EMPTY_PROMPT_ID = "empty"
 VERSION_CHARS = 12          # ?v=<first 12 hex digits of the file's sha256>
@@ -41,6 +42,22 @@ def num_key(x) -> str:
 
 def bundle_url(rel: str, sha256: str | None) -> str:
     return f"bundle/{rel}?v={sha256[:VERSION_CHARS]}" if sha256 else f"bundle/{rel}"
+
+
+def run_version(b: Bundle, rid: str) -> str:
+    """The ?v= of a run's API arrays and images: its run.json's checksum, which changes
+    whenever any of the run's files (and so anything derived from them) does."""
+    return b.index["runs"][rid]["sha256"][:VERSION_CHARS]
+
+
+def api_arrays(b: Bundle, rid: str) -> list[str]:
+    """Arrays of a run served by the API (encoded or derived), not as bundle files."""
+    return [n for n, e in b.runs[rid]["arrays"].items() if not is_file_array(e)]
+
+
+def api_images(b: Bundle, rid: str) -> list[str]:
+    """Images of a run rendered by the server (the previews of a compact bundle)."""
+    return [n for n, e in b.runs[rid]["images"].items() if e.get("derived") is True]
 
 
 def _version() -> str:
@@ -156,16 +173,26 @@ def run(b: Bundle, rid: str, stats: dict) -> dict:
         "guidance_scale": m["guidance_scale"], "num_inference_steps": m["num_inference_steps"],
         "scheduler": m["scheduler"], "latent_preview": m.get("latent_preview"),
         "attention": m.get("attention"),
-        "images": {name: image_entry(folder, e) for name, e in m["images"].items()},
-        "arrays": {name: {"url": bundle_url(f"{folder}/{e['file']}", e.get("sha256")),
-                          "dtype": e["dtype"], "shape": e["shape"]}
+        "images": {name: image_entry(b, rid, name) for name in m["images"]},
+        "arrays": {name: {"url": array_url(b, rid, name), "dtype": e["dtype"],
+                          "shape": e["shape"]}
                    for name, e in m["arrays"].items()},
         "stats": stats,
     }
 
 
-def image_entry(folder: str, e: dict) -> dict:
-    return {"url": bundle_url(f"{folder}/{e['file']}", e.get("sha256")), "mime": e["mime"],
+def array_url(b: Bundle, rid: str, name: str) -> str:
+    e = b.runs[rid]["arrays"][name]
+    if is_file_array(e):
+        return bundle_url(f"runs/{rid}/{e['file']}", e.get("sha256"))
+    return f"api/runs/{rid}/arrays/{name}.npy?v={run_version(b, rid)}"
+
+
+def image_entry(b: Bundle, rid: str, name: str) -> dict:
+    e = b.runs[rid]["images"][name]
+    url = (f"api/runs/{rid}/images/{name}.png?v={run_version(b, rid)}" if e.get("derived") is True
+           else bundle_url(f"runs/{rid}/{e['file']}", e.get("sha256")))
+    return {"url": url, "mime": e["mime"],
             **{k: e[k] for k in ("count", "frame_width", "frame_height", "columns")}}
 
 
@@ -206,6 +233,15 @@ def npy_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def run_array(b: Bundle, rid: str, name: str) -> bytes:
+    return npy_bytes(b.array(rid, name))                               # (T, C, h, w) ...
+
+
+def run_image(b: Bundle, rid: str, name: str) -> bytes:
+    """A preview sprite, rendered as the writer renders it for a full bundle."""
+    return previews.preview_png(name, b.array(rid, name), b.runs[rid]["latent_preview"])[0]
+
+
 def attention_token(b: Bundle, rid: str, name: str, k: int) -> bytes:
     return npy_bytes(b.array(rid, name)[k])                            # (T, r, r)
 
@@ -226,7 +262,7 @@ def sweep(b: Bundle, pid: str, seed: str) -> dict:
     runs = []
     for rid in sorted(set(by_guidance.values()), key=lambda r: b.runs[r]["guidance_scale"]):
         m = b.runs[rid]
-        decoded = image_entry(f"runs/{rid}", m["images"]["decoded"])
+        decoded = image_entry(b, rid, "decoded")
         runs.append({"guidance_scale": m["guidance_scale"], "run_id": rid,
                      "decoded": decoded, "final_frame": decoded["count"] - 1})
     return {"prompt_id": pid, "seed": int(seed), "runs": runs}

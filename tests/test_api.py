@@ -32,6 +32,11 @@ def app(synthetic_bundle_ro, frontend):
     return create_app({"BUNDLE_DIR": synthetic_bundle_ro, "FRONTEND_DIR": frontend})
 
 
+@pytest.fixture(scope="module")
+def compact_app(compact_bundle_ro, frontend):
+    return create_app({"BUNDLE_DIR": compact_bundle_ro, "FRONTEND_DIR": frontend})
+
+
 @pytest.fixture
 def client(app):
     return app.test_client()
@@ -320,6 +325,96 @@ def test_unexpected_exception_is_500_json_without_details(synthetic_bundle_ro, f
     assert r.headers["X-Content-Type-Options"] == "nosniff"
 
 
+# -------------------------------------------------------------------- compact bundles
+
+def test_compact_run_urls_serve_decoded_and_derived_arrays(compact_app, compact_bundle_ro):
+    from backend.bundle import Bundle
+    b = Bundle(compact_bundle_ro)
+    client = compact_app.test_client()
+    index = get_json(client, "/api/index.json")
+    for rid in (a_run(index, 0), a_run(index, 7)):
+        run = get_json(client, f"/api/runs/{rid}.json")
+        version = run["arrays"]["latents"]["url"].split("?v=")[1]
+        for name, arr in run["arrays"].items():
+            assert arr["url"] == f"api/runs/{rid}/arrays/{name}.npy?v={version}"
+            r = client.get(arr["url"])
+            assert r.status_code == 200 and r.mimetype == "application/octet-stream"
+            assert r.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+            a = load_npy(r.data)
+            assert a.dtype == np.dtype("<f2") and a.shape == tuple(arr["shape"])
+            assert np.array_equal(a, b.array(rid, name))
+        for name in ("latents", "noise_pred"):
+            img = run["images"][name]
+            assert img["url"] == f"api/runs/{rid}/images/{name}.png?v={version}"
+            r = client.get(img["url"])
+            assert r.mimetype == "image/png" and r.data[:8] == b"\x89PNG\r\n\x1a\n"
+        assert run["images"]["decoded"]["url"].startswith(f"bundle/runs/{rid}/decoded.webp?v=")
+
+
+def test_compact_stats_and_steps_come_from_the_decoded_arrays(compact_app, compact_bundle_ro):
+    from backend.bundle import Bundle
+    b = Bundle(compact_bundle_ro)
+    client = compact_app.test_client()
+    rid = a_run(get_json(client, "/api/index.json"), 7)
+    run = get_json(client, f"/api/runs/{rid}.json")
+    norms = np.asarray(b.array(rid, "noise_pred"), np.float32).reshape(5, -1)
+    assert run["stats"]["noise_pred_norm"] == pytest.approx(np.linalg.norm(norms, axis=1),
+                                                            rel=1e-5)
+    s = get_json(client, f"/api/runs/{rid}/steps/2.json")
+    assert s["noise_pred"] == b.array(rid, "noise_pred")[2, :, 4, 4].astype(float).tolist()
+    att = load_npy(client.get(f"/api/runs/{rid}/attention/combined/steps/1.npy").data)
+    assert np.array_equal(att, b.array(rid, "attention")[:, 1])
+
+
+def test_served_previews_are_byte_identical_to_a_full_bundle_s_files(tmp_path, frontend):
+    """On arrays that 8-bit storage keeps exactly, the server's PNG is the writer's."""
+    from tests.synthetic_bundle import make_bundle
+    kw = dict(seeds=(1,), guidance_scales=(0, 7), exact=True)
+    full = make_bundle(tmp_path / "full", **kw)
+    app = create_app({"BUNDLE_DIR": make_bundle(tmp_path / "compact", storage="compact", **kw),
+                      "FRONTEND_DIR": frontend})
+    client = app.test_client()
+    for rid in get_json(client, "/api/index.json")["runs"]:
+        images = get_json(client, f"/api/runs/{rid}.json")["images"]
+        for name in ("latents", "noise_pred", "noise_pred_uncond", "noise_pred_text"):
+            if name in images:
+                served = client.get(images[name]["url"]).data
+                assert served == (full / "runs" / rid / f"{name}.png").read_bytes(), (rid, name)
+
+
+def test_compact_urls_without_version_revalidate_and_answer_304(compact_app):
+    client = compact_app.test_client()
+    url = "/api/runs/empty--s1-g0/arrays/latents.npy"
+    first = client.get(url)
+    assert first.status_code == 200 and first.headers["Cache-Control"] == "no-cache"
+    assert client.get(url + "?v=000000000000").headers["Cache-Control"] == "no-cache"
+    again = client.get(url, headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304
+    png = client.get("/api/runs/empty--s1-g0/images/latents.png")
+    assert png.status_code == 200 and png.headers["ETag"]
+
+
+@pytest.mark.parametrize("url", [
+    "/api/runs/nope/arrays/latents.npy", "/api/runs/empty--s1-g0/arrays/nope.npy",
+    "/api/runs/empty--s1-g0/arrays/noise_pred_text.npy", "/api/runs/empty--s1-g0/arrays/.npy",
+    "/api/runs/empty--s1-g0/arrays/..%2flatents.npy", "/api/runs/empty--s1-g0/arrays/latents",
+    "/api/runs/empty--s1-g0/images/decoded.png", "/api/runs/empty--s1-g0/images/nope.png",
+    "/api/runs/empty--s1-g0/images/latents.webp", "/api/runs/nope/images/latents.png",
+    "/api/runs/empty--s1-g0/images/noise_pred_text.png",
+])
+def test_unknown_compact_arrays_and_images_are_404_json(compact_app, url):
+    r = compact_app.test_client().get(url)
+    assert r.status_code == 404 and set(r.get_json()) == {"error", "message", "status"}
+
+
+def test_a_full_bundle_serves_its_files_not_api_arrays(client, index):
+    rid = a_run(index, 7)
+    assert client.get(f"/api/runs/{rid}/arrays/latents.npy").status_code == 404
+    assert client.get(f"/api/runs/{rid}/images/latents.png").status_code == 404
+    run = get_json(client, f"/api/runs/{rid}.json")
+    assert all(a["url"].startswith("bundle/") for a in run["arrays"].values())
+
+
 # ----------------------------------------------------------------------- validation
 
 def _corrupt_one_run(bundle):
@@ -449,8 +544,10 @@ def test_spec_paths_are_the_app_routes(app):
     assert routes == set(SPEC["paths"])
 
 
-def test_every_api_response_matches_its_schema(app, client):
-    store = app.extensions["noisepath.store"]
+def check_every_api_response(app) -> set[str]:
+    """Every API path and bundle file of an app answers as its spec path says; returns
+    the spec paths seen."""
+    store, client = app.extensions["noisepath.store"], app.test_client()
     seen = set()
     for rel in store.api_paths():
         template = spec_template("/" + rel)
@@ -467,6 +564,12 @@ def test_every_api_response_matches_its_schema(app, client):
         r = client.get(url)
         assert spec_template(url) == "/bundle/{path}" and r.status_code == 200
         assert r.mimetype in SPEC["paths"]["/bundle/{path}"]["get"]["responses"]["200"]["content"]
+    return seen
+
+
+def test_every_api_response_matches_its_schema(app, compact_app):
+    """The full bundle uses every path but the compact one's arrays and images."""
+    seen = check_every_api_response(app) | check_every_api_response(compact_app)
     assert seen | {"/", "/bundle/{path}"} == set(SPEC["paths"])
 
 

@@ -202,3 +202,17 @@ def test_cli_refuses_a_bad_bundle(synthetic_bundle, tmp_path, capsys):
                                 str(synthetic_bundle))) == 1
     assert "runs/empty--s1-g0/run.json" in capsys.readouterr().err
     assert not (tmp_path / "site").exists()
+
+
+def test_a_compact_bundle_exports_its_decoded_arrays_and_rendered_previews(
+        compact_bundle_ro, frontend, tmp_path):
+    app = create_app({"BUNDLE_DIR": compact_bundle_ro, "FRONTEND_DIR": frontend})
+    out = tmp_path / "site"
+    write_site(app, out)
+    client = app.test_client()
+    urls = set(front_end_urls(lambda u: json.loads((out / u.split("?")[0]).read_bytes())))
+    for url in urls:  # a static server ignores the ?v= query, as the export's files do
+        assert (out / url.split("?")[0]).read_bytes() == client.get("/" + url).data, url
+    assert any("/arrays/noise_pred.npy?v=" in u for u in urls)
+    assert any("/images/latents.png?v=" in u for u in urls)
+    assert not list(out.rglob("*.npz")) and not list((out / "bundle" / "runs").rglob("*.npy"))
