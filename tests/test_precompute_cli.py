@@ -11,12 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from backend.bundle import validate_bundle  # noqa: E402
+from backend.bundle import Bundle, validate_bundle  # noqa: E402
 from tests.tiny_sd import tiny_pipeline_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,3 +171,76 @@ def test_attention_is_described_in_the_bundle_format(setup):
     assert set(att["combined"]["from"]) <= set(att["resolutions"])
     assert att["mid_block_resolution"] == run["arrays"]["attention_mid"]["shape"][-2:]
     assert att["layers"] == sum(len(v) for v in att["layers_by_level"].values())
+
+
+# ------------------------------------------------------------------- compact storage
+
+COMPACT = PROMPTS.split("[[groups]]")[0].replace("seeds = [1, 2]", "seeds = [1]") \
+    + 'storage = "compact"\n\n[[groups]]\nprompt = "a large green star"\n'
+
+
+def test_compact_storage_end_to_end_matches_the_full_bundle(setup, tmp_path):
+    """The same runs written compact: they validate, every array (decoded or derived) is
+    the full bundle's within its recorded error, the VAE's sprites are the same files."""
+    model, _, reference, _ = setup
+    prompts = tmp_path / "compact.toml"
+    prompts.write_text(COMPACT)
+    out = tmp_path / "b"
+    proc = subprocess.run(precompute_cmd(model, prompts, out), env=ENV, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert validate_bundle(out, checksums=True) == []
+    full, compact = Bundle(reference), Bundle(out)
+    assert compact.config["storage"] == "compact" and len(compact.runs) == 3
+    for rid, m in compact.runs.items():
+        kinds = {n: e.get("derived", e.get("encoding")) for n, e in m["arrays"].items()}
+        assert kinds["noise_pred"] == "guidance" and set(kinds.values()) <= {
+            "q8-delta", "guidance", "attention_mean"}
+        for name, e in m["arrays"].items():
+            a = np.asarray(full.array(rid, name), np.float32)
+            c = np.asarray(compact.array(rid, name), np.float32)
+            bound = e["max_abs_error"] + np.abs(a) * 2.0 ** -11 + 1e-6
+            assert (np.abs(c - a) <= bound).all(), (rid, name)
+        for name in ("decoded", "pred_original_sample"):
+            assert (out / "runs" / rid / m["images"][name]["file"]).read_bytes() == \
+                (reference / "runs" / rid / full.runs[rid]["images"][name]["file"]).read_bytes()
+    att = compact.runs[next(r for r in compact.runs if r.endswith("-g5"))]["arrays"]["attention"]
+    assert att["derived"] == "attention_mean" and att["from"] == ["attention_res4"]
+
+
+def test_derivations_give_the_full_bundle_s_stored_arrays(setup):
+    """What a compact bundle derives, applied to the arrays a full bundle stores, is what it
+    stores: the guided prediction within float16 rounding of its inputs, the combined
+    attention map within 1e-3 relative."""
+    from backend import codec
+    _, _, reference, _ = setup
+    full = Bundle(reference)
+    for rid, m in full.runs.items():
+        g = m["guidance_scale"]
+        arrays = {n: np.asarray(full.array(rid, n), np.float32) for n in m["arrays"]}
+        stored = arrays["noise_pred"]
+        branches = [arrays[n] for n in ("noise_pred_uncond", "noise_pred_text") if n in arrays]
+        guided = codec.guidance(branches, g).astype(np.float16).astype(np.float32)
+        sources = sum(w * np.abs(b) for w, b in zip([abs(1 - g), abs(g)], branches)) \
+            if len(branches) == 2 else np.abs(branches[0])
+        assert (np.abs(guided - stored) <= (sources + 2 * np.abs(stored)) * 2.0 ** -11).all()
+        if m["attention"]:
+            levels = [arrays[f"attention_res{r}"] for r in m["attention"]["combined"]["from"]]
+            combined = codec.attention_mean(levels, m["attention"]["combined"]["resolution"])
+            np.testing.assert_allclose(combined, arrays["attention"], rtol=1e-3, atol=1e-7)
+
+
+def test_another_storage_on_an_existing_bundle_is_refused_before_loading(setup):
+    model, prompts, reference, _ = setup
+    proc = subprocess.run(precompute_cmd("no/such-model", prompts, reference, "--storage",
+                                         "compact"), env=ENV, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "storage: bundle has 'full', you asked for 'compact'" in proc.stderr
+
+
+def test_storage_flag_explains_the_trade_off():
+    proc = subprocess.run([sys.executable, "-m", "backend.cli", "precompute", "--help"],
+                          env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    text = " ".join(proc.stdout.split())
+    assert "--storage {full,compact} full (default)" in text and "5x smaller" in text
