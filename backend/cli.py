@@ -4,6 +4,7 @@
     noisepath validate     check a bundle: schema, shapes, dtypes, files, checksums
     noisepath serve        open the app on a bundle (the shipped demo by default)
     noisepath export       write the app and a bundle as a fully static site
+    noisepath compact      re-encode a full bundle as a compact one (8-bit arrays)
     noisepath train-demo   train the tiny demo model the shipped bundle was made with
 
 Heavy imports (torch) happen only inside the subcommands that need them, so
@@ -24,6 +25,8 @@ SUBCOMMANDS = {
                  "every problem"),
     "serve": ("backend.serve_cli", "serve the app on a bundle with a production WSGI server"),
     "export": ("backend.export_cli", "write a fully static copy of the app and a bundle"),
+    "compact": ("precompute.compact", "re-encode a full bundle with storage \"compact\" "
+                "(8-bit arrays, derived arrays and previews left to the server; no torch)"),
     "train-demo": ("precompute.demo.train", "train the tiny Stable-Diffusion-shaped demo model "
                    "(needs the [precompute] extra)"),
 }
