@@ -9,6 +9,9 @@ arrays and previews of a compact bundle take no space and are listed as derived.
 For encoded (q8-delta) and derived arrays it also reports the largest decode error
 recorded in the manifests (`max_abs_error`), absolute and relative to the range of
 the array's values (max - min over the whole array, from the decoded values).
+Last, the time to open the bundle (validation and manifests, as `noisepath serve`
+starts) and to read every array of every run once, cold (a compact bundle decodes
+and derives them; a full one memory-maps and reads them), best of `--repeat`.
 
     .venv/bin/python benchmarks/bench_bundle_size.py static/demo-bundle
     .venv/bin/python -m backend.cli compact static/demo-bundle /tmp/demo-compact
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import zlib
 from collections import defaultdict
 from pathlib import Path
@@ -75,6 +79,21 @@ def measure(root: Path) -> dict:
     return {"storage": b.storage, "runs": len(b.runs), "kinds": dict(kinds)}
 
 
+def timing(root: Path, repeat: int) -> dict:
+    best = {"open_s": float("inf"), "read_ms_per_run": float("inf")}
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        b = Bundle(root)
+        t1 = time.perf_counter()
+        for rid, m in b.runs.items():
+            for name in m["arrays"]:
+                np.asarray(b.array(rid, name), np.float32).sum()
+        t2 = time.perf_counter()
+        best["open_s"] = min(best["open_s"], t1 - t0)
+        best["read_ms_per_run"] = min(best["read_ms_per_run"], (t2 - t1) / len(b.runs) * 1e3)
+    return best
+
+
 def kib(n: float) -> str:
     return f"{n / 1024:,.1f}"
 
@@ -82,7 +101,7 @@ def kib(n: float) -> str:
 def report(root: Path, result: dict) -> str:
     runs = result["runs"]
     lines = [f"{root}: storage {result['storage']!r}, {runs} runs", "",
-             "| kind | files | on disk KiB | zlib KiB | per run KiB (disk / zlib) "
+             "| kind | files | on disk KiB | zlib KiB | KiB per file (disk / zlib) "
              "| max abs error | error / range |",
              "|---|---|---|---|---|---|---|"]
     total = {"disk": 0, "zlib": 0}
@@ -94,13 +113,18 @@ def report(root: Path, result: dict) -> str:
             stored = f"derived in {k['derived']} runs"
         error = "" if k["error"] is None else f"{k['error']:.3g}"
         relative = "" if k["relative"] is None else f"{k['relative']:.2%}"
+        n = max(k["files"], 1)
         lines.append(f"| {kind} | {stored} | {kib(k['disk'])} | {kib(k['zlib'])} | "
-                     f"{kib(k['disk'] / runs)} / {kib(k['zlib'] / runs)} | {error} | {relative} |")
+                     f"{kib(k['disk'] / n)} / {kib(k['zlib'] / n)} | {error} | {relative} |")
     lines.append(f"| **total** | | **{kib(total['disk'])}** | **{kib(total['zlib'])}** | "
-                 f"**{kib(total['disk'] / runs)} / {kib(total['zlib'] / runs)}** | | |")
+                 f"per run: **{kib(total['disk'] / runs)} / {kib(total['zlib'] / runs)}** | | |")
     lines += ["", f"total: {total['disk'] / 1e6:.2f} MB on disk, {total['zlib'] / 1e6:.2f} MB "
               f"deflated (zlib level {GIT_ZLIB_LEVEL}); per run {total['disk'] / runs / 1e3:.0f}"
               f" kB / {total['zlib'] / runs / 1e3:.0f} kB"]
+    if "timing" in result:
+        t = result["timing"]
+        lines.append(f"open the bundle: {t['open_s']:.2f} s; read every array of a run, cold: "
+                     f"{t['read_ms_per_run']:.1f} ms (best of {t['repeat']})")
     return "\n".join(lines)
 
 
@@ -108,8 +132,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    p.add_argument("--repeat", type=int, default=3, help="timing repeats (0: no timing)")
     args = p.parse_args(argv)
     result = measure(args.bundle)
+    if args.repeat > 0:
+        result["timing"] = {**timing(args.bundle, args.repeat), "repeat": args.repeat}
     print(json.dumps(result, indent=1) if args.json else report(args.bundle, result))
     return 0
 
