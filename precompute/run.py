@@ -91,7 +91,8 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
     t0 = time.perf_counter()
     check_existing_config(out, settings)
     if done_before == total and (out / "bundle.json").exists():
-        writer = BundleWriter(out, read_config(out))
+        writer = BundleWriter(out, {**read_config(out), "title": prompt_set.title,
+                                    "description": prompt_set.description})
         fit_trajectories(writer, settings["seeds"], opts)
         writer.rebuild_index()
         _say(opts, "nothing to compute: every run is already in the bundle")

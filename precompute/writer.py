@@ -272,6 +272,9 @@ class BundleWriter:
                 f"{path}: format_version {old.get('format_version')} is not "
                 f"{FORMAT_VERSION}; write to a new --out folder")
         check_config(self.root, read_config(self.root), self.config)
+        shown = {k: self.config[k] for k in ("title", "description") if k in self.config}
+        if any(old.get(k) != v for k, v in shown.items()):  # what the app shows follows
+            write_json_atomic(path, {**old, **shown})      # the prompt file; settings do not
 
     # -- claims: cooperating processes split the work without configuration
     def claim(self, key: str):

@@ -49,6 +49,14 @@ def test_appending_with_other_settings_is_refused(synthetic_bundle):
         BundleWriter(synthetic_bundle, config)
 
 
+def test_title_and_description_follow_the_prompt_file(synthetic_bundle):
+    config = json.loads((synthetic_bundle / "config.json").read_text())
+    BundleWriter(synthetic_bundle, {**config, "description": "now it can draw stars"}).rebuild_index()
+    assert json.loads((synthetic_bundle / "config.json").read_text())["description"] == \
+        "now it can draw stars"
+    assert validate_bundle(synthetic_bundle, checksums=True) == []
+
+
 def test_claim_is_exclusive_between_holders(tmp_path, synthetic_bundle):
     config = json.loads((synthetic_bundle / "config.json").read_text())
     w = BundleWriter(synthetic_bundle, config)
