@@ -36,11 +36,14 @@ def test_demo_bundle_has_every_run_of_its_prompt_file():
 
 
 def test_regenerating_a_job_with_the_shipped_weights_matches_the_bundle():
-    """Tolerance: latents are stored as float16, so compare with rtol 2e-3 + atol 2e-3
-    (float16 keeps ~3 decimal digits); recomputation itself is exact in fp32 on a CPU."""
+    """Tolerance: the recomputation itself is exact in fp32 on a CPU; the bundle stores
+    float16 (rtol 2e-3 + atol 2e-3 for latents, atol 1e-4 for attention), and a compact
+    bundle stores 8-bit maps, so each array may also be off by the max_abs_error its
+    manifest records (half a quantization step: ~0.2% of each map's range)."""
     pytest.importorskip("torch")
     from precompute import loop
     from precompute.model import load_components
+    from precompute.run import bundle_attention
 
     bundle = Bundle(BUNDLE)
     config = bundle.config
@@ -56,8 +59,69 @@ def test_regenerating_a_job_with_the_shipped_weights_matches_the_bundle():
                                       config["width"], capture_attention=True)
     for result, g in zip(results, scales):
         rid = run_id(pid, seed, g)
+        arrays = bundle.runs[rid]["arrays"]
         stored = np.asarray(bundle.array(rid, "latents"), np.float32)
-        np.testing.assert_allclose(result.latents, stored, rtol=2e-3, atol=2e-3, err_msg=rid)
-        stored_att = np.asarray(bundle.array(rid, "attention"), np.float32)
-        np.testing.assert_allclose(result.attention["combined"], stored_att, rtol=2e-3,
-                                   atol=1e-4, err_msg=rid)
+        quantized = arrays["latents"].get("max_abs_error", 0.0)
+        np.testing.assert_allclose(result.latents, stored, rtol=2e-3, atol=2e-3 + quantized,
+                                   err_msg=rid)
+        _, names = bundle_attention(result.attention_meta)  # loop key -> array name
+        errors = [e.get("max_abs_error", 0.0) for n, e in arrays.items() if n.startswith("attention")]
+        for key, name in names.items():  # every level, the mid block and the combined map
+            quantized = arrays[name].get("max_abs_error", max(errors))  # derived: from levels
+            np.testing.assert_allclose(result.attention[key],
+                                       np.asarray(bundle.array(rid, name), np.float32),
+                                       rtol=2e-3, atol=1e-4 + quantized, err_msg=f"{rid} {name}")
+
+
+# --- what the shipped bundle shows, judged against the world (bundle_metrics) --------------
+
+def test_upsample_matches_torch_bilinear():
+    torch = pytest.importorskip("torch")
+    from precompute.demo.bundle_metrics import upsample
+
+    maps = np.random.default_rng(0).random((3, 2, 16, 16))
+    ours = upsample(maps, 64)
+    theirs = torch.nn.functional.interpolate(torch.from_numpy(maps), size=(64, 64),
+                                             mode="bilinear", align_corners=False).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-12)
+
+
+def test_token_of_finds_each_occurrence_of_a_word():
+    from precompute.demo.bundle_metrics import token_of
+
+    prompt = {"tokens": {"n_real": 7, "pieces": ["<|startoftext|>", "a</w>", "red</w>", "and</w>",
+                                                 "a</w>", "red</w>", "<|endoftext|>"] + ["x"] * 70}}
+    assert token_of(prompt, "red") == 2 and token_of(prompt, "red", 1) == 5
+    with pytest.raises(IndexError):
+        token_of(prompt, "blue")
+
+
+@pytest.fixture(scope="module")
+def shipped_metrics():
+    from precompute.demo import bundle_metrics
+
+    return bundle_metrics.measure(BUNDLE, guidance_scale=DEFAULT_GUIDANCE)
+
+
+DEFAULT_GUIDANCE = 3.0  # the demo's default: what the app opens on
+
+
+@pytest.mark.parametrize("word", ["shape", "colour"])
+def test_shipped_attention_maps_localize_object_words(shipped_metrics, word):
+    """The issue's target, from the bundle's own maps: pixel-ranking AUROC >= 0.9 against
+    the object's region in the run's image, and the map's peak inside it >= 80%."""
+    m = shipped_metrics["attention"][f"one-object {word} word"]
+    assert m["n"] >= 10
+    assert m["auroc"] >= 0.9 and m["peak_inside"] >= 0.8, m
+
+
+@pytest.mark.xfail(strict=True, reason="in two-object prompts the shipped model often swaps "
+                   "which colour and shape goes where (adherence 0.34 / 0.50), so its words "
+                   "prefer the named object's region in only 0.57 (shape) and 0.43 (colour) of "
+                   "the bundle's scenes; on real two-object scenes its maps bind 0.94 / 0.77. "
+                   "See docs/demo-model.md")
+@pytest.mark.parametrize("word", ["shape", "colour"])
+def test_shipped_attention_binds_words_to_their_own_object(shipped_metrics, word):
+    m = shipped_metrics["attention"][f"two-object {word} word on own object"]
+    assert m["n"] >= 2
+    assert m["rate"] >= 0.8, m
