@@ -75,15 +75,13 @@ def test_regenerating_a_job_with_the_shipped_weights_matches_the_bundle():
 
 # --- what the shipped bundle shows, judged against the world (bundle_metrics) --------------
 
-def test_upsample_matches_torch_bilinear():
-    torch = pytest.importorskip("torch")
-    from precompute.demo.bundle_metrics import upsample
+def test_auroc_ranks_the_object_pixels():
+    from precompute.demo.judge import auroc
 
-    maps = np.random.default_rng(0).random((3, 2, 16, 16))
-    ours = upsample(maps, 64)
-    theirs = torch.nn.functional.interpolate(torch.from_numpy(maps), size=(64, 64),
-                                             mode="bilinear", align_corners=False).numpy()
-    np.testing.assert_allclose(ours, theirs, atol=1e-12)
+    labels = np.array([False, False, True, True])
+    assert auroc(np.array([0.1, 0.2, 0.3, 0.4]), labels) == 1.0
+    assert auroc(np.array([0.4, 0.3, 0.2, 0.1]), labels) == 0.0
+    assert auroc(np.array([0.1, 0.3, 0.2, 0.4]), labels) == 0.75
 
 
 def test_token_of_finds_each_occurrence_of_a_word():

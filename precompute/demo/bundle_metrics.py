@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from backend.bundle import Bundle
+from backend.codec import upsample_bilinear
 from precompute.demo import judge, world
 
 
@@ -40,25 +41,10 @@ def final_image(b: Bundle, rid: str) -> np.ndarray:
         return np.asarray(sprite.convert("RGB").crop((x, y, x + w, y + h)))
 
 
-def upsample(maps: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize of (..., h, w) maps to (..., size, size), pixel centres aligned
-    (align_corners=False, as torch's F.interpolate)."""
-    def weights(n: int) -> np.ndarray:  # (size, n) interpolation matrix
-        src = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
-        lo = np.floor(src).astype(int)
-        hi = np.minimum(lo + 1, n - 1)
-        m = np.zeros((size, n))
-        m[np.arange(size), lo] += 1 - (src - lo)
-        m[np.arange(size), hi] += src - lo
-        return m
-    wy, wx = weights(maps.shape[-2]), weights(maps.shape[-1])
-    return np.einsum("yh,...hw,xw->...yx", wy, maps, wx)
-
-
 def word_maps(b: Bundle, rid: str, size: int) -> np.ndarray:
     """(K, size, size): each real token's combined map, mean over steps."""
     att = np.asarray(b.array(rid, "attention"), dtype=np.float32)  # (K, T, H, W)
-    return upsample(att.mean(axis=1), size)
+    return upsample_bilinear(att.mean(axis=1), (size, size))
 
 
 def token_of(prompt: dict, word: str, occurrence: int = 0) -> int:
@@ -66,14 +52,6 @@ def token_of(prompt: dict, word: str, occurrence: int = 0) -> int:
     pieces = prompt["tokens"]["pieces"][:prompt["tokens"]["n_real"]]
     hits = [i for i, p in enumerate(pieces) if p == word + "</w>"]
     return hits[occurrence]
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    from scipy.stats import rankdata
-
-    pos, neg = labels.sum(), (~labels).sum()
-    ranks = rankdata(scores)
-    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
 def object_regions(reading: judge.Reading, scene: world.Scene) -> list[np.ndarray | None]:
@@ -121,7 +99,7 @@ def measure(bundle_dir, guidance_scale: float = 3.0) -> dict:
                 amap = maps[token_of(prompt, word, occurrence)]
                 if len(scene.objects) == 1:
                     if 0 < regions[i].sum() < regions[i].size:  # AUROC needs both classes
-                        loc[attr][0].append(auroc(amap.ravel(), regions[i].ravel()))
+                        loc[attr][0].append(judge.auroc(amap.ravel(), regions[i].ravel()))
                     loc[attr][1].append(bool(regions[i].ravel()[amap.argmax()]))
                 elif regions[1 - i] is not None:
                     binding[attr].append(bool(amap[regions[i]].mean() > amap[regions[1 - i]].mean()))

@@ -109,14 +109,6 @@ class AttentionRecorder:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    from scipy.stats import rankdata
-
-    pos, neg = labels.sum(), (~labels).sum()
-    ranks = rankdata(scores)
-    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
-
-
 @torch.no_grad()
 def word_maps(pipe, scenes, num_inference_steps: int = 30, seed: int = 0) -> np.ndarray:
     """Per scene, per token, a 64x64 map: attention averaged over the 16x16 and 8x8 cross-
@@ -169,7 +161,7 @@ def attention_scores(pipe, n: int = 48, seed: int = 12) -> dict:
             occurrence = 0
             amap = m[token_index(pipe, scene.caption, word, occurrence)]
             mask = world.masks(scene)[0]
-            aurocs.append(auroc(amap.ravel(), mask.ravel()))
+            aurocs.append(judge.auroc(amap.ravel(), mask.ravel()))
             peaks.append(bool(mask.ravel()[amap.argmax()]))
         out[f"one-object {kind} word"] = {"auroc": float(np.mean(aurocs)),
                                           "peak_inside": float(np.mean(peaks)),

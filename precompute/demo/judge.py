@@ -194,3 +194,12 @@ def judge_accuracy(n: int = 200, seed: int = 7, transform=None) -> dict[str, flo
     if transform is not None:
         images = transform(images)
     return adherence(images, scenes)
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """How well scores rank the True labels above the False ones (0.5 = chance)."""
+    from scipy.stats import rankdata
+
+    pos, neg = labels.sum(), (~labels).sum()
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
