@@ -48,6 +48,12 @@ def precompute_cmd(model, prompts, out, *extra):
             "--no-progress", *extra]
 
 
+def run_precompute(model, prompts, out, *extra, timeout=300) -> subprocess.CompletedProcess:
+    """`noisepath precompute` in a child process (offline env), its output captured."""
+    return subprocess.run(precompute_cmd(model, prompts, out, *extra), env=ENV, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def differing(a: Path, b: Path) -> list[str]:
     da, db = digest(a), digest(b)
     return sorted(k for k in da.keys() | db.keys() if da.get(k) != db.get(k))
@@ -67,8 +73,7 @@ def setup(tmp_path_factory):
     prompts = base / "prompts.toml"
     prompts.write_text(PROMPTS)
     reference = base / "reference"
-    proc = subprocess.run(precompute_cmd(model, prompts, reference), env=ENV, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_precompute(model, prompts, reference)
     assert proc.returncode == 0, proc.stderr
     return model, prompts, reference, proc.stderr
 
@@ -89,8 +94,7 @@ def test_cli_writes_a_bundle_that_validates(setup):
 def test_rerun_of_a_finished_bundle_computes_nothing(setup, tmp_path):
     model, prompts, reference, _ = setup
     before = digest(reference)
-    proc = subprocess.run(precompute_cmd(model, prompts, reference), env=ENV, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_precompute(model, prompts, reference)
     assert proc.returncode == 0 and "nothing to compute" in proc.stderr
     assert digest(reference) == before
 
@@ -107,8 +111,7 @@ def test_killed_precompute_resumes_to_the_same_bundle(setup, tmp_path):
     proc.wait()
     partial = len(list((out / "runs").glob("*/run.json")))
     assert 0 < partial < 14, "the kill should land mid-way"
-    resumed = subprocess.run(precompute_cmd(model, prompts, out), env=ENV, cwd=ROOT,
-                             capture_output=True, text=True, timeout=300)
+    resumed = run_precompute(model, prompts, out)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stderr.count("computed run ") == 14 - partial
     assert differing(out, reference) == []
@@ -129,8 +132,7 @@ def test_two_processes_split_one_bundle_and_match_one_process(setup, tmp_path):
 
 def test_other_settings_on_an_existing_bundle_are_refused(setup):
     model, prompts, reference, _ = setup
-    proc = subprocess.run(precompute_cmd(model, prompts, reference, "--steps", "7"), env=ENV,
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_precompute(model, prompts, reference, "--steps", "7", timeout=120)
     assert proc.returncode == 1
     assert "num_inference_steps: bundle has 6, you asked for 7" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -154,8 +156,7 @@ def test_validate_cli_names_the_corrupted_file(setup, tmp_path):
 def test_bad_prompt_file_is_refused_before_any_model_loads(tmp_path):
     bad = tmp_path / "p.toml"
     bad.write_text(PROMPTS.replace("num_inference_steps = 6", "num_inference_steps = 0"))
-    proc = subprocess.run(precompute_cmd("no/such-model", bad, tmp_path / "b"), env=ENV,
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = run_precompute("no/such-model", bad, tmp_path / "b", timeout=60)
     assert proc.returncode == 2
     assert f"{bad}:4: settings.num_inference_steps: must be an integer" in proc.stderr
 
@@ -186,8 +187,7 @@ def test_compact_storage_end_to_end_matches_the_full_bundle(setup, tmp_path):
     prompts = tmp_path / "compact.toml"
     prompts.write_text(COMPACT)
     out = tmp_path / "b"
-    proc = subprocess.run(precompute_cmd(model, prompts, out), env=ENV, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_precompute(model, prompts, out)
     assert proc.returncode == 0, proc.stderr
     assert validate_bundle(out, checksums=True) == []
     full, compact = Bundle(reference), Bundle(out)
@@ -232,9 +232,8 @@ def test_derivations_give_the_full_bundle_s_stored_arrays(setup):
 
 def test_another_storage_on_an_existing_bundle_is_refused_before_loading(setup):
     model, prompts, reference, _ = setup
-    proc = subprocess.run(precompute_cmd("no/such-model", prompts, reference, "--storage",
-                                         "compact"), env=ENV, cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    proc = run_precompute("no/such-model", prompts, reference, "--storage", "compact",
+                          timeout=120)
     assert proc.returncode == 1
     assert "storage: bundle has 'full', you asked for 'compact'" in proc.stderr
 
