@@ -164,7 +164,14 @@ def test_fresh_unet_keeps_only_the_vae_and_tokenizer(tmp_path):
     assert resumed.model.unet_channels == (32, 32, 64)  # read back from the run's config
 
 
+def test_two_object_fraction_reaches_the_training_config(tmp_path):
+    fraction = lambda *argv: train.parse_args(["--out", str(tmp_path), *argv])[0].two_object_fraction  # noqa: E731
+    assert fraction("--two-object-fraction", "0.5") == 0.5
+    assert fraction() == world.TWO_OBJECT_FRACTION == 0.3
+
+
 @pytest.mark.parametrize("argv", [["--fresh-unet"], ["--unet-channels", "64,100,128"],
+                                  ["--two-object-fraction", "1.5"],
                                   ["--unet-channels", "a,b,c"], ["--unet-channels", "64,128"]])
 def test_cli_rejects_bad_model_options(tmp_path, argv, capsys):
     with pytest.raises(SystemExit):

@@ -12,6 +12,13 @@ def test_same_seed_gives_same_images_and_captions():
     assert a[0].shape == (8, 64, 64, 3) and a[0].dtype == np.uint8
 
 
+def test_two_object_fraction_sets_the_share_of_two_object_scenes():
+    counts = {f: sum(len(s.objects) == 2 for s in world.sample_batch(
+        np.random.default_rng(4), 200, two_object_fraction=f)[2]) for f in (0.0, 0.3, 0.5, 1.0)}
+    assert counts[0.0] == 0 and counts[1.0] == 200
+    assert 40 <= counts[0.3] <= 80 and 80 <= counts[0.5] <= 120  # binomial, 200 draws
+
+
 @pytest.mark.parametrize("caption", [
     "a large red circle on the left, on a blue background",
     "an orange star at the top and a white square at the bottom, on a green background",

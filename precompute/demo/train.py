@@ -46,6 +46,7 @@ class TrainConfig:
     unet_lr_final: float = 0.0  # > 0: cosine decay from unet_lr to this at unet_steps
     warmup: int = 100
     caption_dropout: float = 0.1
+    two_object_fraction: float = world.TWO_OBJECT_FRACTION  # of the UNet's training scenes
     ema_decay: float = 0.998
     minutes: float = 0.0  # 0: no time limit, stop at the step targets
     checkpoint_minutes: float = 4.0
@@ -330,7 +331,8 @@ def train_unet(cfg: TrainConfig, vae, unet, text_encoder, tokenizer, out: Path,
                total=cfg.unet_steps, dynamic_ncols=True)
     for step in bar:
         rng = step_rng(cfg, 2, step)
-        images, captions, _ = world.sample_batch(rng, cfg.unet_batch)
+        images, captions, _ = world.sample_batch(rng, cfg.unet_batch,
+                                                 two_object_fraction=cfg.two_object_fraction)
         drop = rng.random(len(captions)) < cfg.caption_dropout
         captions = ["" if d else c for c, d in zip(captions, drop)]
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -464,6 +466,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     p.add_argument("--lr-final", type=float, default=0.0,
                    help="if > 0, decay the UNet learning rate along a cosine to this value "
                         "at --steps (default: constant after the warm-up)")
+    p.add_argument("--two-object-fraction", type=float, default=world.TWO_OBJECT_FRACTION,
+                   help="share of the UNet's training scenes with two objects (default "
+                        "%(default)s); raise it to teach binding (which word goes with which "
+                        "object) when continuing a model with --init-from")
     p.add_argument("--export-only", action="store_true",
                    help="skip training: only export --out's current pipeline to --export")
     args = p.parse_args(argv)
@@ -472,6 +478,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
             p.error("--export-only needs --export FOLDER")
         args.resume = True
     has_checkpoint = any((Path(args.out) / f).exists() for f in ("vae.pt", "unet.pt", "decoder.pt"))
+    if not 0.0 <= args.two_object_fraction <= 1.0:
+        p.error(f"--two-object-fraction {args.two_object_fraction}: a share between 0 and 1")
     if args.fresh_unet and not args.init_from:
         p.error("--fresh-unet needs --init-from PIPELINE (whose VAE to keep)")
     model = demo_model.MICRO if args.size == "micro" else demo_model.ModelConfig()
@@ -501,7 +509,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         minutes=args.minutes, checkpoint_minutes=args.checkpoint_minutes,
         decoder_only=args.decoder_only, decoder_steps=args.decoder_steps,
         unet_lr=args.lr, unet_lr_final=args.lr_final, init_from=args.init_from,
-        fresh_unet=args.fresh_unet, model=model)
+        fresh_unet=args.fresh_unet, two_object_fraction=args.two_object_fraction, model=model)
     return cfg, args
 
 

@@ -93,10 +93,11 @@ class Scene:
 
 # --- sampling ---------------------------------------------------------------------------
 
-def _sample_objects(rng: np.random.Generator, background: str) -> tuple[SceneObject, ...]:
+def _sample_objects(rng: np.random.Generator, background: str,
+                    two_object_fraction: float = TWO_OBJECT_FRACTION) -> tuple[SceneObject, ...]:
     colours = [c for c in COLOURS if c != background]
     jitter = lambda: int(rng.integers(-JITTER, JITTER + 1))  # noqa: E731
-    if rng.random() >= TWO_OBJECT_FRACTION:
+    if rng.random() >= two_object_fraction:
         return (SceneObject(colour=str(rng.choice(colours)), shape=str(rng.choice(SHAPES)),
                             position=str(rng.choice(list(POSITIONS))),
                             size=str(rng.choice(list(SIZES))), dx=jitter(), dy=jitter()),)
@@ -110,13 +111,16 @@ def _sample_objects(rng: np.random.Generator, background: str) -> tuple[SceneObj
     return tuple(objects)
 
 
-def sample_scene(rng: np.random.Generator, split: str = "train") -> Scene:
-    """Draw a scene; split "train" never returns held-out combinations, "test" only those."""
+def sample_scene(rng: np.random.Generator, split: str = "train",
+                 two_object_fraction: float = TWO_OBJECT_FRACTION) -> Scene:
+    """Draw a scene; split "train" never returns held-out combinations, "test" only those.
+    two_object_fraction: the share of scenes with two objects (the rest have one)."""
     if split not in ("train", "test", "any"):
         raise ValueError(f"split must be train, test or any, not {split!r}")
     while True:
         background = str(rng.choice(list(COLOURS)))
-        scene = Scene(background=background, objects=_sample_objects(rng, background))
+        scene = Scene(background=background,
+                      objects=_sample_objects(rng, background, two_object_fraction))
         if split == "any" or is_held_out(scene) == (split == "test"):
             return scene
 
@@ -220,10 +224,11 @@ def masks(scene: Scene) -> np.ndarray:
     return np.stack(out)  # (objects, 64, 64)
 
 
-def sample_batch(rng: np.random.Generator, n: int, split: str = "train"
+def sample_batch(rng: np.random.Generator, n: int, split: str = "train",
+                 two_object_fraction: float = TWO_OBJECT_FRACTION
                  ) -> tuple[np.ndarray, list[str], list[Scene]]:
     """n scenes rendered: images (n, 64, 64, 3) uint8, captions, scenes."""
-    scenes = [sample_scene(rng, split) for _ in range(n)]
+    scenes = [sample_scene(rng, split, two_object_fraction) for _ in range(n)]
     images = np.stack([render(s) for s in scenes])  # (n, 64, 64, 3)
     return images, [s.caption for s in scenes], scenes
 
