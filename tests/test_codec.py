@@ -66,7 +66,22 @@ def test_npz_is_deterministic_and_readable_by_numpy():
     with zipfile.ZipFile(io.BytesIO(first)) as zf:
         assert [i.filename for i in zf.infolist()] == ["q.npy", "lo.npy", "scale.npy"]
         assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_LZMA}
     assert set(np.load(io.BytesIO(first)).files) == {"q", "lo", "scale"}
+
+
+def test_deflated_files_from_earlier_writers_decode_the_same_and_lzma_is_smaller(tmp_path):
+    x = maps(6, (50, 4, 16, 16))
+    lzma_bytes, values = codec.encode(x, 0)
+    members = codec.read_npz(io.BytesIO(lzma_bytes))
+    deflated = codec.npz_bytes(members, compression=zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(io.BytesIO(deflated)) as zf:
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_DEFLATED}
+    (tmp_path / "old.q8.npz").write_bytes(deflated)
+    np.testing.assert_array_equal(codec.load(tmp_path / "old.q8.npz", 0), values)
+    assert len(lzma_bytes) < len(deflated)
+    with pytest.raises(ValueError, match="ZIP_LZMA or ZIP_DEFLATED"):
+        codec.npz_bytes(members, compression=zipfile.ZIP_BZIP2)
 
 
 def test_header_only_read_does_not_inflate_q(tmp_path):
