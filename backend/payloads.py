@@ -81,6 +81,7 @@ def index(b: Bundle) -> dict:
     return {
         "title": cfg.get("title", "Noisepath"),
         "description": cfg.get("description", ""),
+        "default_guidance_scale": cfg.get("default_guidance_scale"),
         "config": {
             "model": cfg["model"], "scheduler": cfg["scheduler"],
             "num_inference_steps": cfg["num_inference_steps"],

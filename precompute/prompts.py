@@ -1,6 +1,7 @@
 """Prompt sets: the TOML files researchers write, parsed with their errors located.
 
     title = "My prompts"
+    default_guidance_scale = 7     # optional: the scale the app opens on
     [settings]                     # every key optional; command-line flags win
     model = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     scheduler = "lms"              # lms | ddim | euler
@@ -33,7 +34,7 @@ SCHEDULERS = ("lms", "ddim", "euler")
 SETTINGS_KEYS = {"model", "scheduler", "num_inference_steps", "height", "width", "seeds",
                  "guidance_scales", "image_size", "storage"}
 GROUP_KEYS = {"id", "title", "prompt", "variants", "keyword"}
-TOP_KEYS = {"title", "description", "settings", "groups"}
+TOP_KEYS = {"title", "description", "default_guidance_scale", "settings", "groups"}
 
 
 class PromptFileError(ValueError):
@@ -60,6 +61,7 @@ class PromptGroup:
 class PromptSet:
     title: str = "Noisepath bundle"
     description: str = ""
+    default_guidance_scale: float | None = None  # the scale the app opens on (None: its rule)
     settings: dict = field(default_factory=dict)
     groups: list[PromptGroup] = field(default_factory=list)
 
@@ -194,6 +196,15 @@ def parse_prompt_set(data: dict, path="<prompts>", text: str = "") -> PromptSet:
     for key in ("title", "description"):
         if key in data and not isinstance(data[key], str):
             fail(key, "must be a string")
+    default_g = data.get("default_guidance_scale")
+    if default_g is not None:
+        if isinstance(default_g, bool) or not isinstance(default_g, (int, float)) \
+                or not 0 <= default_g <= 100:
+            fail("default_guidance_scale", "must be a number from 0 to 100")
+        scales = (data.get("settings") or {}).get("guidance_scales")
+        if isinstance(scales, list) and default_g not in scales:
+            fail("default_guidance_scale", f"{default_g} is not one of settings.guidance_scales "
+                                           f"{scales}")
     settings = data.get("settings", {})
     if not isinstance(settings, dict):
         fail("settings", "must be a table: [settings]")
@@ -209,7 +220,9 @@ def parse_prompt_set(data: dict, path="<prompts>", text: str = "") -> PromptSet:
             fail("id", f"duplicate group id {groups[-1].id!r}", group=i, label=f"groups[{i}].id")
         ids.add(groups[-1].id)
     return PromptSet(title=data.get("title", "Noisepath bundle"),
-                     description=data.get("description", ""), settings=settings, groups=groups)
+                     description=data.get("description", ""),
+                     default_guidance_scale=None if default_g is None else float(default_g),
+                     settings=settings, groups=groups)
 
 
 def _parse_group(g: dict, i: int, fail) -> PromptGroup:

@@ -91,8 +91,7 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
     t0 = time.perf_counter()
     check_existing_config(out, settings)
     if done_before == total and (out / "bundle.json").exists():
-        writer = BundleWriter(out, {**read_config(out), "title": prompt_set.title,
-                                    "description": prompt_set.description})
+        writer = BundleWriter(out, {**read_config(out), **shown_settings(prompt_set)})
         fit_trajectories(writer, settings["seeds"], opts)
         writer.rebuild_index()
         _say(opts, "nothing to compute: every run is already in the bundle")
@@ -104,7 +103,7 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
     h, w = settings["height"] // components.vae_scale_factor, \
         settings["width"] // components.vae_scale_factor
     config = {
-        "title": prompt_set.title, "description": prompt_set.description,
+        **shown_settings(prompt_set),
         "model": settings["model"], "scheduler": settings["scheduler"],
         "num_inference_steps": settings["num_inference_steps"],
         "height": settings["height"], "width": settings["width"],
@@ -300,3 +299,10 @@ def fit_trajectories(writer: BundleWriter, seeds, opts: Options) -> None:
 def _run_array(folder: Path, name: str) -> np.ndarray:
     m = json.loads((folder / "run.json").read_text())
     return load_array(folder, m["arrays"], name, m["guidance_scale"])
+
+
+def shown_settings(prompt_set) -> dict:
+    """What the app shows from the prompt file (follows it on every precompute): title,
+    description and, when the file names one, the guidance scale the app opens on."""
+    return {"title": prompt_set.title, "description": prompt_set.description,
+            "default_guidance_scale": prompt_set.default_guidance_scale}

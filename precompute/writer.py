@@ -40,6 +40,8 @@ EMPTY_PROMPT_ID = "empty"  # the unconditional prompt ""; guidance-0 runs belong
 # Config keys that must agree for runs to share one bundle (and one trajectory map).
 CONFIG_IDENTITY_KEYS = ("model", "scheduler", "num_inference_steps", "height", "width",
                         "dtype", "image_size", "storage")
+# What the app shows: it follows the prompt file on every precompute (None: absent).
+SHOWN_KEYS = ("title", "description", "default_guidance_scale")
 
 
 # ----------------------------------------------------------------------------- ids
@@ -264,7 +266,7 @@ class BundleWriter:
         path = self.root / "config.json"
         if not path.exists():
             write_json_atomic(path, {"format": FORMAT, "format_version": FORMAT_VERSION,
-                                     **self.config})
+                                     **{k: v for k, v in self.config.items() if v is not None}})
             return
         old = json.loads(path.read_text())
         if old.get("format_version") != FORMAT_VERSION:
@@ -272,9 +274,10 @@ class BundleWriter:
                 f"{path}: format_version {old.get('format_version')} is not "
                 f"{FORMAT_VERSION}; write to a new --out folder")
         check_config(self.root, read_config(self.root), self.config)
-        shown = {k: self.config[k] for k in ("title", "description") if k in self.config}
+        shown = {k: self.config[k] for k in SHOWN_KEYS if k in self.config}
         if any(old.get(k) != v for k, v in shown.items()):  # what the app shows follows
-            write_json_atomic(path, {**old, **shown})      # the prompt file; settings do not
+            new = {**old, **shown}                          # the prompt file; settings do not
+            write_json_atomic(path, {k: v for k, v in new.items() if v is not None})
 
     # -- claims: cooperating processes split the work without configuration
     def claim(self, key: str):

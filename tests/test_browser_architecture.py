@@ -77,6 +77,27 @@ def test_header_names_the_bundle_and_says_what_it_is(page, base_url):
     assert about.locator("p").inner_text() == "random arrays, real format"
 
 
+def test_app_opens_on_the_bundles_default_guidance_scale(page, base_url, synthetic_bundle):
+    """Without one, on 7 (the usual Stable Diffusion scale); with the prompt file's
+    default_guidance_scale in config.json, on that one."""
+    import json
+
+    from precompute.writer import BundleWriter
+    from tests.browser_helpers import serve_bundle
+
+    page.goto(base_url)
+    wait_ready(page)
+    assert query(page)["guidance"] == "7"
+    config = json.loads((synthetic_bundle / "config.json").read_text())
+    BundleWriter(synthetic_bundle, {**config, "default_guidance_scale": 1.0}).rebuild_index()
+    with serve_bundle(synthetic_bundle) as url:
+        page.goto(url)
+        wait_ready(page)
+        assert query(page)["guidance"] == "1"
+        assert page.locator("#guidance-choice [aria-checked=true]").inner_text().strip() == "1"
+        page.goto("about:blank")  # before this server stops (autoplay keeps fetching)
+
+
 def test_autoplay_advances_steps(page, base_url):
     page.goto(base_url)
     wait_ready(page)

@@ -3,6 +3,7 @@ by path, offline. The bundle validates; a killed run resumes to the same bundle;
 processes fill one bundle together; other settings are refused; corruption is caught."""
 
 import hashlib
+import shutil
 import json
 import os
 import signal
@@ -97,6 +98,22 @@ def test_rerun_of_a_finished_bundle_computes_nothing(setup, tmp_path):
     proc = run_precompute(model, prompts, reference)
     assert proc.returncode == 0 and "nothing to compute" in proc.stderr
     assert digest(reference) == before
+
+
+def test_default_guidance_scale_follows_the_prompt_file_without_recomputing(setup, tmp_path):
+    from backend import create_app
+
+    model, prompts, reference, _ = setup
+    shutil.copytree(reference, tmp_path / "b")
+    (tmp_path / "p.toml").write_text(PROMPTS.replace('title = "tiny"',
+                                                     'title = "tiny"\ndefault_guidance_scale = 5'))
+    proc = run_precompute(model, tmp_path / "p.toml", tmp_path / "b")
+    assert proc.returncode == 0 and "nothing to compute" in proc.stderr
+    assert differing(reference, tmp_path / "b") == ["bundle.json", "config.json"]  # the index holds it
+    index = create_app({"BUNDLE_DIR": tmp_path / "b"}).test_client().get("/api/index.json").get_json()
+    assert index["default_guidance_scale"] == 5.0
+    proc = run_precompute(model, prompts, tmp_path / "b")  # removed from the file: gone again
+    assert proc.returncode == 0 and digest(tmp_path / "b") == digest(reference)
 
 
 def test_killed_precompute_resumes_to_the_same_bundle(setup, tmp_path):

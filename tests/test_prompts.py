@@ -114,6 +114,19 @@ def test_shipped_demo_prompts_are_the_issues_set():
     assert demo.settings["num_inference_steps"] == 50 and demo.settings["storage"] == "compact"
 
 
+def test_default_guidance_scale_must_be_one_of_the_scales(tmp_path):
+    assert load_prompt_file(SHIPPED.parent / "demo.toml").default_guidance_scale == 3.0
+    assert load_prompt_file(SHIPPED).default_guidance_scale is None  # the app's own rule
+    (tmp_path / "p.toml").write_text(GOOD.replace('title = "t"', 'title = "t"\ndefault_guidance_scale = 7'))
+    assert load_prompt_file(tmp_path / "p.toml").default_guidance_scale == 7.0
+    for bad, words in (("3", "3 is not one of settings.guidance_scales"),
+                       ('"7"', "must be a number from 0 to 100")):
+        (tmp_path / "p.toml").write_text(
+            GOOD.replace('title = "t"', f'title = "t"\ndefault_guidance_scale = {bad}'))
+        with pytest.raises(PromptFileError, match=r"p.toml:2: default_guidance_scale: " + words):
+            load_prompt_file(tmp_path / "p.toml")
+
+
 def test_storage_setting_is_full_or_compact(tmp_path):
     (tmp_path / "p.toml").write_text(GOOD.replace("[settings]", '[settings]\nstorage = "compact"'))
     assert load_prompt_file(tmp_path / "p.toml").settings["storage"] == "compact"

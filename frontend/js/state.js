@@ -28,8 +28,12 @@ export function defaults(index) {
   const firstPrompt = groups.length && groups[0].prompts.length
     ? groups[0].prompts[0]
     : Object.keys(index.prompts).find((id) => id !== "empty");
+  // The bundle's own opening scale (its prompt file's default_guidance_scale), else
+  // Stable Diffusion's usual 7.5 or 7, else the middle one.
   const scales = index.guidance_scales;
-  const guidance = scales.find((g) => sameNumber(g, 7.5)) ?? scales.find((g) => sameNumber(g, 7))
+  const named = index.default_guidance_scale;
+  const guidance = (named != null ? scales.find((g) => sameNumber(g, named)) : undefined)
+    ?? scales.find((g) => sameNumber(g, 7.5)) ?? scales.find((g) => sameNumber(g, 7))
     ?? scales[Math.floor(scales.length / 2)];
   return {
     prompt: firstPrompt,
