@@ -71,6 +71,19 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert json.loads((folder / "training_state.json").read_text())["unet_steps"] == 2
 
 
+def test_stop_at_ends_early_on_the_longer_schedule_and_resume_finishes(tmp_path):
+    cfg = train.TrainConfig(out=str(tmp_path / "run"), size="micro", model=demo_model.MICRO,
+                            vae_steps=1, vae_batch=2, unet_steps=3, unet_batch=2, eval_every=100,
+                            stop_at=1)
+    folder = train.train(cfg)
+    assert json.loads((folder / "training_state.json").read_text())["unet_steps"] == 1
+    cfg.stop_at = 0
+    train.train(cfg)
+    assert json.loads((folder / "training_state.json").read_text())["unet_steps"] == 3
+    assert train.parse_args(["--out", str(tmp_path / "x"), "--steps", "9500",
+                             "--stop-at", "8885"])[0].stop_at == 8885
+
+
 def test_cli_refuses_to_overwrite_checkpoints_without_resume(tmp_path):
     (tmp_path / "vae.pt").write_bytes(b"")
     with pytest.raises(SystemExit):
@@ -171,7 +184,7 @@ def test_two_object_fraction_reaches_the_training_config(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["--fresh-unet"], ["--unet-channels", "64,100,128"],
-                                  ["--two-object-fraction", "1.5"],
+                                  ["--two-object-fraction", "1.5"], ["--stop-at", "30000"],
                                   ["--unet-channels", "a,b,c"], ["--unet-channels", "64,128"]])
 def test_cli_rejects_bad_model_options(tmp_path, argv, capsys):
     with pytest.raises(SystemExit):

@@ -49,6 +49,7 @@ class TrainConfig:
     two_object_fraction: float = world.TWO_OBJECT_FRACTION  # of the UNet's training scenes
     ema_decay: float = 0.998
     minutes: float = 0.0  # 0: no time limit, stop at the step targets
+    stop_at: int = 0  # > 0: stop the UNet at this step (the schedule still ends at unet_steps)
     checkpoint_minutes: float = 4.0
     decoder_only: bool = False  # run stage 1b (decoder fine-tuning) instead of stage 2
     decoder_steps: int = 3000
@@ -327,8 +328,9 @@ def train_unet(cfg: TrainConfig, vae, unet, text_encoder, tokenizer, out: Path,
              "last_val": state["val"][-1] if state["val"] else None}, indent=1))
 
     unet.train(), text_encoder.train()
-    bar = tqdm(range(state["step"], cfg.unet_steps), desc="unet", initial=state["step"],
-               total=cfg.unet_steps, dynamic_ncols=True)
+    end = min(cfg.unet_steps, cfg.stop_at) if cfg.stop_at else cfg.unet_steps
+    bar = tqdm(range(state["step"], end), desc="unet", initial=state["step"], total=end,
+               dynamic_ncols=True)
     for step in bar:
         rng = step_rng(cfg, 2, step)
         images, captions, _ = world.sample_batch(rng, cfg.unet_batch,
@@ -433,6 +435,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
                    help="stop (with a checkpoint) after this many minutes; 0 = no limit")
     p.add_argument("--steps", type=int, default=TrainConfig.unet_steps,
                    help="UNet training steps to reach (the VAE takes --vae-steps first)")
+    p.add_argument("--stop-at", type=int, default=0, metavar="STEP",
+                   help="stop the UNet (with a checkpoint) at this step while the learning-rate "
+                        "schedule still ends at --steps: how to reproduce shipped weights that "
+                        "were cut by --minutes (docs/demo-model.md names the step)")
     p.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoints in --out (otherwise --out must not "
@@ -478,6 +484,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
             p.error("--export-only needs --export FOLDER")
         args.resume = True
     has_checkpoint = any((Path(args.out) / f).exists() for f in ("vae.pt", "unet.pt", "decoder.pt"))
+    if args.stop_at < 0 or (args.stop_at and args.stop_at > args.steps):
+        p.error(f"--stop-at {args.stop_at}: a step from 1 to --steps ({args.steps})")
     if not 0.0 <= args.two_object_fraction <= 1.0:
         p.error(f"--two-object-fraction {args.two_object_fraction}: a share between 0 and 1")
     if args.fresh_unet and not args.init_from:
@@ -506,7 +514,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     cfg = TrainConfig(
         out=args.out, seed=args.seed, device=args.device, threads=args.threads, size=args.size,
         vae_steps=args.vae_steps, unet_steps=args.steps, unet_batch=args.batch,
-        minutes=args.minutes, checkpoint_minutes=args.checkpoint_minutes,
+        minutes=args.minutes, checkpoint_minutes=args.checkpoint_minutes, stop_at=args.stop_at,
         decoder_only=args.decoder_only, decoder_steps=args.decoder_steps,
         unet_lr=args.lr, unet_lr_final=args.lr_final, init_from=args.init_from,
         fresh_unet=args.fresh_unet, two_object_fraction=args.two_object_fraction, model=model)
