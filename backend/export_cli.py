@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 from backend import DEFAULT_BUNDLE, REPO, create_app
-from backend.bundle import BundleError
+from backend.format import BundleError
 from backend.store import EXTENSION_KEY
 
 

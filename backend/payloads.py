@@ -12,7 +12,8 @@ from importlib import metadata
 import numpy as np
 
 from backend import previews
-from backend.bundle import FORMAT, Bundle, is_file_array
+from backend.bundle import Bundle, is_file_array
+from backend.format import FORMAT
 
 EMPTY_PROMPT_ID = "empty"
 VERSION_CHARS = 12          # ?v=<first 12 hex digits of the file's sha256>
@@ -168,7 +169,6 @@ def run_numbers(b: Bundle, rid: str) -> tuple[dict, dict]:
 
 def run(b: Bundle, rid: str, stats: dict) -> dict:
     m = b.runs[rid]
-    folder = f"runs/{rid}"
     return {
         "run_id": rid, "prompt_id": m["prompt_id"], "seed": m["seed"],
         "guidance_scale": m["guidance_scale"], "num_inference_steps": m["num_inference_steps"],

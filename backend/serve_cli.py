@@ -16,7 +16,7 @@ import webbrowser
 from pathlib import Path
 
 from backend import DEFAULT_BUNDLE, create_app
-from backend.bundle import BundleError
+from backend.format import BundleError
 
 DEFAULT_THREADS = 16
 CONNECTION_LIMIT = 1000      # a class of 200 browsers with a few connections each

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from backend.bundle import validate_bundle
+from backend.validator import validate_bundle
 
 
 def add_arguments(p):

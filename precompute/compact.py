@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from backend import previews
-from backend.bundle import Bundle, BundleError, validate_bundle
+from backend.bundle import Bundle
+from backend.format import BundleError
+from backend.validator import validate_bundle
 from precompute.writer import BundleWriter, EncodedSprite
 
 

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from backend.previews import latent_preview  # noqa: F401  (the preview is defined with the bundle)
 from precompute.attention import CrossAttentionCapture
 from precompute.model import Components, scheduler_name
 

@@ -1,7 +1,7 @@
 """Writes a Noisepath bundle: the only interface between precompute and serving.
 
 This is the one module that writes the format; `backend/bundle.py` is the one that
-reads and validates it, and `tests/test_bundle.py` keeps the two honest. The format
+reads it (`backend/validator.py` checks it first), and `tests/test_bundle.py` keeps the two honest. The format
 is documented in docs/bundle-format.md. Two storages: "full" writes every array as a
 float16 .npy and every preview as a PNG; "compact" writes arrays as 8-bit q8-delta
 .npz files (backend/codec.py), and leaves out what the reader derives exactly (the
@@ -33,7 +33,7 @@ import numpy as np
 
 from backend import codec, previews
 # the format's name, version and checksum are defined once, by the reader
-from backend.bundle import FORMAT, FORMAT_VERSION, STORAGES, sha256_file  # noqa: F401
+from backend.format import FORMAT, FORMAT_VERSION, STORAGES, sha256_file  # noqa: F401
 
 EMPTY_PROMPT_ID = "empty"  # the unconditional prompt ""; guidance-0 runs belong to it
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from backend import SECURITY_HEADERS, create_app
-from backend.bundle import BundleError
+from backend.format import BundleError
 from backend.payloads import npy_bytes
 from backend.resource import NPY, make_resource
 

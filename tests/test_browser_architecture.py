@@ -196,8 +196,8 @@ def test_scrubbing_updates_every_visible_picture_and_number(page, base_url, shot
 
     page.locator(".tc-slider").fill("3")
     page.wait_for_function("() => document.querySelector('#decoded-frame').dataset.frame === '3'")
-    page.wait_for_function(f"(t) => document.querySelector('#pixel-table').innerText !== t", arg=before_table)
-    page.wait_for_function(f"(t) => document.querySelector('#guidance-formula').innerText !== t",
+    page.wait_for_function("(t) => document.querySelector('#pixel-table').innerText !== t", arg=before_table)
+    page.wait_for_function("(t) => document.querySelector('#guidance-formula').innerText !== t",
                            arg=before_formula)
     after_frames, after_numbers = visible_frames(page), visible_numbers(page)
 

@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from backend.bundle import Bundle, BundleError, load_array, validate_bundle
+from backend.bundle import Bundle, load_array
+from backend.format import BundleError
+from backend.validator import validate_bundle
 from precompute.writer import (BundleConfigMismatch, BundleWriter, build_index, prompt_id,
                                run_id)
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.bundle import Bundle, validate_bundle
+from backend.bundle import Bundle
+from backend.validator import validate_bundle
 from precompute.prompts import load_prompt_file
 from precompute.writer import prompt_id, run_id
 

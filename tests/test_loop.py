@@ -17,10 +17,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from backend.previews import latent_preview  # noqa: E402
 from precompute.loop import (  # noqa: E402
     decode_latents,
     encode_prompt_tokens,
-    latent_preview,
     latent_rgb_factors,
     run_guidance_sweep,
 )

@@ -18,7 +18,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from backend.bundle import Bundle, validate_bundle  # noqa: E402
+from backend.bundle import Bundle  # noqa: E402
+from backend.validator import validate_bundle  # noqa: E402
 from tests.tiny_sd import tiny_pipeline_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,0 +1,52 @@
+"""The bundle format's names and its error types (docs/bundle-format.md): shared by the
+reader (backend/bundle.py), the validator (backend/validator.py) and the writer
+(precompute/writer.py), so none of them spells the format on its own."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMAT = "noisepath-bundle"
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)   # 1: every array a .npy, every image a file (storage "full")
+STORAGES = ("full", "compact")
+MAX_TOKENS = 77
+
+# images a run must have, and how many frames each holds (T = num_inference_steps)
+REQUIRED_IMAGES = {"decoded": 1, "pred_original_sample": 0, "latents": 1}
+OPTIONAL_IMAGES = {"noise_pred_uncond": 0, "noise_pred_text": 0, "noise_pred": 0}
+# arrays: name -> extra frames beyond T (latents hold x_T too)
+STEP_ARRAYS = {"latents": 1, "noise_pred": 0, "pred_original_sample": 0,
+               "noise_pred_uncond": 0, "noise_pred_text": 0}
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str          # path relative to the bundle root
+    field: str         # dotted field inside the file, or "" for the file itself
+    message: str
+    severity: str = "error"   # "error" | "warning"
+    run_id: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.field}" if self.field else self.file
+        return f"{self.severity}: {where}: {self.message}"
+
+
+class BundleError(Exception):
+    def __init__(self, root, problems: list[Problem]):
+        self.problems = problems
+        lines = "\n  ".join(str(p) for p in problems[:50])
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        super().__init__(f"bundle {root} has {len(problems)} problem(s):\n  {lines}{more}")
+
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
