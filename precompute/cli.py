@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="side of the stored frames (default: min(256, height, width))")
     s.add_argument("--storage", choices=STORAGES,
                    help="full (default): every array as float16 .npy, exact to float16; "
-                   "compact: arrays quantized to 8 bits per map and deflated, the guided "
+                   "compact: arrays quantized to 8 bits per map and compressed, the guided "
                    "prediction, combined attention and previews derived when served: about "
                    "5x smaller, values within a recorded error (about 1/500 of each map's range)")
     r = p.add_argument_group("how to run")
