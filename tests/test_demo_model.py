@@ -136,7 +136,9 @@ def test_init_from_an_exported_pipeline_continues_its_weights_and_step_count(tmp
     for a, b in zip(shipped.unet.parameters(), again.unet.parameters()):
         assert torch.equal(a, b)
     assert again.vae.config.scaling_factor == shipped.vae.config.scaling_factor
-    assert json.loads((folder / "training_state.json").read_text())["unet_steps"] == 3
+    state = json.loads((folder / "training_state.json").read_text())
+    assert (state["unet_steps"], state["vae_steps"]) == (3, 1)  # the VAE's own, not --vae-steps'
+    assert cfg.vae_steps == train.TrainConfig.vae_steps != 1
     cfg.unet_steps = 5
     folder = train.train(cfg)  # resumes: two more steps with a fresh optimizer
     assert json.loads((folder / "training_state.json").read_text())["unet_steps"] == 5

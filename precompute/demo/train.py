@@ -300,6 +300,7 @@ def train_unet(cfg: TrainConfig, vae, unet, text_encoder, tokenizer, out: Path,
                             (ema_text, "ema_text"), (opt, "opt")):
             module.load_state_dict(state[key])
     state.setdefault("start_step", 0)  # where the optimizer started (after --init-from)
+    vae_steps = torch.load(out / "vae.pt", weights_only=False)["step"]  # what stage 1 ran
     scheduler = demo_model.training_scheduler()
     vae.eval().requires_grad_(False)
 
@@ -324,7 +325,7 @@ def train_unet(cfg: TrainConfig, vae, unet, text_encoder, tokenizer, out: Path,
         load_decoder(vae, out)
         export_pipeline(vae, ema_text, tokenizer, ema_unet, out / "pipeline")
         (out / "pipeline" / "training_state.json").write_text(json.dumps(
-            {"vae_steps": cfg.vae_steps, "unet_steps": state["step"], "seed": cfg.seed,
+            {"vae_steps": vae_steps, "unet_steps": state["step"], "seed": cfg.seed,
              "last_val": state["val"][-1] if state["val"] else None}, indent=1))
 
     unet.train(), text_encoder.train()
