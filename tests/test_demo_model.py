@@ -137,13 +137,31 @@ def test_init_from_an_exported_pipeline_continues_its_weights_and_step_count(tmp
         assert torch.equal(a, b)
     assert again.vae.config.scaling_factor == shipped.vae.config.scaling_factor
     state = json.loads((folder / "training_state.json").read_text())
-    assert (state["unet_steps"], state["vae_steps"]) == (3, 1)  # the VAE's own, not --vae-steps'
-    assert cfg.vae_steps == train.TrainConfig.vae_steps != 1
+    assert (state["unet_steps"], state["vae_steps"]) == (3, 1)
+    assert cfg.vae_steps == 1  # no --vae-steps: the pipeline's own count, so no VAE training
     cfg.unet_steps = 5
     folder = train.train(cfg)  # resumes: two more steps with a fresh optimizer
     assert json.loads((folder / "training_state.json").read_text())["unet_steps"] == 5
     with pytest.raises(SystemExit):  # --init-from never overwrites checkpoints
         train.parse_args(["--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "shipped")])
+
+
+def test_more_vae_steps_on_an_init_from_pipeline_train_its_vae_on(tmp_path):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    first = train.TrainConfig(out=str(tmp_path / "a"), size="micro", model=demo_model.MICRO,
+                              vae_steps=1, vae_batch=2, unet_steps=1, unet_batch=2, eval_every=100)
+    train.export(train.train(first), tmp_path / "shipped")
+    cfg, _ = train.parse_args(["--out", str(tmp_path / "b"), "--size", "micro", "--init-from",
+                               str(tmp_path / "shipped"), "--vae-steps", "3", "--steps", "1"])
+    cfg.vae_batch = 2
+    folder = train.train(cfg)
+    shipped = StableDiffusionPipeline.from_pretrained(str(tmp_path / "shipped"), dtype=torch.float32)
+    again = StableDiffusionPipeline.from_pretrained(str(folder), dtype=torch.float32)
+    assert not torch.equal(shipped.vae.encoder.conv_in.weight, again.vae.encoder.conv_in.weight)
+    assert again.vae.config.scaling_factor != shipped.vae.config.scaling_factor  # measured again
+    assert json.loads((folder / "training_state.json").read_text())["vae_steps"] == 3
 
 
 def test_unet_learning_rate_warms_up_then_decays_along_a_cosine():

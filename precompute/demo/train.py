@@ -137,7 +137,10 @@ class Deadline:
 # --- stage 1: the VAE -----------------------------------------------------------------------
 
 def train_vae(cfg: TrainConfig, vae, out: Path, deadline: Deadline) -> bool:
-    """Train until cfg.vae_steps; returns True when the stage is complete."""
+    """Train until cfg.vae_steps; returns True when the stage is complete. A finished VAE
+    (its scaling factor measured) trains on when cfg.vae_steps is above its step count:
+    how to sharpen the shipped VAE (with --init-from), after which the UNet, continuing,
+    adapts to the latents that moved."""
     path = out / "vae.pt"
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     state = {"step": 0, "losses": [], "scaling_factor": None}
@@ -145,7 +148,7 @@ def train_vae(cfg: TrainConfig, vae, out: Path, deadline: Deadline) -> bool:
         state = torch.load(path, weights_only=False)
         vae.load_state_dict(state["vae"])
         opt.load_state_dict(state["opt"])
-    if state["scaling_factor"] is not None:
+    if state["scaling_factor"] is not None and state["step"] >= cfg.vae_steps:
         vae.register_to_config(scaling_factor=state["scaling_factor"])
         return True
 
@@ -440,7 +443,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
                    help="stop the UNet (with a checkpoint) at this step while the learning-rate "
                         "schedule still ends at --steps: how to reproduce shipped weights that "
                         "were cut by --minutes (docs/demo-model.md names the step)")
-    p.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
+    p.add_argument("--vae-steps", type=int, default=None,
+                   help="VAE training steps to reach (stage 1; default %d, or the count the "
+                        "run or --init-from pipeline already has). Above a finished VAE's own "
+                        "count, its encoder and decoder train on from there and its scaling "
+                        "factor is measured again; the UNet then continues on the moved "
+                        "latents" % TrainConfig.vae_steps)
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoints in --out (otherwise --out must not "
                         "hold any)")
@@ -506,6 +514,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         saved_channels = json.loads(saved.read_text()).get("model", {}).get("unet_channels")
         if saved_channels:
             model = replace(model, unet_channels=tuple(saved_channels))
+    if args.vae_steps is None:  # no more VAE training than the run or pipeline has had
+        args.vae_steps = TrainConfig.vae_steps
+        state = (saved if args.resume else Path(args.init_from or "") / "training_state.json")
+        if (args.resume or args.init_from) and state.is_file():
+            args.vae_steps = json.loads(state.read_text()).get("vae_steps", args.vae_steps)
     if args.init_from and has_checkpoint:
         p.error(f"{args.out} already holds checkpoints: --init-from needs an empty --out")
     if args.init_from and not (Path(args.init_from) / "model_index.json").exists():
