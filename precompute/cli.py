@@ -64,6 +64,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how trajectories are projected to 2-D")
     r.add_argument("--decode-batch-size", type=int, default=8, metavar="N",
                    help="latents decoded by the VAE at once (lower it if memory runs out)")
+    r.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="CPU threads for torch (default: torch's choice, one per core). On a "
+                   "CPU that is busy with other work, 1 can be many times faster; to use "
+                   "every core then, start one precompute per core on the same --out (they "
+                   "share the work)")
     r.add_argument("--no-progress", action="store_true", help="print a line per run instead "
                    "of progress bars")
 
@@ -91,8 +96,13 @@ def run(args) -> int:
     except PromptFileError as e:
         print(f"noisepath precompute: {e}", file=sys.stderr)
         return 2
+    if args.threads < 0:
+        print("noisepath precompute: --threads must be 0 (torch's default) or more",
+              file=sys.stderr)
+        return 2
     opts = Options(device=args.device, dtype=args.dtype, projection=args.projection,
-                   decode_batch_size=args.decode_batch_size, progress=not args.no_progress)
+                   decode_batch_size=args.decode_batch_size, threads=args.threads,
+                   progress=not args.no_progress)
     try:
         precompute(prompt_set, args.out, settings, opts)
     except (BundleConfigMismatch, ValueError, OSError) as e:

@@ -40,6 +40,7 @@ class Options:
     dtype: str = "auto"
     projection: str = "umap"          # umap | pca
     decode_batch_size: int = 8
+    threads: int = 0                  # CPU threads for torch; 0: torch's default
     progress: bool = True
     log: object = field(default=sys.stderr, repr=False)
 
@@ -75,8 +76,13 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
     """Add every missing run of prompt_set to the bundle at `out`. Returns a summary."""
     from tqdm.auto import tqdm
 
+    import torch
+
     from precompute import loop
     from precompute.model import load_components
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
 
     settings = {**DEFAULTS, **prompt_set.settings, **settings}
     settings.setdefault("image_size", min(256, settings["height"], settings["width"]))

@@ -129,7 +129,7 @@ def test_killed_precompute_resumes_to_the_same_bundle(setup, tmp_path):
     proc.wait()
     partial = len(list((out / "runs").glob("*/run.json")))
     assert 0 < partial < 14, "the kill should land mid-way"
-    resumed = run_precompute(model, prompts, out)
+    resumed = run_precompute(model, prompts, out, "--threads", "1")  # as ENV's OMP_NUM_THREADS
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stderr.count("computed run ") == 14 - partial
     assert differing(out, reference) == []
@@ -177,6 +177,10 @@ def test_bad_prompt_file_is_refused_before_any_model_loads(tmp_path):
     proc = run_precompute("no/such-model", bad, tmp_path / "b", timeout=60)
     assert proc.returncode == 2
     assert f"{bad}:4: settings.num_inference_steps: must be an integer" in proc.stderr
+    (tmp_path / "good.toml").write_text(PROMPTS)
+    proc = run_precompute("no/such-model", tmp_path / "good.toml", tmp_path / "b", "--threads",
+                          "-1", timeout=60)
+    assert proc.returncode == 2 and "--threads must be 0" in proc.stderr
 
 
 def test_attention_is_described_in_the_bundle_format(setup):
@@ -261,3 +265,4 @@ def test_storage_flag_explains_the_trade_off():
                           env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=60)
     text = " ".join(proc.stdout.split())
     assert "--storage {full,compact} full (default)" in text and "5x smaller" in text
+    assert "--threads N CPU threads for torch" in text and "1 can be many times faster" in text
