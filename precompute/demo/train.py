@@ -85,19 +85,23 @@ def plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path, title: s
     points = [p for c in curves.values() for p in c if p[1] > 0]
     if not points:
         return
-    x_max = max(p[0] for p in points) or 1
+    # x from the first step drawn (a run continued with --init-from starts late), not 0
+    x_min = min(p[0] for p in points) - 1
+    x_max = max(max(p[0] for p in points), x_min + 1)
     lo, hi = math.log10(min(p[1] for p in points)), math.log10(max(p[1] for p in points))
     hi = hi if hi > lo else lo + 1
-    sx = lambda s: pad + (w - 2 * pad) * s / x_max  # noqa: E731
+    sx = lambda s: pad + (w - 2 * pad) * (s - x_min) / (x_max - x_min)  # noqa: E731
     sy = lambda v: h - pad - (h - 2 * pad) * (math.log10(v) - lo) / (hi - lo)  # noqa: E731
     d.rectangle([pad, pad, w - pad, h - pad], outline="gray")
+    ticks = (1, 2, 5) if hi - lo > 1 else range(1, 10)  # under a decade: every 0.1, 0.2, ...
     for e in range(math.floor(lo), math.ceil(hi) + 1):
-        for m in (1, 2, 5):
+        for m in ticks:
             v = m * 10.0 ** e
             if lo <= math.log10(v) <= hi:
                 d.line([pad, sy(v), w - pad, sy(v)], fill=(225, 225, 225))
                 d.text((4, sy(v) - 6), f"{v:g}", fill="black")
     d.text((pad, 12), title, fill="black")
+    d.text((pad, h - pad + 8), f"step {x_min}", fill="black")
     d.text((w - pad - 60, h - pad + 8), f"step {x_max}", fill="black")
     palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
     for i, (name, curve) in enumerate(curves.items()):
