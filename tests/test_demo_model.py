@@ -58,7 +58,7 @@ def test_two_step_training_saves_a_loadable_pipeline_that_generates(tmp_path):
     state = json.loads((folder / "training_state.json").read_text())
     assert state["unet_steps"] == 2
     train.export(folder, tmp_path / "fp16")
-    half = StableDiffusionPipeline.from_pretrained(str(tmp_path / "fp16"), torch_dtype=torch.float32)
+    half = StableDiffusionPipeline.from_pretrained(str(tmp_path / "fp16"), dtype=torch.float32)
     assert next(half.unet.parameters()).dtype == torch.float32
 
 

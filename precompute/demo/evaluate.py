@@ -29,7 +29,7 @@ GUIDANCE_SCALES = (0.0, 1.0, 3.0, 7.0)
 def load(folder: str):
     from diffusers import StableDiffusionPipeline
 
-    return StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    return StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32)
 
 
 def encode(pipe, captions: list[str]) -> torch.Tensor:

@@ -277,7 +277,7 @@ def export_pipeline(vae, text_encoder, tokenizer, unet, folder: Path, dtype=torc
     if dtype != torch.float32:  # re-save the weights in half precision, a smaller folder
         from diffusers import StableDiffusionPipeline
 
-        StableDiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype).save_pretrained(str(folder))
+        StableDiffusionPipeline.from_pretrained(str(folder), dtype=dtype).save_pretrained(str(folder))
 
 
 def unet_lr(cfg: TrainConfig, step: int, start_step: int = 0) -> float:
@@ -541,12 +541,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
 
 def export(folder: str | Path, target: str | Path) -> None:
     """Re-save a pipeline folder with half-precision weights (half the size; load it with
-    torch_dtype=torch.float32 to run on a CPU)."""
+    dtype=torch.float32 to run on a CPU)."""
     import shutil
 
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(folder), torch_dtype=torch.float16)
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), dtype=torch.float16)
     pipe.save_pretrained(str(target), safe_serialization=True)
     if (Path(folder) / "training_state.json").exists():
         shutil.copy(Path(folder) / "training_state.json", Path(target) / "training_state.json")
