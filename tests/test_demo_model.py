@@ -121,13 +121,20 @@ def test_recorded_cross_attention_sums_to_one_over_tokens(micro_pipe):
     assert all(type(p).__name__ != "AttentionRecorder" for p in micro_pipe.unet.attn_processors.values())
 
 
+def shipped_micro(tmp_path, unet_steps: int):
+    """A micro model trained (1 VAE step, unet_steps UNet steps) and exported to
+    tmp_path / "shipped", as static/demo-model is."""
+    first = train.TrainConfig(out=str(tmp_path / "a"), size="micro", model=demo_model.MICRO,
+                              vae_steps=1, vae_batch=2, unet_steps=unet_steps, unet_batch=2,
+                              eval_every=100)
+    train.export(train.train(first), tmp_path / "shipped")
+
+
 def test_init_from_an_exported_pipeline_continues_its_weights_and_step_count(tmp_path):
     import torch
     from diffusers import StableDiffusionPipeline
 
-    first = train.TrainConfig(out=str(tmp_path / "a"), size="micro", model=demo_model.MICRO,
-                              vae_steps=1, vae_batch=2, unet_steps=3, unet_batch=2, eval_every=100)
-    train.export(train.train(first), tmp_path / "shipped")
+    shipped_micro(tmp_path, unet_steps=3)
     cfg, _ = train.parse_args(["--out", str(tmp_path / "b"), "--size", "micro", "--init-from",
                                str(tmp_path / "shipped"), "--steps", "3", "--batch", "2"])
     folder = train.train(cfg)  # already at step 3: nothing to train, the weights pass through
@@ -150,9 +157,7 @@ def test_more_vae_steps_on_an_init_from_pipeline_train_its_vae_on(tmp_path):
     import torch
     from diffusers import StableDiffusionPipeline
 
-    first = train.TrainConfig(out=str(tmp_path / "a"), size="micro", model=demo_model.MICRO,
-                              vae_steps=1, vae_batch=2, unet_steps=1, unet_batch=2, eval_every=100)
-    train.export(train.train(first), tmp_path / "shipped")
+    shipped_micro(tmp_path, unet_steps=1)
     cfg, _ = train.parse_args(["--out", str(tmp_path / "b"), "--size", "micro", "--init-from",
                                str(tmp_path / "shipped"), "--vae-steps", "3", "--steps", "1"])
     cfg.vae_batch = 2
@@ -180,9 +185,7 @@ def test_fresh_unet_keeps_only_the_vae_and_tokenizer(tmp_path):
     import torch
     from diffusers import StableDiffusionPipeline
 
-    first = train.TrainConfig(out=str(tmp_path / "a"), size="micro", model=demo_model.MICRO,
-                              vae_steps=1, vae_batch=2, unet_steps=1, unet_batch=2, eval_every=100)
-    train.export(train.train(first), tmp_path / "shipped")
+    shipped_micro(tmp_path, unet_steps=1)
     cfg, _ = train.parse_args(["--out", str(tmp_path / "b"), "--size", "micro", "--init-from",
                                str(tmp_path / "shipped"), "--fresh-unet", "--unet-channels",
                                "32,32,64", "--steps", "1", "--batch", "2"])
