@@ -140,8 +140,9 @@ class Deadline:
 
 # --- stage 1: the VAE -----------------------------------------------------------------------
 
-def train_vae(cfg: TrainConfig, vae, out: Path, deadline: Deadline) -> bool:
-    """Train until cfg.vae_steps; returns True when the stage is complete. A finished VAE
+def train_vae(cfg: TrainConfig, vae, out: Path, deadline: Deadline) -> int | None:
+    """Train until cfg.vae_steps; returns the VAE's step count once the stage is complete,
+    None when the deadline stopped it first. A finished VAE
     (its scaling factor measured) trains on when cfg.vae_steps is above its step count:
     how to sharpen the shipped VAE (with --init-from), after which the UNet, continuing,
     adapts to the latents that moved."""
@@ -154,7 +155,7 @@ def train_vae(cfg: TrainConfig, vae, out: Path, deadline: Deadline) -> bool:
         opt.load_state_dict(state["opt"])
     if state["scaling_factor"] is not None and state["step"] >= cfg.vae_steps:
         vae.register_to_config(scaling_factor=state["scaling_factor"])
-        return True
+        return state["step"]
 
     def checkpoint():
         save_atomic({**state, "vae": vae.state_dict(), "opt": opt.state_dict()}, path)
@@ -184,7 +185,7 @@ def train_vae(cfg: TrainConfig, vae, out: Path, deadline: Deadline) -> bool:
             checkpoint()
         if deadline.expired():
             checkpoint()
-            return False
+            return None
 
     # SD scales latents to about unit variance before diffusion: measure that factor.
     vae.eval()
@@ -194,7 +195,7 @@ def train_vae(cfg: TrainConfig, vae, out: Path, deadline: Deadline) -> bool:
     state["scaling_factor"] = float(1.0 / z.std())
     vae.register_to_config(scaling_factor=state["scaling_factor"])
     checkpoint()
-    return True
+    return state["step"]
 
 
 def train_decoder(cfg: TrainConfig, vae, out: Path, deadline: Deadline) -> None:
@@ -293,7 +294,8 @@ def unet_lr(cfg: TrainConfig, step: int, start_step: int = 0) -> float:
 
 
 def train_unet(cfg: TrainConfig, vae, unet, text_encoder, tokenizer, out: Path,
-               deadline: Deadline) -> bool:
+               deadline: Deadline, vae_steps: int) -> bool:
+    """vae_steps: the VAE's own step count, recorded in the exported training_state.json."""
     import copy
 
     path = out / "unet.pt"
@@ -307,7 +309,6 @@ def train_unet(cfg: TrainConfig, vae, unet, text_encoder, tokenizer, out: Path,
                             (ema_text, "ema_text"), (opt, "opt")):
             module.load_state_dict(state[key])
     state.setdefault("start_step", 0)  # where the optimizer started (after --init-from)
-    vae_steps = torch.load(out / "vae.pt", weights_only=False)["step"]  # what stage 1 ran
     scheduler = demo_model.training_scheduler()
     vae.eval().requires_grad_(False)
 
@@ -424,11 +425,11 @@ def train(cfg: TrainConfig) -> Path:
     text_encoder = demo_model.build_text_encoder(cfg.model, tokenizer).to(cfg.device)
     unet = demo_model.build_unet(cfg.model).to(cfg.device)
     deadline = Deadline(cfg.minutes, cfg.checkpoint_minutes)
-    vae_done = train_vae(cfg, vae, out, deadline)
-    if vae_done and cfg.decoder_only:
+    vae_steps = train_vae(cfg, vae, out, deadline)  # None: the deadline came first
+    if vae_steps is not None and cfg.decoder_only:
         train_decoder(cfg, vae, out, deadline)
-    elif vae_done and not deadline.expired():
-        train_unet(cfg, vae, unet, text_encoder, tokenizer, out, deadline)
+    elif vae_steps is not None and not deadline.expired():
+        train_unet(cfg, vae, unet, text_encoder, tokenizer, out, deadline, vae_steps)
     return out / "pipeline"
 
 
