@@ -26,7 +26,8 @@ from PIL import Image
 
 from backend.bundle import load_array
 from precompute.prompts import PromptSet
-from precompute.writer import EMPTY_PROMPT_ID, BundleWriter, prompt_id, read_config, run_id
+from precompute.writer import (EMPTY_PROMPT_ID, SHOWN_KEYS, BundleWriter, prompt_id,
+                               read_config, run_id)
 
 DEFAULTS = {"model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "scheduler": "lms",
             "num_inference_steps": 50, "height": 512, "width": 512,
@@ -310,5 +311,4 @@ def _run_array(folder: Path, name: str) -> np.ndarray:
 def shown_settings(prompt_set) -> dict:
     """What the app shows from the prompt file (follows it on every precompute): title,
     description and, when the file names one, the guidance scale the app opens on."""
-    return {"title": prompt_set.title, "description": prompt_set.description,
-            "default_guidance_scale": prompt_set.default_guidance_scale}
+    return {k: getattr(prompt_set, k) for k in SHOWN_KEYS}

@@ -1,11 +1,11 @@
 """Writes a Noisepath bundle: the only interface between precompute and serving.
 
 This is the one module that writes the format; `backend/bundle.py` is the one that
-reads it (`backend/validator.py` checks it first), and `tests/test_bundle.py` keeps the two honest. The format
-is documented in docs/bundle-format.md. Two storages: "full" writes every array as a
-float16 .npy and every preview as a PNG; "compact" writes arrays as 8-bit q8-delta
-.npz files (backend/codec.py), and leaves out what the reader derives exactly (the
-guided noise prediction, the combined attention map, the previews).
+reads it (`backend/validator.py` checks it first), and `tests/test_bundle.py` keeps the
+two honest. The format is documented in docs/bundle-format.md. Two storages: "full"
+writes every array as a float16 .npy and every preview as a PNG; "compact" writes arrays
+as 8-bit q8-delta .npz files (backend/codec.py), and leaves out what the reader derives
+exactly (the guided noise prediction, the combined attention map, the previews).
 
 Needs numpy and Pillow only (no torch), so tests and tools can build bundles from
 plain arrays. Every file lands atomically:
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from backend import codec, previews
-# the format's name, version and checksum are defined once, by the reader
+# the format's name, version and checksum are defined once, in backend/format.py
 from backend.format import FORMAT, FORMAT_VERSION, STORAGES, sha256_file  # noqa: F401
 
 EMPTY_PROMPT_ID = "empty"  # the unconditional prompt ""; guidance-0 runs belong to it
