@@ -19,7 +19,10 @@ resolution. Per step the host receives, for each captured row,
 
 "combined" leaves the mid block out: at the lowest resolution its map is a few blurry
 pixels that, upsampled, dilute the average (shared/demo-trial/README.md measured it
-at chance level). `meta` records which layers fed which map.
+at chance level). `combined_levels` (map heights, e.g. [16]) narrows it further to the
+levels that localize for a given model: the demo model's 8x8 level spreads colour words
+over the whole image (docs/demo-model.md), much as researchers average only SD's 16x16
+maps (Hertz et al. 2022, Prompt-to-Prompt). `meta` records which layers fed which map.
 """
 
 from __future__ import annotations
@@ -46,6 +49,30 @@ def layer_resolution(latent_hw: tuple[int, int], seq_len: int) -> tuple[int, int
         if h == 1 and w == 1:
             raise ValueError(f"no downsampling of latent size {latent_hw} has {seq_len} pixels")
         h, w = (h + 1) // 2, (w + 1) // 2
+
+
+def level_heights(unet_config, latent_hw: tuple[int, int]) -> list[int]:
+    """Map heights of the UNet's cross-attention levels outside the mid block, from its
+    config alone (down block i works at the latent halved i times; the up blocks mirror
+    them), largest first: [64, 32, 16] for SD 1.x at 512x512, [16, 8] for the demo."""
+    h, heights = latent_hw[0], []
+    for block in unet_config["down_block_types"]:
+        heights.append(h)
+        h = (h + 1) // 2
+    up = list(reversed(heights))[:len(unet_config["up_block_types"])]
+    levels = {heights[i] for i, b in enumerate(unet_config["down_block_types"]) if "CrossAttn" in b}
+    levels |= {up[i] for i, b in enumerate(unet_config["up_block_types"]) if "CrossAttn" in b}
+    return sorted(levels, reverse=True)
+
+
+def check_levels(levels, available: list[int]) -> None:
+    """Raise ValueError unless every height in `levels` is one of `available`."""
+    missing = sorted(set(int(h) for h in levels) - set(available), reverse=True)
+    if missing:
+        raise ValueError(f"attention_levels {missing}: this UNet has no cross-attention level "
+                         f"of that height at this image size; its levels are "
+                         f"{', '.join(map(str, available)) or 'none'} (the mid block cannot "
+                         "be chosen)")
 
 
 def resolution_key(name: str, hw: tuple[int, int]) -> str:
@@ -104,15 +131,19 @@ class CrossAttentionCapture:
     rows: indices into the UNet batch to capture (e.g. the text-conditioned rows).
     n_tokens: keep keys [0, n_tokens) (the prompt's real tokens).
     check_softmax: also track the largest |sum over all keys - 1| (for tests).
+    combined_levels: heights of the levels "combined" averages (default: all but mid).
     """
 
-    def __init__(self, unet, latent_hw, n_tokens: int, rows, check_softmax: bool = False):
+    def __init__(self, unet, latent_hw, n_tokens: int, rows, check_softmax: bool = False,
+                 combined_levels=None):
         self.unet, self.latent_hw, self.n_tokens = unet, tuple(latent_hw), int(n_tokens)
         self.rows = list(rows)
         # the loop's text rows are contiguous: a slice selects them without an index copy
         contiguous = self.rows == list(range(self.rows[0], self.rows[-1] + 1)) if self.rows else False
         self._select = slice(self.rows[0], self.rows[-1] + 1) if contiguous else self.rows
         self.check_softmax = check_softmax
+        self.combined_levels = None if combined_levels is None else sorted(
+            {int(h) for h in combined_levels}, reverse=True)
         self.max_softmax_error = 0.0
         self.active = False
         self.layers: dict[str, str] = {}  # layer name -> resolution key, in call order
@@ -178,9 +209,13 @@ class CrossAttentionCapture:
 
     @property
     def combined_keys(self) -> list[str]:
-        """Resolution keys averaged into "combined": all but the mid block (if anything else)."""
+        """Resolution keys averaged into "combined": those of `combined_levels`, else all but
+        the mid block (if anything else)."""
         keys = sorted({k for k in self.layers.values() if k != "mid"}, key=lambda k: -self._area(k))
-        return keys or ["mid"]
+        if self.combined_levels is None:
+            return keys or ["mid"]
+        check_levels(self.combined_levels, [self.sizes[k][0] for k in keys])
+        return [k for k in keys if self.sizes[k][0] in self.combined_levels]
 
     def _area(self, key):
         return self.sizes[key][0] * self.sizes[key][1]

@@ -55,6 +55,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "compact: arrays quantized to 8 bits per map and compressed, the guided "
                    "prediction, combined attention and previews derived when served: about "
                    "5x smaller, values within a recorded error (about 1/500 of each map's range)")
+    s.add_argument("--attention-levels", type=int, nargs="+", metavar="H",
+                   dest="attention_levels",
+                   help="the cross-attention levels, by map height, that the combined map "
+                   "averages, e.g. 16 (default: every level but the mid block; the bundle "
+                   "keeps each level's own map either way)")
     r = p.add_argument_group("how to run")
     r.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
                    help="auto: cuda, then mps, then cpu")
@@ -88,7 +93,8 @@ def run(args) -> int:
                       else single_prompt_set(args.prompt, args.variant))
         settings = {k: getattr(args, k) for k in
                     ("model", "scheduler", "num_inference_steps", "seeds", "guidance_scales",
-                     "height", "width", "image_size", "storage") if getattr(args, k) is not None}
+                     "height", "width", "image_size", "storage", "attention_levels")
+                    if getattr(args, k) is not None}
 
         def bad_flag(key, message):
             raise PromptFileError("command line", None, f"--{key.replace('_', '-')}", message)

@@ -117,13 +117,16 @@ def run_guidance_sweep(
     height: int,
     width: int,
     capture_attention: bool = True,
+    attention_levels=None,
     progress=None,
 ) -> list[RunResult]:
     """Denoise one (prompt, seed) at every guidance scale at once; one RunResult per scale.
 
     UNet batch rows are [uncond x Gu, text x Gt]: guidance 1 needs no unconditional row,
     guidance 0 no text row. prompt=None runs guidance 0 from the unconditional branch
-    only (that run is the same for every prompt). `progress.update(1)` once per step.
+    only (that run is the same for every prompt). attention_levels: the map heights the
+    combined attention map averages (None: all but the mid block). `progress.update(1)`
+    once per step.
     """
     unet, device, dtype = components.unet, components.device, components.dtype
 
@@ -172,7 +175,8 @@ def run_guidance_sweep(
     capture = None
     if capture_attention and text_runs:
         text_rows = range(len(uncond_runs), len(uncond_runs) + len(text_runs))
-        capture = CrossAttentionCapture(unet, latent_shape[2:], n_real, rows=text_rows)
+        capture = CrossAttentionCapture(unet, latent_shape[2:], n_real, rows=text_rows,
+                                        combined_levels=attention_levels)
 
     # 5. Denoising loop
     with capture if capture is not None else contextlib.nullcontext():

@@ -11,6 +11,8 @@
     seeds = [1, 2, 3]
     guidance_scales = [0, 1, 7, 20]
     storage = "full"               # full | compact (8-bit arrays, ~5x smaller; docs/bundle-format.md)
+    attention_levels = [16]        # optional: the levels (map heights) the combined
+                                   # attention map averages; default: all but the mid block
 
     [[groups]]
     prompt = "a cute panda playing the guitar in a bamboo forest"
@@ -32,7 +34,7 @@ from precompute.writer import STORAGES, prompt_id, slugify
 
 SCHEDULERS = ("lms", "ddim", "euler")
 SETTINGS_KEYS = {"model", "scheduler", "num_inference_steps", "height", "width", "seeds",
-                 "guidance_scales", "image_size", "storage"}
+                 "guidance_scales", "image_size", "storage", "attention_levels"}
 GROUP_KEYS = {"id", "title", "prompt", "variants", "keyword"}
 TOP_KEYS = {"title", "description", "default_guidance_scale", "settings", "groups"}
 
@@ -166,6 +168,13 @@ def check_settings(s: dict, err) -> dict:
         err("guidance_scales", "must be a non-empty list of numbers from 0 to 100")
     if gs is not None and len({float(x) for x in gs}) != len(gs):
         err("guidance_scales", "has duplicates")
+    levels = s.get("attention_levels")
+    if levels is not None and not (isinstance(levels, list) and levels and
+                                   all(type(x) is int and x >= 1 for x in levels)):
+        err("attention_levels", "must be a non-empty list of map heights, e.g. [16] or [32, 16] "
+            "(the combined attention map averages those cross-attention levels)")
+    if levels is not None and len(set(levels)) != len(levels):
+        err("attention_levels", "has duplicates")
     if "storage" in s and s["storage"] not in STORAGES:
         err("storage", f"must be one of {', '.join(STORAGES)} (compact: 8-bit arrays, "
             "derived arrays and previews left out; docs/bundle-format.md)")

@@ -80,6 +80,7 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
     import torch
 
     from precompute import loop
+    from precompute.attention import check_levels, level_heights
     from precompute.model import load_components
 
     if opts.threads:
@@ -87,6 +88,8 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
 
     settings = {**DEFAULTS, **prompt_set.settings, **settings}
     settings.setdefault("image_size", min(256, settings["height"], settings["width"]))
+    if settings.get("attention_levels") is not None:
+        settings["attention_levels"] = sorted({int(h) for h in settings["attention_levels"]}, reverse=True)
     jobs = plan_jobs(prompt_set, settings)
     out = Path(out)
     done_before = sum((out / "runs" / r / "run.json").exists() for j in jobs for r in j.run_ids)
@@ -109,6 +112,8 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
     info = components.describe()
     h, w = settings["height"] // components.vae_scale_factor, \
         settings["width"] // components.vae_scale_factor
+    if settings.get("attention_levels") is not None:  # before config.json names them
+        check_levels(settings["attention_levels"], level_heights(components.unet.config, (h, w)))
     config = {
         **shown_settings(prompt_set),
         "model": settings["model"], "scheduler": settings["scheduler"],
@@ -116,6 +121,7 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
         "height": settings["height"], "width": settings["width"],
         "image_size": settings["image_size"], "dtype": str(components.dtype).replace("torch.", ""),
         "storage": settings["storage"],
+        "attention_levels": settings.get("attention_levels"),  # None (all but mid): dropped
         "latent_shape": [components.unet.config.in_channels, h, w],
         "prediction_type": components.scheduler.config.get("prediction_type", "epsilon"),
         "model_info": _public(info),
@@ -150,7 +156,8 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
             results = loop.run_guidance_sweep(
                 components, job.prompt, job.seed, job.guidance_scales,
                 settings["num_inference_steps"], settings["height"], settings["width"],
-                capture_attention=True, progress=steps)
+                capture_attention=True, attention_levels=settings.get("attention_levels"),
+                progress=steps)
             steps.close()
             # stage every run of the job, then publish them back to back: a kill
             # almost never splits a job, and a finished run is never replaced

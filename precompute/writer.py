@@ -39,7 +39,7 @@ EMPTY_PROMPT_ID = "empty"  # the unconditional prompt ""; guidance-0 runs belong
 
 # Config keys that must agree for runs to share one bundle (and one trajectory map).
 CONFIG_IDENTITY_KEYS = ("model", "scheduler", "num_inference_steps", "height", "width",
-                        "dtype", "image_size", "storage")
+                        "dtype", "image_size", "storage", "attention_levels")
 # What the app shows: it follows the prompt file on every precompute (None: absent).
 SHOWN_KEYS = ("title", "description", "default_guidance_scale")
 

@@ -18,6 +18,7 @@ from precompute.attention import (  # noqa: E402
     attention_probs,
     is_cross_attention,
     layer_resolution,
+    level_heights,
 )
 from precompute.loop import encode_prompt_tokens, run_guidance_sweep  # noqa: E402
 from tests.tiny_sd import build_sd_shaped_unet, sd_shaped_unet_config  # noqa: E402
@@ -32,13 +33,15 @@ def n_cross_layers(unet):
     return sum(map(is_cross_attention, unet.attn_processors))
 
 
-def capture_one_call(unet, encoder_hidden_states, latent_hw=(8, 8), n_tokens=5, rows=(0,)):
+def capture_one_call(unet, encoder_hidden_states, latent_hw=(8, 8), n_tokens=5, rows=(0,),
+                     combined_levels=None):
     """One UNet call with and without capture: (output, captured output, maps, capture)."""
     torch.manual_seed(0)
     sample = torch.randn(encoder_hidden_states.shape[0], unet.config.in_channels, *latent_hw)
     with torch.no_grad():
         plain = unet(sample, 500, encoder_hidden_states=encoder_hidden_states).sample
-        with CrossAttentionCapture(unet, latent_hw, n_tokens, rows=rows, check_softmax=True) as capture:
+        with CrossAttentionCapture(unet, latent_hw, n_tokens, rows=rows, check_softmax=True,
+                                   combined_levels=combined_levels) as capture:
             captured = unet(sample, 500, encoder_hidden_states=encoder_hidden_states).sample
             maps = capture.pop_step()
     return plain, captured, maps, capture
@@ -113,6 +116,33 @@ def test_combined_map_averages_upsampled_resolutions_without_the_mid_block():
     res4 = torch.from_numpy(run.attention["res4"]).reshape(k * t, 1, 4, 4)
     expected = F.interpolate(res4, size=(8, 8), mode="bilinear", align_corners=False).reshape(k, t, 8, 8)
     np.testing.assert_allclose(run.attention["combined"], expected.numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sd2"])
+def test_attention_levels_choose_what_the_combined_map_averages(kind):
+    unet = build_sd_shaped_unet(kind, sample_size=8)
+    states = torch.randn(1, 77, sd_shaped_unet_config(kind)["cross_attention_dim"])
+    assert level_heights(unet.config, (8, 8)) == [8, 4, 2]  # from the config, before any call
+    _, _, maps, capture = capture_one_call(unet, states, combined_levels=[8])
+    assert capture.meta["combined"]["from"] == ["res8"]
+    assert torch.equal(maps["combined"], maps["res8"])  # one level: its own map, unchanged
+    _, _, maps, capture = capture_one_call(unet, states, combined_levels=[4, 8])
+    assert capture.meta["combined"]["from"] == ["res8", "res4"]
+    up = F.interpolate(maps["res4"], size=(8, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(maps["combined"], (maps["res8"] + up) / 2)
+    with pytest.raises(ValueError, match=r"attention_levels \[3\].*its levels are 8, 4, 2"):
+        capture_one_call(unet, states, combined_levels=[3, 8])
+    del unet
+
+
+@pytest.mark.parametrize("kind, latent_hw", [("sd15", (8, 8)), ("sd2", (8, 8)), ("sd15", (5, 7)),
+                                             ("tiny", (8, 8)), ("tiny", (8, 12))])
+def test_level_heights_from_the_config_match_the_captured_levels(kind, latent_hw):
+    unet = components().unet if kind == "tiny" else build_sd_shaped_unet(kind, sample_size=8)
+    states = torch.randn(1, 77, unet.config.cross_attention_dim)
+    _, _, _, capture = capture_one_call(unet, states, latent_hw=latent_hw)
+    captured = sorted({capture.sizes[k][0] for k in capture.sizes if k != "mid"}, reverse=True)
+    assert level_heights(unet.config, latent_hw) == captured
 
 
 def test_non_square_latents_give_non_square_maps():

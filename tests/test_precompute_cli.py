@@ -266,3 +266,26 @@ def test_storage_flag_explains_the_trade_off():
     text = " ".join(proc.stdout.split())
     assert "--storage {full,compact} full (default)" in text and "5x smaller" in text
     assert "--threads N CPU threads for torch" in text and "1 can be many times faster" in text
+
+
+def test_attention_levels_choose_the_combined_map_and_join_the_bundle_identity(setup, tmp_path):
+    model, prompts, reference, _ = setup
+    # a height the UNet lacks: refused after loading the model, before the bundle exists
+    proc = run_precompute(model, prompts, tmp_path / "b", "--attention-levels", "8", timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "attention_levels [8]: this UNet has no cross-attention level of that height at " \
+        "this image size; its levels are 4" in proc.stderr
+    assert not (tmp_path / "b" / "config.json").exists()  # a corrected rerun is free to start
+    # chosen in the prompt file: recorded in config.json, a resume with others is refused
+    (tmp_path / "p.toml").write_text(COMPACT.replace('storage = "compact"',
+                                                     'storage = "compact"\nattention_levels = [4]'))
+    proc = run_precompute(model, tmp_path / "p.toml", tmp_path / "b")
+    assert proc.returncode == 0, proc.stderr
+    assert validate_bundle(tmp_path / "b", checksums=True) == []
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["attention_levels"] == [4]
+    run = json.loads(next((tmp_path / "b" / "runs").glob("*-g5/run.json")).read_text())
+    assert run["attention"]["combined"]["from"] == [4]
+    proc = run_precompute("no/such-model", prompts, reference, "--attention-levels", "4",
+                          timeout=120)
+    assert proc.returncode == 1
+    assert "attention_levels: bundle has None, you asked for [4]" in proc.stderr

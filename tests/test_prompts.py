@@ -134,3 +134,13 @@ def test_storage_setting_is_full_or_compact(tmp_path):
     with pytest.raises(PromptFileError, match=r"p.toml:3: settings.storage: must be one of full, "
                                               "compact"):
         load_prompt_file(tmp_path / "p.toml")
+
+
+def test_attention_levels_are_distinct_map_heights(tmp_path):
+    (tmp_path / "p.toml").write_text(GOOD.replace("[settings]", "[settings]\nattention_levels = [16]"))
+    assert load_prompt_file(tmp_path / "p.toml").settings["attention_levels"] == [16]
+    for bad, words in (("16", "must be a non-empty list of map heights"), ("[]", "must be a non-"),
+                       ("[16, 0]", "must be a non-"), ("[16, 16]", "has duplicates")):
+        (tmp_path / "p.toml").write_text(GOOD.replace("[settings]", f"[settings]\nattention_levels = {bad}"))
+        with pytest.raises(PromptFileError, match=r"p.toml:3: settings.attention_levels: " + words):
+            load_prompt_file(tmp_path / "p.toml")

@@ -160,6 +160,7 @@ export function createModel(index, api) {
       map,
       controls: {
         token: token === null ? null : label(token), resolutions, res, avg: state.avg,
+        combinedFrom: run.attention.combined ? run.attention.combined.from : null,
         max: map ? d3.max(map.data) : null, note, hover: hoverList,
       },
     };

@@ -5,7 +5,8 @@
  * attentionOverlay():  datum {map: {data, shape: [h, w]} | null, label}; event "pixel"
  *                      ({fx, fy} in [0, 1)) while the pointer is over the image, null on leave
  * attentionControls(): datum {token, resolutions, res, avg, step, note, hover: {items} | null,
- *                      max}; events "res" (value), "avg" (bool), "clear"
+ *                      max, combinedFrom: the levels the combined map averages};
+ *                      events "res" (value), "avg" (bool), "clear"
  * Colours are viridis (perceptually uniform, colour-blind safe); a map is scaled to its
  * own maximum so its shape is visible at every step.
  */
@@ -62,6 +63,12 @@ export function attentionOverlay() {
   return view;
 }
 
+/** "combined (16×16 + 8×8)": the option names the levels the bundle averaged into it. */
+export function combinedLabel(levels) {
+  if (!levels || !levels.length) return "combined";
+  return `combined (${levels.map((r) => `${r}×${r}`).join(" + ")})`;
+}
+
 export function attentionControls() {
   const listeners = d3.dispatch("res", "avg", "clear");
 
@@ -112,7 +119,7 @@ export function attentionControls() {
       .data(d.resolutions, (r) => String(r))
       .join("option")
       .attr("value", (r) => r)
-      .text((r) => (r === "combined" ? "combined (all levels)" : `${r} × ${r} level`))
+      .text((r) => (r === "combined" ? combinedLabel(d.combinedFrom) : `${r} × ${r} level`))
       .property("selected", (r) => String(r) === String(d.res));
     root.select(".ac-avg-input").property("checked", d.avg);
     root.select(".ac-max").text(d.max === null ? " high" : ` high (${fmt(d.max, 2)} of the pixel's attention)`);
