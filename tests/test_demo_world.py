@@ -82,3 +82,25 @@ def test_judge_reports_misses_on_a_blank_image():
     blank = np.zeros((64, 64, 3), np.uint8) + np.array(world.COLOURS["blue"], np.uint8)
     hits = judge.score(judge.read_scene(blank), scene)
     assert hits == {"background": 1.0, "colour": 0.0, "shape": 0.0, "size": 0.0, "position": 0.0}
+
+
+def test_judge_splits_two_touching_objects_by_colour():
+    from scipy import ndimage
+
+    scene = world.Scene("white", (world.SceneObject("red", "circle", "left", dx=4),
+                                  world.SceneObject("blue", "square", "right", dx=-4)))
+    image = world.render(scene)
+    far = np.sqrt(((image.astype(float) - world.COLOURS["white"]) ** 2).sum(-1)) > judge.OBJECT_DISTANCE
+    assert ndimage.label(far)[1] == 1  # one connected region: the objects touch
+    reading = judge.read_scene(image)
+    assert sorted((o.colour, o.position) for o in reading.objects) == [("blue", "right"), ("red", "left")]
+    assert judge.score(reading, scene) == {"background": 1.0, "colour": 1.0, "shape": 1.0, "position": 1.0}
+
+
+def test_judge_keeps_one_object_whose_centre_drifts_to_another_hue():
+    scene = world.parse_caption("a large orange circle in the middle, on a blue background")
+    image = world.render(scene).copy()
+    yy, xx = np.mgrid[:64, :64]
+    image[(yy - 32) ** 2 + (xx - 32) ** 2 <= 8 ** 2] = world.COLOURS["yellow"]  # a yellow core
+    reading = judge.read_scene(image)
+    assert len(reading.objects) == 1 and reading.objects[0].position == "center"

@@ -3,6 +3,8 @@
 The judge knows the renderer's palette and layout, nothing about the model:
 - background: the median colour of the image border, snapped to the nearest named colour;
 - objects: connected regions of pixels far from the background colour (largest first);
+  a region made of two differently coloured parts side by side (two objects drawn
+  touching) is split between them;
 - object colour: the median colour inside the region (edges eroded), nearest named colour;
 - size: the region's extent (the larger side of its bounding box) against a threshold
   half-way between the small and large extents;
@@ -114,6 +116,43 @@ def shape_classifier() -> ShapeClassifier:
     return _CLASSIFIER[0]
 
 
+def _largest_part(mask: np.ndarray) -> np.ndarray:
+    labels, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    areas = ndimage.sum(mask, labels, index=range(1, n + 1))
+    return labels == int(np.argmax(areas)) + 1
+
+
+def split_by_colour(img: np.ndarray, mask: np.ndarray, background: str) -> list[np.ndarray]:
+    """[mask], or two masks when the region is two touching objects of different colours:
+    its pixels fall mainly into two named colours (each at least MIN_AREA pixels and a
+    fifth of the region), and the two parts sit side by side (their centres are at least
+    0.4 of the region's extent apart), unlike one object whose edge or centre drifts
+    towards a neighbouring hue."""
+    names = [n for n in _PALETTE_NAMES if n != background]
+    palette = np.array([world.COLOURS[n] for n in names], dtype=np.float32)
+    pixels = img[mask]  # (P, 3)
+    nearest = np.argmin(((pixels[:, None] - palette[None]) ** 2).sum(-1), axis=1)
+    counts = np.bincount(nearest, minlength=len(names))
+    a, b = np.argsort(counts)[::-1][:2]
+    if counts[b] < max(MIN_AREA, 0.2 * len(pixels)):
+        return [mask]
+    d = ((img - palette[a]) ** 2).sum(-1) - ((img - palette[b]) ** 2).sum(-1)  # < 0: nearer a
+    raw = [_largest_part(mask & side) for side in (d < 0, d >= 0)]
+    # fill each part's holes, but not with the other part (a rim of edge pixels nearer
+    # one colour may ring the other object)
+    parts = [ndimage.binary_fill_holes(raw[i]) & ~raw[1 - i] for i in (0, 1)]
+    if min(p.sum() for p in parts) < MIN_AREA:
+        return [mask]
+    ys, xs = np.nonzero(mask)
+    extent = max(np.ptp(ys), np.ptp(xs)) + 1
+    centres = [np.argwhere(p).mean(0) for p in parts]
+    if np.linalg.norm(centres[0] - centres[1]) < 0.4 * extent:
+        return [mask]
+    return parts
+
+
 def read_scene(image: np.ndarray, max_objects: int = 2) -> Reading:
     """image: (64, 64, 3) uint8. Returns the background and up to max_objects objects."""
     img = image.astype(np.float32)
@@ -124,11 +163,13 @@ def read_scene(image: np.ndarray, max_objects: int = 2) -> Reading:
     foreground = np.sqrt(((img - bg_rgb) ** 2).sum(-1)) > OBJECT_DISTANCE  # (64, 64)
     labels, n = ndimage.label(foreground)
     areas = ndimage.sum(foreground, labels, index=range(1, n + 1))
-    objects = []
+    regions = []
     for index in np.argsort(areas)[::-1][:max_objects]:
         if areas[index] < MIN_AREA:
             break
-        mask = ndimage.binary_fill_holes(labels == index + 1)
+        regions += split_by_colour(img, ndimage.binary_fill_holes(labels == index + 1), background)
+    objects = []
+    for mask in sorted(regions, key=lambda m: -m.sum())[:max_objects]:
         core = ndimage.binary_erosion(mask, iterations=1)
         pixels = img[core if core.sum() >= 4 else mask]
         ys, xs = np.nonzero(mask)
