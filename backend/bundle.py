@@ -9,8 +9,12 @@ bounded cache.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import lzma
 import threading
+import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
@@ -18,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from backend import codec
-from backend.format import BundleError
+from backend.format import ArrayReadError, BundleError
 from backend.validator import validate_bundle
 
 
@@ -36,16 +40,31 @@ def array_values(folder: Path, arrays: dict, name: str, guidance_scale: float) -
     if "derived" in entry:
         sources = [array_values(folder, arrays, s, guidance_scale) for s in entry["from"]]
         return codec.derive(entry["derived"], sources, entry["shape"], guidance_scale)
-    if entry.get("encoding") == codec.ENCODING:
-        return codec.load(folder / entry["file"], codec.step_axis(name))
-    return np.load(folder / entry["file"], allow_pickle=False).astype(np.float32)
+    with reading(folder, entry, name):
+        if entry.get("encoding") == codec.ENCODING:
+            return codec.load(folder / entry["file"], codec.step_axis(name))
+        return np.load(folder / entry["file"], allow_pickle=False).astype(np.float32)
+
+
+UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, lzma.LZMAError,
+              zlib.error)
+
+
+@contextlib.contextmanager
+def reading(folder: Path, entry: dict, name: str):
+    """Turn a failure to read a run's array file into ArrayReadError naming file and field."""
+    try:
+        yield
+    except UNREADABLE as e:
+        raise ArrayReadError(f"{folder.parent.name}/{folder.name}/{entry['file']}", name, e) from e
 
 
 def load_array(folder: Path, arrays: dict, name: str, guidance_scale: float) -> np.ndarray:
     """A run array as the API serves it (read-only, float16): a stored .npy memory-mapped;
     an encoded or derived one computed in float32 and cast, as the writer measured it."""
     if is_file_array(arrays[name]):
-        return np.load(folder / arrays[name]["file"], mmap_mode="r", allow_pickle=False)
+        with reading(folder, arrays[name], name):
+            return np.load(folder / arrays[name]["file"], mmap_mode="r", allow_pickle=False)
     values = array_values(folder, arrays, name, guidance_scale).astype(np.float16)
     values.flags.writeable = False
     return values

@@ -11,6 +11,8 @@ from typing import NoReturn
 from flask import Flask, abort, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 
+from backend.format import ArrayReadError
+
 
 def not_found(message: str) -> NoReturn:
     abort(404, message)
@@ -51,7 +53,15 @@ def _unexpected(e: Exception):
                           "the server hit an unexpected problem; it has been logged")
 
 
+def _unreadable(e: ArrayReadError):
+    """A bundle file that broke after start-up: the client learns which, the log too."""
+    current_app.logger.error("unreadable bundle file on %s: %s", request.path, e.problem)
+    return error_response(500, "bundle_file_unreadable", f"{e.problem.file}: {e.problem.field}: "
+                          f"{e.problem.message}")
+
+
 def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(InternalServerError, _unexpected)
+    app.register_error_handler(ArrayReadError, _unreadable)
     app.register_error_handler(Exception, _unexpected)

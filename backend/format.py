@@ -41,7 +41,17 @@ class BundleError(Exception):
         lines = "\n  ".join(str(p) for p in problems[:50])
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
         super().__init__(f"bundle {root} has {len(problems)} problem(s):\n  {lines}{more}")
+class ArrayReadError(BundleError):
+    """A run array's file that passed the validator's checks (which read the start of
+    each file) but cannot be read in full when first decoded: corrupt past its start, or
+    broken after start-up."""
 
+    def __init__(self, file: str, name: str, cause: Exception):
+        self.problem = Problem(file, f"arrays.{name}", f"cannot be read ({type(cause).__name__}: "
+                               f"{cause}); the file is corrupt or half-written (`noisepath "
+                               "validate` with checksums finds every such file)")
+        self.problems = [self.problem]
+        Exception.__init__(self, str(self.problem))
 
 
 def sha256_file(path: Path) -> str:

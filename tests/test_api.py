@@ -325,6 +325,54 @@ def test_unexpected_exception_is_500_json_without_details(synthetic_bundle_ro, f
     assert r.headers["X-Content-Type-Options"] == "nosniff"
 
 
+def _break_crc(path):
+    """Make a .q8.npz's values disagree with their CRC-32 (the central directory's, which
+    zipfile checks once a member is read to its end)."""
+    data = bytearray(path.read_bytes())
+    data[data.index(b"PK\x01\x02") + 16] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_array_file_unreadable_when_first_decoded_is_500_json_naming_file_and_field(
+        compact_bundle_ro, tmp_path, frontend):
+    """Validation reads the start of each array file; damage past it in a large file, or
+    after start-up, shows when the array is first decoded: reported by file and field."""
+    import shutil
+    bundle = tmp_path / "b"
+    shutil.copytree(compact_bundle_ro, bundle)
+    rid = sorted(p.parent.name for p in (bundle / "runs").glob("*/attention_res8.q8.npz"))[0]
+    app = create_app({"BUNDLE_DIR": bundle, "FRONTEND_DIR": frontend})
+    app.logger.disabled = True
+    client = app.test_client()
+    _break_crc(bundle / "runs" / rid / "attention_res8.q8.npz")
+    for url in (f"/api/runs/{rid}/attention/8/tokens/0.npy",
+                f"/api/runs/{rid}/arrays/attention.npy"):  # the combined map, derived from it
+        r = client.get(url)
+        assert r.status_code == 500, (url, r.data[:80])
+        body = r.get_json()
+        assert body["error"] == "bundle_file_unreadable"
+        assert body["message"].startswith(f"runs/{rid}/attention_res8.q8.npz: "
+                                          "arrays.attention_res8: cannot be read (BadZipFile: Bad CRC-32")
+        assert "corrupt or half-written" in body["message"] and b"Traceback" not in r.data
+    assert client.get(f"/api/runs/{rid}/arrays/latents.npy").status_code == 200  # the rest serves
+
+
+def test_array_file_unreadable_at_start_up_stops_the_app_naming_file_and_field(
+        compact_bundle_ro, tmp_path, frontend):
+    """Start-up decodes every run's step arrays (for their stats): a file that fails
+    there stops the app with a BundleError naming it, as the validator's problems do."""
+    import shutil
+    from backend.bundle import Bundle
+    from backend.store import Store
+    bundle = tmp_path / "b"
+    shutil.copytree(compact_bundle_ro, bundle)
+    b = Bundle(bundle)  # validated
+    rid = sorted(b.runs)[0]
+    _break_crc(bundle / "runs" / rid / "latents.q8.npz")
+    with pytest.raises(BundleError, match=rf"runs/{rid}/latents.q8.npz: arrays.latents: cannot be read"):
+        Store(b, frontend)
+
+
 # -------------------------------------------------------------------- compact bundles
 
 def test_compact_run_urls_serve_decoded_and_derived_arrays(compact_app, compact_bundle_ro):
