@@ -117,7 +117,9 @@ def test_recorded_cross_attention_sums_to_one_over_tokens(micro_pipe):
     scenes = evaluate.held_out(2, two_objects=False)
     maps = evaluate.word_maps(micro_pipe, scenes, num_inference_steps=2)  # (2, 77, 64, 64)
     per_pixel = maps.sum(1)  # layers x steps of distributions that each sum to 1
-    assert np.allclose(per_pixel, per_pixel[0, 0, 0], rtol=1e-4)
+    assert np.allclose(per_pixel, 3 * 2, rtol=1e-4)  # the 16x16 level's 3 layers, 2 steps
+    both = evaluate.word_maps(micro_pipe, scenes, num_inference_steps=2, levels=(16, 8))
+    assert np.allclose(both.sum(1), 6 * 2, rtol=1e-4)  # and the 8x8 level's 3, never the mid
     assert all(type(p).__name__ != "AttentionRecorder" for p in micro_pipe.unet.attn_processors.values())
 
 

@@ -5,10 +5,11 @@
 For every run whose prompt is a demo-world caption:
 - adherence: the run's final image (the last frame of `decoded`) read back by the judge,
   per attribute, per guidance scale;
-- attention: the run's stored cross-attention (`attention`, the combined 16x16 map),
-  averaged over all steps and upsampled to the image, for each object word, scored
-  against the object's region in the run's own final image as the judge reads it
-  (pixel-ranking AUROC, and whether the map's peak lies inside the region);
+- attention: the run's stored cross-attention (`attention`, the combined map the app
+  opens on, and under "attention by level" each level's own map), averaged over all
+  steps and upsampled to the image, for each object word, scored against the object's
+  region in the run's own final image as the judge reads it (pixel-ranking AUROC, and
+  whether the map's peak lies inside the region);
 - binding, in two-object prompts: whether each shape and colour word puts more mean
   attention on its own object's region than on the other object's.
 
@@ -41,9 +42,10 @@ def final_image(b: Bundle, rid: str) -> np.ndarray:
         return np.asarray(sprite.convert("RGB").crop((x, y, x + w, y + h)))
 
 
-def word_maps(b: Bundle, rid: str, size: int) -> np.ndarray:
-    """(K, size, size): each real token's combined map, mean over steps."""
-    att = np.asarray(b.array(rid, "attention"), dtype=np.float32)  # (K, T, H, W)
+def word_maps(b: Bundle, rid: str, size: int, name: str = "attention") -> np.ndarray:
+    """(K, size, size): each real token's map (the combined one, or array `name`), mean
+    over steps."""
+    att = np.asarray(b.array(rid, name), dtype=np.float32)  # (K, T, h, w)
     return upsample_bilinear(att.mean(axis=1), (size, size))
 
 
@@ -66,12 +68,12 @@ def object_regions(reading: judge.Reading, scene: world.Scene) -> list[np.ndarra
 
 
 def measure(bundle_dir, guidance_scale: float = 3.0) -> dict:
-    """Adherence per guidance scale, and attention at `guidance_scale`, from the bundle."""
+    """Adherence per guidance scale, and attention at `guidance_scale`, from the bundle:
+    of the combined map, and of each level's own map."""
     b = Bundle(bundle_dir)
     adherence: dict[str, dict[str, list]] = {}
-    loc = {"shape": ([], []), "colour": ([], [])}  # kind -> (aurocs, peaks inside)
-    binding = {"shape": [], "colour": []}
-    missing, scored = 0, 0
+    scored = []  # (run id, scene, regions, prompt, image side) of the runs scored for attention
+    levels: set[int] = set()
     for rid, run in sorted(b.runs.items()):
         try:
             scene = world.parse_caption(b.prompts[run["prompt_id"]]["text"])
@@ -83,16 +85,35 @@ def measure(bundle_dir, guidance_scale: float = 3.0) -> dict:
         row = adherence.setdefault(f"{kind}, guidance {run['guidance_scale']:g}", {})
         for attr, hit in judge.score(reading, scene).items():
             row.setdefault(attr, []).append(hit)
-        if run["guidance_scale"] != guidance_scale or not run.get("attention"):
-            continue
-        prompt = b.prompts[run["prompt_id"]]
-        maps = word_maps(b, rid, image.shape[0])  # (K, 64, 64)
-        regions = object_regions(reading, scene)
+        if run["guidance_scale"] == guidance_scale and run.get("attention"):
+            scored.append((rid, scene, object_regions(reading, scene), b.prompts[run["prompt_id"]],
+                           image.shape[0]))
+            levels |= set(run["attention"]["resolutions"])
+    mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
+    return {
+        "adherence": {name: {a: mean(v) for a, v in row.items()} | {"n": len(next(iter(row.values())))}
+                      for name, row in sorted(adherence.items())},
+        "attention": {"guidance_scale": guidance_scale,
+                      "combined from": b.runs[scored[0][0]]["attention"]["combined"]["from"]
+                      if scored else None,
+                      **attention_scores(b, scored, "attention")},
+        "attention by level": {str(r): attention_scores(b, scored, f"attention_res{r}")
+                               for r in sorted(levels, reverse=True)},
+    }
+
+
+def attention_scores(b: Bundle, scored: list, name: str) -> dict:
+    """Localization (one object) and binding (two objects) of array `name`'s maps."""
+    loc = {"shape": ([], []), "colour": ([], [])}  # kind -> (aurocs, peaks inside)
+    binding = {"shape": [], "colour": []}
+    missing, found = 0, 0
+    for rid, scene, regions, prompt, side in scored:
+        maps = word_maps(b, rid, side, name)  # (K, 64, 64)
         for i, obj in enumerate(scene.objects):
             if regions[i] is None:
                 missing += 1
                 continue
-            scored += 1
+            found += 1
             for attr in ("shape", "colour"):
                 word = getattr(obj, attr)
                 occurrence = sum(getattr(o, attr) == word for o in scene.objects[:i])
@@ -105,16 +126,11 @@ def measure(bundle_dir, guidance_scale: float = 3.0) -> dict:
                     binding[attr].append(bool(amap[regions[i]].mean() > amap[regions[1 - i]].mean()))
     mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
     return {
-        "adherence": {name: {a: mean(v) for a, v in row.items()} | {"n": len(next(iter(row.values())))}
-                      for name, row in sorted(adherence.items())},
-        "attention": {
-            "guidance_scale": guidance_scale,
-            **{f"one-object {attr} word": {"auroc": mean(a), "peak_inside": mean(p), "n": len(p)}
-               for attr, (a, p) in loc.items()},
-            **{f"two-object {attr} word on own object": {"rate": mean(v), "n": len(v)}
-               for attr, v in binding.items()},
-            "objects scored": scored, "objects the judge did not find": missing,
-        },
+        **{f"one-object {attr} word": {"auroc": mean(a), "peak_inside": mean(p), "n": len(p)}
+           for attr, (a, p) in loc.items()},
+        **{f"two-object {attr} word on own object": {"rate": mean(v), "n": len(v)}
+           for attr, v in binding.items()},
+        "objects scored": found, "objects the judge did not find": missing,
     }
 
 

@@ -6,8 +6,9 @@
 2. Adherence: held-out captions (never seen in training) generated with DDIM, trailing
    spacing, at several guidance scales, each image read back by the judge.
 3. Attention: real held-out scenes noised to each sampler timestep; the UNet's
-   cross-attention probabilities (16x16 and 8x8 layers, heads averaged) for each object
-   word, scored against the object's ground-truth mask (AUROC, peak inside, and in
+   cross-attention probabilities (the levels the demo bundle's combined map averages,
+   16x16, or those of --attention-levels; heads averaged) for each object word, scored
+   against the object's ground-truth mask (AUROC, peak inside, and in
    two-object scenes whether the word prefers its own object over the other one).
 4. A samples grid (captions x guidance scales) for the docs.
 """
@@ -24,6 +25,10 @@ import torch.nn.functional as F
 from precompute.demo import judge, world
 
 GUIDANCE_SCALES = (0.0, 1.0, 3.0, 7.0)
+# the cross-attention levels (map heights) scored, as the demo bundle's combined map
+# (precompute/prompts/demo.toml, attention_levels): the 8x8 level spreads colour words
+# over the whole image (docs/demo-model.md, "Attention by level")
+ATTENTION_LEVELS = (16,)
 
 
 def load(folder: str):
@@ -110,9 +115,11 @@ class AttentionRecorder:
 
 
 @torch.no_grad()
-def word_maps(pipe, scenes, num_inference_steps: int = 30, seed: int = 0) -> np.ndarray:
-    """Per scene, per token, a 64x64 map: attention averaged over the 16x16 and 8x8 cross-
-    attention layers, heads and sampler timesteps, for real scenes noised to each t."""
+def word_maps(pipe, scenes, num_inference_steps: int = 30, seed: int = 0,
+              levels=ATTENTION_LEVELS) -> np.ndarray:
+    """Per scene, per token, a 64x64 map: attention summed over the cross-attention layers
+    of the given levels (map heights), heads and sampler timesteps, for real scenes noised
+    to each t."""
     unet, scheduler = pipe.unet, pipe.scheduler
     store: list = []
     originals = dict(unet.attn_processors)
@@ -131,9 +138,9 @@ def word_maps(pipe, scenes, num_inference_steps: int = 30, seed: int = 0) -> np.
         noisy = scheduler.add_noise(latents, noise, t.repeat(len(scenes)))
         store.clear()
         unet(noisy, t, text)
-        for _, probs in store:
+        for name, probs in store:
             side = int(probs.shape[1] ** 0.5)
-            if side < 8:  # the 4x4 mid block is too coarse to localize anything
+            if side not in levels or name.startswith("mid_block"):
                 continue
             maps = probs.transpose(1, 2).reshape(len(scenes), 77, side, side)
             total += F.interpolate(maps, size=(64, 64), mode="bilinear", align_corners=False)
@@ -147,12 +154,12 @@ def token_index(pipe, caption: str, word: str, occurrence: int = 0) -> int:
     return hits[occurrence]
 
 
-def attention_scores(pipe, n: int = 48, seed: int = 12) -> dict:
+def attention_scores(pipe, n: int = 48, seed: int = 12, levels=ATTENTION_LEVELS) -> dict:
     """Localization of shape and colour words in one-object scenes; binding in two-object
     scenes (own object vs the other object), with a wrong-shape-word control."""
     singles, pairs = held_out(n, False, seed), held_out(n, True, seed)
-    out: dict = {}
-    maps = word_maps(pipe, singles)
+    out: dict = {"levels": list(levels)}
+    maps = word_maps(pipe, singles, levels=levels)
     for kind in ("shape", "colour", "background"):
         aurocs, peaks = [], []
         for scene, m in zip(singles, maps):
@@ -166,7 +173,7 @@ def attention_scores(pipe, n: int = 48, seed: int = 12) -> dict:
         out[f"one-object {kind} word"] = {"auroc": float(np.mean(aurocs)),
                                           "peak_inside": float(np.mean(peaks)),
                                           "chance_peak": float(np.mean([world.masks(s)[0].mean() for s in singles]))}
-    maps = word_maps(pipe, pairs)
+    maps = word_maps(pipe, pairs, levels=levels)
     wrong = [world.Scene(s.background, (world.SceneObject(
         s.objects[0].colour, world.SHAPES[(world.SHAPES.index(s.objects[0].shape) + 1) % 4],
         s.objects[0].position), s.objects[1])) for s in pairs]
@@ -180,7 +187,7 @@ def attention_scores(pipe, n: int = 48, seed: int = 12) -> dict:
                 amap = m[token_index(pipe, scene.caption, word, occurrence)]
                 wins.append(amap[masks[i]].mean() > amap[masks[1 - i]].mean())
         out[f"two-object {kind} word on own object"] = float(np.mean(wins))
-    control_maps = word_maps(pipe, wrong)
+    control_maps = word_maps(pipe, wrong, levels=levels)
     wins = []
     for scene, m in zip(wrong, control_maps):
         masks = world.masks(scene)
@@ -197,17 +204,24 @@ def samples_grid(pipe, captions: list[str], path: Path, scales=GUIDANCE_SCALES, 
 
     cols = [(s, seed) for s in scales for seed in seeds]
     tiles = {c: generate(pipe, captions, c[0], c[1]) for c in cols}  # each (rows, 64, 64, 3)
-    cell, label_w, head = 66, 420, 18
+    lines = []  # per caption: each object on a line, then its background
+    for caption in captions:
+        objects, background = caption.split(", on ")
+        first, *rest = objects.split(" and ")
+        lines.append([first, *("and " + r for r in rest), "on " + background])
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    cell, head = 66, 18
+    label_w = 8 + int(max(measure.textlength(text) for block in lines for text in block))
     grid = Image.new("RGB", (label_w + cell * len(cols), head + cell * len(captions)), "white")
     d = ImageDraw.Draw(grid)
     for j, (s, seed) in enumerate(cols):
         d.text((label_w + j * cell + 2, 3), f"g={s:g} s{seed}", fill="black")
         for i in range(len(captions)):
             grid.paste(Image.fromarray(tiles[(s, seed)][i]), (label_w + j * cell, head + i * cell))
-    for i, caption in enumerate(captions):
-        objects, background = caption.split(", on ")
-        d.text((4, head + i * cell + 18), objects, fill="black")
-        d.text((4, head + i * cell + 34), "on " + background, fill="black")
+    for i, block in enumerate(lines):
+        top = head + i * cell + (cell - 14 * len(block)) // 2
+        for j, text in enumerate(block):
+            d.text((4, top + 14 * j), text, fill="black")
     grid.save(path)
 
 
@@ -226,6 +240,8 @@ def markdown(metrics: dict) -> str:
         for name, value in metrics["attention"].items():
             if isinstance(value, dict):
                 value = ", ".join(f"{k} {v:.2f}" for k, v in value.items())
+            elif isinstance(value, list):
+                value = " + ".join(f"{h}x{h}" for h in value)
             else:
                 value = f"{value:.2f}"
             lines.append(f"| {name} | {value} |")
@@ -240,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=30, help="sampler steps")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-attention", action="store_true")
+    p.add_argument("--attention-levels", type=int, nargs="+", default=list(ATTENTION_LEVELS),
+                   metavar="H", help="cross-attention levels (map heights) whose maps are "
+                   "scored, summed (default: 16, as the demo bundle's combined map)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -257,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics[f"adherence, {kind}"] = {f"guidance {s:g}": row for s, row in table.items()}
         print(kind, json.dumps(metrics[f"adherence, {kind}"], indent=1), flush=True)
     if not args.skip_attention:
-        metrics["attention"] = attention_scores(pipe)
+        metrics["attention"] = attention_scores(pipe, levels=tuple(args.attention_levels))
         print(json.dumps(metrics["attention"], indent=1), flush=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(markdown(metrics), flush=True)
