@@ -301,6 +301,12 @@ def test_changing_guidance_seed_and_prompt_updates_everything(page, base_url, sh
         wait_ready(page)
         page.wait_for_function("""() => [...document.querySelectorAll('.frame[data-frame]')]
             .every((el) => el.offsetParent === null || !el.classList.contains('is-loading'))""")
+        # a frame can still show the last run's picture before it starts loading its new
+        # one (seen on a busy machine): give every frame but the noise time to change
+        page.wait_for_function("""(before) => [...document.querySelectorAll('.frame[data-frame]')]
+            .filter((el) => el.offsetParent !== null && el.id && el.id !== 'noise-frame')
+            .every((el) => before[el.id] !== `${el.dataset.src}#${el.dataset.frame}`)""",
+                               arg=frames[-1], timeout=10_000)
         runs.append(page.locator("#viz").get_attribute("data-run"))
         frames.append(visible_frames(page))
 
