@@ -27,7 +27,7 @@ from precompute.demo import judge, world
 GUIDANCE_SCALES = (0.0, 1.0, 3.0, 7.0)
 # the cross-attention levels (map heights) scored, as the demo bundle's combined map
 # (precompute/prompts/demo.toml, attention_levels): the 8x8 level spreads colour words
-# over the whole image (docs/demo-model.md, "Attention by level")
+# over the whole image (docs/demo-model.md, "Cross-attention")
 ATTENTION_LEVELS = (16,)
 
 
