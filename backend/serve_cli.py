@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import socket
 import sys
 import threading
@@ -90,6 +92,28 @@ def make_server(app, host: str, port: int, threads: int):
         channel_timeout=60, clear_untrusted_proxy_headers=True)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """Ctrl+C (SIGINT) and SIGTERM (docker stop, systemd, kill) stop the server cleanly,
+    also when it was started from a script that ignores SIGINT in background jobs (a
+    Python child inherits that, and Ctrl+C then did nothing). Restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def run(args) -> int:
     try:
         app = create_app({"BUNDLE_DIR": args.bundle, "CHECKSUMS": args.checksums,
@@ -136,7 +160,8 @@ def run(args) -> int:
         print("Press Ctrl+C to stop.", flush=True)
         if args.open:
             threading.Timer(0.5, webbrowser.open, [addresses[0]]).start()
-        server.run()  # returns on Ctrl+C (waitress catches KeyboardInterrupt)
+        with stop_signals():
+            server.run()  # returns on Ctrl+C (waitress catches KeyboardInterrupt)
     except KeyboardInterrupt:
         pass
     finally:

@@ -107,12 +107,15 @@ def test_busy_port_is_a_clear_message(synthetic_bundle_ro, capsys):
 
 
 @pytest.fixture
-def served(synthetic_bundle_ro):
-    """`noisepath serve` in a subprocess on a free loopback port."""
+def served(synthetic_bundle_ro, request):
+    """`noisepath serve` in a subprocess on a free loopback port (param ignore_sigint:
+    start it with SIGINT ignored, as a script's background job is)."""
+    ignore = getattr(request, "param", {}).get("ignore_sigint", False)
     proc = subprocess.Popen(
         [sys.executable, "-m", "backend.cli", "serve", "--bundle", str(synthetic_bundle_ro),
          "--port", "0", "--threads", "4"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore else None)
     line = ""
     deadline = time.monotonic() + 30
     while "Open http" not in line and time.monotonic() < deadline:
@@ -146,6 +149,23 @@ def test_serves_under_waitress_without_server_header(served):
 def test_ctrl_c_stops_cleanly(served):
     proc, port = served
     proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0
+    assert "stopped" in proc.stdout.read()
+
+
+@pytest.mark.parametrize("served", [{"ignore_sigint": True}], indirect=True)
+def test_ctrl_c_stops_even_when_started_with_sigint_ignored(served):
+    """A background job of a script starts with SIGINT ignored (POSIX), and Python keeps
+    that for its own children; serve still stops on it."""
+    proc, port = served
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0
+    assert "stopped" in proc.stdout.read()
+
+
+def test_sigterm_stops_cleanly(served):
+    proc, port = served
+    proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
     assert "stopped" in proc.stdout.read()
 
