@@ -120,7 +120,10 @@ export function createModel(index, api) {
         map: null,
       };
     }
-    const resolutions = ["combined", ...run.attention.resolutions];
+    // a combined map of one level is that level's map: list it once, as "combined (r×r)"
+    const from = run.attention.combined ? run.attention.combined.from : [];
+    const resolutions = ["combined", ...run.attention.resolutions.filter(
+      (r) => !(from.length === 1 && from[0] === r))];
     const res = resolutions.some((r) => String(r) === String(state.res)) ? state.res : "combined";
     const K = run.attention.tokens;
     let map = null;
@@ -160,7 +163,7 @@ export function createModel(index, api) {
       map,
       controls: {
         token: token === null ? null : label(token), resolutions, res, avg: state.avg,
-        combinedFrom: run.attention.combined ? run.attention.combined.from : null,
+        combinedFrom: from,
         max: map ? d3.max(map.data) : null, note, hover: hoverList,
       },
     };
