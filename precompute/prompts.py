@@ -184,9 +184,15 @@ def check_settings(s: dict, err) -> dict:
 def load_prompt_file(path: str | Path) -> PromptSet:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as e:
         raise PromptFileError(path, None, "", f"cannot read the prompt file ({e.strerror})")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:  # TOML files are UTF-8 (toml.io)
+        raise PromptFileError(path, raw[:e.start].count(b"\n") + 1, "",
+                              f"not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as "
+                              "UTF-8, as TOML requires") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -223,6 +229,9 @@ def parse_prompt_set(data: dict, path="<prompts>", text: str = "") -> PromptSet:
         fail("groups", "the file needs at least one [[groups]] table with a prompt")
     groups, ids = [], set()
     for i, g in enumerate(groups_raw):
+        if not isinstance(g, dict):
+            fail("groups", f"entry {i + 1} is not a table ({type(g).__name__}); each group "
+                 "must be a table with a prompt: [[groups]] then prompt = \"...\"")
         groups.append(_parse_group(g, i, lambda k, msg, i=i: fail(
             k, msg, group=i, label=f"groups[{i}].{k}")))
         if groups[-1].id in ids:
@@ -261,10 +270,13 @@ def _parse_group(g: dict, i: int, fail) -> PromptGroup:
         if spans is None:
             fail("keyword", "must appear in the prompt exactly as written")
         highlights[main] = spans
+    title = g.get("title", main)
+    if not isinstance(title, str):
+        fail("title", "must be a string")
     gid = g.get("id", f"{slugify(main, 32)}-{i + 1}")
     if not (isinstance(gid, str) and re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", gid)):
         fail("id", "must be lowercase letters, digits and dashes (at most 64)")
-    return PromptGroup(id=gid, title=g.get("title", main), prompts=[main, *variants],
+    return PromptGroup(id=gid, title=title, prompts=[main, *variants],
                        highlights=highlights)
 
 

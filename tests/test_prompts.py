@@ -3,8 +3,11 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from precompute.prompts import (PromptFileError, differing_words, load_prompt_file,
+from precompute.prompts import (GROUP_KEYS, SETTINGS_KEYS, TOP_KEYS, PromptFileError,
+                                differing_words, load_prompt_file, parse_prompt_set,
                                 single_prompt_set)
 from precompute.run import plan_jobs
 
@@ -144,3 +147,47 @@ def test_attention_levels_are_distinct_map_heights(tmp_path):
         (tmp_path / "p.toml").write_text(GOOD.replace("[settings]", f"[settings]\nattention_levels = {bad}"))
         with pytest.raises(PromptFileError, match=r"p.toml:3: settings.attention_levels: " + words):
             load_prompt_file(tmp_path / "p.toml")
+
+
+@pytest.mark.parametrize("text, line, field, words", [
+    ("groups = [1, 2]\n", 1, "groups", "entry 1 is not a table (int); each group must be a table"),
+    ('groups = ["a red circle"]\n', 1, "groups", "entry 1 is not a table (str)"),
+    ('[[groups]]\nprompt = "a red circle"\ntitle = 5\n', 3, "groups[0].title", "must be a string"),
+])
+def test_a_group_of_the_wrong_type_is_a_located_error(tmp_path, text, line, field, words):
+    (tmp_path / "p.toml").write_text(text)
+    with pytest.raises(PromptFileError) as e:
+        load_prompt_file(tmp_path / "p.toml")
+    assert (e.value.line, e.value.field) == (line, field) and words in e.value.message
+
+
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path):
+    (tmp_path / "p.toml").write_bytes(b'title = "t"\n\n[[groups]]\nprompt = "caf\xe9"\n')
+    with pytest.raises(PromptFileError, match=r"p.toml:4: not UTF-8 text \(byte 0xe9\)"):
+        load_prompt_file(tmp_path / "p.toml")
+
+
+# any TOML value a hostile or careless file can hold
+_toml_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 2**64) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                 max_size=3),
+    max_leaves=6)
+
+
+def _near(keys):
+    """Dictionaries over the keys a prompt file uses (and a stray one), any values."""
+    return st.dictionaries(st.sampled_from(sorted(keys) + ["stray"]), _toml_values, max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(top=_near(TOP_KEYS - {"settings", "groups"}), prompt_settings=_near(SETTINGS_KEYS),
+       groups=st.lists(_near(GROUP_KEYS) | _toml_values, max_size=3))
+def test_any_prompt_file_content_parses_or_is_a_prompt_file_error(top, prompt_settings, groups):
+    """Whatever a file holds, the precompute gets a PromptSet or one located message, never
+    a TypeError or KeyError traceback."""
+    data = {**top, "settings": prompt_settings, "groups": groups}
+    try:
+        parse_prompt_set(data, "p.toml")
+    except PromptFileError:
+        pass
