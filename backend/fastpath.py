@@ -1,11 +1,13 @@
 """A WSGI front that answers the hottest requests without Flask: an API document.
 
 A class scrubbing through a run asks for per-step JSON hundreds of times a second.
-Every such answer is a `Resource` the store has already built, so this front looks
+Every such answer is a `Resource` the store builds once and keeps, so this front looks
 the path up and writes the same status, headers and body the Flask view would,
 at a fraction of the cost. Anything it is not sure about (another method, a query
 string, If-None-Match, q-values in Accept-Encoding, an unknown or odd path) goes to
-Flask unchanged; tests/test_api.py checks the two give identical responses.
+Flask unchanged; tests/test_api.py checks the two give identical responses. So does a
+document whose first build fails (a damaged run file): Flask's view builds it again
+and its error handler answers with the JSON error.
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ class FastPath:
                 or "HTTP_IF_NONE_MATCH" in environ or ";" in encodings
                 or not path.isascii() or not path.startswith("/api/")):
             return self.wsgi_app(environ, start_response)
-        res = self.document(path)
+        try:
+            res = self.document(path)
+        except Exception:  # Flask builds it again; its error handlers answer
+            res = None
         if res is None:
             return self.wsgi_app(environ, start_response)
         tokens = {t.strip().lower() for t in encodings.split(",")}

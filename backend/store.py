@@ -1,10 +1,15 @@
 """The read-only bundle store shared by every request: `init_app(app)`, `get_store()`.
 
-Loads and validates the bundle once (backend/bundle.py), computes the small JSON
-documents (index, prompts, runs with their stats, sweeps, trajectories) at startup,
-and builds per-step JSON, attention slices, bundle files and, for a compact bundle,
-decoded arrays and rendered previews on first request into a byte-bounded LRU cache.
-Every body is a `Resource`: hashed and gzipped once.
+Loads and validates the bundle once (backend/bundle.py) and builds the index at
+start-up; everything else is built on first request and kept. The per-prompt, per-run,
+per-sweep and per-trajectory documents (a run's stats decode its arrays) are `LazyMap`s:
+their keys are known at start-up, so lookups and iteration never build, and each value
+is built once, by the first request that needs it. Per-step JSON, attention slices,
+bundle files and, for a compact bundle, decoded arrays and rendered previews go into a
+byte-bounded LRU cache. Every body is a `Resource`: hashed and gzipped once.
+
+A run file that cannot be read when first decoded raises ArrayReadError naming file and
+field (backend/errors.py answers 500 `bundle_file_unreadable`); nothing is kept for it.
 
 Only files the bundle's manifests reference are served from it; lookups take ids
 and indices that the views have already checked, never raw paths.
@@ -12,8 +17,10 @@ and indices that the views have already checked, never raw paths.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 from flask import Flask, current_app
 
@@ -30,6 +37,49 @@ def _size(res: Resource) -> int:
     return res.size
 
 
+class LazyMap(Mapping):
+    """A read-only mapping whose keys are fixed up front and whose values are built on
+    first access by `build(key)`, once: concurrent first requests for a key wait for the
+    one build (a lock per key). `in`, `len`, iteration and `get` of an unknown key build
+    nothing. A build that raises keeps nothing, so the next access tries again."""
+
+    def __init__(self, keys: Iterable, build: Callable[[object], object]):
+        self._locks = {key: threading.Lock() for key in keys}
+        self._build = build
+        self._values: dict = {}
+
+    def __getitem__(self, key):
+        try:
+            return self._values[key]
+        except KeyError:
+            pass
+        with self._locks[key]:  # KeyError for an unknown key, before anything is built
+            if key not in self._values:
+                self._values[key] = self._build(key)
+            return self._values[key]
+
+    def __contains__(self, key) -> bool:
+        try:
+            return key in self._locks
+        except TypeError:  # an unhashable key is no key
+            return False
+
+    def get(self, key, default=None):
+        """The value for a known key (built if need be), else default. A KeyError raised
+        while building is not mistaken for an unknown key."""
+        return self[key] if key in self else default
+
+    def __iter__(self) -> Iterator:
+        return iter(self._locks)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    def built(self) -> list:
+        """The keys whose values have been built so far."""
+        return list(self._values)
+
+
 class Store:
     def __init__(self, bundle: Bundle, frontend: Path, cache_bytes: int = 256 << 20):
         self.bundle = b = bundle
@@ -38,21 +88,21 @@ class Store:
         self._cache = LRU(cache_bytes, _size)
         self._frontend_cache = LRU(64 << 20, _size)
 
-        self.stats, self.centre = {}, {}
-        for rid in b.runs:
-            self.stats[rid], self.centre[rid] = payloads.run_numbers(b, rid)
         self.index = json_resource(payloads.index(b))
-        self.prompts = {pid: json_resource(payloads.prompt(b, pid)) for pid in b.prompts}
-        self.runs = {rid: json_resource(payloads.run(b, rid, self.stats[rid])) for rid in b.runs}
-        self.sweeps = {key: json_resource(payloads.sweep(b, *key))
-                       for key in payloads.sweep_keys(b)}
-        self.trajectories = {seed: json_resource(payloads.trajectory(b, seed))
-                             for seed in b.trajectories}
         self.files = self._referenced_files()
+        # built on first request (LazyMap): keys from the bundle's index and manifests
+        self.numbers = LazyMap(b.runs, lambda rid: payloads.run_numbers(b, rid))  # (stats, centre)
+        self.prompts = LazyMap(b.prompts, lambda pid: json_resource(payloads.prompt(b, pid)))
+        self.runs = LazyMap(b.runs, lambda rid: json_resource(
+            payloads.run(b, rid, self.numbers[rid][0])))
+        self.sweeps = LazyMap(payloads.sweep_keys(b),
+                              lambda key: json_resource(payloads.sweep(b, *key)))
+        self.trajectories = LazyMap(b.trajectories,
+                                    lambda seed: json_resource(payloads.trajectory(b, seed)))
         # what the API serves in place of bundle files (compact storage)
-        self.api_arrays = {rid: payloads.api_arrays(b, rid) for rid in b.runs}
-        self.api_images = {rid: payloads.api_images(b, rid) for rid in b.runs}
-        self.versions = {rid: payloads.run_version(b, rid) for rid in b.runs}
+        self.api_arrays = LazyMap(b.runs, lambda rid: payloads.api_arrays(b, rid))
+        self.api_images = LazyMap(b.runs, lambda rid: payloads.api_images(b, rid))
+        self.versions = LazyMap(b.runs, lambda rid: payloads.run_version(b, rid))
 
     # -- what a run has
     def n_tokens(self, rid: str) -> int:
@@ -74,7 +124,7 @@ class Store:
     # -- lazily built bodies (arguments already checked by the views)
     def step(self, rid: str, i: int) -> Resource:
         return self._cache.get(("step", rid, i), lambda: json_resource(
-            payloads.step(self.bundle, rid, i, self.centre[rid])))
+            payloads.step(self.bundle, rid, i, self.numbers[rid][1])))
 
     def attention_token(self, rid: str, name: str, k: int) -> Resource:
         return self._cache.get(("att-k", rid, name, k), lambda: make_resource(

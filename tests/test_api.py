@@ -357,20 +357,32 @@ def test_array_file_unreadable_when_first_decoded_is_500_json_naming_file_and_fi
     assert client.get(f"/api/runs/{rid}/arrays/latents.npy").status_code == 200  # the rest serves
 
 
-def test_array_file_unreadable_at_start_up_stops_the_app_naming_file_and_field(
-        compact_bundle_ro, tmp_path, frontend):
-    """Start-up decodes every run's step arrays (for their stats): a file that fails
-    there stops the app with a BundleError naming it, as the validator's problems do."""
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_array_file_damaged_before_its_run_is_first_asked_for_is_named_then(
+        compact_bundle_ro, tmp_path, frontend, fast_path):
+    """Start-up decodes no run array (a run's stats are computed when its document is
+    first asked for), so damage past what validation reads shows at the run's first
+    request: its document and steps answer 500 bundle_file_unreadable naming file and
+    field, every time (a failed build is not kept), and the other runs serve."""
     import shutil
-    from backend.bundle import Bundle
-    from backend.store import Store
     bundle = tmp_path / "b"
     shutil.copytree(compact_bundle_ro, bundle)
-    b = Bundle(bundle)  # validated
-    rid = sorted(b.runs)[0]
+    app = create_app({"BUNDLE_DIR": bundle, "FRONTEND_DIR": frontend, "FAST_PATH": fast_path})
+    app.logger.disabled = True
+    rid, other = sorted(app.extensions["noisepath.store"].runs)[:2]
     _break_crc(bundle / "runs" / rid / "latents.q8.npz")
-    with pytest.raises(BundleError, match=rf"runs/{rid}/latents.q8.npz: arrays.latents: cannot be read"):
-        Store(b, frontend)
+    client = app.test_client()
+    for url in [f"/api/runs/{rid}.json", f"/api/runs/{rid}/steps/0.json",
+                f"/api/runs/{rid}.json"]:
+        r = client.get(url)
+        assert r.status_code == 500, (url, r.data[:80])
+        body = r.get_json()
+        assert body["error"] == "bundle_file_unreadable"
+        assert body["message"].startswith(f"runs/{rid}/latents.q8.npz: arrays.latents: "
+                                          "cannot be read (BadZipFile: Bad CRC-32")
+        assert b"Traceback" not in r.data
+    assert client.get(f"/api/runs/{other}.json").status_code == 200
+    assert client.get(f"/api/runs/{other}/steps/0.json").status_code == 200
 
 
 # -------------------------------------------------------------------- compact bundles
