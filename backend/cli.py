@@ -32,13 +32,19 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand. Given the `command` being run, only its module is
+    imported (the others are listed by name): `noisepath serve` must not wait for torch,
+    which the precompute commands import."""
     parser = argparse.ArgumentParser(
         prog="noisepath", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run `noisepath COMMAND --help` for a command's options.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in SUBCOMMANDS.items():
+        if command in SUBCOMMANDS and name != command:
+            sub.add_parser(name, help=help_, description=help_)
+            continue
         try:
             mod, error = importlib.import_module(module), None
         except ImportError as e:  # a missing optional extra must not break the others
@@ -54,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args, rest = parser.parse_known_args(argv)
     if rest and not getattr(args, "_own_parser", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
