@@ -10,7 +10,6 @@ bounded cache.
 from __future__ import annotations
 
 import contextlib
-import json
 import lzma
 import threading
 import zipfile
@@ -22,8 +21,8 @@ from typing import Callable
 import numpy as np
 
 from backend import codec
-from backend.format import ArrayReadError, BundleError
-from backend.validator import validate_bundle
+from backend.format import ArrayReadError, BundleError, Problem
+from backend.validator import check_bundle
 
 
 # -------------------------------------------------------------------------- reader
@@ -42,7 +41,7 @@ def array_values(folder: Path, arrays: dict, name: str, guidance_scale: float) -
         return codec.derive(entry["derived"], sources, entry["shape"], guidance_scale)
     with reading(folder, entry, name):
         if entry.get("encoding") == codec.ENCODING:
-            return codec.load(folder / entry["file"], codec.step_axis(name))
+            return codec.load(folder / entry["file"], codec.step_axis(name), entry["shape"])
         return np.load(folder / entry["file"], allow_pickle=False).astype(np.float32)
 
 
@@ -68,6 +67,22 @@ def load_array(folder: Path, arrays: dict, name: str, guidance_scale: float) -> 
     values = array_values(folder, arrays, name, guidance_scale).astype(np.float16)
     values.flags.writeable = False
     return values
+
+
+def _kept(index: dict, runs: dict, prompts: dict, trajectories: dict) -> dict:
+    """The index without what was skipped: groups keep their valid prompts (a group left
+    with none is dropped)."""
+    groups = []
+    for g in index["groups"]:
+        members = [pid for pid in g["prompts"] if pid in prompts]
+        if members:
+            highlights = {pid: v for pid, v in g.get("highlights", {}).items() if pid in prompts}
+            groups.append({**g, "prompts": members, **({"highlights": highlights}
+                                                      if "highlights" in g else {})})
+    return {**index, "groups": groups,
+            "runs": {rid: e for rid, e in index["runs"].items() if rid in runs},
+            "prompts": {pid: e for pid, e in index["prompts"].items() if pid in prompts},
+            "trajectories": {s: e for s, e in index["trajectories"].items() if s in trajectories}}
 
 
 class LRU:
@@ -100,36 +115,39 @@ class Bundle:
     """A read-only bundle store: the index and manifests in memory, stored arrays
     memory-mapped, encoded and derived arrays decoded into a cache of `cache_bytes`.
 
-    Raises BundleError when the bundle has errors, unless skip_invalid=True, which
-    drops the invalid runs and keeps the list in `problems`.
+    The documents are the ones the validator checked (backend/validator.py), so every
+    field the server reads has the documented type and range. Raises BundleError when
+    the bundle has errors, unless skip_invalid=True: then every run array is read in
+    full first (damage past a file's start is found now, not on a request), and the
+    runs, prompts (with their runs) and trajectory maps with errors are left out,
+    listed in `skipped_runs`, `skipped_prompts`, `skipped_trajectories` and `problems`.
     """
 
     def __init__(self, root, *, checksums: bool = False, skip_invalid: bool = False,
                  cache_bytes: int = 128 << 20):
-        self.root = Path(root).resolve()
-        self.problems = validate_bundle(self.root, checksums=checksums)
+        checked = check_bundle(root, checksums=checksums, decode=skip_invalid)
+        self.root = checked.root
+        self.problems = checked.problems
         errors = [p for p in self.problems if p.severity == "error"]
-        fatal = [p for p in errors if p.run_id is None]
-        if fatal or (errors and not skip_invalid):
+        if errors and (not skip_invalid or not all(p.skippable for p in errors)):
             raise BundleError(self.root, errors)
-        bad_runs = {p.run_id for p in errors}
-        self.index = json.loads((self.root / "bundle.json").read_text(encoding="utf-8"))
-        self.index["runs"] = {rid: r for rid, r in self.index["runs"].items()
-                              if rid not in bad_runs}
-        self.skipped_runs = sorted(bad_runs)
+        self.skipped_runs = sorted({p.run_id for p in errors if p.run_id is not None})
+        self.skipped_prompts = sorted({p.prompt_id for p in errors if p.prompt_id is not None})
+        self.skipped_trajectories = sorted({p.seed for p in errors if p.seed is not None})
+        self.runs = {rid: m for rid, m in checked.runs.items() if rid not in self.skipped_runs}
+        if errors and checked.index["runs"] and not self.runs:
+            raise BundleError(self.root, errors + [Problem("bundle.json", "runs", "no valid "
+                                                           "run is left to serve")])
+        self.prompts = {pid: p for pid, p in checked.prompts.items()
+                        if pid not in self.skipped_prompts}
+        self.trajectories = {seed: t for seed, t in checked.trajectories.items()
+                             if seed not in self.skipped_trajectories}
+        self.index = _kept(checked.index, self.runs, self.prompts, self.trajectories)
         self.config = self.index["config"]
         self.storage = self.config.get("storage", "full")
-        self.runs = {rid: self._json(f"runs/{rid}/run.json") for rid in self.index["runs"]}
-        self.prompts = {pid: self._json(f"prompts/{pid}/prompt.json")
-                        for pid in self.index["prompts"]}
-        self.trajectories = {seed: self._json(t["file"])
-                             for seed, t in self.index["trajectories"].items()}
         self._arrays: dict[tuple[str, str], np.ndarray] = {}
         self._decoded = LRU(cache_bytes, lambda a: a.nbytes)
         self._lock = threading.Lock()
-
-    def _json(self, rel: str):
-        return json.loads((self.root / rel).read_text(encoding="utf-8"))
 
     def array(self, run_id: str, name: str) -> np.ndarray:
         """A run's array (read-only float16): memory-mapped once and shared, or decoded

@@ -22,6 +22,7 @@ Two ideas, numpy only, shared by the writer (precompute/writer.py) and the reade
 from __future__ import annotations
 
 import io
+import math
 import zipfile
 
 import numpy as np
@@ -96,28 +97,85 @@ def npz_bytes(members: dict[str, np.ndarray], compression: int = zipfile.ZIP_LZM
     return buf.getvalue()
 
 
-def read_npz(path, header_only: tuple[str, ...] = ()) -> dict[str, object]:
+class MemberTooLarge(ValueError):
+    """An .npz member that declares more bytes than its array may hold: refused before
+    anything is inflated (a small file can inflate to gigabytes)."""
+
+    def __init__(self, member: str, declared: int, limit: int):
+        self.member = member
+        super().__init__(f"member {member}.npy declares {declared:,} bytes inflated; the "
+                         f"manifest's shape allows at most {limit:,}: refused unread")
+
+
+HEADER_BYTES = 1 << 12   # room for an .npy member's header (numpy writes 128 bytes)
+_CHUNK = 1 << 12         # compressed bytes inflated at a time (LZMA inflates each to <= ~28 MB)
+
+
+def member_limits(shape) -> dict[str, int]:
+    """The most bytes each member of a q8-delta file of decoded `shape` may inflate to."""
+    n = math.prod(shape)
+    m = math.prod(spatially_reduced(shape))
+    return {"q": HEADER_BYTES + n, "lo": HEADER_BYTES + 4 * m, "scale": HEADER_BYTES + 4 * m}
+
+
+def read_npz(path, header_only: tuple[str, ...] = (), limits: dict[str, int] | None = None
+             ) -> dict[str, object]:
     """Members of an .npz: name -> array, or (dtype, shape) for names in header_only
-    (read from the member's first bytes, without inflating the rest). Raises on a bad file."""
+    (read from the member's first bytes, without inflating the rest). Raises on a bad file.
+
+    limits (member_limits): name -> the most bytes the member may inflate to. A member
+    declaring more raises MemberTooLarge before it is inflated; a member not named is
+    listed as (None, None), unread. Without limits every member is read (the writer's own
+    files, tests)."""
     out = {}
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
             name = info.filename.removesuffix(".npy")
+            if limits is not None and name not in limits:
+                out[name] = (None, None)
+                continue
+            if limits is not None and info.file_size > limits[name]:
+                raise MemberTooLarge(name, info.file_size, limits[name])
             with zf.open(info) as f:
-                if name in header_only:
-                    version = np.lib.format.read_magic(f)
-                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                            else np.lib.format.read_array_header_2_0)
-                    shape, _, dtype = read(f)
-                    out[name] = (np.dtype(dtype), tuple(shape))
-                else:
-                    out[name] = np.lib.format.read_array(f, allow_pickle=False)
+                out[name] = _read_member(f, info.file_size, name in header_only)
     return out
 
 
-def load(path, axis: int) -> np.ndarray:
-    """A .q8.npz file -> float32 values."""
-    return decode(read_npz(path), axis)
+def _read_member(f, size: int, header_only: bool):
+    """One .npy member: its array, read in bounded chunks after checking that the header's
+    shape is exactly what the member holds; or (dtype, shape)."""
+    version = np.lib.format.read_magic(f)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    shape, fortran_order, dtype = read(f)
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise ValueError("an .npz member holds Python objects; only numbers are read")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes != size - f.tell():
+        raise ValueError(f"a member's header says {list(shape)} {dtype} ({nbytes:,} bytes), "
+                         f"but it holds {size - f.tell():,} bytes")
+    if header_only:
+        return dtype, tuple(shape)
+    data = bytearray(nbytes)
+    view, pos = memoryview(data), 0
+    while pos < nbytes:  # small reads: zipfile inflates about one read's worth at a time
+        got = f.readinto(view[pos:pos + _CHUNK])
+        if not got:
+            raise EOFError(f"a member ends after {pos:,} of {nbytes:,} bytes")
+        pos += got
+    array = np.frombuffer(data, dtype)
+    return array.reshape(shape[::-1]).T if fortran_order else array.reshape(shape)
+
+
+def load(path, axis: int, shape=None) -> np.ndarray:
+    """A .q8.npz file -> float32 values. shape: the manifest's (decoded) shape; given, no
+    member is inflated beyond what it implies (member_limits)."""
+    members = read_npz(path, limits=None if shape is None else member_limits(shape))
+    if shape is not None and (members["q"].shape != tuple(shape) or any(
+            members[k].shape != tuple(spatially_reduced(shape)) for k in ("lo", "scale"))):
+        raise ValueError(f"members' shapes do not match the manifest's {list(shape)}")
+    return decode(members, axis)
 
 
 def spatially_reduced(shape) -> list[int]:

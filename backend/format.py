@@ -5,6 +5,7 @@ reader (backend/bundle.py), the validator (backend/validator.py) and the writer
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,21 @@ OPTIONAL_IMAGES = {"noise_pred_uncond": 0, "noise_pred_text": 0, "noise_pred": 0
 # arrays: name -> extra frames beyond T (latents hold x_T too)
 STEP_ARRAYS = {"latents": 1, "noise_pred": 0, "pred_original_sample": 0,
                "noise_pred_uncond": 0, "noise_pred_text": 0}
+ATTENTION_ARRAY = re.compile(r"attention(_res[1-9][0-9]{0,4}|_mid)?")  # (K, T, H, W) maps
+IMAGE_MIMES = {"image/png": (".png",), "image/webp": (".webp",), "image/jpeg": (".jpg", ".jpeg")}
+
+# Ids are names, never paths: the folder names of runs and prompts, URL segments
+ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,199}")
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")   # a file in its own folder
+SEED_KEY = re.compile(r"0|[1-9][0-9]{0,18}")                  # a seed as a JSON key
+SHA256 = re.compile(r"[0-9a-f]{64}")
+# ranges (precompute/prompts.py refuses settings outside them)
+MAX_STEPS = 1000
+MAX_SEED = 2**63 - 1
+MAX_GUIDANCE = 100
+MAX_LATENT_CHANNELS = 64
+MAX_LATENT_SIDE = 1024
+MAX_ARRAY_BYTES = 1 << 30   # what one array may decode to (float16); a demo run's largest: 0.4 MB
 
 
 @dataclass(frozen=True)
@@ -28,7 +44,14 @@ class Problem:
     field: str         # dotted field inside the file, or "" for the file itself
     message: str
     severity: str = "error"   # "error" | "warning"
-    run_id: str | None = None
+    run_id: str | None = None      # the run it makes invalid (skipped with --skip-invalid)
+    prompt_id: str | None = None   # the prompt it makes invalid (skipped with its runs)
+    seed: str | None = None        # the trajectory map it makes invalid (skipped)
+
+    @property
+    def skippable(self) -> bool:
+        """A problem of one run, prompt or trajectory map, not of the whole bundle."""
+        return (self.run_id, self.prompt_id, self.seed) != (None, None, None)
 
     def __str__(self) -> str:
         where = f"{self.file}: {self.field}" if self.field else self.file

@@ -1,432 +1,468 @@
 """Validates a Noisepath bundle (docs/bundle-format.md): `validate_bundle` names the file
 and field of every problem, and never raises. The reader (backend/bundle.py) runs it
-before serving; `noisepath validate` prints what it finds."""
+before serving; `noisepath validate` prints what it finds.
+
+What passes can be trusted by the server (docs/bundle-format.md, "What validation
+guarantees"): every document is checked against the schema (types, ranges, finite
+numbers, ids that are names) before anything reads a field of it or a file it names;
+every file read is inside the bundle (symlinks resolved); an unreadable file is a
+problem, not an exception. This module checks the index, prompts and trajectories;
+backend/validate_run.py checks the runs.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
+import os
+import re
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from backend import codec, previews
-from backend.format import (FORMAT, FORMAT_VERSION, MAX_TOKENS, OPTIONAL_IMAGES, READABLE_VERSIONS,
-                            REQUIRED_IMAGES, STEP_ARRAYS, STORAGES, Problem, sha256_file)
+from backend.format import (FILE_NAME, FORMAT, FORMAT_VERSION, ID, MAX_LATENT_CHANNELS,
+                            MAX_LATENT_SIDE, MAX_STEPS, MAX_TOKENS, READABLE_VERSIONS,
+                            SEED_KEY, SHA256, STORAGES, Problem, sha256_file)
+
+_TRAJECTORY_FILE = re.compile(r"trajectories/[A-Za-z0-9][A-Za-z0-9_.-]{0,199}\.json")
 
 
-class _Checker:
-    def __init__(self, root: Path, checksums: bool):
-        self.root, self.checksums, self.problems = root, checksums, []
+# ---------------------------------------------------------------- schema predicates
+
+def is_int(v, lo: int, hi: int) -> bool:
+    return type(v) is int and lo <= v <= hi
+
+
+def is_number(v, lo: float = -math.inf, hi: float = math.inf) -> bool:
+    """A finite JSON number in [lo, hi] that converts to a float (no 400-digit ints)."""
+    if type(v) is int:
+        return lo <= v <= hi and abs(v) <= 1e300
+    return type(v) is float and math.isfinite(v) and lo <= v <= hi
+
+
+def is_numbers(v, n: int) -> bool:
+    return isinstance(v, list) and len(v) == n and all(is_number(x) for x in v)
+
+
+def is_name(v, pattern=ID) -> bool:
+    return isinstance(v, str) and pattern.fullmatch(v) is not None
+
+
+def is_sha256(v) -> bool:
+    return isinstance(v, str) and SHA256.fullmatch(v) is not None
+
+
+def is_side_pair(v, limit: list[int]) -> bool:
+    """[h, w] of a map, each from 1 to the latent's side."""
+    return (isinstance(v, list) and len(v) == 2
+            and all(is_int(x, 1, lim) for x, lim in zip(v, limit)))
+
+
+_JSON_NAMES = {dict: "an object", list: "an array", str: "the string", bool: "",
+               int: "the number", float: "the number", type(None): "null"}
+
+
+def describe(value) -> str:
+    """A JSON value for a message: 'the string "one"', 'an array', 'null', 'true'."""
+    kind = _JSON_NAMES.get(type(value), type(value).__name__)
+    if isinstance(value, (dict, list)) or value is None:
+        return kind
+    text = json.dumps(value)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    return f"{kind} {text}".strip()
+
+
+def brief(value) -> str:
+    """A value as Python writes it, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def shown(key: str) -> str:
+    """An id as a field name: at most 60 characters, control characters escaped."""
+    text = key if len(key) <= 60 else key[:57] + "..."
+    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+
+
+def _non_finite(doc) -> str | None:
+    """The dotted field of the first NaN or infinite number in a parsed JSON document
+    (Python's json reads NaN, Infinity and 1e400 as floats), or None."""
+    stack = [("", doc)]
+    while stack:
+        where, value = stack.pop()
+        if type(value) is float and not math.isfinite(value):
+            return where or "(the document)"
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{shown(k)}" if where else shown(k), v)
+                         for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+    return None
+
+
+# ---------------------------------------------------------------------- the checker
+
+@dataclass
+class Checked:
+    """What validation found, and the documents it parsed (the reader's source)."""
+    root: Path
+    problems: list[Problem] = field(default_factory=list)
+    index: dict | None = None
+    prompts: dict[str, dict] = field(default_factory=dict)
+    runs: dict[str, dict] = field(default_factory=dict)
+    trajectories: dict[str, dict] = field(default_factory=dict)
+
+
+class Checker:
+    """Collects problems, and reads every file through `path`: inside the bundle only
+    (symlinks resolved), an unreadable file named, never an exception."""
+
+    def __init__(self, root: Path, checksums: bool, decode: bool):
+        self.root, self.checksums, self.decode = root, checksums, decode
+        self.problems: list[Problem] = []
         self.version = FORMAT_VERSION
+        self._scope: dict = {}
+        self._folders: dict[str, Path | None] = {}
 
-    def add(self, file, field, message, severity="error", run_id=None):
-        self.problems.append(Problem(str(file), field, message, severity, run_id))
+    @contextlib.contextmanager
+    def scope(self, **owner):
+        """Problems added inside belong to this run, prompt or trajectory (run_id=...)."""
+        saved, self._scope = self._scope, {**self._scope, **owner}
+        try:
+            yield
+        finally:
+            self._scope = saved
 
-    def load_json(self, rel: str, run_id=None):
-        path = self.root / rel
-        if not path.is_file():
-            self.add(rel, "", "file is missing", run_id=run_id)
+    def add(self, file, field_, message, severity="error"):
+        self.problems.append(Problem(str(file), field_, message, severity, **self._scope))
+
+    def errors(self) -> int:
+        return sum(p.severity == "error" for p in self.problems)
+
+    def need(self, obj: dict, rel: str, key: str, ok, what: str, prefix: str = ""):
+        """obj[key] if ok(obj[key]), else None and a problem 'must be <what>, is ...'."""
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if ok(value):
+            return value
+        got = describe(value) if isinstance(obj, dict) and key in obj else "missing"
+        self.add(rel, prefix + key, f"must be {what}, is {got}")
+        return None
+
+    # -- files
+    def path(self, rel: str) -> Path | None:
+        """The file `rel` names, or None and a problem: missing, unreadable, or outside
+        the bundle (a symlink, or a name leading out)."""
+        folder, _, name = rel.rpartition("/")
+        try:
+            base = self._folder(folder)
+            path = base / name if base is not None else None
+            st = os.lstat(path) if path is not None else None
+            if st is not None and stat.S_ISLNK(st.st_mode):  # resolved like the folders
+                path = path.resolve()
+                st = os.stat(path) if self.root in path.parents else None
+        except FileNotFoundError:
+            st = False
+        except (OSError, ValueError) as e:
+            self.add(rel, "", f"cannot be read ({getattr(e, 'strerror', None) or e})")
+            return None
+        if st is None:
+            self.add(rel, "", "leads outside the bundle (a symlink?): not read")
+            return None
+        if st is False or not stat.S_ISREG(st.st_mode):
+            self.add(rel, "", "file is missing")
+            return None
+        return path
+
+    def _folder(self, rel: str) -> Path | None:
+        """A folder of the bundle, symlinks resolved, or None if that leaves the bundle."""
+        if rel not in self._folders:
+            path = (self.root / rel).resolve()
+            inside = path == self.root or self.root in path.parents
+            self._folders[rel] = path if inside else None
+        return self._folders[rel]
+
+    def file(self, rel: str, sha256: str, field_: str) -> Path | None:
+        """A binary file, checked against its manifest's sha256 when checksums are on."""
+        path = self.path(rel)
+        if path is None or not self.checksums:
+            return path
+        try:
+            digest = sha256_file(path)
+        except OSError as e:
+            self.add(rel, "", f"cannot be read ({e.strerror or e})")
+            return None
+        if digest != sha256:
+            self.add(rel, field_, "sha256 does not match the file (corrupt or changed)")
+            return None
+        return path
+
+    def json(self, rel: str, sha256: str | None = None, field_: str = ""):
+        """A JSON document (NaN, Infinity and out-of-range numbers refused), checked
+        against the sha256 its parent holds; None and a problem when it cannot be."""
+        path = self.path(rel)
+        if path is None:
             return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            self.add(rel, "", f"not valid JSON ({e})", run_id=run_id)
+            data = path.read_bytes()
+        except OSError as e:
+            self.add(rel, "", f"cannot be read ({e.strerror or e})")
             return None
-
-    def need(self, obj: dict, rel: str, field: str, types, run_id=None):
-        """Check obj[field] exists with one of `types`; return it or None."""
-        types = types if isinstance(types, tuple) else (types,)
-        value = obj.get(field) if isinstance(obj, dict) else None
-        is_bool = isinstance(value, bool) and bool not in types  # bool is an int subclass
-        if value is None or not isinstance(value, types) or is_bool:
-            names = "/".join(t.__name__ for t in types)
-            got = "missing" if value is None else f"a {type(value).__name__}"
-            self.add(rel, field, f"must be {names}, is {got}", run_id=run_id)
+        if sha256 is not None and self.checksums and hashlib.sha256(data).hexdigest() != sha256:
+            self.add(rel, field_, "sha256 does not match the file (corrupt or changed)")
             return None
-        return value
-
-    def checksum(self, rel: str, expected, field: str, run_id=None) -> bool:
-        path = self.root / rel
-        if not path.is_file():
-            self.add(rel, "", "file is missing", run_id=run_id)
-            return False
-        if self.checksums and expected != sha256_file(path):
-            self.add(rel, field, "sha256 does not match the file (corrupt or changed)",
-                     run_id=run_id)
-            return False
-        return True
-
-    def checked_json(self, rel: str, sha, field: str, run_id=None):
-        """A manifest whose checksum the index holds: None (and a problem) if bad."""
-        if not self.checksum(rel, sha, field, run_id):
-            return None
-        return self.load_json(rel, run_id)
-
-    def array(self, folder: str, name: str, entry, shape, run_id=None, arrays=None,
-              guidance_scale=None):
-        """Check one array entry of a manifest against its file (a .npy, or an encoded
-        .npz) or, for a derived array, its sources; and against the expected shape."""
-        field = f"arrays.{name}"
-        rel_manifest = f"{folder}/run.json" if folder.startswith("runs/") else f"{folder}/prompt.json"
-        if isinstance(entry, dict) and "derived" in entry:
-            self.derived_array(rel_manifest, name, entry, shape, arrays or {}, guidance_scale,
-                               run_id)
-            return
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
-            self.add(rel_manifest, field, "entry is missing or has no file", run_id=run_id)
-            return
-        rel = f"{folder}/{entry['file']}"
-        if "/" in entry["file"] or "\\" in entry["file"] or entry["file"].startswith("."):
-            self.add(rel_manifest, f"{field}.file", "must be a plain file name", run_id=run_id)
-            return
-        if "encoding" in entry and not self.new_in_2(rel_manifest, f"{field}.encoding", run_id):
-            return
-        if not self.checksum(rel, entry.get("sha256"), f"{field}.sha256", run_id):
-            return
-        if "encoding" in entry:
-            self.encoded_array(rel, rel_manifest, name, entry, shape, run_id)
-            return
         try:
-            arr = np.load(self.root / rel, mmap_mode="r", allow_pickle=False)
-        except Exception as e:  # any unreadable header is a problem to report, not a crash
-            self.add(rel, "", f"not a readable .npy file ({e})", run_id=run_id)
+            doc = json.loads(data.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            self.add(rel, "", f"not valid JSON ({str(e)[:200]})")
+            return None
+        where = _non_finite(doc)
+        if where is not None:
+            self.add(rel, where, "is NaN or infinite (or too large): not a JSON number")
+            return None
+        return doc
+
+    def npy(self, rel: str, path: Path, dtype: str, shape: list) -> None:
+        """A stored .npy: its header's dtype and shape, its size (memory-mapped), and in
+        decode mode every byte read."""
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            if self.decode:
+                np.load(path, allow_pickle=False)
+        except Exception as e:  # any unreadable file is a problem to report, not a crash
+            self.add(rel, "", f"not a readable .npy file ({type(e).__name__}: {str(e)[:200]})")
             return
-        if str(arr.dtype) != entry.get("dtype"):
-            self.add(rel, "dtype", f"file has {arr.dtype}, manifest says {entry.get('dtype')}",
-                     run_id=run_id)
-        self.shape(rel, list(arr.shape), entry, shape, run_id)
+        if str(arr.dtype) != dtype:
+            self.add(rel, "dtype", f"file has {arr.dtype}, manifest says {dtype}")
+        if list(arr.shape) != shape:
+            self.add(rel, "shape", f"file has {list(arr.shape)}, manifest says {shape}")
 
-    def shape(self, rel: str, actual: list, entry: dict, expected, run_id, field="shape"):
-        if actual != entry.get("shape"):
-            self.add(rel, field, f"file has {actual}, manifest says {entry.get('shape')}",
-                     run_id=run_id)
-        elif expected is not None and actual != list(expected):
-            self.add(rel, field, f"is {actual}, expected {list(expected)}", run_id=run_id)
-
-    def new_in_2(self, rel: str, field: str, run_id) -> bool:
+    def new_in_2(self, rel: str, field_: str) -> bool:
         """Encoded and derived entries are format 2; a format-1 bundle has none."""
         if self.version < 2:
-            self.add(rel, field, f"format_version {self.version} bundles store every array and "
-                     "image as a file", run_id=run_id)
+            self.add(rel, field_, f"format_version {self.version} bundles store every array and "
+                     "image as a file")
         return self.version >= 2
 
-    def error_bound(self, rel: str, field: str, entry: dict, run_id) -> None:
-        err = entry.get("max_abs_error")
-        if not (type(err) in (int, float) and math.isfinite(err) and err >= 0):
-            self.add(rel, f"{field}.max_abs_error", "must be a number >= 0", run_id=run_id)
 
-    def encoded_array(self, rel: str, rel_manifest: str, name: str, entry: dict, shape, run_id):
-        """A q8-delta .npz: exactly the members q (uint8), lo and scale (float32, the map
-        axes reduced to 1), q's shape the manifest's (the decoded shape)."""
-        field = f"arrays.{name}"
-        if entry["encoding"] != codec.ENCODING:
-            self.add(rel_manifest, f"{field}.encoding", f"is {entry['encoding']!r}; this "
-                     f"noisepath reads {codec.ENCODING!r}", run_id=run_id)
-            return
-        if entry.get("dtype") != "float16":
-            self.add(rel_manifest, f"{field}.dtype", "must be float16 (the decoded dtype)",
-                     run_id=run_id)
-        self.error_bound(rel_manifest, field, entry, run_id)
-        try:
-            members = codec.read_npz(self.root / rel, header_only=("q",))
-        except Exception as e:  # a truncated or foreign file must be reported, not raised
-            self.add(rel, "", f"not a readable .npz file ({e})", run_id=run_id)
-            return
-        if sorted(members) != sorted(codec.MEMBERS):
-            self.add(rel, "members", f"are {sorted(members)}, expected exactly "
-                     f"{', '.join(codec.MEMBERS)}", run_id=run_id)
-            return
-        q_dtype, q_shape = members["q"]
-        if q_dtype != np.uint8:
-            self.add(rel, "q", f"dtype is {q_dtype}, expected uint8", run_id=run_id)
-        self.shape(rel, list(q_shape), entry, shape, run_id, field="q")
-        reduced = codec.spatially_reduced(entry.get("shape") if isinstance(entry.get("shape"), list)
-                                          and len(entry["shape"]) >= 2 else q_shape)
-        for key in ("lo", "scale"):
-            a = members[key]
-            if a.dtype != np.float32:
-                self.add(rel, key, f"dtype is {a.dtype}, expected float32", run_id=run_id)
-            elif list(a.shape) != reduced:
-                self.add(rel, key, f"shape is {list(a.shape)}, expected {reduced}", run_id=run_id)
-            elif not np.isfinite(a).all() or (key == "scale" and (a < 0).any()):
-                self.add(rel, key, "must be finite" + (" and >= 0" if key == "scale" else ""),
-                         run_id=run_id)
+# ------------------------------------------------------------------------ the bundle
 
-    def derived_array(self, rel: str, name: str, entry: dict, shape, arrays: dict,
-                      guidance_scale, run_id):
-        """A derived array has no file: its kind, its sources (stored arrays of the run)."""
-        field = f"arrays.{name}"
-        if not self.new_in_2(rel, f"{field}.derived", run_id):
-            return
-        kind, sources = entry.get("derived"), entry.get("from")
-        if kind not in codec.DERIVED_KINDS:
-            self.add(rel, f"{field}.derived", f"is {kind!r}; expected one of "
-                     f"{', '.join(codec.DERIVED_KINDS)}", run_id=run_id)
-            return
-        if entry.get("dtype") != "float16":
-            self.add(rel, f"{field}.dtype", "must be float16", run_id=run_id)
-        if "max_abs_error" in entry:
-            self.error_bound(rel, field, entry, run_id)
-        if not (isinstance(sources, list) and sources and all(isinstance(x, str) for x in sources)):
-            self.add(rel, f"{field}.from", "must be a non-empty list of array names", run_id=run_id)
-            return
-        for source in sources:
-            src = arrays.get(source)
-            if not isinstance(src, dict) or "derived" in src or not isinstance(src.get("file"), str):
-                self.add(rel, f"{field}.from", f"names {source!r}, which is not a stored array "
-                         "of this run", run_id=run_id)
-                return
-        entry_shape = entry.get("shape")
-        if kind == "guidance":
-            branches = {0: ["noise_pred_uncond"], 1: ["noise_pred_text"]}.get(
-                guidance_scale, ["noise_pred_uncond", "noise_pred_text"])
-            if sources != branches:
-                self.add(rel, f"{field}.from", f"is {sources}; at guidance {guidance_scale} "
-                         f"it must be {branches}", run_id=run_id)
-        elif not all(x.startswith("attention_res") for x in sources):
-            self.add(rel, f"{field}.from", f"is {sources}; the combined map averages "
-                     "attention_res<r> levels", run_id=run_id)
-        lead = 2 if kind == "attention_mean" else 4  # the axes the sources share with it
-        for source in sources:
-            src_shape = arrays[source].get("shape")
-            if not isinstance(src_shape, list) or not isinstance(entry_shape, list) \
-                    or src_shape[:lead] != entry_shape[:lead]:
-                self.add(rel, f"{field}.shape", f"is {entry_shape}, but {source} is {src_shape}",
-                         run_id=run_id)
-                return
-        if shape is not None and entry_shape != list(shape):
-            self.add(rel, f"{field}.shape", f"is {entry_shape}, expected {list(shape)}",
-                     run_id=run_id)
-
-    def image(self, folder: str, name: str, entry, count: int, run_id=None, arrays=None):
-        field = f"images.{name}"
-        rel_manifest = f"{folder}/run.json"
-        derived = isinstance(entry, dict) and entry.get("derived") is True
-        if not isinstance(entry, dict) or not (derived or isinstance(entry.get("file"), str)):
-            self.add(rel_manifest, field, "entry is missing or has no file", run_id=run_id)
-            return
-        if derived and not self.new_in_2(rel_manifest, f"{field}.derived", run_id):
-            return
-        rel = rel_manifest if derived else f"{folder}/{entry['file']}"
-        if not derived and not self.checksum(rel, entry.get("sha256"), f"{field}.sha256", run_id):
-            return
-        ints = [entry.get(k) for k in ("count", "frame_width", "frame_height", "columns")]
-        if not all(isinstance(v, int) and v > 0 for v in ints):
-            self.add(rel_manifest, field, "count, frame_width, frame_height and columns must "
-                     "be positive integers", run_id=run_id)
-            return
-        n, fw, fh, cols = ints
-        if n != count:
-            self.add(rel_manifest, f"{field}.count", f"is {n}, expected {count}", run_id=run_id)
-        if derived:
-            self.derived_image(rel_manifest, name, entry, arrays or {}, run_id)
-            return
-        try:
-            with Image.open(self.root / rel) as im:
-                size = im.size
-        except Exception as e:  # a truncated or foreign file must be reported, not raised
-            self.add(rel, "", f"not a readable image ({e})", run_id=run_id)
-            return
-        expected = (cols * fw, math.ceil(n / cols) * fh)
-        if size != expected:
-            self.add(rel, "", f"image is {size[0]}x{size[1]}, manifest implies "
-                     f"{expected[0]}x{expected[1]}", run_id=run_id)
-
-    def derived_image(self, rel: str, name: str, entry: dict, arrays: dict, run_id):
-        """A preview the server renders (backend/previews.py): the sprite it will get."""
-        field = f"images.{name}"
-        source = arrays.get(name)
-        if name not in previews.PREVIEWS or entry.get("from") != [name] \
-                or not isinstance(source, dict):
-            self.add(rel, f"{field}.from", f"must be [{name!r}], an array of this run with a "
-                     f"preview ({', '.join(previews.PREVIEWS)})", run_id=run_id)
-            return
-        if entry.get("mime") != "image/png":
-            self.add(rel, f"{field}.mime", "must be image/png", run_id=run_id)
-        shape = source.get("shape")
-        n = entry["count"]
-        expected = {"frame_height": shape[-2], "frame_width": shape[-1],
-                    "columns": math.ceil(math.sqrt(n))} if isinstance(shape, list) and \
-            len(shape) == 4 else {}
-        for key, value in expected.items():
-            if entry[key] != value:
-                self.add(rel, f"{field}.{key}", f"is {entry[key]}, the rendered preview has "
-                         f"{value}", run_id=run_id)
+def validate_bundle(root, checksums: bool = True, decode: bool = False) -> list[Problem]:
+    """Check schema, shapes, dtypes, files and (optionally) checksums. Never raises.
+    decode: also read every byte of every run array (CRC of compressed members)."""
+    return check_bundle(root, checksums, decode).problems
 
 
-def validate_bundle(root, checksums: bool = True) -> list[Problem]:
-    """Check schema, shapes, dtypes, files and (optionally) checksums. Never raises."""
+def check_bundle(root, checksums: bool = True, decode: bool = False) -> Checked:
+    """validate_bundle, keeping the documents it parsed (backend/bundle.py serves them)."""
+    from backend.validate_run import check_run, check_unlisted_runs
+
     root = Path(root)
-    c = _Checker(root, checksums)
-    if not root.is_dir():
-        return [Problem(str(root), "", "bundle folder does not exist")]
-    index = c.load_json("bundle.json")
+    try:
+        if not root.is_dir():
+            return Checked(root, [Problem(str(root), "", "bundle folder does not exist")])
+        root = root.resolve()
+    except (OSError, ValueError) as e:
+        return Checked(root, [Problem(str(root), "", f"cannot be read "
+                                      f"({getattr(e, 'strerror', None) or e})")])
+    c = Checker(root, checksums, decode)
+    out = Checked(root, c.problems)
+    index = c.json("bundle.json")
     if index is None:
-        return c.problems
+        return out
+    if not isinstance(index, dict):
+        c.add("bundle.json", "", f"must be a JSON object, is {describe(index)}")
+        return out
+    config = _check_index(c, index)
+    if config is None:
+        return out
+    out.index = index
+    out.prompts = _check_prompts(c, index["prompts"])
+    _check_groups(c, index["groups"], index["prompts"])
+    for rid, entry in index["runs"].items():
+        manifest = check_run(c, rid, entry, config, index["prompts"], out.prompts)
+        if manifest is not None:
+            out.runs[rid] = manifest
+    out.trajectories = _check_trajectories(c, index, config["num_inference_steps"])
+    check_unlisted_runs(c, set(index["runs"]))
+    return out
+
+
+def _check_index(c: Checker, index: dict) -> dict | None:
+    """The index's own fields; its config if everything else can be checked."""
+    rel = "bundle.json"
     if index.get("format") != FORMAT:
-        c.add("bundle.json", "format", f"must be {FORMAT!r}")
-    if index.get("format_version") not in READABLE_VERSIONS:
-        c.add("bundle.json", "format_version", f"is {index.get('format_version')!r}; this "
-              f"noisepath reads versions {', '.join(map(str, READABLE_VERSIONS))}")
-        return c.problems
-    c.version = index["format_version"]
-    config = c.need(index, "bundle.json", "config", dict) or {}
-    if config.get("storage", "full") not in STORAGES:
-        c.add("bundle.json", "config.storage", f"is {config.get('storage')!r}; expected one of "
+        c.add(rel, "format", f"must be {FORMAT!r}")
+    version = index.get("format_version")
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        c.add(rel, "format_version", f"is {describe(version)}; this noisepath reads versions "
+              f"{', '.join(map(str, READABLE_VERSIONS))}")
+        return None
+    c.version = version
+    ok = all([c.need(index, rel, key, lambda v: isinstance(v, dict), "an object") is not None
+              for key in ("prompts", "runs", "trajectories")])
+    ok &= c.need(index, rel, "groups", lambda v: isinstance(v, list), "an array") is not None
+    config = c.need(index, rel, "config", lambda v: isinstance(v, dict), "an object")
+    return config if _check_config(c, config) and ok else None
+
+
+def _check_config(c: Checker, cfg: dict | None) -> bool:
+    if cfg is None:
+        return False
+    rel, p = "bundle.json", "config."
+    errors = c.errors()
+    if cfg.get("storage", "full") not in STORAGES:
+        c.add(rel, "config.storage", f"is {describe(cfg.get('storage'))}; expected one of "
               f"{', '.join(STORAGES)}")
-    steps = c.need(config, "bundle.json", "num_inference_steps", int)
-    latent_shape = c.need(config, "bundle.json", "latent_shape", list)
+    c.need(cfg, rel, "num_inference_steps", lambda v: is_int(v, 1, MAX_STEPS),
+           f"an integer from 1 to {MAX_STEPS}", p)
+    c.need(cfg, rel, "latent_shape", lambda v: isinstance(v, list) and len(v) == 3 and is_int(
+        v[0], 1, MAX_LATENT_CHANNELS) and all(is_int(x, 1, MAX_LATENT_SIDE) for x in v[1:]),
+        f"[C, h, w] (C from 1 to {MAX_LATENT_CHANNELS}, h and w from 1 to {MAX_LATENT_SIDE})", p)
     for key in ("model", "scheduler"):
-        c.need(config, "bundle.json", key, str)
-    for key in ("prompts", "runs", "trajectories"):
-        c.need(index, "bundle.json", key, dict)
-    c.need(index, "bundle.json", "groups", list)
-    if steps is None or latent_shape is None:
-        return c.problems
-
-    n_real = _validate_prompts(c, index.get("prompts") or {})
-    for i, group in enumerate(index.get("groups") or []):
-        for pid in group.get("prompts", []) if isinstance(group, dict) else []:
-            if pid not in n_real:
-                c.add("bundle.json", f"groups[{i}].prompts", f"unknown prompt {pid!r}")
-    for rid, entry in (index.get("runs") or {}).items():
-        _validate_run(c, rid, entry, steps, latent_shape, n_real)
-    _validate_trajectories(c, index, steps)
-    listed = set(index.get("runs") or {})
-    runs_dir = root / "runs"
-    for path in sorted(runs_dir.glob("*/run.json")) if runs_dir.is_dir() else []:
-        if path.parent.name not in listed:
-            c.add(f"runs/{path.parent.name}", "", "run folder is not listed in bundle.json "
-                  "(run `noisepath precompute` again to rebuild the index)", "warning")
-    return c.problems
+        c.need(cfg, rel, key, lambda v: isinstance(v, str), "a string", p)
+    for key in ("title", "description", "dtype", "prediction_type"):
+        if key in cfg:
+            c.need(cfg, rel, key, lambda v: v is None or isinstance(v, str), "a string", p)
+    for key in ("model_info", "scheduler_config"):
+        if key in cfg:
+            c.need(cfg, rel, key, lambda v: v is None or isinstance(v, dict), "an object", p)
+    if "default_guidance_scale" in cfg:
+        c.need(cfg, rel, "default_guidance_scale", lambda v: v is None or is_number(v, 0, 100),
+               "null or a number from 0 to 100", p)
+    return c.errors() == errors
 
 
-def _validate_prompts(c: _Checker, prompts: dict) -> dict[str, int]:
-    """Returns prompt_id -> number of real tokens, for the prompts that validate."""
-    n_real = {}
+def _check_groups(c: Checker, groups: list, prompts: dict) -> None:
+    """Groups name listed prompts (a prompt skipped as invalid leaves its groups)."""
+    seen = set()
+    for i, group in enumerate(groups):
+        rel, p = "bundle.json", f"groups[{i}]."
+        if not isinstance(group, dict):
+            c.add(rel, f"groups[{i}]", f"must be an object, is {describe(group)}")
+            continue
+        gid = c.need(group, rel, "id", is_name, "a name (letters, digits, - and _)", p)
+        if gid in seen:
+            c.add(rel, p + "id", f"{gid!r} is used by another group")
+        seen.add(gid)
+        if "title" in group:
+            c.need(group, rel, "title", lambda v: isinstance(v, str), "a string", p)
+        members = c.need(group, rel, "prompts", lambda v: isinstance(v, list) and v and all(
+            isinstance(x, str) for x in v), "a non-empty array of prompt ids", p) or []
+        for pid in members:
+            if pid not in prompts:
+                c.add(rel, p + "prompts", f"unknown prompt {shown(pid)!r}")
+        if "highlights" in group:
+            c.need(group, rel, "highlights", lambda v: isinstance(v, dict) and all(
+                k in members and isinstance(spans, list) and all(
+                    isinstance(s, list) and len(s) == 2 and all(is_int(x, 0, 10**6) for x in s)
+                    for s in spans) for k, spans in v.items()),
+                "an object: prompt id (of the group) -> [[start, end], ...]", p)
+
+
+# ---------------------------------------------------------------------------- prompts
+
+def _check_prompts(c: Checker, prompts: dict) -> dict[str, dict]:
+    """prompt_id -> prompt.json, for the prompts that validate."""
+    valid = {}
     for pid, entry in prompts.items():
-        rel = f"prompts/{pid}/prompt.json"
-        if not isinstance(entry, dict):
-            c.add("bundle.json", f"prompts.{pid}", "must be an object")
-            continue
-        p = c.checked_json(rel, entry.get("sha256"), f"prompts.{pid}.sha256")
-        if p is None:
-            continue
-        c.need(p, rel, "text", str)
-        tokens = c.need(p, rel, "tokens", dict) or {}
-        ids, pieces = tokens.get("input_ids"), tokens.get("pieces")
-        k = tokens.get("n_real")
-        if not (isinstance(ids, list) and len(ids) == MAX_TOKENS):
-            c.add(rel, "tokens.input_ids", f"must be a list of {MAX_TOKENS} token ids")
-        if not (isinstance(pieces, list) and len(pieces) == MAX_TOKENS):
-            c.add(rel, "tokens.pieces", f"must be a list of {MAX_TOKENS} strings")
-        if not (isinstance(k, int) and 2 <= k <= MAX_TOKENS):
-            c.add(rel, "tokens.n_real", f"must be an integer in 2..{MAX_TOKENS}")
-            continue
-        emb = (p.get("arrays") or {}).get("text_embeddings")
-        dim = (emb or {}).get("shape", [None, None])[-1] if isinstance(emb, dict) else None
-        c.array(f"prompts/{pid}", "text_embeddings", emb, [MAX_TOKENS, dim])
-        n_real[pid] = k
-    return n_real
+        with c.scope(prompt_id=pid):
+            errors = c.errors()
+            doc = _check_prompt(c, pid, entry)
+            if doc is not None and c.errors() == errors:
+                valid[pid] = doc
+    return valid
 
 
-def _validate_run(c: _Checker, rid: str, entry, steps: int, latent_shape, n_real) -> None:
-    folder, rel = f"runs/{rid}", f"runs/{rid}/run.json"
-    if not isinstance(entry, dict):
-        c.add("bundle.json", f"runs.{rid}", "must be an object", run_id=rid)
-        return
-    m = c.checked_json(rel, entry.get("sha256"), f"runs.{rid}.sha256", rid)
-    if m is None:
-        return
-    if m.get("run_id") != rid:
-        c.add(rel, "run_id", f"is {m.get('run_id')!r}, folder is {rid!r}", run_id=rid)
-    pid = c.need(m, rel, "prompt_id", str, rid)
-    if pid is not None and pid not in n_real:
-        c.add(rel, "prompt_id", f"prompt {pid!r} is missing or invalid", run_id=rid)
-    c.need(m, rel, "seed", int, rid)
-    g = c.need(m, rel, "guidance_scale", (int, float), rid)
-    if m.get("num_inference_steps") != steps:
-        c.add(rel, "num_inference_steps", f"is {m.get('num_inference_steps')!r}, the bundle "
-              f"has {steps}", run_id=rid)
-    sched = c.need(m, rel, "scheduler", dict, rid) or {}
-    for key in ("timesteps", "alphas_cumprod", "weaken"):
-        v = sched.get(key)
-        if not (isinstance(v, list) and len(v) == steps):
-            c.add(rel, f"scheduler.{key}", f"must be a list of {steps} numbers", run_id=rid)
-    if sched.get("sigmas") is not None and len(sched["sigmas"]) != steps:
-        c.add(rel, "scheduler.sigmas", f"must be null or a list of {steps} numbers", run_id=rid)
-
-    arrays = c.need(m, rel, "arrays", dict, rid) or {}
-    required = {"latents", "noise_pred", "pred_original_sample"}
-    if g is not None and g != 1:
-        required.add("noise_pred_uncond")
-    if g is not None and g != 0:
-        required.add("noise_pred_text")
-    for name in sorted(required - set(arrays)):
-        c.add(rel, f"arrays.{name}", "is missing", run_id=rid)
-    for name, extra in STEP_ARRAYS.items():
-        if name in arrays:
-            c.array(folder, name, arrays[name], [steps + extra, *latent_shape], rid, arrays, g)
-
-    att = m.get("attention")
-    if att is not None and pid in n_real:
-        k = n_real[pid]
-        if "attention" not in arrays:
-            c.add(rel, "arrays.attention", "is missing though attention is described",
-                  run_id=rid)
-        for name in [n for n in arrays if n.startswith("attention")]:
-            shape = arrays[name].get("shape") if isinstance(arrays[name], dict) else None
-            hw = shape[-2:] if isinstance(shape, list) and len(shape) == 4 else [None, None]
-            combined = att.get("combined") if isinstance(att, dict) else None
-            if name == "attention" and isinstance(combined, dict) \
-                    and isinstance(combined.get("resolution"), list):
-                hw = combined["resolution"]  # what the combined map is upsampled to
-            c.array(folder, name, arrays[name], [k, steps, *hw], rid, arrays, g)
-
-    images = c.need(m, rel, "images", dict, rid) or {}
-    for name, extra in REQUIRED_IMAGES.items():
-        c.image(folder, name, images.get(name), steps + extra, rid, arrays)
-    for name, extra in OPTIONAL_IMAGES.items():
-        if name in images:
-            c.image(folder, name, images[name], steps + extra, rid, arrays)
-    if any(isinstance(e, dict) and e.get("derived") is True for e in images.values()):
-        lp, channels = m.get("latent_preview"), latent_shape[0]
-        if not (isinstance(lp, dict) and _matrix(lp.get("matrix"), channels, 3)
-                and _matrix([lp.get("bias")], 1, 3)):
-            c.add(rel, "latent_preview", f"must have matrix ({channels} x 3) and bias (3 "
-                  "numbers): the previews are rendered with it", run_id=rid)
+def _check_prompt(c: Checker, pid: str, entry) -> dict | None:
+    field_ = f"prompts.{shown(pid)}"
+    if not is_name(pid):
+        c.add("bundle.json", field_, "a prompt id must be a name (letters, digits, - and _), "
+              "never a path")
+        return None
+    if not (isinstance(entry, dict) and isinstance(entry.get("text"), str)
+            and is_sha256(entry.get("sha256"))):
+        c.add("bundle.json", field_, "must be an object with text and sha256 (64 hex digits)")
+        return None
+    rel = f"prompts/{pid}/prompt.json"
+    p = c.json(rel, entry["sha256"], f"{field_}.sha256")
+    if p is None:
+        return None
+    if not isinstance(p, dict):
+        c.add(rel, "", f"must be a JSON object, is {describe(p)}")
+        return None
+    if p.get("prompt_id") != pid:
+        c.add(rel, "prompt_id", f"is {describe(p.get('prompt_id'))}, folder is {pid!r}")
+    c.need(p, rel, "text", lambda v: isinstance(v, str), "a string")
+    tokens = c.need(p, rel, "tokens", lambda v: isinstance(v, dict), "an object") or {}
+    c.need(tokens, rel, "input_ids", lambda v: isinstance(v, list) and len(v) == MAX_TOKENS and
+           all(is_int(x, 0, 2**31) for x in v), f"an array of {MAX_TOKENS} token ids", "tokens.")
+    c.need(tokens, rel, "pieces", lambda v: isinstance(v, list) and len(v) == MAX_TOKENS and all(
+        isinstance(x, str) for x in v), f"an array of {MAX_TOKENS} strings", "tokens.")
+    c.need(tokens, rel, "n_real", lambda v: is_int(v, 2, MAX_TOKENS),
+           f"an integer from 2 to {MAX_TOKENS}", "tokens.")
+    arrays = c.need(p, rel, "arrays", lambda v: isinstance(v, dict), "an object") or {}
+    emb = c.need(arrays, rel, "text_embeddings", lambda v: isinstance(v, dict) and is_name(
+        v.get("file"), FILE_NAME) and v["file"].endswith(".npy") and is_sha256(v.get("sha256"))
+        and v.get("dtype") == "float16" and isinstance(v.get("shape"), list)
+        and len(v["shape"]) == 2 and v["shape"][0] == MAX_TOKENS
+        and is_int(v["shape"][1], 1, 1 << 16),
+        f"an object: file (a .npy name), sha256, dtype float16, shape [{MAX_TOKENS}, D]",
+        "arrays.")
+    if emb is not None:
+        file_rel = f"prompts/{pid}/{emb['file']}"
+        path = c.file(file_rel, emb["sha256"], "arrays.text_embeddings.sha256")
+        if path is not None:
+            c.npy(file_rel, path, emb["dtype"], emb["shape"])
+    return p
 
 
-def _matrix(value, rows: int, cols: int) -> bool:
-    return (isinstance(value, list) and len(value) == rows
-            and all(isinstance(r, list) and len(r) == cols
-                    and all(type(x) in (int, float) and math.isfinite(x) for x in r)
-                    for r in value))
+# ----------------------------------------------------------------------- trajectories
+
+def _check_trajectories(c: Checker, index: dict, steps: int) -> dict[str, dict]:
+    """seed -> trajectory document, for the maps that validate."""
+    valid = {}
+    for seed, entry in index["trajectories"].items():
+        with c.scope(seed=seed):
+            errors = c.errors()
+            doc = _check_trajectory(c, seed, entry, index["runs"], steps)
+            if doc is not None and c.errors() == errors:
+                valid[seed] = doc
+    return valid
 
 
-def _validate_trajectories(c: _Checker, index: dict, steps: int) -> None:
-    runs = index.get("runs") or {}
-    for seed, entry in (index.get("trajectories") or {}).items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
-            c.add("bundle.json", f"trajectories.{seed}", "must be an object with a file")
-            continue
-        rel = entry["file"]
-        if not rel.startswith("trajectories/") or ".." in rel:
-            c.add("bundle.json", f"trajectories.{seed}.file", "must be a file in trajectories/")
-            continue
-        t = c.checked_json(rel, entry.get("sha256"), f"trajectories.{seed}.sha256")
-        if t is None:
-            continue
-        coords = c.need(t, rel, "runs", dict) or {}
-        for rid, xy in coords.items():
-            if rid not in runs:
-                c.add(rel, f"runs.{rid}", "run is not in the bundle", "warning")
-            elif not (isinstance(xy, list) and len(xy) == steps + 1
-                      and all(isinstance(p, list) and len(p) == 2 for p in xy)):
-                c.add(rel, f"runs.{rid}", f"must be {steps + 1} [x, y] pairs", run_id=rid)
-        for rid, r in runs.items():
-            if isinstance(r, dict) and str(r.get("seed")) == str(seed) and rid not in coords:
-                c.add(rel, "runs", f"run {rid} has no trajectory (re-run precompute to refit)",
-                      "warning")
+def _check_trajectory(c: Checker, seed: str, entry, runs: dict, steps: int) -> dict | None:
+    field_ = f"trajectories.{shown(seed)}"
+    if not (is_name(seed, SEED_KEY) and int(seed) < 2**63):
+        c.add("bundle.json", field_, "a trajectory's key must be a seed (a non-negative "
+              "integer, written without sign or leading zeros)")
+        return None
+    if not (isinstance(entry, dict) and is_name(entry.get("file"), _TRAJECTORY_FILE)
+            and is_sha256(entry.get("sha256"))):
+        c.add("bundle.json", field_, "must be an object with file (trajectories/<name>.json) "
+              "and sha256 (64 hex digits)")
+        return None
+    rel = entry["file"]
+    t = c.json(rel, entry["sha256"], f"{field_}.sha256")
+    if t is None:
+        return None
+    if not isinstance(t, dict):
+        c.add(rel, "", f"must be a JSON object, is {describe(t)}")
+        return None
+    c.need(t, rel, "method", lambda v: isinstance(v, str), "a string")
+    coords = c.need(t, rel, "runs", lambda v: isinstance(v, dict), "an object") or {}
+    for rid, xy in coords.items():
+        if rid not in runs:
+            c.add(rel, f"runs.{shown(rid)}", "run is not in the bundle", "warning")
+        elif not (isinstance(xy, list) and len(xy) == steps + 1
+                  and all(is_numbers(p, 2) for p in xy)):
+            with c.scope(run_id=rid, seed=None):
+                c.add(rel, f"runs.{shown(rid)}", f"must be {steps + 1} [x, y] pairs of numbers")
+    for rid, r in runs.items():
+        if isinstance(r, dict) and str(r.get("seed")) == seed and rid not in coords:
+            c.add(rel, "runs", f"run {shown(rid)} has no trajectory (re-run precompute to "
+                  "refit)", "warning")
+    return t
