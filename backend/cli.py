@@ -5,6 +5,7 @@
     noisepath serve        open the app on a bundle (the shipped demo by default)
     noisepath export       write the app and a bundle as a fully static site
     noisepath compact      re-encode a full bundle as a compact one (8-bit arrays)
+    noisepath refresh      re-derive a bundle's model facts and preview map from its model
     noisepath train-demo   train the tiny demo model the shipped bundle was made with
 
 Heavy imports (torch) happen only inside the subcommands that need them, so
@@ -27,6 +28,9 @@ SUBCOMMANDS = {
     "export": ("backend.export_cli", "write a fully static copy of the app and a bundle"),
     "compact": ("precompute.compact", "re-encode a full bundle with storage \"compact\" "
                 "(8-bit arrays, derived arrays and previews left to the server; no torch)"),
+    "refresh": ("precompute.refresh", "re-derive what a bundle records about its model "
+                "(the one latent preview map of every run, tokenizer facts) from the model "
+                "(needs the [precompute] extra)"),
     "train-demo": ("precompute.demo.train", "train the tiny Stable-Diffusion-shaped demo model "
                    "(needs the [precompute] extra)"),
 }

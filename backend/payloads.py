@@ -88,6 +88,7 @@ def index(b: Bundle) -> dict:
             "num_inference_steps": cfg["num_inference_steps"],
             "height": cfg.get("height"), "width": cfg.get("width"),
             "image_size": cfg.get("image_size"), "latent_shape": cfg["latent_shape"],
+            "storage": cfg.get("storage", "full"),
             "prediction_type": cfg.get("prediction_type", model_info.get("prediction_type")),
         },
         "seeds": sorted({r["seed"] for r in runs.values()}),
@@ -240,7 +241,9 @@ def run_array(b: Bundle, rid: str, name: str) -> bytes:
 
 def run_image(b: Bundle, rid: str, name: str) -> bytes:
     """A preview sprite, rendered as the writer renders it for a full bundle."""
-    return previews.preview_png(name, b.array(rid, name), b.runs[rid]["latent_preview"])[0]
+    m = b.runs[rid]
+    return previews.preview_png(name, b.array(rid, name), m["latent_preview"],
+                                m["scheduler"].get("sigmas"))[0]
 
 
 def attention_token(b: Bundle, rid: str, name: str, k: int) -> bytes:

@@ -4,12 +4,14 @@ One definition, used by the writer (precompute/writer.py) to store previews in a
 bundle and by the server (backend/store.py) to render them for a compact bundle, so
 the two give byte-identical PNGs for the same arrays:
 
-- `latents.png`: each latent through the run's linear latent -> RGB map
-  (`latent_preview` in run.json), after undoing the sigma scaling of noisy latents;
-- `noise_pred*.png`: each noise prediction through the same map, centred at grey, one
-  scale for every step of the array.
+- `latents.png`: each latent through the model's linear latent -> RGB map
+  (`latent_preview` in run.json: one map per bundle, the same in every run), as the
+  UNet sees it: a sigma scheduler's noisy latent x is divided by sqrt(sigma^2 + 1);
+- `noise_pred*.png`: each model output (noise or v) through the same map, centred at
+  grey, on one scale fixed by the map (unit-variance noise spans most of the range).
 
-A preview is a function of the stored (float16) arrays and run.json only.
+So the same latent gives the same pixels in every run of a bundle.
+A preview is a function of the stored (float16) array, the map and the step's sigmas only.
 """
 
 from __future__ import annotations
@@ -61,36 +63,46 @@ def latent_preview(latents, matrix, bias) -> np.ndarray:
     return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
 
 
-def latents_frames(latents, matrix, bias) -> np.ndarray:
-    """(T+1, C, h, w) -> (T+1, h, w, 3): x_t is scaled by sigma for sigma schedulers, so
-    each frame is divided by how much larger than the final latent's its spread is."""
+def latents_frames(latents, matrix, bias, sigmas=None) -> np.ndarray:
+    """(T+1, C, h, w) -> (T+1, h, w, 3). sigmas: the T steps' sigmas of a sigma scheduler
+    (LMS, Euler), whose latent at step i is x0 + sigma_i * noise; it is shown as the UNet
+    sees it, divided by sqrt(sigma_i^2 + 1) (the final latent has sigma 0). None (DDIM,
+    whose latents are already sqrt(a) x0 + sqrt(1 - a) noise): shown as it is."""
     latents = np.asarray(latents, np.float32)
-    final_std = float(latents[-1].std()) or 1.0
-    scales = np.maximum(1.0, latents.reshape(len(latents), -1).std(1) / final_std)  # (T+1,)
-    return latent_preview(latents / scales[:, None, None, None].astype(np.float32),
-                          matrix, bias)
+    scales = np.ones(len(latents), np.float32)                                   # (T+1,)
+    if sigmas is not None:
+        s = np.asarray(sigmas, np.float64)[: len(latents) - 1]
+        scales[: len(s)] = np.sqrt(np.where(np.isfinite(s), s, 0.0) ** 2 + 1)
+    return latent_preview(latents / scales[:, None, None, None], matrix, bias)
+
+
+def noise_scale(matrix) -> float:
+    """2.5 x the spread of unit-variance noise through the map: the scale of every noise
+    preview of the model (a fixed one, so the same prediction looks the same in every run)."""
+    m = np.asarray(matrix, np.float64)
+    return 2.5 * float(np.sqrt((m ** 2).sum(0).mean())) or 1.0
 
 
 def noise_frames(noise, matrix) -> np.ndarray:
-    """(T, C, h, w) noise -> (T, h, w, 3) uint8, centred at grey, one scale for all steps."""
+    """(T, C, h, w) noise (or v) -> (T, h, w, 3) uint8, centred at grey, on the model's scale."""
     rgb = np.einsum("tchw,cd->thwd", np.asarray(noise, np.float32), matrix)
-    scale = 2.5 * float(rgb.std()) or 1.0
-    return (np.clip(0.5 + 0.5 * rgb / scale, 0, 1) * 255).round().astype(np.uint8)
+    return (np.clip(0.5 + 0.5 * rgb / noise_scale(matrix), 0, 1) * 255).round().astype(np.uint8)
 
 
-def preview_frames(name: str, array: np.ndarray, latent_preview_: dict) -> np.ndarray:
-    """The frames of preview `name` from its array (as stored: float16) and run.json's
-    `latent_preview` {matrix (C x 3), bias (3)}."""
+def preview_frames(name: str, array: np.ndarray, latent_preview_: dict, sigmas) -> np.ndarray:
+    """The frames of preview `name` from its array (as stored: float16), run.json's
+    `latent_preview` {matrix (C x 3), bias (3)} and `scheduler.sigmas` (None for DDIM)."""
     if name not in PREVIEWS:
         raise ValueError(f"{name!r} has no preview; previews are {', '.join(PREVIEWS)}")
     matrix = np.asarray(latent_preview_["matrix"], np.float32)   # (C, 3)
     bias = np.asarray(latent_preview_["bias"], np.float32)       # (3,)
     array = np.asarray(array, np.float16)  # what a bundle stores, whatever came in
     if name == "latents":
-        return latents_frames(array, matrix, bias)
+        return latents_frames(array, matrix, bias, sigmas)
     return noise_frames(array, matrix)
 
 
-def preview_png(name: str, array: np.ndarray, latent_preview_: dict) -> tuple[bytes, dict]:
-    """Preview `name` as a PNG sprite: (file bytes, entry)."""
-    return sprite(preview_frames(name, array, latent_preview_), "png")
+def preview_png(name: str, array: np.ndarray, latent_preview_: dict, sigmas) -> tuple[bytes, dict]:
+    """Preview `name` as a PNG sprite: (file bytes, entry). sigmas: run.json's
+    `scheduler.sigmas` (None for DDIM)."""
+    return sprite(preview_frames(name, array, latent_preview_, sigmas), "png")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -127,6 +128,10 @@ class Components:
             "cross_attention_dim": unet.cross_attention_dim,
             "sample_size": unet.sample_size,
             "text_max_length": int(self.tokenizer.model_max_length),
+            "tokenizer": self._tokenizer_facts(),
+            # trained by `noisepath train-demo` (its export writes training_state.json): the
+            # app then says what the demo model is (frontend/js/wording.js)
+            "noisepath_demo": (Path(self.model_id) / "training_state.json").is_file(),
             "dtype": str(self.dtype).removeprefix("torch."),
             "scheduler": {
                 "name": scheduler_name(scheduler),
@@ -134,6 +139,13 @@ class Components:
                 "config": _jsonable(dict(scheduler.config)),
             },
         }
+
+
+    def _tokenizer_facts(self) -> dict:
+        """What the app says about the tokenizer: its vocabulary size and special tokens."""
+        t = self.tokenizer
+        return {"class": type(t).__name__, "vocab_size": len(t),
+                "bos_token": t.bos_token, "eos_token": t.eos_token, "pad_token": t.pad_token}
 
 
 def _jsonable(value):

@@ -81,6 +81,7 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
 
     from precompute import loop
     from precompute.attention import check_levels, level_heights
+    from precompute.latent_preview import fit_latent_preview
     from precompute.model import load_components
 
     if opts.threads:
@@ -125,6 +126,9 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
         "latent_shape": [components.unet.config.in_channels, h, w],
         "prediction_type": components.scheduler.config.get("prediction_type", "epsilon"),
         "model_info": _public(info),
+        # the latent -> RGB preview map of the model, shared by every run (kept from the
+        # bundle's config.json when it has one: precompute/latent_preview.py)
+        "latent_preview": fit_latent_preview(components, settings["height"], settings["width"]),
     }
     writer = BundleWriter(out, config)
     writer.clean_stale_staging()
@@ -231,11 +235,12 @@ def _resize(frames: np.ndarray, size: int) -> np.ndarray:
 
 def _stage_result(writer, components, r, rid, settings, opts):
     from precompute import loop
+    from precompute.latent_preview import bundle_latent_preview
 
     size = settings["image_size"]
     decoded = loop.decode_latents(components, r.latents, opts.decode_batch_size)   # (T+1, H, W, 3)
     x0_images = loop.decode_latents(components, r.pred_original_sample, opts.decode_batch_size)
-    matrix, bias = loop.latent_rgb_factors(r.latents[-1], decoded[-1])
+    preview = bundle_latent_preview(writer.root)  # the model's one map, the same for every run
 
     # the writer makes the previews of latents and noise predictions from these arrays
     arrays = {"latents": r.latents, "noise_pred": r.noise_pred,
@@ -259,8 +264,7 @@ def _stage_result(writer, components, r, rid, settings, opts):
                       "sigmas": None if r.sigmas is None else [float(s) for s in r.sigmas],
                       "alphas_cumprod": [float(a) for a in r.alphas_cumprod],
                       "weaken": [float(x) for x in r.weaken]},
-        "latent_preview": {"matrix": np.asarray(matrix).round(6).tolist(),
-                           "bias": np.asarray(bias).round(6).tolist()},
+        "latent_preview": preview,
         "attention": attention,
     }, arrays, images)
 

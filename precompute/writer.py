@@ -346,7 +346,8 @@ class BundleWriter:
                          else save_sprite(folder, n, *v) for n, v in images.items()}
         for name in previews.PREVIEWS:
             if name in values:
-                data, entry = previews.preview_png(name, values[name], manifest["latent_preview"])
+                data, entry = previews.preview_png(name, values[name], manifest["latent_preview"],
+                                                  manifest["scheduler"].get("sigmas"))
                 image_entries[name] = (
                     {**entry, "derived": True, "from": [name]} if self.storage == "compact"
                     else _write_sprite(folder, name, EncodedSprite(data, "png", entry)))

@@ -251,7 +251,8 @@ def test_exact_arrays_give_a_compact_bundle_equal_to_the_full_one(tmp_path):
             if name in ("decoded", "pred_original_sample"):
                 continue
             stored = (full.root / "runs" / rid / e["file"]).read_bytes()
-            assert preview_png(name, compact.array(rid, name), cm["latent_preview"])[0] == stored
+            assert preview_png(name, compact.array(rid, name), cm["latent_preview"],
+                               cm["scheduler"]["sigmas"])[0] == stored
             assert {k: v for k, v in cm["images"][name].items() if k not in ("derived", "from")} \
                 == {k: v for k, v in e.items() if k not in ("file", "sha256")}
 
@@ -262,7 +263,8 @@ def test_full_previews_are_the_rendering_of_the_stored_arrays(synthetic_bundle_r
     rid = _g7_run(b)
     for name in ("latents", "noise_pred", "noise_pred_uncond", "noise_pred_text"):
         e = b.runs[rid]["images"][name]
-        assert preview_png(name, b.array(rid, name), b.runs[rid]["latent_preview"])[0] == \
+        assert preview_png(name, b.array(rid, name), b.runs[rid]["latent_preview"],
+                           b.runs[rid]["scheduler"]["sigmas"])[0] == \
             (b.root / "runs" / rid / e["file"]).read_bytes()
 
 
