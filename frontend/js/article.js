@@ -1,8 +1,26 @@
 /**
- * The article: typesets its math with the vendored KaTeX and makes the "i" buttons in
- * the views jump to their section. The prose itself lives in index.html.
+ * The article: puts in the model-dependent words (wording.js), typesets its math with the
+ * vendored KaTeX and makes the "i" buttons in the views jump to their section. The prose
+ * itself lives in index.html.
  */
 import { loadKatex } from "./lib.js";
+import { wording } from "./wording.js";
+
+/**
+ * Fill `[data-wording=key]` elements with the bundle's model's texts and show
+ * `[data-wording-show=key]` elements only where they hold for it. Call once, when the
+ * index has loaded and before renderMath (a `.tex` element's text is its TeX source).
+ */
+export function applyWording(root, index) {
+  const { texts, show } = wording(index);
+  for (const el of root.querySelectorAll("[data-wording]")) {
+    const text = texts[el.dataset.wording];
+    if (text !== undefined && !el.hasAttribute("data-tex")) el.textContent = text;
+  }
+  for (const el of root.querySelectorAll("[data-wording-show]")) {
+    el.hidden = !show[el.dataset.wordingShow];
+  }
+}
 
 /** Render every `.tex` element's TeX source in place (`.tex-display` as a display formula). */
 export async function renderMath(root) {

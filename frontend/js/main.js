@@ -10,7 +10,7 @@ import { createModel } from "./model.js";
 import { compareCandidate } from "./data.js";
 import { createPlayer } from "./player.js";
 import { bindKeyboard } from "./keyboard.js";
-import { bindArticleLinks, renderMath } from "./article.js";
+import { applyWording, bindArticleLinks, renderMath } from "./article.js";
 import { architecture } from "./views/architecture.js";
 import { attentionControls, attentionOverlay } from "./views/attention.js";
 import { choice } from "./views/choice.js";
@@ -70,6 +70,7 @@ async function start() {
 
   const store = createStore(index, window);
   const model = createModel(index, api);
+  applyWording(document, index); // the words that depend on the bundle's model
   const viz = d3.select("#viz");
 
   const togglePlay = () => {

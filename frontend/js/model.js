@@ -13,6 +13,7 @@ import {
 } from "./data.js";
 import { SPEEDS } from "./state.js";
 import { createCompareModel } from "./compare-model.js";
+import { factorsSentence, outputOf, paddingWords, remainderLabel, rescaleFactor, wording } from "./wording.js";
 
 /** Robust colour range for vectors: the 99th percentile of |value|. */
 function robustMax(values) {
@@ -35,6 +36,9 @@ function cosine(a, b) {
 export function createModel(index, api) {
   const T = index.config.num_inference_steps;
   const C = index.config.latent_shape ? index.config.latent_shape[0] : 4;
+  const { facts } = wording(index);
+  const out = outputOf(facts); // what the UNet predicts: noise, v or the clean latent
+  const modelInfo = (index.about && index.about.model_info) || {};
   const lastGood = new Map();     // picture slot -> last frame datum that was drawable
   const derived = new WeakMap();  // npy -> values computed from it once (means, ranges)
 
@@ -106,7 +110,9 @@ export function createModel(index, api) {
         }),
       };
     }
-    return { chips: { ...prompt.tokens, selected: state.token }, strips };
+    const { pieces, n_real: nReal } = prompt.json.tokens;
+    const pad = paddingWords(nReal < pieces.length ? pieces[nReal] : null, pieces[nReal - 1]);
+    return { chips: { ...prompt.tokens, pad, selected: state.token }, strips };
   }
 
   function attention(state, runId, run, prompt, i, hover) {
@@ -178,15 +184,21 @@ export function createModel(index, api) {
     const expected = step.latents && step.noise_pred ? step.latents.map((x, c) => x - weaken * step.noise_pred[c]) : null;
     const rows = [
       { key: "latents", label: `latent before (step ${i})`, values: ch("latents") },
-      { key: "uncond", label: "noise, empty prompt", values: ch("noise_pred_uncond") },
-      { key: "text", label: "noise, your prompt", values: ch("noise_pred_text") },
-      { key: "guided", label: `guided noise (g = ${fmt(state.guidance)})`, values: ch("noise_pred") },
+      { key: "uncond", label: `${out.name}, empty prompt`, values: ch("noise_pred_uncond") },
+      { key: "text", label: `${out.name}, your prompt`, values: ch("noise_pred_text") },
+      { key: "guided", label: `guided ${out.name} (g = ${fmt(state.guidance)})`, values: ch("noise_pred") },
       { key: "weakened", label: `× weaken ${fmt(weaken)}`, values: step.noise_pred ? step.noise_pred.map((v) => v * weaken) : null },
-      { key: "expected", label: "latent − weakened noise", values: expected },
+      { key: "expected", label: `latent − weakened ${out.name}`, values: expected },
       { key: "next", label: `latent after (step ${i + 1}, stored)`, values: ch("latents_next") },
-      { key: "leftover", label: "left over (earlier steps' share)",
-        values: expected && step.latents_next ? step.latents_next.map((v, c) => v - expected[c]) : null },
     ];
+    // DDIM and v-prediction steps also rescale the latent: x_{i+1} = c x_i - w out_i
+    const c = rescaleFactor(facts, run.scheduler, i);
+    if (c !== null && c !== 1) {
+      rows.push({ key: "rescale", label: `rescaling: (c − 1) × latent before, c = ${fmt(c, 6)}`,
+        values: step.latents ? step.latents.map((x) => (c - 1) * x) : null });
+    }
+    rows.push({ key: "leftover", label: remainderLabel(facts),
+      values: expected && step.latents_next ? step.latents_next.map((v, k) => v - expected[k]) : null });
     return { step, weaken, table: { channels: C, rows } };
   }
 
@@ -264,9 +276,10 @@ export function createModel(index, api) {
         "bundle-title": index.title || index.config.model,
         "bundle-description": index.description || "",
         scheduler: String(index.config.scheduler).toUpperCase(),
-        "prediction-note": predictionNote(index.config.prediction_type),
+        "prediction-note": predictionNote(facts.prediction),
+        "factors-trend": run ? factorsSentence(run.scheduler.weaken) : "",
         "embed-dim": String(prompt && prompt.json.text_embeddings.shape ? prompt.json.text_embeddings.shape[1]
-          : (index.config.model_info && index.config.model_info.cross_attention_dim) || "768"),
+          : modelInfo.cross_attention_dim || "–"),
         "latent-shape": (index.config.latent_shape || [4, 64, 64]).join(" × "),
       },
       attention: attention(state, runId, run, prompt, i, hover),
@@ -283,9 +296,9 @@ export function createModel(index, api) {
         },
         frames: {
           prev: picture("prev", run, "latents", i === null ? 0 : i, `Latent before the step, step ${i === null ? 0 : i}`),
-          uncond: i === null ? none : picture("uncond", run, "noise_pred_uncond", i, `Noise predicted for the empty prompt at step ${s}`),
-          text: i === null ? none : picture("text", run, "noise_pred_text", i, `Noise predicted for your prompt at step ${s}`),
-          guided: i === null ? none : picture("guided", run, "noise_pred", i, `Guided noise at step ${s}`),
+          uncond: i === null ? none : picture("uncond", run, "noise_pred_uncond", i, `${out.Name} predicted for the empty prompt at step ${s}`),
+          text: i === null ? none : picture("text", run, "noise_pred_text", i, `${out.Name} predicted for your prompt at step ${s}`),
+          guided: i === null ? none : picture("guided", run, "noise_pred", i, `${out.guided} at step ${s}`),
           next: i === null ? none : picture("next", run, "latents", s, `Latent after the step, step ${s}`),
         },
         table: numbers ? numbers.table : null,
@@ -301,6 +314,7 @@ export function createModel(index, api) {
     const step = numbers ? numbers.step : null;
     const pick = (name) => (step && step[name] ? step[name][c] : null);
     const formula = step ? {
+      symbol: out.symbol,
       g: state.guidance,
       uncond: pick("noise_pred_uncond"),
       text: pick("noise_pred_text"),
@@ -355,7 +369,7 @@ function predictionNote(type) {
   if (type === "v_prediction") {
     return "This model predicts v (\u201cvelocity\u201d), a mix of the noise and the image: " +
       "v = \u221a\u0101\u00b7noise \u2212 \u221a(1\u2212\u0101)\u00b7image (v-prediction, as in Stable " +
-      "Diffusion 2.x). The scheduler turns it into the noise to remove; the pictures show v.";
+      "Diffusion 2.x). The pictures and numbers labelled v show exactly that output; the scheduler removes w \u00d7 v.";
   }
   if (type === "sample") return "This model predicts the clean image directly; the scheduler derives the noise.";
   return "The UNet predicts the noise in the latent (\u03b5-prediction, as in Stable Diffusion 1.x).";

@@ -4,7 +4,9 @@
  * same seed's image at every scale.
  *
  * guidanceSlider():  datum {scales, selected, previewed}; events "commit", "preview", "unpreview"
- * guidanceFormula(): datum {g, uncond, text, guided, missing} (numbers at one pixel) or null
+ * guidanceFormula(): datum {symbol, g, uncond, text, guided, missing} (numbers at one pixel) or
+ *                    null; symbol: TeX of what the UNet predicts ("\\epsilon", or "v" for
+ *                    v-prediction models)
  * sweep():           datum {items: [{g, frame, selected, previewed}]}; events as the slider
  */
 import { d3, katexIfLoaded, loadKatex } from "../lib.js";
@@ -82,16 +84,17 @@ export function guidanceFormula() {
   return function view(selection) {
     const d = selection.datum();
     let source;
+    const o = d && d.symbol ? d.symbol : "\\epsilon";
     if (!d) source = "\\text{(this step's numbers are loading, or step 0 has none)}";
     else if (d.missing === "text") {
-      source = `\\hat\\epsilon = \\epsilon_{\\text{empty}} = ${tex(d.uncond)} \\quad (g = 0:\\ \\text{the prompt's branch is not run})`;
+      source = `\\hat{${o}} = ${o}_{\\text{empty}} = ${tex(d.uncond)} \\quad (g = 0:\\ \\text{the prompt's branch is not run})`;
     } else if (d.missing === "uncond") {
-      source = `\\hat\\epsilon = \\epsilon_{\\text{prompt}} = ${tex(d.text)} \\quad (g = 1:\\ \\text{the empty branch cancels out})`;
+      source = `\\hat{${o}} = ${o}_{\\text{prompt}} = ${tex(d.text)} \\quad (g = 1:\\ \\text{the empty branch cancels out})`;
     } else {
       const computed = d.uncond + d.g * (d.text - d.uncond);
-      source = `\\begin{aligned}\\hat\\epsilon &= ${tex(d.uncond)} + ${tex(d.g)} \\times (${tex(d.text)} - ${paren(d.uncond)})`
+      source = `\\begin{aligned}\\hat{${o}} &= ${tex(d.uncond)} + ${tex(d.g)} \\times (${tex(d.text)} - ${paren(d.uncond)})`
         + ` \\\\ &= ${tex(computed)}`
-        + (d.guided === null ? "" : `\\quad\\text{(the UNet's guided noise: ${tex(d.guided)})}`)
+        + (d.guided === null ? "" : `\\quad\\text{(stored: ${tex(d.guided)})}`)
         + "\\end{aligned}";
     }
     const katex = katexIfLoaded();

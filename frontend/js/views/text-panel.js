@@ -2,7 +2,9 @@
  * Text level 2: the tokenizer's real output as chips, and every token's vector as a
  * colour strip (with the empty prompt's vector at the same position for comparison).
  *
- * tokenChips():   datum {real, padding, truncated, dropped, selected}; event "token" (k)
+ * tokenChips():   datum {real, padding, pad: {label, what}, truncated, dropped, selected};
+ *                 event "token" (k). pad names the padding token (wording.js paddingWords):
+ *                 CLIP pads with its end token, SD 2's tokenizers with "!"
  * vectorStrips(): datum {rows: [{k, label, values, empty, cosine}], dim, domain}; event
  *                 "cell" ({row, dim, value, empty}) while hovering, null on leave
  */
@@ -15,9 +17,10 @@ export function tokenChips() {
   function view(selection) {
     selection.each(function draw(d) {
       const host = d3.select(this);
+      const pad = d.pad || { label: "end", what: "the end token repeated" };
       const items = [
         ...d.real.map((t) => ({ ...t, key: `t${t.k}` })),
-        ...(d.padding ? [{ key: "pad", kind: "padding", label: `end × ${d.padding}`, k: null }] : []),
+        ...(d.padding ? [{ key: "pad", kind: "padding", label: `${pad.label} × ${d.padding}`, k: null }] : []),
         ...d.dropped.map((label, i) => ({ key: `cut${i}`, kind: "dropped", label, k: null })),
       ];
       host.selectAll(".chip")
@@ -32,7 +35,7 @@ export function tokenChips() {
         .classed("is-selected", (t) => t.k !== null && t.k === d.selected)
         .attr("aria-pressed", (t) => (t.k === null ? null : String(t.k === d.selected)))
         .attr("title", (t) => {
-          if (t.kind === "padding") return `${d.padding} padding tokens (end token repeated) fill the prompt to 77`;
+          if (t.kind === "padding") return `${d.padding} padding tokens (${pad.what}) fill the prompt to 77`;
           if (t.kind === "dropped") return "cut off by the 77-token limit";
           return `token ${t.k}: ${t.piece} (id ${t.id})`;
         })

@@ -1,0 +1,96 @@
+"""The page's words follow the bundle's model, and a seed's noise looks the same in every
+run (Playwright driving Debian's chromium). The shipped demo (v-prediction, DDIM, its own
+tokenizer, trained with noisepath) against the synthetic bundle (epsilon, Euler, no
+model facts): each page says what is true for its model. Screenshots go to
+NOISEPATH_SCREENSHOT_DIR, or to a pytest temporary folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.browser_helpers import SKIP_REASON, browser_available, serve_bundle, wait_ready
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not browser_available(), reason=SKIP_REASON)]
+
+DEMO = Path(__file__).resolve().parent.parent / "static" / "demo-bundle"
+
+
+@pytest.fixture(scope="module")
+def demo_url():
+    with serve_bundle(DEMO) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def context(browser):
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    yield context
+    context.close()
+
+
+def typeset(page) -> None:
+    page.wait_for_function("() => document.querySelectorAll('.article .katex').length >= 5")
+
+
+def tex(page, key: str) -> str:
+    """The TeX source a model-dependent formula was typeset from."""
+    return page.locator(f'[data-wording="{key}"]').first.get_attribute("data-tex")
+
+
+def noise_pixels(page) -> list[int]:
+    """The RGBA pixels of the "Random noise at step 0" picture as drawn."""
+    page.wait_for_selector("#noise-frame[data-frame='0']")
+    return page.evaluate("""() => { const c = document.querySelector('#noise-frame canvas');
+        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); }""")
+
+
+def test_demo_page_speaks_of_v_ddim_and_its_own_tokenizer(page, demo_url, shots):
+    page.goto(f"{demo_url}?step=10&guidance=3&open=image")
+    wait_ready(page, 60_000)
+    typeset(page)
+    assert page.locator("#step-uncond + figcaption").inner_text().startswith("v predicted for the empty prompt")
+    assert page.locator("#step-guided + figcaption").inner_text().startswith("Guided v")
+    assert "rescaling" in page.locator("#pixel-table .row-leftover th").inner_text()
+    assert page.locator("#pixel-table .row-rescale").count() == 1
+    assert tex(page, "x0-formula") == "\\hat x_0 = \\sqrt{\\bar\\alpha_t}\\,x_t - \\sqrt{1-\\bar\\alpha_t}\\,\\hat v"
+    assert tex(page, "training-loss").startswith("\\text{loss} = \\lVert v - v_\\theta")
+    article = page.locator("#article").inner_text()
+    assert "598 byte-pair pieces" in article and "49,000" not in article
+    assert "not trained as CLIP" in article and "rising to 0.11 at the last" in article
+    assert "Early steps remove a lot" not in article and "8 bits" in article
+    why = page.locator("#article-why-shapes")
+    assert why.is_visible() and "trained from scratch" in why.inner_text()
+    assert page.locator(".tagline a[href='#article-why-shapes']").is_visible()
+    page.screenshot(path=str(shots / "wording-demo-1440.png"), full_page=True)
+
+
+def test_synthetic_epsilon_page_says_noise_and_hides_the_demo_text(page, base_url):
+    page.goto(f"{base_url}?step=2&guidance=7&open=image")
+    wait_ready(page)
+    typeset(page)
+    assert page.locator("#step-uncond + figcaption").inner_text().startswith("Noise predicted for the empty prompt")
+    assert page.locator("#step-guided + figcaption").inner_text().startswith("Guided noise")
+    assert tex(page, "x0-formula") == "\\hat x_0 = x - \\sigma\\,\\hat\\epsilon"  # Euler: sigma-scaled
+    assert tex(page, "weaken-formula") == "w = \\sigma_s - \\sigma_{s+1}"
+    assert not page.locator("#article-why-shapes").is_visible()
+    assert not page.locator(".tagline a[href='#article-why-shapes']").is_visible()
+    assert "text half of CLIP, a model trained on image" in page.locator("#article-clip").inner_text()
+
+
+def test_a_seeds_noise_is_drawn_the_same_for_every_prompt_and_guidance(page, demo_url):
+    """One latent -> RGB map per model: step 0 (the same x_T) gives the same pixels."""
+    index = page.request.get(f"{demo_url}api/index.json").json()
+    prompts = [p for g in index["groups"][:2] for p in g["prompts"]]
+    drawn = {}
+    for pid, g in [(prompts[0], 3), (prompts[1], 7), (prompts[2], 1), (prompts[3], 0)]:
+        page.goto(f"{demo_url}?prompt={pid}&seed=2&guidance={g}&step=5")
+        wait_ready(page, 60_000)
+        drawn[(pid, g)] = noise_pixels(page)
+    first = next(iter(drawn.values()))
+    assert len(set(map(tuple, drawn.values()))) == 1, list(drawn)
+    assert len(set(first)) > 20  # a real picture, not a blank canvas
+    page.goto(f"{demo_url}?prompt={prompts[0]}&seed=3&guidance=3&step=5")
+    wait_ready(page, 60_000)
+    assert noise_pixels(page) != first  # another seed, other noise
