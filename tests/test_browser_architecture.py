@@ -268,8 +268,8 @@ def test_clicking_a_token_shows_its_attention_and_hovering_a_pixel_lists_tokens(
 
     box = page.locator("#decoded-frame").bounding_box()
     page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.6)
-    page.locator("#attention-controls .ac-hover li").first.wait_for()
-    assert 1 <= page.locator("#attention-controls .ac-hover li").count() <= 5
+    page.locator("#attention-hover li").first.wait_for()   # floats over the page
+    assert 1 <= page.locator("#attention-hover li").count() <= 5
     page.screenshot(path=str(shots / "attention.png"))
 
     # a token chip in the text level selects a token too; a second click clears it

@@ -12,7 +12,7 @@ import { createPlayer } from "./player.js";
 import { bindKeyboard } from "./keyboard.js";
 import { applyWording, bindArticleLinks, renderMath } from "./article.js";
 import { architecture } from "./views/architecture.js";
-import { attentionControls, attentionOverlay } from "./views/attention.js";
+import { attentionControls, attentionHover, attentionOverlay } from "./views/attention.js";
 import { choice } from "./views/choice.js";
 import { clipDiagram, CLIP_EXAMPLE } from "./views/clip.js";
 import { compareLanes } from "./views/compare.js";
@@ -68,6 +68,7 @@ async function start() {
     return;
   }
 
+  const firstVisit = !window.location.search; // read before the store writes the URL
   const store = createStore(index, window);
   const model = createModel(index, api);
   applyWording(document, index); // the words that depend on the bundle's model
@@ -109,7 +110,7 @@ async function start() {
     picker: choiceHandlers(promptPicker(), store, "prompt"),
     seeds: choiceHandlers(choice(), store, "seed"),
     guidance: choiceHandlers(choice(), store, "guidance"),
-    words: promptWords().on("token", toggleToken).on("keyword", () => enterCompare()),
+    words: promptWords().on("token", toggleToken),
     chips: tokenChips().on("token", toggleToken),
     strips: vectorStrips().on("cell", (cell) => {
       d3.select("#vector-readout").text(cell
@@ -124,6 +125,7 @@ async function start() {
     channels: choice().on("commit", (channel) => store.commit({ channel })),
     formula: guidanceFormula(),
     sweep: choiceHandlers(sweep(), store, "guidance"),
+    attentionHover: attentionHover(),
     overlay: attentionOverlay().on("pixel", (p) => store.setHover(p ? { fx: p.fx, fy: p.fy } : null)),
     attentionControls: attentionControls()
       .on("res", (res) => store.commit({ res }))
@@ -136,7 +138,6 @@ async function start() {
     compareSeeds: choiceHandlers(choice(), store, "seed"),
     compareGuidance: choiceHandlers(choice(), store, "guidance"),
     trajectory: trajectoryMap()
-      .anchor((key) => document.querySelector(`#compare-lanes [data-lane="${key}"] .lane-decoded`))
       .on("step", goTo)
       .on("paths", (paths) => store.commit({ paths })),
     differences: differenceChart().on("step", goTo),
@@ -144,6 +145,31 @@ async function start() {
   };
 
   const frameView = frame();
+
+  // A first visit (no state in the address bar) opens with the bundle's marked word of the
+  // first prompt selected, so the attention lesson is on screen from the start.
+  let opening = firstVisit;
+  function openOn(spans) {
+    opening = false;
+    const marked = spans.find((sp) => sp.highlight && sp.k !== null);
+    if (marked && store.committed().token === null) store.commit({ token: marked.k }, { replace: true });
+  }
+
+  // A level that opens below the fold is scrolled into view.
+  let shownPanels = new Set(store.committed().open);
+  function revealOpened(open) {
+    const added = open.filter((p) => !shownPanels.has(p));
+    shownPanels = new Set(open);
+    if (!added.length) return;
+    const panel = document.getElementById(`panel-${added[added.length - 1]}`);
+    if (!panel) return;
+    requestAnimationFrame(() => {
+      const box = panel.getBoundingClientRect();
+      if (box.top < window.innerHeight - 160 && box.top >= 0) return; // already on screen
+      const smooth = !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+      panel.scrollIntoView({ block: "start", behavior: smooth ? "smooth" : "auto" });
+    });
+  }
   d3.select("#clip-diagram").datum(CLIP_EXAMPLE).call(views.clip);
 
   let firstRender = false;
@@ -155,6 +181,7 @@ async function start() {
     const m = model.derive(state, store.hover());
 
     viz.datum(m.architecture).call(views.architecture);
+    if (!state.compare) revealOpened(state.open);
     d3.select("#timestep-controller").datum(m.controller).call(views.controller);
     d3.select("#prompt-picker").datum(m.picker).call(views.picker);
     d3.select("#seed-choice").datum(m.seeds).call(views.seeds);
@@ -167,10 +194,16 @@ async function start() {
     d3.select("#compare-entry").property("hidden", !m.compareFallback || Boolean(state.compare));
     if (m.compareFallback) d3.select("#compare-variant").text(index.prompts[m.compareFallback].text);
 
+    // The controls show while a word is selected; what a hovered pixel attends to floats
+    // over the page, so hovering never moves anything.
     const att = m.attention;
+    const ac = att && att.controls;
     d3.select("#decoded-frame").datum({ map: att ? att.map : null }).call(views.overlay);
-    const controls = d3.select("#attention-controls").property("hidden", !(att && att.controls));
-    if (att && att.controls) controls.datum(att.controls).call(views.attentionControls);
+    // (while a previewed run loads they keep what they showed: the page does not move)
+    const controls = d3.select("#attention-controls").property("hidden", state.token === null);
+    if (ac && ac.token !== null) controls.datum(ac).call(views.attentionControls);
+    d3.select("#attention-hover").datum(ac && ac.hover ? ac.hover : null).call(views.attentionHover);
+    if (opening && m.words.spans.length) openOn(m.words.spans);
 
     if (m.text) {
       d3.select("#token-chips").datum(m.text.chips).call(views.chips);
@@ -221,8 +254,8 @@ async function start() {
     }
   }
 
-  // The map's leader lines depend on the page layout: read it at the start of the next
-  // frame (when it is already computed, so reading is cheap) and draw again if it moved.
+  // The map's size follows the page layout: read it at the start of the next frame (when
+  // it is already computed, so reading is cheap) and draw again if it changed.
   let layoutCheck = null;
   function checkLayout() {
     if (layoutCheck !== null) return;
@@ -262,7 +295,7 @@ async function start() {
   });
   d3.select("#compare-open").on("click", enterCompare);
   d3.select("#compare-close").on("click", leaveCompare);
-  window.addEventListener("resize", () => schedule()); // the map's size and leader lines follow the layout
+  window.addEventListener("resize", () => schedule()); // the map's size follows the layout
   d3.select("#compare-empty").on("change", function onChange() {
     store.commit({ vsEmpty: this.checked });
   });

@@ -127,7 +127,7 @@ export function toSearch(index, s) {
 /**
  * @param index   the bundle index (api/index.json)
  * @param win     an object with `location`, `history` and `addEventListener` (the window)
- * @returns the store: state(), committed(), commit(patch), preview(patch), clearPreview(),
+ * @returns the store: state(), committed(), commit(patch, {replace}), preview(patch), clearPreview(),
  *          playing(), setPlaying(bool), togglePanel(id), closeTopPanel(), on(type, fn)
  */
 export function createStore(index, win) {
@@ -151,7 +151,8 @@ export function createStore(index, win) {
     else win.history.replaceState(null, "", url);
   }
 
-  function commit(patch) {
+  /** Commit a choice; `replace` keeps it out of the history (a choice the app made itself). */
+  function commit(patch, { replace = false } = {}) {
     const next = { ...committed, ...patch };
     if (patch.prompt !== undefined && patch.prompt !== committed.prompt && !("token" in patch)) {
       next.token = null; // token positions belong to the old prompt
@@ -167,7 +168,7 @@ export function createStore(index, win) {
       return;
     }
     committed = normalized;
-    writeUrl(changed.some((k) => !REPLACE_ONLY.has(k)));
+    writeUrl(!replace && changed.some((k) => !REPLACE_ONLY.has(k)));
     emit(changed.join(","));
   }
 

@@ -1,12 +1,15 @@
 /**
  * Cross-attention: a token's map laid over the decoded image, its controls, and the
- * tokens a hovered pixel attends to most.
+ * tokens a hovered pixel attends to most (a floating box over the page, so hovering
+ * never moves anything else).
  *
  * attentionOverlay():  datum {map: {data, shape: [h, w]} | null, label}; event "pixel"
  *                      ({fx, fy} in [0, 1)) while the pointer is over the image, null on leave
- * attentionControls(): datum {token, resolutions, res, avg, step, note, hover: {items} | null,
- *                      max, combinedFrom: the levels the combined map averages};
+ * attentionControls(): datum {token, resolutions, res, avg, step, note, max,
+ *                      combinedFrom: the levels the combined map averages};
  *                      events "res" (value), "avg" (bool), "clear"
+ * attentionHover():    datum {averaged, items: [{k, label, value, share}]} | null; drawn
+ *                      into an absolutely positioned host, hidden when null
  * Colours are viridis (perceptually uniform, colour-blind safe); a map is scaled to its
  * own maximum so its shape is visible at every step.
  */
@@ -95,12 +98,13 @@ export function attentionControls() {
           listeners.call("avg", null, this.checked);
         });
       avg.append("span").text(" all steps averaged");
-      const legend = ac.append("p").attr("class", "ac-legend");
+      // the legend or a note, in a slot of fixed height: a preview never moves the page
+      const info = ac.append("div").attr("class", "ac-info");
+      const legend = info.append("p").attr("class", "ac-legend");
       legend.append("span").text("low ");
       legend.append("canvas").attr("class", "legend-bar").attr("aria-hidden", "true");
       legend.append("span").attr("class", "ac-max");
-      ac.append("p").attr("class", "ac-note");
-      ac.append("div").attr("class", "ac-hover").attr("aria-live", "polite");
+      info.append("p").attr("class", "ac-note");
       // paint the legend once
       legend.select("canvas").each(function paint() {
         this.width = 64;
@@ -124,12 +128,26 @@ export function attentionControls() {
     root.select(".ac-avg-input").property("checked", d.avg);
     root.select(".ac-max").text(d.max === null ? " high" : ` high (${fmt(d.max, 2)} of the pixel's attention)`);
     root.select(".ac-note").text(d.note || "").property("hidden", !d.note);
-    const hover = root.select(".ac-hover");
-    hover.selectAll("p.ac-hover-title").data(d.hover ? [d.hover] : []).join("p")
+    root.select(".ac-legend").property("hidden", Boolean(d.note));
+  }
+
+  view.on = (type, fn) => {
+    listeners.on(type, fn);
+    return view;
+  };
+  return view;
+}
+
+export function attentionHover() {
+  return function view(selection) {
+    const d = selection.datum();
+    selection.property("hidden", !d);
+    selection.selectAll("p.ac-hover-title").data([null]).join("p")
       .attr("class", "ac-hover-title")
-      .text((h) => `This pixel attends most to${h.averaged ? " (all steps)" : ""}:`);
-    hover.selectAll("ol").data(d.hover ? [d.hover] : []).join("ol")
-      .selectAll("li").data((h) => h.items, (it) => it.k)
+      .text(d ? `This pixel attends most to${d.averaged ? " (all steps)" : ""}:` : "");
+    selection.selectAll("ol").data([d ? d.items : []]).join("ol")
+      // joined by rank, not by token: the rows stay put and only their words change
+      .selectAll("li").data((items) => items)
       .join((enter) => {
         const li = enter.append("li");
         li.append("span").attr("class", "ac-token");
@@ -141,13 +159,6 @@ export function attentionControls() {
         li.select(".ac-token").text((it) => it.label);
         li.select(".ac-fill").style("width", (it) => `${Math.round(100 * it.share)}%`);
         li.select(".ac-value").text((it) => `${fmt(100 * it.value, 2)}%`);
-      })
-      .order();
-  }
-
-  view.on = (type, fn) => {
-    listeners.on(type, fn);
-    return view;
+      });
   };
-  return view;
 }

@@ -1,0 +1,404 @@
+"""How the page reads on real screens, in a real browser (Playwright driving Debian's chromium).
+
+Most tests use the synthetic bundle (random arrays in the real format, short prompts);
+those about the first screen, the opening example and the Trajectory Map use the shipped
+demo bundle, whose long prompts and real trajectories are what a visitor meets. Every
+test fails on any console error or uncaught exception. Screenshots go to
+NOISEPATH_SCREENSHOT_DIR, or to a pytest temporary folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from tests.browser_helpers import SKIP_REASON, browser_available, wait_ready, watch_errors
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not browser_available(), reason=SKIP_REASON)]
+
+DEMO = Path(__file__).resolve().parent.parent / "static" / "demo-bundle"
+PROMPT = "a-red-circle-on-the-left-ad3b43dc"   # tests/synthetic_bundle.py, group 0 main
+VARIANT = "a-red-square-on-the-left-0cb5c515"
+# the demo's colour pair: its lanes' images are what the comparison must show side by side
+DEMO_PROMPT = "a-large-red-circle-on-the-left-on-a-blue-630ba501"
+DEMO_VARIANT = "a-large-yellow-circle-on-the-left-on-a-b-bcdf988c"
+
+
+@pytest.fixture(scope="module")
+def demo_url():
+    """The app over the shipped demo bundle."""
+    from tests.browser_helpers import serve_bundle
+    with serve_bundle(DEMO) as url:
+        yield url
+
+
+@pytest.fixture
+def screen(browser):
+    """screen(width, height, **context options) -> a fresh page of that size; every page
+    must end without console errors."""
+    made = []
+
+    def make(width, height, **options):
+        context = browser.new_context(viewport={"width": width, "height": height}, **options)
+        page = context.new_page()
+        made.append((context, page, watch_errors(page)))
+        return page
+
+    yield make
+    for context, page, problems in made:
+        page.goto("about:blank")   # before the module's server stops (autoplay keeps fetching)
+        context.close()
+        assert problems == [], "the page logged errors:\n" + "\n".join(problems)
+
+
+def query(page) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
+
+
+def box(page, selector: str) -> dict:
+    b = page.locator(selector).first.bounding_box()
+    assert b is not None, f"{selector} is not displayed"
+    return b
+
+
+def within_viewport(page, selector: str) -> bool:
+    b, view = box(page, selector), page.viewport_size
+    return b["x"] >= 0 and b["y"] >= 0 and b["x"] + b["width"] <= view["width"] + 0.5 \
+        and b["y"] + b["height"] <= view["height"] + 0.5
+
+
+# ---------------------------------------------------------------------- the comparison
+
+
+@pytest.mark.parametrize("width, height, present", [(1440, 900, False), (1920, 1080, True)])
+def test_comparison_lanes_sit_side_by_side_with_both_decoded_images_on_the_first_screen(
+        screen, demo_url, shots, width, height, present):
+    page = screen(width, height)
+    page.goto(f"{demo_url}?prompt={DEMO_PROMPT}&compare={DEMO_VARIANT}&step=30"
+              + ("&present=1" if present else ""))
+    wait_ready(page)
+    page.locator("#compare-lanes .lane-2 .lane-decoded[data-frame='30']").wait_for()
+    one, two = box(page, "#compare-lanes .lane-1"), box(page, "#compare-lanes .lane-2")
+    assert abs(one["y"] - two["y"]) < 1 and two["x"] >= one["x"] + one["width"], (one, two)
+    for n in (1, 2):
+        assert within_viewport(page, f"#compare-lanes .lane-{n} .lane-decoded"), n
+    page.screenshot(path=str(shots / f"compare-{width}{'-present' if present else ''}.png"))
+
+
+# ---------------------------------------------------------------------- the Trajectory Map
+
+
+def node_boxes(page, selector: str) -> list[dict]:
+    return page.evaluate("""(sel) => [...document.querySelectorAll(sel)].map((n) => {
+        const r = n.getBoundingClientRect(); return { x: r.x + r.width / 2, y: r.y + r.height / 2 }; })""",
+                         selector)
+
+
+def test_the_trajectory_map_frames_the_paths_shown_and_zooms_around_the_current_nodes(
+        screen, demo_url, shots):
+    page = screen(1440, 900)
+    page.goto(f"{demo_url}?prompt={DEMO_PROMPT}&compare={DEMO_VARIANT}&step=50")
+    wait_ready(page)
+    page.locator("#trajectory-map .tm-now").nth(1).wait_for()
+    page.wait_for_timeout(300)   # the map is drawn again once its width is measured
+    plot = box(page, "#trajectory-map .tm-svg")
+    nodes = node_boxes(page, "#trajectory-map .tm-node")
+    assert len(nodes) == 2 * 51
+    xs, ys = [n["x"] for n in nodes], [n["y"] for n in nodes]
+    # one scale for both axes (distances are what the map shows): the paths fill one
+    # dimension of the plot, and all of them are inside it
+    span = max((max(xs) - min(xs)) / plot["width"], (max(ys) - min(ys)) / plot["height"])
+    assert span > 0.8, f"the paths fill only {span:.0%} of the plot"
+    assert min(xs) >= plot["x"] and max(xs) <= plot["x"] + plot["width"]
+    assert min(ys) >= plot["y"] and max(ys) <= plot["y"] + plot["height"]
+    # the first step, from the noise, is drawn shortened and says so
+    assert page.locator("#trajectory-map .tm-break").count() == 2
+    assert "shortened" in page.locator("#trajectory-map .tm-note").inner_text()
+
+    for _ in range(3):
+        page.locator("#trajectory-map .tm-zoom[aria-label='Zoom in']").click()
+        page.wait_for_timeout(350)   # the zoom's transition
+    plot = box(page, "#trajectory-map .tm-svg")
+    for now in node_boxes(page, "#trajectory-map .tm-now"):
+        assert plot["x"] <= now["x"] <= plot["x"] + plot["width"], (now, plot)
+        assert plot["y"] <= now["y"] <= plot["y"] + plot["height"], (now, plot)
+    page.screenshot(path=str(shots / "trajectory-zoomed.png"))
+
+    # other guidance scales: the view is fitted again, to all the paths shown
+    page.locator("#trajectory-map .tm-faint-input").check()
+    page.wait_for_function("() => document.querySelectorAll('#trajectory-map .tm-faint-path').length > 0")
+    page.wait_for_timeout(300)
+    plot = box(page, "#trajectory-map .tm-svg")
+    faint = page.evaluate("""() => [...document.querySelectorAll('#trajectory-map .tm-faint-path path')]
+        .map((p) => { const r = p.getBoundingClientRect(); return [r.x, r.y, r.right, r.bottom]; })""")
+    for x0, y0, x1, y1 in faint:
+        assert plot["x"] - 1 <= x0 and x1 <= plot["x"] + plot["width"] + 1, (faint, plot)
+        assert plot["y"] - 1 <= y0 and y1 <= plot["y"] + plot["height"] + 1, (faint, plot)
+
+
+# ---------------------------------------------------------------------- layout shift
+
+SHIFTS = """() => {
+  window.__shifts = [];
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      window.__shifts.push({ value: e.value, when: e.startTime,
+        sources: (e.sources || []).map((s) => s.node ? (s.node.id || s.node.className || s.node.nodeName) : '?') });
+    }
+  }).observe({ type: 'layout-shift', buffered: true });
+}"""
+
+
+def test_hovering_anything_shifts_no_layout(screen, base_url):
+    """The browser's own layout-shift entries (what CLS is made of) while the pointer moves
+    over the image with a word selected, over the words, the options and the boxes."""
+    page = screen(1440, 900)
+    page.goto(f"{base_url}?prompt={PROMPT}&step=3&token=3")
+    wait_ready(page)
+    page.locator("#decoded-frame.has-attention").wait_for()
+    page.evaluate(SHIFTS)
+    page.wait_for_timeout(300)
+    before = page.evaluate("() => window.__shifts.length")   # the page's own loading
+    frame = box(page, "#decoded-frame")
+    for fx, fy in ((0.2, 0.3), (0.5, 0.5), (0.8, 0.7)):
+        page.mouse.move(frame["x"] + frame["width"] * fx, frame["y"] + frame["height"] * fy, steps=3)
+        page.locator("#attention-hover li").first.wait_for()
+    assert "attends most to" in page.locator("#attention-hover").inner_text()
+    for selector in ("#prompt-words .token-word >> nth=1", "#seed-choice .option >> nth=1",
+                     "#guidance-choice .option >> nth=0", "#text-open", "#image-open",
+                     "#present-toggle", ".tc-play"):
+        page.locator(selector).hover()
+        page.wait_for_timeout(150)
+    page.mouse.move(5, 5)
+    page.wait_for_timeout(300)
+    shifts = page.evaluate("(n) => window.__shifts.slice(n)", before)
+    assert [s for s in shifts if s["value"] > 0] == [], shifts
+
+
+# ---------------------------------------------------------------------- levels and presentation
+
+
+def test_a_level_that_opens_below_the_fold_is_scrolled_into_view(screen, base_url):
+    page = screen(1440, 700)
+    page.goto(f"{base_url}?prompt={PROMPT}&step=3")
+    wait_ready(page)
+    assert box(page, "#image-open")["y"] < 700
+    page.locator("#image-open").click()
+    page.locator("#panel-image").wait_for()
+    page.wait_for_function("""() => { const r = document.querySelector('#panel-image').getBoundingClientRect();
+        return r.top >= 0 && r.top < innerHeight / 2; }""", timeout=5_000)
+
+
+@pytest.mark.parametrize("width, height", [(1280, 720)])
+def test_presentation_mode_fits_the_pictures_and_the_controller_on_the_first_screen(
+        screen, demo_url, shots, width, height):
+    page = screen(width, height)
+    page.goto(f"{demo_url}?present=1&step=30")
+    wait_ready(page)
+    page.wait_for_function("() => document.documentElement.classList.contains('presenting')")
+    for selector in ("#prompt-words", "#decoded-frame", "#pred-frame", "#timestep-controller"):
+        assert within_viewport(page, selector), selector
+    assert box(page, "#decoded-frame")["width"] >= 180, "the pictures stay large"
+    page.screenshot(path=str(shots / f"presentation-{width}x{height}.png"))
+
+
+# ---------------------------------------------------------------------- phones
+
+
+def test_a_phones_first_screen_shows_the_prompt_the_image_and_the_controller(screen, demo_url, shots):
+    page = screen(390, 844, device_scale_factor=2, is_mobile=True, has_touch=True)
+    page.goto(f"{demo_url}?step=30")
+    wait_ready(page)
+    for selector in ("#prompt-words", "#decoded-frame", "#pred-frame"):
+        assert within_viewport(page, selector), selector
+    controller = box(page, "#timestep-controller")
+    assert controller["y"] + controller["height"] <= 844.5 and controller["y"] >= box(page, "#decoded-frame")["y"]
+    assert box(page, "#decoded-frame")["width"] >= 150, "pictures a phone can see"
+    background = page.locator("#timestep-controller").evaluate("el => getComputedStyle(el).backgroundColor")
+    assert background == "rgb(255, 255, 255)", f"the sticky controller is opaque, not {background}"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=str(shots / "phone-first-screen.png"))
+
+
+# ---------------------------------------------------------------------- keyboard
+
+
+def test_space_plays_after_clicking_a_word_and_the_word_stays_selected(screen, base_url):
+    page = screen(1280, 900)
+    page.goto(f"{base_url}?prompt={PROMPT}&step=2")
+    wait_ready(page)
+    word = page.locator("#prompt-words .token-word", has_text="circle")
+    word.click()
+    page.wait_for_function("() => new URLSearchParams(location.search).get('token') === '3'")
+    assert page.evaluate("() => document.activeElement.textContent") == "circle"
+    page.keyboard.press(" ")
+    page.wait_for_function("() => document.querySelector('.tc-play').getAttribute('aria-label') === 'Pause'")
+    assert word.get_attribute("aria-pressed") == "true"
+    page.keyboard.press(" ")
+    page.wait_for_function("() => document.querySelector('.tc-play').getAttribute('aria-label') === 'Play'")
+    # the arrows step and P presents from a focused button too
+    word.focus()
+    step = int(page.locator(".tc-slider").input_value())
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("(s) => document.querySelector('.tc-slider').value === String(s)", arg=min(step + 1, 5))
+    # Space on a focused button plays instead of pressing it (Enter presses it)
+    page.locator("#image-open").focus()
+    page.keyboard.press(" ")
+    page.wait_for_function("() => document.querySelector('.tc-play').getAttribute('aria-label') === 'Pause'")
+    page.wait_for_timeout(200)
+    assert page.locator("#panel-image").is_hidden() and "open" not in query(page)
+
+
+# ---------------------------------------------------------------------- contrast
+
+CONTRAST = """(selector) => {
+  const parse = (c) => {
+    const m = c.match(/rgba?\\(([^)]+)\\)/);
+    if (!m) return null;
+    const p = m[1].split(/[\\s,\\/]+/).filter(Boolean).map(Number);
+    return { r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1 };
+  };
+  const over = (top, bottom) => ({ r: top.r * top.a + bottom.r * (1 - top.a), g: top.g * top.a + bottom.g * (1 - top.a),
+    b: top.b * top.a + bottom.b * (1 - top.a), a: 1 });
+  const lum = (c) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
+  };
+  const results = [];
+  for (const el of document.querySelectorAll(selector)) {
+    if (!el.offsetParent || el.disabled || !el.textContent.trim()) continue;
+    // the effective background: every layer down to an opaque one, on white paper
+    const layers = [];
+    let unknown = false;
+    let opacity = 1;
+    for (let n = el; n && n.nodeType === 1; n = n.parentElement) {
+      const cs = getComputedStyle(n);
+      opacity *= Number(cs.opacity);
+      if (cs.backgroundImage !== 'none') { unknown = true; break; }
+      const c = parse(cs.backgroundColor);
+      if (c && c.a > 0) { layers.push(c); if (c.a >= 1) break; }
+    }
+    if (unknown) continue;
+    let bg = { r: 255, g: 255, b: 255, a: 1 };
+    for (const c of layers.reverse()) bg = over(c, bg);
+    const fg0 = parse(getComputedStyle(el).color);
+    const fg = over({ ...fg0, a: fg0.a * opacity }, bg);
+    const [hi, lo] = [lum(fg), lum(bg)].sort((a, b) => b - a);
+    results.push({ what: (el.id ? '#' + el.id : el.className) + ' “' + el.textContent.trim().slice(0, 20) + '”',
+                   ratio: (hi + 0.05) / (lo + 0.05) });
+  }
+  return results;
+}"""
+CONTROLS = ("#viz button, #viz [role=radio], #viz select, #viz .chip, #viz summary, "
+            ".site-header .button, .site-header summary")
+
+
+def contrast(page, selector=CONTROLS) -> list[dict]:
+    return page.evaluate(CONTRAST, selector)
+
+
+@pytest.mark.parametrize("search", [
+    f"prompt={PROMPT}&step=2&token=3&open=text,guidance",
+    f"prompt={PROMPT}&step=2&token=3&open=image",
+    f"prompt={PROMPT}&compare={VARIANT}&step=3",
+])
+def test_every_control_meets_wcag_aa_contrast_normal_hovered_selected_and_focused(screen, base_url, search):
+    """Text against its effective background (every layer down to an opaque one), for
+    every visible button, option, chip and word; selected ones come from the URL (a word,
+    a token chip, the seed and guidance options); each is measured as it is, hovered and
+    focused. WCAG AA asks 4.5:1 for text."""
+    page = screen(1440, 900)
+    page.goto(f"{base_url}?{search}")
+    wait_ready(page)
+    page.wait_for_timeout(400)   # the levels' opening animation
+    failures = [("normal", r) for r in contrast(page) if r["ratio"] < 4.5]
+    controls = page.locator(CONTROLS)
+    count = controls.count()
+    assert count >= 15
+    checked = 0
+    for i in range(count):
+        control = controls.nth(i)
+        if not control.is_visible() or not control.is_enabled() or not control.inner_text().strip():
+            continue
+        checked += 1
+        control.hover()
+        control.evaluate("el => el.setAttribute('data-under-test', '')")
+        failures += [("hovered", r) for r in contrast(page, "[data-under-test]") if r["ratio"] < 4.5]
+        control.evaluate("el => el.focus()")
+        failures += [("focused", r) for r in contrast(page, "[data-under-test]") if r["ratio"] < 4.5]
+        control.evaluate("el => { el.removeAttribute('data-under-test'); el.blur(); }")
+        page.mouse.move(1, 1)
+    assert checked >= 15
+    assert page.locator("#viz .is-selected").count() >= 2, "selected states were measured too"
+    assert failures == []
+
+
+# ---------------------------------------------------------------------- wrapping
+
+
+def test_choices_and_labels_do_not_break_inside(screen, base_url, demo_url):
+    page = screen(1024, 768)
+    page.goto(f"{demo_url}?step=10")
+    wait_ready(page)
+    tops = page.evaluate("() => [...document.querySelectorAll('#guidance-choice .option')].map((o) => o.getBoundingClientRect().top)")
+    assert len(tops) == 4 and max(tops) - min(tops) < 1, f"guidance options on several lines: {tops}"
+    # "step 0" of "Random noise at step 0" stays on one line
+    lines = page.evaluate("""() => { const el = document.querySelector('#seed-label');
+        const text = el.firstChild; const i = text.data.indexOf('step');
+        const r = document.createRange(); r.setStart(text, i); r.setEnd(text, text.data.length);
+        return new Set([...r.getClientRects()].map((x) => Math.round(x.top))).size; }""")
+    assert lines == 1
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1024
+
+
+def test_the_maps_tooltip_title_is_one_line(screen, base_url):
+    page = screen(1440, 900)
+    page.goto(f"{base_url}?prompt={PROMPT}&compare={VARIANT}&step=5")
+    wait_ready(page)
+    node = page.locator("#trajectory-map .tm-node.lane-2[data-step='4']")
+    node.wait_for()
+    page.locator("#trajectory-map .tm-svg").scroll_into_view_if_needed()
+    b = node.bounding_box()
+    page.mouse.move(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
+    title = page.locator("#trajectory-map .tm-tip-title")
+    title.wait_for()
+    assert title.inner_text() == "Prompt 2, step 4"
+    height, line = title.evaluate("el => [el.getBoundingClientRect().height, parseFloat(getComputedStyle(el).lineHeight)]")
+    assert height < 1.5 * line
+
+
+# ---------------------------------------------------------------------- the opening example
+
+
+def test_a_first_visit_opens_on_two_objects_with_a_shape_words_attention(screen, demo_url, shots):
+    """The demo's colour word of a single object also lights the background; a shape word
+    lights its own object, also when there are two: that is the example to open on."""
+    linked = screen(1440, 900)
+    linked.goto(f"{demo_url}?step=3")
+    wait_ready(linked)
+    page = screen(1440, 900)
+    page.goto(demo_url)
+    wait_ready(page)
+    page.wait_for_function("() => new URLSearchParams(location.search).has('token')")
+    assert " and " in page.locator("#prompt-words").inner_text()
+    selected = page.locator("#prompt-words .token-word[aria-pressed=true]")
+    assert selected.inner_text() in {"circle", "square", "triangle", "star"}
+    page.locator("#decoded-frame.has-attention").wait_for()
+    assert page.evaluate("() => history.length") == linked.evaluate("() => history.length"), \
+        "the opening choice adds no history entry"
+    page.locator(".tc-back").click()   # pause, to look
+    page.screenshot(path=str(shots / "opening-1440.png"))
+
+
+def test_clicking_a_marked_word_shows_where_it_acts_as_the_hint_says(screen, base_url):
+    page = screen(1280, 900)
+    page.goto(f"{base_url}?prompt={PROMPT}&step=2")
+    wait_ready(page)
+    assert "Click a word to see where it acts" in page.locator(".stage-prompt .hint").inner_text()
+    marked = page.locator("#prompt-words .token-word.is-highlight").first
+    marked.click()
+    page.locator("#decoded-frame.has-attention").wait_for()
+    assert "compare" not in query(page) and query(page)["token"] == "1"
+    assert page.locator("#panel-compare").is_hidden()
