@@ -4,8 +4,10 @@ API (docs/api.md) and the files of one bundle, read-only."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from flask import Flask
+if TYPE_CHECKING:
+    from flask import Flask
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = REPO / "static" / "demo-bundle"
@@ -28,14 +30,18 @@ def create_app(test_config: dict | None = None) -> Flask:
     Config: BUNDLE_DIR (default static/demo-bundle), FRONTEND_DIR (default frontend/),
     CHECKSUMS (verify every file's SHA-256 at startup), SKIP_INVALID (serve the valid
     runs of a bundle with bad ones), CACHE_BYTES (memory for bodies built on request),
-    FAST_PATH (answer API documents without Flask's request machinery; same responses).
+    FAST_PATH (answer API documents without Flask's request machinery; same responses),
+    ALLOWED_HOSTS (the Host names answered, with any port; others get 400 JSON against
+    DNS rebinding; default the loopback names, "*" answers any; see backend/hosts.py).
     """
-    from backend import api, errors, static, store
+    from flask import Flask  # here, so that `noisepath` starts (and takes Ctrl+C) quickly
+
+    from backend import api, errors, hosts, static, store
 
     app = Flask(__name__, static_folder=None)
     app.config.from_mapping(BUNDLE_DIR=DEFAULT_BUNDLE, FRONTEND_DIR=FRONTEND,
                             CHECKSUMS=False, SKIP_INVALID=False, CACHE_BYTES=256 << 20,
-                            FAST_PATH=True)
+                            FAST_PATH=True, ALLOWED_HOSTS=hosts.LOOPBACK_HOSTS)
     if test_config:
         app.config.update(test_config)
     store.init_app(app)
@@ -53,4 +59,5 @@ def create_app(test_config: dict | None = None) -> Flask:
     if app.config["FAST_PATH"]:
         from backend.fastpath import FastPath
         app.wsgi_app = FastPath(app.wsgi_app, store.get_store_of(app), SECURITY_HEADERS)
+    app.wsgi_app = hosts.HostCheck(app.wsgi_app, app.config["ALLOWED_HOSTS"])
     return app

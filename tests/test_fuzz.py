@@ -64,10 +64,13 @@ def filled_spec_path(valid):
                      st.lists(segment(valid), min_size=3, max_size=3))
 
 
-def check(method: str, resp_status: int, headers, body: bytes):
+def check(method: str, resp_status: int, headers, body: bytes, path: str = ""):
     assert resp_status < 500, body[:300]
     assert b"Traceback" not in body
-    if resp_status >= 400 and method != "HEAD":
+    if headers.get("Content-Type", "").startswith("text/html") and resp_status >= 400:
+        # a browser's unknown page: the HTML 404 (never for the API or bundle files)
+        assert resp_status == 404 and not path.startswith(("/api/", "/bundle/"))
+    elif resp_status >= 400 and method != "HEAD":
         err = json.loads(body)
         assert err["status"] == resp_status and err["message"]
     for name, value in SECURITY_HEADERS.items():
@@ -80,14 +83,14 @@ def request(app, method, path, headers):
         r = client.open(path, method=method, headers=headers)
     except (ValueError, UnicodeError):  # the client refused to build it; the server never sees it
         return
-    check(method, r.status_code, r.headers, r.data)
+    check(method, r.status_code, r.headers, r.data, r.request.path)
 
 
 headers_st = st.dictionaries(
     st.sampled_from(["If-None-Match", "Accept-Encoding", "Range", "If-Modified-Since",
                      "Accept", "X-Forwarded-For"]),
     st.one_of(st.sampled_from(['*', '"x"', 'W/"x"', "gzip", "gzip;q=0", "br;q=1.5",
-                               "bytes=0-1", "bytes=-1", "zzz"]),
+                               "bytes=0-1", "bytes=-1", "zzz", "text/html", "*/*"]),
               st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126),
                       max_size=20)),
     max_size=3)
@@ -114,7 +117,7 @@ def _raw_paths_never_fail(app, valid, settings_):
         environ = EnvironBuilder(method=method).get_environ()
         environ["PATH_INFO"] = prefix + tail.decode("latin-1")
         body_iter, status, headers = run_wsgi_app(app, environ, buffered=True)
-        check(method, int(status.split()[0]), headers, b"".join(body_iter))
+        check(method, int(status.split()[0]), headers, b"".join(body_iter), environ["PATH_INFO"])
     run()
 
 
@@ -151,3 +154,30 @@ def test_spec_paths_never_fail_many(app, valid, asked_for):
 @pytest.mark.slow
 def test_raw_paths_never_fail_many(app, valid, asked_for):
     _raw_paths_never_fail(app, valid, SLOW)
+
+
+HOST_PARTS = ["localhost", "127.0.0.1", "[::1]", "::1", "LOCALHOST.", "evil.example",
+              "localhost.evil.example", "127.0.0.1.nip.io", "0.0.0.0", "[::2]", "", " ", "\t",
+              "@", "localhost@evil.example", "%6cocalhost", "[", "]", ":", ":80", ":99999",
+              ":-1", "\u0131ocalhost", "localhost\x00", "a" * 300]
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(host=st.one_of(
+    st.lists(st.sampled_from(HOST_PARTS), min_size=1, max_size=3).map("".join),
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=30)),
+    path=st.sampled_from(["/api/index.json", "/", "/nope", "/bundle/x.npy",
+                          "/api/runs/empty--s1-g0.json"]))
+def test_hostile_host_headers_are_answered_or_refused_as_400_json(app, host, path):
+    """A Host is answered only when its name is one of the loopback names (with any port);
+    anything else is 400 host_not_allowed JSON with the security headers (DNS rebinding)."""
+    from backend.hosts import LOOPBACK_HOSTS, host_name
+    environ = EnvironBuilder(path=path).get_environ()
+    environ["HTTP_HOST"] = host
+    body_iter, status, headers = run_wsgi_app(app, environ, buffered=True)
+    body, code = b"".join(body_iter), int(status.split()[0])
+    check("GET", code, headers, body, path)
+    if host_name(host) in LOOPBACK_HOSTS:
+        assert code != 400 or json.loads(body)["error"] != "host_not_allowed"
+    else:
+        assert code == 400 and json.loads(body)["error"] == "host_not_allowed"
