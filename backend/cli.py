@@ -65,7 +65,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
+    try:
+        parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
+    except KeyboardInterrupt:  # Ctrl+C while the command's modules load: nothing started
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     args, rest = parser.parse_known_args(argv)
     if rest and not getattr(args, "_own_parser", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -82,9 +86,10 @@ def main(argv=None) -> int:
         if args._own_parser:
             return mod.main(rest) or 0
         return mod.run(args) or 0
-    except KeyboardInterrupt:
-        print("\ninterrupted; finished work is kept, run the same command to resume",
-              file=sys.stderr)
+    except KeyboardInterrupt:  # a command may say what Ctrl+C left (serve: nothing)
+        message = getattr(sys.modules.get(args._module), "INTERRUPTED_MESSAGE",
+                          "interrupted; finished work is kept, run the same command to resume")
+        print(f"\n{message}", file=sys.stderr)
         return 130
 
 

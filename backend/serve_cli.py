@@ -3,10 +3,14 @@
     noisepath serve                         the shipped demo bundle on http://127.0.0.1:8000/
     noisepath serve --bundle DIR --open     another bundle, and open the browser
     noisepath serve --host 0.0.0.0          share with a class: prints the LAN address(es)
+
+What the server guarantees (bounded connections, timeouts, JSON errors, the Host
+check) is in docs/api.md; the connection limits are in backend/server.py.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import os
@@ -19,9 +23,12 @@ from pathlib import Path
 
 from backend import DEFAULT_BUNDLE, create_app
 from backend.format import BundleError
+from backend.hosts import allowed_hosts
 
 DEFAULT_THREADS = 16
-CONNECTION_LIMIT = 1000      # a class of 200 browsers with a few connections each
+MAX_THREADS = 256
+ALL_INTERFACES = ("0.0.0.0", "", "::")
+INTERRUPTED_MESSAGE = "noisepath serve: stopped during start-up (Ctrl+C); nothing was served"
 DEMO_HELP = ("The demo bundle is made by the demo model (docs/demo-model.md):\n"
              "  noisepath train-demo      # train the tiny demo model\n"
              "  noisepath precompute ...  # record its runs into static/demo-bundle/\n"
@@ -33,14 +40,38 @@ def add_arguments(p) -> None:
                    help="the bundle folder to serve")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 lets other machines (a class) connect")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000,
+                   help="TCP port, 1-65535 (0: any free port, printed)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="another host name the app may be opened as (a DNS name of this "
+                   "machine, a reverse proxy's); repeatable. Requests for other names get "
+                   "400 (DNS rebinding); \"*\" answers any")
     p.add_argument("--open", action="store_true", help="open the app in a web browser")
-    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                   help="worker threads answering requests")
+    p.add_argument("--threads", type=thread_count, default=DEFAULT_THREADS,
+                   help=f"worker threads answering requests, 1-{MAX_THREADS}")
     p.add_argument("--checksums", action="store_true",
                    help="verify every file's SHA-256 at startup (slower on big bundles)")
     p.add_argument("--skip-invalid", action="store_true",
                    help="serve the valid runs of a bundle with bad ones, and list the rest")
+
+
+def whole_number(text: str, low: int, high: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{what} must be a whole number from {low} to "
+                                         f"{high}, not {text!r}")
+    return value
+
+
+def port_number(text: str) -> int:
+    return whole_number(text, 0, 65535, "the port")
+
+
+def thread_count(text: str) -> int:
+    return whole_number(text, 1, MAX_THREADS, "the number of threads")
 
 
 def lan_addresses() -> list[str]:
@@ -60,9 +91,10 @@ def lan_addresses() -> list[str]:
     return sorted(a for a in found if not a.startswith("127."))
 
 
-def urls(host: str, port: int) -> list[str]:
-    if host in ("0.0.0.0", "", "::"):
-        return [f"http://127.0.0.1:{port}/"] + [f"http://{a}:{port}/" for a in lan_addresses()]
+def urls(host: str, port: int, lan: list[str] | None = None) -> list[str]:
+    if host in ALL_INTERFACES:
+        lan = lan_addresses() if lan is None else lan
+        return [f"http://127.0.0.1:{port}/"] + [f"http://{a}:{port}/" for a in lan]
     shown = f"[{host}]" if ":" in host else host
     return [f"http://{shown}:{port}/"]
 
@@ -83,13 +115,15 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 
 def make_server(app, host: str, port: int, threads: int):
-    import waitress
+    """waitress on host:port with noisepath's connection limits (backend/server.py)."""
+    from backend import server
 
-    return waitress.create_server(
-        app, sockets=[listen_socket(host, port)], threads=threads,
-        connection_limit=CONNECTION_LIMIT, asyncore_use_poll=True,  # poll: no 1024-fd limit
-        backlog=2048, ident="",  # no Server header
-        channel_timeout=60, clear_untrusted_proxy_headers=True)
+    sock = listen_socket(host, port)
+    try:
+        return server.make_server(app, sock, threads)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _interrupt(signum, frame):
@@ -115,9 +149,29 @@ def stop_signals():
 
 
 def run(args) -> int:
+    """Start (load the bundle, listen), then serve until Ctrl+C or SIGTERM."""
+    with stop_signals():
+        server = None
+        try:
+            started = start(args)
+            if isinstance(started, int):
+                return started
+            server, addresses, store = started
+        except KeyboardInterrupt:
+            if server is not None:
+                server.close()
+            print(f"\n{INTERRUPTED_MESSAGE}", file=sys.stderr, flush=True)
+            return 130
+        return serve(server, addresses, store, args.open)
+
+
+def start(args):
+    """The listening server, its URLs and the store; or an exit code after a message."""
+    lan = lan_addresses() if args.host in ALL_INTERFACES else []
     try:
         app = create_app({"BUNDLE_DIR": args.bundle, "CHECKSUMS": args.checksums,
-                          "SKIP_INVALID": args.skip_invalid})
+                          "SKIP_INVALID": args.skip_invalid,
+                          "ALLOWED_HOSTS": allowed_hosts(args.host, lan, args.allowed_host)})
     except BundleError as e:
         if not args.bundle.exists() and args.bundle.resolve() == DEFAULT_BUNDLE.resolve():
             print(f"noisepath serve: the demo bundle is missing ({DEFAULT_BUNDLE}).\n"
@@ -149,7 +203,10 @@ def run(args) -> int:
                   f"{getattr(e, 'strerror', None) or e}", file=sys.stderr)
         return 1
     port = server.effective_port if hasattr(server, "effective_port") else args.port
-    addresses = urls(args.host, port)
+    return server, urls(args.host, int(port), lan), store
+
+
+def serve(server, addresses: list[str], store, open_browser: bool) -> int:
     try:
         print(f"Noisepath: {len(store.runs)} runs of {store.bundle.root}")
         print(f"Open {addresses[0]} in a web browser.")
@@ -158,10 +215,9 @@ def run(args) -> int:
             for url in addresses[1:]:
                 print(f"  {url}")
         print("Press Ctrl+C to stop.", flush=True)
-        if args.open:
+        if open_browser:
             threading.Timer(0.5, webbrowser.open, [addresses[0]]).start()
-        with stop_signals():
-            server.run()  # returns on Ctrl+C (waitress catches KeyboardInterrupt)
+        server.run()  # returns on Ctrl+C (waitress catches KeyboardInterrupt)
     except KeyboardInterrupt:
         pass
     finally:
