@@ -28,7 +28,7 @@ from backend.hosts import allowed_hosts
 DEFAULT_THREADS = 16
 MAX_THREADS = 256
 ALL_INTERFACES = ("0.0.0.0", "", "::")
-INTERRUPTED_MESSAGE = "noisepath serve: stopped during start-up (Ctrl+C); nothing was served"
+INTERRUPTED_MESSAGE = "noisepath serve: stopped during start-up; nothing was served"
 DEMO_HELP = ("The demo bundle is made by the demo model (docs/demo-model.md):\n"
              "  noisepath train-demo      # train the tiny demo model\n"
              "  noisepath precompute ...  # record its runs into static/demo-bundle/\n"

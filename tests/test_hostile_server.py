@@ -388,29 +388,31 @@ from backend.cli import main
 
 module, name = sys.argv[1].rsplit(".", 1)
 real = getattr(sys.modules[module], name)
+signum = getattr(signal, sys.argv[2])
 
 def interrupted(*args):
-    # the user presses Ctrl+C during this phase of start-up: a real SIGINT from another
-    # thread, and the phase does not return before it has been delivered
-    ctrl_c = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT))
+    # the user presses Ctrl+C (or `docker stop` sends SIGTERM) during this phase of
+    # start-up: a real signal from another thread, delivered before the phase returns
+    ctrl_c = threading.Timer(0.01, os.kill, (os.getpid(), signum))
     ctrl_c.start()
     result = real(*args)
     ctrl_c.join()
     return result
 
 setattr(sys.modules[module], name, interrupted)
-sys.exit(main(sys.argv[2:]))
+sys.exit(main(sys.argv[3:]))
 """
 
 
-@pytest.mark.parametrize("phase, message", [
-    ("backend.cli.build_parser", "interrupted"),                # loading the command's modules
-    ("backend.serve_cli.create_app", serve_cli.INTERRUPTED_MESSAGE),   # loading the bundle
-    ("backend.serve_cli.make_server", serve_cli.INTERRUPTED_MESSAGE),  # starting to listen
+@pytest.mark.parametrize("phase, signame, message", [
+    ("backend.cli.build_parser", "SIGINT", "interrupted"),  # loading the command's modules
+    ("backend.serve_cli.create_app", "SIGINT", serve_cli.INTERRUPTED_MESSAGE),  # the bundle
+    ("backend.serve_cli.make_server", "SIGINT", serve_cli.INTERRUPTED_MESSAGE),  # listening
+    ("backend.serve_cli.create_app", "SIGTERM", serve_cli.INTERRUPTED_MESSAGE),
 ])
-def test_ctrl_c_during_startup_prints_one_line(synthetic_bundle_ro, phase, message):
+def test_ctrl_c_during_startup_prints_one_line(synthetic_bundle_ro, phase, signame, message):
     proc = subprocess.run(
-        [sys.executable, "-c", INTERRUPT_DURING, phase, "serve", "--bundle",
+        [sys.executable, "-c", INTERRUPT_DURING, phase, signame, "serve", "--bundle",
          str(synthetic_bundle_ro), "--port", "0"],
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == 130, proc.stderr
