@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -217,13 +216,15 @@ def test_browser_asking_for_an_unknown_page_gets_html_404(app, url):
         assert r.headers.get(header) == value
 
 
-@pytest.mark.parametrize("url", ["/api/nope.json", "/api/runs/nope.json", "/api", "/bundle/nope.npy"])
+@pytest.mark.parametrize("url", ["/api/nope.json", "/api/runs/nope.json", "/api",
+                                 "/bundle/nope.npy"])
 def test_api_and_bundle_404s_stay_json_for_browsers(app, url):
     r = app.test_client().get(url, headers={"Accept": BROWSER_ACCEPT})
     assert_json_error(r.status_code, r.headers, r.data, 404)
 
 
-@pytest.mark.parametrize("accept", [None, "*/*", "application/json", "text/html;q=0.5, application/json"])
+@pytest.mark.parametrize("accept", [None, "*/*", "application/json",
+                                    "text/html;q=0.5, application/json"])
 def test_scripts_get_json_404_for_unknown_pages(app, accept):
     r = app.test_client().get("/nope", headers={"Accept": accept} if accept else {})
     assert_json_error(r.status_code, r.headers, r.data, 404, "not_found")
