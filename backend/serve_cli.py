@@ -186,9 +186,11 @@ def start(args):
     if store.frontend_file("index.html") is None:
         print(f"warning: no front end at {store.frontend}/index.html: only the API will answer",
               file=sys.stderr)
-    if store.bundle.skipped_runs:
-        print(f"skipped {len(store.bundle.skipped_runs)} invalid run(s):", file=sys.stderr)
-        for p in store.bundle.problems:
+    b = store.bundle
+    if b.skipped_runs or b.skipped_prompts or b.skipped_trajectories:
+        print(f"skipped {len(b.skipped_runs)} invalid run(s), {len(b.skipped_prompts)} "
+              f"prompt(s), {len(b.skipped_trajectories)} trajectory map(s):", file=sys.stderr)
+        for p in b.problems:
             if p.severity == "error":
                 print(f"  {p}", file=sys.stderr)
     try:

@@ -38,9 +38,6 @@ def check_run(c: Checker, rid: str, entry, config: dict, listed_prompts: dict,
         m = c.json(rel, entry["sha256"], f"{field_}.sha256")
         if m is None:
             return None
-        if not isinstance(m, dict):
-            c.add(rel, "", f"must be a JSON object, is {describe(m)}")
-            return None
         errors = c.errors()
         run = _Run(c, rid, m, config, prompts)
         run.check_fields(entry, listed_prompts)

@@ -201,8 +201,8 @@ class Checker:
         return path
 
     def json(self, rel: str, sha256: str | None = None, field_: str = ""):
-        """A JSON document (NaN, Infinity and out-of-range numbers refused), checked
-        against the sha256 its parent holds; None and a problem when it cannot be."""
+        """A JSON object (NaN, Infinity and out-of-range numbers refused), checked against
+        the sha256 its parent holds; None and a problem when it is not one."""
         path = self.path(rel)
         if path is None:
             return None
@@ -222,6 +222,9 @@ class Checker:
         where = _non_finite(doc)
         if where is not None:
             self.add(rel, where, "is NaN or infinite (or too large): not a JSON number")
+            return None
+        if not isinstance(doc, dict):
+            self.add(rel, "", f"must be a JSON object, is {describe(doc)}")
             return None
         return doc
 
@@ -272,9 +275,6 @@ def check_bundle(root, checksums: bool = True, decode: bool = False) -> Checked:
     out = Checked(root, c.problems)
     index = c.json("bundle.json")
     if index is None:
-        return out
-    if not isinstance(index, dict):
-        c.add("bundle.json", "", f"must be a JSON object, is {describe(index)}")
         return out
     config = _check_index(c, index)
     if config is None:
@@ -391,9 +391,6 @@ def _check_prompt(c: Checker, pid: str, entry) -> dict | None:
     p = c.json(rel, entry["sha256"], f"{field_}.sha256")
     if p is None:
         return None
-    if not isinstance(p, dict):
-        c.add(rel, "", f"must be a JSON object, is {describe(p)}")
-        return None
     if p.get("prompt_id") != pid:
         c.add(rel, "prompt_id", f"is {describe(p.get('prompt_id'))}, folder is {pid!r}")
     c.need(p, rel, "text", lambda v: isinstance(v, str), "a string")
@@ -448,9 +445,6 @@ def _check_trajectory(c: Checker, seed: str, entry, runs: dict, steps: int) -> d
     rel = entry["file"]
     t = c.json(rel, entry["sha256"], f"{field_}.sha256")
     if t is None:
-        return None
-    if not isinstance(t, dict):
-        c.add(rel, "", f"must be a JSON object, is {describe(t)}")
         return None
     c.need(t, rel, "method", lambda v: isinstance(v, str), "a string")
     coords = c.need(t, rel, "runs", lambda v: isinstance(v, dict), "an object") or {}

@@ -393,3 +393,289 @@ def test_unknown_format_version_is_refused(synthetic_bundle):
     (synthetic_bundle / "bundle.json").write_text(json.dumps(index))
     [p] = problems_of(synthetic_bundle)
     assert p.field == "format_version" and "reads versions 1, 2" in p.message
+
+
+# ------------------------------------------------------- hostile and damaged bundles
+
+def rewrite(root, rel, edit):
+    """Replace the JSON document `rel` by edit(doc) (which may also change doc in place and
+    return None) and re-chain its sha256 in bundle.json, so checksums pass."""
+    from precompute.writer import sha256_file
+    path = root / rel
+    doc = json.loads(path.read_text())
+    new = edit(doc)
+    path.write_text(json.dumps(doc if new is None else new))  # NaN is written as NaN
+    if rel == "bundle.json":
+        return
+    index = json.loads((root / "bundle.json").read_text())
+    kind, key = rel.split("/")[:2]
+    if kind == "trajectories":
+        key = next(s for s, t in index["trajectories"].items() if t["file"] == rel)
+    index[kind][key]["sha256"] = sha256_file(path)
+    (root / "bundle.json").write_text(json.dumps(index))
+
+
+def _g7(root):
+    return _first_run(root)[0]
+
+
+def _g7_prompt(root):
+    return json.loads((root / "runs" / _g7(root) / "run.json").read_text())["prompt_id"]
+
+
+def _set(path, value):
+    """An edit setting the field at `path` (keys and indices) to value, or deleting it."""
+    def edit(doc):
+        *parents, last = path
+        for key in parents:
+            doc = doc[key]
+        if value is _DELETE:
+            del doc[last]
+        else:
+            doc[last] = value
+    return edit
+
+
+_DELETE = object()
+MALFORMED = [  # (document, edit, the problem's file, its field)
+    ("bundle.json", lambda d: [], "bundle.json", ""),
+    ("bundle.json", lambda d: "a string", "bundle.json", ""),
+    ("bundle.json", _set(["runs"], 3), "bundle.json", "runs"),
+    ("bundle.json", _set(["prompts"], ["empty"]), "bundle.json", "prompts"),
+    ("bundle.json", _set(["trajectories"], [{"1": {}}]), "bundle.json", "trajectories"),
+    ("bundle.json", _set(["groups", 0, "prompts"], 1), "bundle.json", "groups[0].prompts"),
+    ("bundle.json", _set(["groups", 0, "id"], _DELETE), "bundle.json", "groups[0].id"),
+    ("bundle.json", _set(["groups", 0], "a group"), "bundle.json", "groups[0]"),
+    ("run", lambda d: [], "run", ""),
+    ("run", _set(["scheduler", "sigmas"], 3), "run", "scheduler.sigmas"),
+    ("run", _set(["attention"], "yes"), "run", "attention"),
+    ("run", _set(["guidance_scale"], float("nan")), "run", "guidance_scale"),
+    ("run", _set(["seed"], float("inf")), "run", "seed"),
+    ("run", _set(["images", "decoded", "mime"], ["image/webp"]), "run", "images.decoded"),
+    ("run", _set(["arrays", "latents", "file"], "../../../bundle.json"), "run",
+     "arrays.latents"),
+    ("prompt", _set(["arrays"], []), "prompt", "arrays"),
+    ("prompt", _set(["arrays", "text_embeddings", "shape"], 77), "prompt",
+     "arrays.text_embeddings"),
+    ("bundle.json", _set(["config", "latent_shape"], [4, 8, -8]), "bundle.json",
+     "config.latent_shape"),
+]
+
+
+@pytest.mark.parametrize("doc, edit, file, field", MALFORMED)
+def test_malformed_documents_are_named_by_file_and_field_not_crashes(synthetic_bundle, doc,
+                                                                     edit, file, field):
+    """Each of these crashed the validator, or passed it and then crashed the server."""
+    rels = {"run": f"runs/{_g7(synthetic_bundle)}/run.json",
+            "prompt": f"prompts/{_g7_prompt(synthetic_bundle)}/prompt.json"}
+    rewrite(synthetic_bundle, rels.get(doc, doc), edit)
+    problems = problems_of(synthetic_bundle, checksums=True)
+    assert (rels.get(file, file), field) in {(p.file, p.field) for p in problems}, problems
+    with pytest.raises(BundleError):
+        Bundle(synthetic_bundle)
+
+
+def test_a_run_id_is_a_name_never_a_path(synthetic_bundle, tmp_path):
+    """`../../evilrun` in bundle.json named a folder outside the bundle, which was read."""
+    import shutil
+    rid, folder = _first_run(synthetic_bundle)
+    evil = "../../evilrun"
+    shutil.copytree(folder, synthetic_bundle / "runs" / evil)  # tmp_path/evilrun: outside
+    assert (tmp_path / "evilrun" / "run.json").is_file()
+    rewrite(synthetic_bundle, f"runs/{rid}/run.json", _set(["run_id"], evil))
+    index = json.loads((synthetic_bundle / "bundle.json").read_text())
+    index["runs"][evil] = index["runs"].pop(rid)
+    (synthetic_bundle / "bundle.json").write_text(json.dumps(index))
+    [p] = problems_of(synthetic_bundle)
+    assert (p.file, p.field, p.run_id) == ("bundle.json", f"runs.{evil}", evil)
+    assert "never a path" in p.message
+    b = Bundle(synthetic_bundle, skip_invalid=True)
+    assert evil not in b.runs and evil not in b.index["runs"] and b.skipped_runs == [evil]
+
+
+@pytest.mark.parametrize("target", ["runs/{rid}/latents.npy", "runs/{rid}",
+                                    "prompts/{pid}/text_embeddings.npy"])
+def test_files_symlinked_outside_the_bundle_are_not_read(synthetic_bundle, tmp_path, target):
+    import shutil
+    rel = target.format(rid=_g7(synthetic_bundle), pid=_g7_prompt(synthetic_bundle))
+    inside, outside = synthetic_bundle / rel, tmp_path / "outside"
+    shutil.move(inside, outside)
+    inside.symlink_to(outside)  # the same bytes, but outside the bundle
+    problems = problems_of(synthetic_bundle, checksums=True)
+    [p] = [p for p in problems if "outside the bundle" in p.message]
+    assert p.file.startswith(rel) and p.field == "", problems
+    b = Bundle(synthetic_bundle, skip_invalid=True)
+    assert _g7(synthetic_bundle) in b.skipped_runs
+
+
+def test_symlinks_that_stay_inside_the_bundle_are_read(synthetic_bundle):
+    import shutil
+    rid, folder = _first_run(synthetic_bundle)
+    shutil.move(folder / "latents.npy", synthetic_bundle / "latents-elsewhere.npy")
+    (folder / "latents.npy").symlink_to("../../latents-elsewhere.npy")
+    assert problems_of(synthetic_bundle, checksums=True) == []
+
+
+def _flip(path, at=0.6, n=64):
+    data = bytearray(path.read_bytes())
+    i = int(len(data) * at)
+    data[i:i + n] = bytes(b ^ 0xFF for b in data[i:i + n])
+    path.write_bytes(bytes(data))
+
+
+def _served_without_5xx(root, **config):
+    """create_app over `root`, and every API URL it lists answers below 500."""
+    from backend import create_app
+    app = create_app({"BUNDLE_DIR": root, **config})
+    store = app.extensions["noisepath.store"]
+    client = app.test_client()
+    paths = list(store.api_paths())
+    for path in paths:
+        r = client.get("/" + path)
+        assert r.status_code < 500, (path, r.data[:300])
+    return store
+
+
+def test_skip_invalid_skips_a_run_damaged_past_its_header(tmp_path):
+    """64 bytes flipped at 60% of a latents.q8.npz passed start-up (only headers are read)
+    and made serve --skip-invalid exit with an LZMAError."""
+    from tests.synthetic_bundle import make_bundle
+    # latents of 16x16 over 10 steps: 60% of the file lies past the 4 KiB that reading
+    # q's header inflates (a demo run's latents.q8.npz is 15 KB)
+    root = make_bundle(tmp_path / "b", storage="compact", seeds=(1,), guidance_scales=(0, 7),
+                       steps=10, latent=16)
+    rid = _g7(root)
+    assert (root / "runs" / rid / "latents.q8.npz").stat().st_size > 4096 / 0.5
+    _flip(root / "runs" / rid / "latents.q8.npz")
+    Bundle(root)  # only headers are read by default: start-up stays fast
+    b = Bundle(root, skip_invalid=True)
+    assert b.skipped_runs == [rid] and len(b.runs) == len(b.index["runs"]) == 4
+    assert [(p.file, p.run_id) for p in b.problems] == [(f"runs/{rid}/latents.q8.npz", rid)]
+    store = _served_without_5xx(root, SKIP_INVALID=True)
+    assert rid not in store.runs
+
+
+def test_skip_invalid_skips_a_damaged_prompt_with_its_runs(synthetic_bundle):
+    """Damage in a prompt's files refused the whole bundle, also with --skip-invalid."""
+    pid = _g7_prompt(synthetic_bundle)
+    emb = synthetic_bundle / "prompts" / pid / "text_embeddings.npy"
+    emb.write_bytes(emb.read_bytes()[:-10])
+    with pytest.raises(BundleError, match="text_embeddings.npy"):
+        Bundle(synthetic_bundle)
+    b = Bundle(synthetic_bundle, skip_invalid=True)
+    assert b.skipped_prompts == [pid] and pid not in b.prompts and pid not in b.index["prompts"]
+    own = {rid for rid, r in b.index["runs"].items() if r["prompt_id"] == pid}
+    assert own == set() and b.skipped_runs and len(b.runs) > 0
+    assert all(json.loads((synthetic_bundle / "runs" / r / "run.json").read_text())["prompt_id"]
+               == pid for r in b.skipped_runs)
+    assert all(pid not in g["prompts"] for g in b.index["groups"])
+    store = _served_without_5xx(synthetic_bundle, SKIP_INVALID=True)
+    assert json.loads(store.index.body)["skipped_runs"] == b.skipped_runs
+
+
+@pytest.fixture
+def unreadable(monkeypatch):
+    """unreadable(path): from now on opening `path`, or anything inside it, fails as it
+    does for a user without read permission (tests run as root, who may read anything)."""
+    import builtins
+    import io
+    import os
+    import stat
+    blocked = []  # (absolute path, is a folder)
+
+    def guard(real, *, opens):
+        """`real` failing inside a blocked folder, and on a blocked file if it opens it."""
+        def call(path, *args, **kwargs):
+            p = os.path.abspath(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else ""
+            for b, folder in blocked:
+                if p.startswith(b + os.sep) or (p == b and (opens or not folder)
+                                                and (opens or folder)):
+                    raise PermissionError(13, "Permission denied", p)
+            return real(path, *args, **kwargs)
+        return call
+
+    is_folder = lambda path: stat.S_ISDIR(os.stat(path).st_mode)  # noqa: E731 (before patching)
+    for module, name, opens in [(builtins, "open", True), (io, "open", True),
+                                (os, "stat", False), (os, "lstat", False),
+                                (os, "scandir", True), (os, "listdir", True)]:
+        monkeypatch.setattr(module, name, guard(getattr(module, name), opens=opens))
+    return lambda path: blocked.append((os.path.abspath(path), is_folder(path)))
+
+
+@pytest.mark.parametrize("what", ["run.json", "folder", "latents.npy", "prompt.json"])
+def test_unreadable_files_are_named_and_skipped_not_a_traceback(synthetic_bundle, unreadable,
+                                                                 what):
+    """A run.json or run folder of mode 000 gave a PermissionError traceback."""
+    rid, folder = _first_run(synthetic_bundle)
+    pid = _g7_prompt(synthetic_bundle)
+    path = {"folder": folder, "prompt.json": synthetic_bundle / "prompts" / pid / "prompt.json"
+            }.get(what, folder / what)
+    unreadable(path)
+    problems = problems_of(synthetic_bundle, checksums=True)
+    assert any("Permission denied" in p.message and str(path.relative_to(synthetic_bundle))
+               in p.file for p in problems), problems
+    with pytest.raises(BundleError, match="Permission denied"):
+        Bundle(synthetic_bundle)
+    b = Bundle(synthetic_bundle, skip_invalid=True)
+    assert rid in b.skipped_runs and rid not in b.runs and len(b.runs) > 0
+    assert (pid in b.skipped_prompts) == (what == "prompt.json")
+
+
+def _bomb(path, member, size):
+    """Replace `member` of an .npz by `size` bytes of zeros that deflate to a few KB."""
+    import zipfile
+    from backend import codec
+    members = codec.read_npz(path)
+    members[member] = np.zeros(size // 4, np.float32)
+    path.write_bytes(codec.npz_bytes(members, compression=zipfile.ZIP_DEFLATED))
+
+
+@pytest.mark.parametrize("member", ["lo", "q"])
+def test_a_compressed_member_is_not_inflated_past_what_its_shape_allows(tmp_path, member):
+    """A 71 KB q8.npz whose member inflates to 400 MB took validate to 1 GB of memory."""
+    import tracemalloc
+    from backend import codec
+    from tests.synthetic_bundle import make_bundle
+    root = make_bundle(tmp_path / "b", storage="compact", seeds=(1,), guidance_scales=(7,))
+    rid = _g7(root)
+    path = root / "runs" / rid / "noise_pred_text.q8.npz"
+    size = 32 << 20
+
+    def validate_peak(decode):
+        tracemalloc.start()
+        try:
+            problems = [p for p in validate_bundle(root, checksums=False, decode=decode)
+                        if p.severity == "error"]
+            return problems, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    baseline = {decode: validate_peak(decode)[1] for decode in (False, True)}  # LZMA: ~8 MB
+    _bomb(path, member, size)
+    assert path.stat().st_size < size / 100
+    for decode in (False, True):
+        problems, peak = validate_peak(decode)
+        # refused unread, not inflated and then judged (that took the whole 32 MB)
+        assert peak < baseline[decode] + size / 8
+        assert [(p.file, p.field) for p in problems] == [(str(path.relative_to(root)), member)]
+        assert "declares 33,554,5" in problems[0].message
+    with pytest.raises(codec.MemberTooLarge):  # the server's decoding checks the same
+        codec.load(path, 0, [5, 4, 8, 8])
+
+
+def test_validate_decodes_every_array_by_default(tmp_path, capsys):
+    """A file damaged past its start whose checksums were recorded after the damage (a
+    writer bug, a crafted file) passes a read of headers; `noisepath validate` reads it all."""
+    from backend.cli import main
+    from precompute.writer import sha256_file
+    from tests.synthetic_bundle import make_bundle
+    root = make_bundle(tmp_path / "b", storage="compact", seeds=(1,), guidance_scales=(7,),
+                       steps=10, latent=16)
+    rid = _g7(root)
+    path = root / "runs" / rid / "latents.q8.npz"
+    _flip(path)
+    rewrite(root, f"runs/{rid}/run.json",
+            _set(["arrays", "latents", "sha256"], sha256_file(path)))
+    assert main(["validate", "--no-checksums", str(root)]) == 0  # headers only: fast
+    assert main(["validate", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert f"runs/{rid}/latents.q8.npz" in out and "Traceback" not in out
