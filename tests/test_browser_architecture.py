@@ -359,7 +359,7 @@ def test_guidance_level_snaps_to_the_bundle_scales_and_shows_the_formula(page, b
     page.wait_for_function("() => new URLSearchParams(location.search).get('guidance') === '7'")
     page.locator("#guidance-slider .gs-range").fill("0.4")
     page.wait_for_function("() => new URLSearchParams(location.search).get('guidance') === '0'")
-    assert page.locator("#guidance-note-0").is_visible()
+    page.locator("#guidance-note-0").wait_for()   # drawn on the next frame after the URL changes
     # the step's numbers for the guidance-0 run arrive after the switch: wait for them
     page.wait_for_function("() => document.querySelector('#guidance-formula').innerText"
                            ".replace(/\\u00a0/g, ' ').includes('not run')")
