@@ -89,8 +89,7 @@ def shown(key: str) -> str:
 
 
 def _non_finite(doc) -> str | None:
-    """The dotted field of the first NaN or infinite number in a parsed JSON document
-    (Python's json reads NaN, Infinity and 1e400 as floats), or None."""
+    """The dotted field of a NaN or infinite number in a parsed JSON document, or None."""
     stack = [("", doc)]
     while stack:
         where, value = stack.pop()
@@ -214,12 +213,19 @@ class Checker:
         if sha256 is not None and self.checksums and hashlib.sha256(data).hexdigest() != sha256:
             self.add(rel, field_, "sha256 does not match the file (corrupt or changed)")
             return None
+        non_finite = []  # Python's json reads NaN, Infinity and 1e400 as floats
+
+        def number(text: str) -> float:
+            value = float(text)
+            if not math.isfinite(value):
+                non_finite.append(text)
+            return value
         try:
-            doc = json.loads(data.decode("utf-8"))
+            doc = json.loads(data.decode("utf-8"), parse_float=number, parse_constant=number)
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
             self.add(rel, "", f"not valid JSON ({str(e)[:200]})")
             return None
-        where = _non_finite(doc)
+        where = _non_finite(doc) if non_finite else None
         if where is not None:
             self.add(rel, where, "is NaN or infinite (or too large): not a JSON number")
             return None
