@@ -173,13 +173,14 @@ class Bundle:
             return self._arrays[key]
 
     def file_path(self, rel: str) -> Path | None:
-        """Resolve a path inside the bundle, or None if it would leave the bundle."""
+        """Resolve a path inside the bundle (symlinks resolved), or None if it would leave
+        the bundle, or is not a file this process may see."""
         try:
             path = (self.root / rel).resolve()
-        except (OSError, ValueError):  # e.g. a NUL byte in the path
+            if path != self.root and self.root not in path.parents:
+                return None
+            if any(part.startswith(".") for part in path.relative_to(self.root).parts):
+                return None
+            return path if path.is_file() else None
+        except (OSError, ValueError):  # a NUL byte in the path, a folder it may not read
             return None
-        if path != self.root and self.root not in path.parents:
-            return None
-        if any(part.startswith(".") for part in path.relative_to(self.root).parts):
-            return None
-        return path if path.is_file() else None

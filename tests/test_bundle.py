@@ -679,3 +679,10 @@ def test_validate_decodes_every_array_by_default(tmp_path, capsys):
     assert main(["validate", str(root)]) == 1
     out = capsys.readouterr().out
     assert f"runs/{rid}/latents.q8.npz" in out and "Traceback" not in out
+
+
+def test_file_path_of_an_unreadable_folder_is_none(synthetic_bundle, unreadable):
+    rid, folder = _first_run(synthetic_bundle)
+    b = Bundle(synthetic_bundle)
+    unreadable(folder)  # after start-up: permissions changed under a running server
+    assert b.file_path(f"runs/{rid}/decoded.webp") is None
