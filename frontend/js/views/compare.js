@@ -8,8 +8,8 @@
  * Usage: d3.select(host).datum({lanes: [{key, n, name, text, spans, missing, previewed,
  *          frames: {latent, pred, decoded}, attention: {map, note, title}, picker}]})
  *          .call(compareLanes().on("commit", ({lane, id}) => ...).on("preview", ...).on("unpreview", ({lane}) => ...))
- * Each lane's decoded image carries the class `lane-decoded` (the Trajectory Map's leader
- * lines start there).
+ * Each lane's decoded image carries the class `lane-decoded`. From 1200 px the two lanes
+ * sit side by side (main.css), so both decoded images are on the first screen.
  */
 import { d3 } from "../lib.js";
 import { attentionOverlay } from "./attention.js";
