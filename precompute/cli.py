@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -79,6 +80,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "of progress bars")
 
 
+# settings whose flag is not --<key with dashes>
+FLAGS = {"num_inference_steps": "--steps"}
+
+
+def out_problem(out: Path) -> str | None:
+    """Why --out cannot become a bundle folder, or None: checked before any model loads."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out}: exists and is not a folder"
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        return f"--out {out}: {existing} is a file, so no folder can be made inside it"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--out {out}: {existing} is not writable by this user"
+    return None
+
+
+def check_how_to_run(args) -> str | None:
+    """The first problem with the flags that say how to run, or None."""
+    if args.threads < 0:
+        return "--threads must be 0 (torch's default) or more"
+    if args.decode_batch_size < 1:
+        return "--decode-batch-size must be 1 or more (latents the VAE decodes at once)"
+    return out_problem(args.out)
+
+
 def run(args) -> int:
     from precompute.run import Options, precompute
     from precompute.writer import BundleConfigMismatch
@@ -98,18 +124,19 @@ def run(args) -> int:
                     if getattr(args, k) is not None}
 
         def bad_flag(key, message):
-            raise PromptFileError("command line", None, f"--{key.replace('_', '-')}", message)
+            flag = FLAGS.get(key, f"--{key.replace('_', '-')}")
+            raise PromptFileError("command line", None, flag, message)
         check_settings(settings, bad_flag)
     except PromptFileError as e:
         print(f"noisepath precompute: {e}", file=sys.stderr)
         return 2
-    if args.threads < 0:
-        print("noisepath precompute: --threads must be 0 (torch's default) or more",
-              file=sys.stderr)
+    problem = check_how_to_run(args)
+    if problem:
+        print(f"noisepath precompute: {problem}", file=sys.stderr)
         return 2
     opts = Options(device=args.device, dtype=args.dtype, projection=args.projection,
                    decode_batch_size=args.decode_batch_size, threads=args.threads,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, log=sys.stderr)
     try:
         precompute(prompt_set, args.out, settings, opts)
     except (BundleConfigMismatch, ValueError, OSError) as e:

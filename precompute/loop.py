@@ -31,6 +31,12 @@ from diffusers.utils.torch_utils import randn_tensor
 from precompute.attention import CrossAttentionCapture
 from precompute.model import Components, scheduler_name
 
+# How x_T is drawn (recorded in config.json as "noise"): from a CPU generator seeded with the
+# run's seed, then moved to the device, so one seed gives the same noise on a CPU, a CUDA GPU
+# or Apple's MPS (diffusers' documented way to reproduce a run across devices; a generator on
+# the device draws other numbers there).
+NOISE = {"generator": "cpu", "function": "diffusers.utils.torch_utils.randn_tensor"}
+
 
 @dataclass
 class RunResult:
@@ -160,10 +166,11 @@ def run_guidance_sweep(
         scheduler.get_lms_coefficient = functools.lru_cache(maxsize=None)(scheduler.get_lms_coefficient)
 
     # 4. Prepare latents x_T ~ N(0, I) * init_noise_sigma, exactly as the pipeline's
-    #    prepare_latents for batch 1; every guidance scale starts from the same x_T
+    #    prepare_latents for batch 1 given a CPU generator (NOISE); every guidance scale
+    #    starts from the same x_T
     latent_shape = (1, unet.config.in_channels, height // components.vae_scale_factor,
                     width // components.vae_scale_factor)
-    generator = torch.Generator(device).manual_seed(seed)
+    generator = torch.Generator("cpu").manual_seed(seed)
     latents = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
     latents = (latents * scheduler.init_noise_sigma).repeat(len(guidance_scales), 1, 1, 1)  # (G, C, h, w)
 

@@ -4,11 +4,15 @@
 checkpoint, hub id or local folder, epsilon or v-prediction) and picks device and
 dtype; `make_scheduler` swaps in one of the schedulers the explainer supports, built
 from the checkpoint's own scheduler config so that `prediction_type`,
-`timestep_spacing`, `rescale_betas_zero_snr`, betas etc. carry over.
+`timestep_spacing`, `rescale_betas_zero_snr`, betas etc. carry over, exactly as
+`DDIMScheduler.from_config(pipe.scheduler.config)` does in diffusers: a key the config
+omits takes diffusers' default, and a scheduler that cannot follow the checkpoint's noise
+schedule is refused, never silently changed.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,12 +73,44 @@ def make_scheduler(name: str, base_config: dict):
             "return pred_original_sample (dpm++, unipc) are left out."
         )
     scheduler_class = SCHEDULERS[name]
-    config = dict(base_config)
-    if name == "ddim":
-        # SD works in latent space, where clipping x0 to [-1, 1] is wrong; checkpoints
-        # set clip_sample=False, but configs of other schedulers may omit the key.
-        config.setdefault("clip_sample", False)
-    return scheduler_class.from_config(config)
+    # As DDIMScheduler.from_config(pipe.scheduler.config) in diffusers: a key the checkpoint's
+    # config file omits (diffusers lists those in `_use_default_values`) takes the class's
+    # default, e.g. DDIM's clip_sample=True (SD checkpoints' own configs say False; clipping
+    # x0 to [-1, 1] in latent space hurts their images, and the precompute says so).
+    for key in SCHEDULE_KEYS:
+        if base_config.get(key) and key not in _init_keys(scheduler_class):
+            able = sorted(n for n, c in SCHEDULERS.items() if key in _init_keys(c))
+            raise ValueError(
+                f"scheduler {name!r} cannot follow this checkpoint's scheduler config: it sets "
+                f"{key}={base_config[key]!r}, which diffusers' {scheduler_class.__name__} does "
+                f"not support, and dropping it would sample another noise schedule than the "
+                f"model's; use {' or '.join(able)}")
+    return scheduler_class.from_config(dict(base_config))
+
+
+# Scheduler config keys that change the noise schedule itself (the alphas_cumprod the model
+# was trained on): a scheduler without the option would ignore them silently.
+SCHEDULE_KEYS = ("rescale_betas_zero_snr",)
+
+
+def _init_keys(scheduler_class) -> set[str]:
+    return set(inspect.signature(scheduler_class.__init__).parameters)
+
+
+def check_device(device: str) -> torch.device:
+    """The torch device for --device (see pick_device), or ValueError when it is not here."""
+    device = pick_device(device)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ValueError(f"--device {device}: this machine has {count or 'no'} CUDA "
+                             "device(s) torch can use; use --device cpu (or auto)")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"--device {device}: Apple's MPS is not available here; use "
+                             "--device cpu (or auto)")
+    return device
 
 
 def scheduler_name(scheduler) -> str:
@@ -102,17 +138,21 @@ class Components:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def pipeline(self, scheduler=None) -> StableDiffusionPipeline:
-        """A plain StableDiffusionPipeline sharing these modules (for comparisons)."""
+        """A plain StableDiffusionPipeline sharing these modules (for comparisons), running
+        `scheduler` (default: ours) as it is: it is set after construction, as diffusers'
+        documented `pipe.scheduler = DDIMScheduler.from_config(...)` does, because the
+        constructor rewrites a DDIM clip_sample=True to False (deprecated in diffusers)."""
         pipe = StableDiffusionPipeline(
             vae=self.vae,
             text_encoder=self.text_encoder,
             tokenizer=self.tokenizer,
             unet=self.unet,
-            scheduler=scheduler if scheduler is not None else self.scheduler,
+            scheduler=None,
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
         )
+        pipe.scheduler = scheduler if scheduler is not None else self.scheduler
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

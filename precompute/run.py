@@ -14,7 +14,6 @@ Resumable and cooperative by construction:
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -25,9 +24,11 @@ import numpy as np
 from PIL import Image
 
 from backend.bundle import load_array
+from backend.format import ArrayReadError
 from precompute.prompts import PromptSet
-from precompute.writer import (EMPTY_PROMPT_ID, SHOWN_KEYS, BundleWriter, prompt_id,
-                               read_config, run_id)
+from precompute.writer import (EMPTY_PROMPT_ID, SHOWN_KEYS, BundleConfigMismatch, BundleWriter,
+                               DamagedBundleFile, prompt_id, read_bundle_json, read_config,
+                               recompute_remedy, run_id)
 
 DEFAULTS = {"model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "scheduler": "lms",
             "num_inference_steps": 50, "height": 512, "width": 512,
@@ -82,8 +83,9 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
     from precompute import loop
     from precompute.attention import check_levels, level_heights
     from precompute.latent_preview import fit_latent_preview
-    from precompute.model import load_components
+    from precompute.model import check_device, load_components
 
+    device = check_device(_device_for_rank(opts.device))  # before any model loads
     if opts.threads:
         torch.set_num_threads(opts.threads)
 
@@ -108,9 +110,14 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
         _say(opts, "nothing to compute: every run is already in the bundle")
         return {"computed": 0, "already_done": done_before, "busy_elsewhere": 0,
                 "total": total, "seconds": round(time.perf_counter() - t0, 1)}
-    components = load_components(settings["model"], device=_device_for_rank(opts.device),
+    check_existing_noise(out, device)
+    components = load_components(settings["model"], device=device,
                                  dtype=opts.dtype, scheduler=settings["scheduler"])
     info = components.describe()
+    if getattr(components.scheduler.config, "clip_sample", False):
+        _say(opts, "note: this DDIM scheduler clips the predicted x_0 to [-1, 1] at every step "
+             "(clip_sample=True: the checkpoint's scheduler config says so, or does not say and "
+             "diffusers' default applies); Stable Diffusion checkpoints set clip_sample=False")
     h, w = settings["height"] // components.vae_scale_factor, \
         settings["width"] // components.vae_scale_factor
     if settings.get("attention_levels") is not None:  # before config.json names them
@@ -125,6 +132,7 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
         "attention_levels": settings.get("attention_levels"),  # None (all but mid): dropped
         "latent_shape": [components.unet.config.in_channels, h, w],
         "prediction_type": components.scheduler.config.get("prediction_type", "epsilon"),
+        "noise": loop.NOISE,
         "model_info": _public(info),
         # the latent -> RGB preview map of the model, shared by every run (kept from the
         # bundle's config.json when it has one: precompute/latent_preview.py)
@@ -195,13 +203,41 @@ def _public(value):
 
 
 def check_existing_config(out: Path, settings: dict) -> None:
-    """Refuse early (before loading a model) when the bundle was made with other settings;
-    dtype is checked later, once the device (and so the "auto" dtype) is known."""
-    from precompute.writer import CONFIG_IDENTITY_KEYS, check_config, read_config
+    """Refuse early (before loading a model) when the bundle was made with other settings
+    or another format version, or its config.json is damaged; dtype is checked later, once
+    the device (and so the "auto" dtype) is known."""
+    from precompute.writer import (CONFIG_IDENTITY_KEYS, FORMAT_VERSION, check_config,
+                                   config_remedy, read_bundle_json, read_config)
 
-    if (out / "config.json").exists():
+    path = out / "config.json"
+    if path.exists():
+        version = read_bundle_json(path, config_remedy(path)).get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleConfigMismatch(f"{path}: format_version {version} is not "
+                                       f"{FORMAT_VERSION}; write to a new --out folder")
         check_config(out, read_config(out), settings,
                      [k for k in CONFIG_IDENTITY_KEYS if k != "dtype"])
+
+
+def check_existing_noise(out: Path, device) -> None:
+    """Runs of one bundle must draw x_T alike (loop.NOISE). A config.json without "noise"
+    was written when x_T came from a generator on the run's device: the same noise as now
+    on a CPU only."""
+    from precompute.loop import NOISE
+    from precompute.writer import read_config
+
+    if not (out / "config.json").exists():
+        return
+    noise = read_config(out).get("noise")
+    if noise is None and device.type != "cpu":
+        raise BundleConfigMismatch(
+            f"{out} does not record how its noise was drawn: it was made when each run drew "
+            f"x_T on its own device, and on {device.type} that gives other noise for a seed "
+            "than the CPU generator used now; add runs to it with --device cpu, or write to a "
+            "new --out folder")
+    if noise is not None and noise != NOISE:
+        raise BundleConfigMismatch(f"{out} drew its noise as {noise}, this precompute draws it "
+                                   f"as {NOISE}; write to a new --out folder")
 
 
 def _say_run(opts, rid, bar):
@@ -315,8 +351,17 @@ def fit_trajectories(writer: BundleWriter, seeds, opts: Options) -> None:
 
 
 def _run_array(folder: Path, name: str) -> np.ndarray:
-    m = json.loads((folder / "run.json").read_text())
-    return load_array(folder, m["arrays"], name, m["guidance_scale"])
+    """One array of a finished run, or DamagedBundleFile naming the run and how to redo it."""
+    remedy = recompute_remedy(folder, "run")
+    m = read_bundle_json(folder / "run.json", remedy, ("arrays", "guidance_scale"))
+    try:
+        return load_array(folder, m["arrays"], name, m["guidance_scale"])
+    except ArrayReadError as e:
+        raise DamagedBundleFile(f"run {folder.name} is damaged: {e.problem.file}: "
+                                f"{e.problem.message}; {remedy}") from None
+    except (KeyError, TypeError, ValueError) as e:  # a manifest the writer did not write
+        raise DamagedBundleFile(f"{folder / 'run.json'}: arrays.{name} cannot be read "
+                                f"({type(e).__name__}: {e}); {remedy}") from None
 
 
 def shown_settings(prompt_set) -> dict:

@@ -229,9 +229,39 @@ class BundleConfigMismatch(ValueError):
     pass
 
 
+class DamagedBundleFile(ValueError):
+    """A file of an existing bundle that cannot be read; the message names it and says how
+    to recover (usually: delete the run or prompt folder and run the same command again)."""
+
+
+def read_bundle_json(path: Path, remedy: str, keys=()) -> dict:
+    """A bundle JSON document that must be an object with `keys`, or DamagedBundleFile
+    naming the file, what is wrong and `remedy`."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DamagedBundleFile(f"{path}: missing; {remedy}") from None
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
+        reason = e.strerror if isinstance(e, OSError) else f"not valid JSON: {e}"
+        raise DamagedBundleFile(f"{path}: cannot be read ({reason}); {remedy}") from None
+    if not isinstance(data, dict):
+        raise DamagedBundleFile(f"{path}: holds a JSON {type(data).__name__}, not an object; "
+                                f"{remedy}")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise DamagedBundleFile(f"{path}: has no {', '.join(missing)}; {remedy}")
+    return data
+
+
+def config_remedy(path: Path) -> str:
+    return (f"it records the settings every run in {path.parent} shares: restore it from a "
+            "copy, or write to a new --out folder")
+
+
 def read_config(root: Path) -> dict:
     """A bundle's config.json without its format fields (no `storage`: "full")."""
-    config = json.loads((Path(root) / "config.json").read_text())
+    path = Path(root) / "config.json"
+    config = read_bundle_json(path, config_remedy(path))
     return {"storage": "full",
             **{k: v for k, v in config.items() if k not in ("format", "format_version")}}
 
@@ -268,7 +298,7 @@ class BundleWriter:
             write_json_atomic(path, {"format": FORMAT, "format_version": FORMAT_VERSION,
                                      **{k: v for k, v in self.config.items() if v is not None}})
             return
-        old = json.loads(path.read_text())
+        old = read_bundle_json(path, config_remedy(path))
         if old.get("format_version") != FORMAT_VERSION:
             raise BundleConfigMismatch(
                 f"{path}: format_version {old.get('format_version')} is not "
@@ -418,6 +448,12 @@ class BundleWriter:
             return index
 
 
+def recompute_remedy(folder: Path, what: str) -> str:
+    """How to replace a damaged run or prompt folder: the precompute redoes what is missing."""
+    return (f"delete the folder {folder} and run the same command again to compute that "
+            f"{what} again")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -433,19 +469,24 @@ def build_index(root: Path) -> dict:
     config = read_config(root)
     prompts, runs, groups, trajectories = {}, {}, [], {}
     for path in sorted((root / "prompts").glob("*/prompt.json")):
-        p = json.loads(path.read_text())
+        p = read_bundle_json(path, recompute_remedy(path.parent, "prompt"),
+                             ("prompt_id", "text"))
         prompts[p["prompt_id"]] = {"text": p["text"], "sha256": sha256_file(path)}
     for path in sorted((root / "runs").glob("*/run.json")):
-        r = json.loads(path.read_text())
+        r = read_bundle_json(path, recompute_remedy(path.parent, "run"),
+                             ("run_id", "prompt_id", "seed", "guidance_scale"))
         runs[r["run_id"]] = {"prompt_id": r["prompt_id"], "seed": r["seed"],
                              "guidance_scale": r["guidance_scale"], "sha256": sha256_file(path)}
     for path in sorted((root / "groups").glob("*.json")):
-        g = json.loads(path.read_text())
+        g = read_bundle_json(path, "delete it and run the precompute of the prompt file that "
+                             "holds this group again (it rewrites it)",
+                             ("id", "title", "prompts", "highlights"))
         groups.append({k: g[k] for k in ("id", "title", "prompts", "highlights")})
         groups[-1]["order"] = g.get("order", 0)
     groups.sort(key=lambda g: (g.pop("order"), g["id"]))  # the prompt file's order
     for path in sorted((root / "trajectories").glob("seed-*.json")):
-        t = json.loads(path.read_text())
+        t = read_bundle_json(path, "delete it and run the same command again (the map is "
+                             "fitted again from the runs)", ("seed", "method"))
         trajectories[str(t["seed"])] = {"file": f"trajectories/{path.name}",
                                         "method": t["method"], "sha256": sha256_file(path)}
     return {

@@ -50,8 +50,9 @@ def precompute_cmd(model, prompts, out, *extra):
             "--no-progress", *extra]
 
 
-def run_precompute(model, prompts, out, *extra, timeout=300) -> subprocess.CompletedProcess:
-    """`noisepath precompute` in a child process (offline env), its output captured."""
+def run_precompute(model, prompts, out, *extra, timeout=600) -> subprocess.CompletedProcess:
+    """`noisepath precompute` in a child process (offline env), its output captured. The
+    timeout only bounds a hang: a busy CPU makes even a refusal (torch's import) slow."""
     return subprocess.run(precompute_cmd(model, prompts, out, *extra), env=ENV, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -122,8 +123,9 @@ def test_killed_precompute_resumes_to_the_same_bundle(setup, tmp_path):
     out = tmp_path / "b"
     proc = subprocess.Popen(precompute_cmd(model, prompts, out), env=ENV, cwd=ROOT,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "runs").glob("*/run.json"))) < 3:
+    deadline = time.monotonic() + 600  # bounds a hang only: a busy CPU computes slowly
+    while (time.monotonic() < deadline and proc.poll() is None
+           and len(list((out / "runs").glob("*/run.json"))) < 3):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -140,7 +142,7 @@ def test_two_processes_split_one_bundle_and_match_one_process(setup, tmp_path):
     out = tmp_path / "b"
     procs = [subprocess.Popen(precompute_cmd(model, prompts, out), env=ENV, cwd=ROOT,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    logs = [p.communicate(timeout=300)[1] for p in procs]
+    logs = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     computed = [line.split()[-1] for log in logs for line in log.splitlines()
                 if line.startswith("computed run ")]
@@ -150,7 +152,7 @@ def test_two_processes_split_one_bundle_and_match_one_process(setup, tmp_path):
 
 def test_other_settings_on_an_existing_bundle_are_refused(setup):
     model, prompts, reference, _ = setup
-    proc = run_precompute(model, prompts, reference, "--steps", "7", timeout=120)
+    proc = run_precompute(model, prompts, reference, "--steps", "7")
     assert proc.returncode == 1
     assert "num_inference_steps: bundle has 6, you asked for 7" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -166,7 +168,7 @@ def test_validate_cli_names_the_corrupted_file(setup, tmp_path):
     data[-1] ^= 0xFF
     victim.write_bytes(bytes(data))
     proc = subprocess.run([sys.executable, "-m", "backend.cli", "validate", str(out)],
-                          env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=60)
+                          env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1
     rel = victim.relative_to(out)
     assert f"error: {rel}: arrays.noise_pred_text.sha256: sha256 does not match" in proc.stdout
@@ -174,12 +176,12 @@ def test_validate_cli_names_the_corrupted_file(setup, tmp_path):
 def test_bad_prompt_file_is_refused_before_any_model_loads(tmp_path):
     bad = tmp_path / "p.toml"
     bad.write_text(PROMPTS.replace("num_inference_steps = 6", "num_inference_steps = 0"))
-    proc = run_precompute("no/such-model", bad, tmp_path / "b", timeout=60)
+    proc = run_precompute("no/such-model", bad, tmp_path / "b")
     assert proc.returncode == 2
     assert f"{bad}:4: settings.num_inference_steps: must be an integer" in proc.stderr
     (tmp_path / "good.toml").write_text(PROMPTS)
     proc = run_precompute("no/such-model", tmp_path / "good.toml", tmp_path / "b", "--threads",
-                          "-1", timeout=60)
+                          "-1")
     assert proc.returncode == 2 and "--threads must be 0" in proc.stderr
 
 
@@ -254,15 +256,14 @@ def test_derivations_give_the_full_bundle_s_stored_arrays(setup):
 
 def test_another_storage_on_an_existing_bundle_is_refused_before_loading(setup):
     model, prompts, reference, _ = setup
-    proc = run_precompute("no/such-model", prompts, reference, "--storage", "compact",
-                          timeout=120)
+    proc = run_precompute("no/such-model", prompts, reference, "--storage", "compact")
     assert proc.returncode == 1
     assert "storage: bundle has 'full', you asked for 'compact'" in proc.stderr
 
 
 def test_storage_flag_explains_the_trade_off():
     proc = subprocess.run([sys.executable, "-m", "backend.cli", "precompute", "--help"],
-                          env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=60)
+                          env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
     text = " ".join(proc.stdout.split())
     assert "--storage {full,compact} full (default)" in text and "5x smaller" in text
     assert "--threads N CPU threads for torch" in text and "1 can be many times faster" in text
@@ -271,7 +272,7 @@ def test_storage_flag_explains_the_trade_off():
 def test_attention_levels_choose_the_combined_map_and_join_the_bundle_identity(setup, tmp_path):
     model, prompts, reference, _ = setup
     # a height the UNet lacks: refused after loading the model, before the bundle exists
-    proc = run_precompute(model, prompts, tmp_path / "b", "--attention-levels", "8", timeout=120)
+    proc = run_precompute(model, prompts, tmp_path / "b", "--attention-levels", "8")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "attention_levels [8]: this UNet has no cross-attention level of that height at " \
         "this image size; its levels are 4" in proc.stderr
@@ -285,7 +286,161 @@ def test_attention_levels_choose_the_combined_map_and_join_the_bundle_identity(s
     assert json.loads((tmp_path / "b" / "config.json").read_text())["attention_levels"] == [4]
     run = json.loads(next((tmp_path / "b" / "runs").glob("*-g5/run.json")).read_text())
     assert run["attention"]["combined"]["from"] == [4]
-    proc = run_precompute("no/such-model", prompts, reference, "--attention-levels", "4",
-                          timeout=120)
+    proc = run_precompute("no/such-model", prompts, reference, "--attention-levels", "4")
     assert proc.returncode == 1
     assert "attention_levels: bundle has None, you asked for [4]" in proc.stderr
+
+
+# ------------------------------------------- bad arguments and damaged bundles, in-process
+
+def precompute_in_process(monkeypatch, *argv) -> int:
+    """`noisepath precompute ARGV` in this process, with loading a model made a failure, so
+    a refusal is proven to come before any model loads."""
+    import argparse
+
+    from precompute import cli, model
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+    monkeypatch.setattr(model, "load_components", no_model)
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return cli.run(parser.parse_args(["--projection", "pca", "--no-progress", *map(str, argv)]))
+
+
+def said(capsys) -> list[str]:
+    """The lines `noisepath precompute` wrote to stderr (not the libraries' import notes)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if not line.startswith("[transformers]")]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--decode-batch-size", "0"], "--decode-batch-size must be 1 or more (latents the VAE "
+                                   "decodes at once)"),
+    (["--decode-batch-size", "-3"], "--decode-batch-size must be 1 or more (latents the VAE "
+                                    "decodes at once)"),
+    (["--steps", "0"], "command line: --steps: must be an integer from 1 to 1000"),
+    (["--out", "{file}"], "--out {file}: exists and is not a folder"),
+    (["--out", "{file}/b"], "--out {file}/b: {file} is a file, so no folder can be made inside it"),
+])
+def test_bad_arguments_are_refused_before_any_model_loads(tmp_path, monkeypatch, capsys,
+                                                          argv, message):
+    (tmp_path / "p.toml").write_text(PROMPTS)
+    (tmp_path / "file").write_text("")
+    argv = [a.format(file=tmp_path / "file") for a in argv]
+    out = [] if "--out" in argv else ["--out", tmp_path / "b"]
+    code = precompute_in_process(monkeypatch, "--prompts", tmp_path / "p.toml", "--model",
+                                 "no/such-model", *out, *argv)
+    assert code == 2
+    assert said(capsys) == [f"noisepath precompute: {message.format(file=tmp_path / 'file')}"]
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_model_loads(tmp_path, monkeypatch,
+                                                                        capsys):
+    (tmp_path / "p.toml").write_text(PROMPTS)
+    code = precompute_in_process(monkeypatch, "--prompts", tmp_path / "p.toml", "--out",
+                                 tmp_path / "b", "--device", "mps")  # never on Linux
+    assert code == 1
+    assert said(capsys)[-1].startswith("noisepath precompute: --device mps: Apple's MPS is not "
+                                       "available here")
+    assert not (tmp_path / "b").exists()
+
+
+def _damage(reference, tmp_path, how):
+    out = tmp_path / "b"
+    shutil.copytree(reference, out)
+    run = next((out / "runs").glob("*-g5"))
+    if how == "config.json holds []":
+        (out / "config.json").write_text("[]\n")
+    elif how == "config.json is not JSON":
+        (out / "config.json").write_text('{"model": ')
+    elif how == "run.json is not JSON":
+        (run / "run.json").write_text("{")
+    elif how == "run.json has no arrays":
+        (run / "run.json").write_text('{"run_id": "%s", "prompt_id": "p", "seed": 1, '
+                                      '"guidance_scale": 5.0}' % run.name)
+    elif how == "latents.npy is truncated":
+        data = (run / "latents.npy").read_bytes()
+        (run / "latents.npy").write_bytes(data[: len(data) // 2])
+    return out, run
+
+
+@pytest.mark.parametrize("how, message", [
+    ("config.json holds []", "{out}/config.json: holds a JSON list, not an object; it records "
+                             "the settings every run in {out} shares"),
+    ("config.json is not JSON", "{out}/config.json: cannot be read (not valid JSON: "),
+    ("run.json is not JSON", "{run}/run.json: cannot be read (not valid JSON: "),
+    ("run.json has no arrays", "{run}/run.json: has no arrays; "),
+    ("latents.npy is truncated", "run {name} is damaged: runs/{name}/latents.npy: cannot be "
+                                 "read ("),
+])
+def test_a_damaged_bundle_is_named_with_how_to_recompute(setup, tmp_path, monkeypatch, capsys,
+                                                          how, message):
+    """Re-running on a bundle with a damaged file: one line that names the file, and for a
+    run, how to compute it again (delete its folder and re-run), never a traceback."""
+    model, prompts, reference, _ = setup
+    out, run = _damage(reference, tmp_path, how)
+    assert precompute_in_process(monkeypatch, "--prompts", prompts, "--out", out, "--model",
+                                 model, "--device", "cpu") == 1
+    *_, err = said(capsys)  # after the plan's line
+    assert err.startswith("noisepath precompute: ")
+    assert message.format(out=out, run=run, name=run.name) in err
+    if "config" not in how:
+        assert err.endswith(f"delete the folder {run} and run the same command again "
+                                     "to compute that run again")
+
+
+# ------------------------------------------------------------------------ the noise x_T
+
+def test_config_records_that_the_noise_comes_from_a_cpu_generator(setup):
+    """So that a seed draws the same x_T on a CPU, a CUDA GPU or MPS (precompute/loop.py)."""
+    _, _, reference, _ = setup
+    noise = json.loads((reference / "config.json").read_text())["noise"]
+    assert noise == {"generator": "cpu", "function": "diffusers.utils.torch_utils.randn_tensor"}
+
+
+def test_a_bundle_that_does_not_record_its_noise_takes_new_runs_from_a_cpu_only(setup,
+                                                                               tmp_path):
+    """Such a bundle drew x_T on the device it ran on: a CPU run now draws the same noise, a
+    GPU run would not."""
+    import torch
+
+    from precompute.run import check_existing_noise
+    from precompute.writer import BundleConfigMismatch
+
+    _, _, reference, _ = setup
+    out = tmp_path / "b"
+    shutil.copytree(reference, out)
+    config = json.loads((out / "config.json").read_text())
+    del config["noise"]
+    (out / "config.json").write_text(json.dumps(config))
+    check_existing_noise(out, torch.device("cpu"))
+    with pytest.raises(BundleConfigMismatch, match="does not record how its noise was drawn.*"
+                                                   "on cuda that gives other noise for a seed"):
+        check_existing_noise(out, torch.device("cuda"))
+    (out / "config.json").write_text(json.dumps({**config, "noise": {"generator": "cuda"}}))
+    with pytest.raises(BundleConfigMismatch, match="drew its noise as"):
+        check_existing_noise(out, torch.device("cpu"))
+
+
+def test_rerunning_the_demo_precompute_on_the_shipped_bundle_refuses_and_computes_nothing(
+        tmp_path, monkeypatch):
+    """The shipped bundle's config.json has no "noise" (it was made on a CPU, with the noise
+    the CPU generator draws now): its own command still finds every run done."""
+    import torch
+
+    from precompute import model, run
+    from precompute.prompts import load_prompt_file
+
+    out = tmp_path / "demo-bundle"
+    shutil.copytree(ROOT / "static" / "demo-bundle", out)
+    monkeypatch.setattr(model, "load_components", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(run, "fit_trajectories", lambda *a, **k: None)  # UMAP: tested elsewhere
+    monkeypatch.chdir(ROOT)  # the prompt file names the model by a relative path
+    summary = run.precompute(load_prompt_file(ROOT / "precompute" / "prompts" / "demo.toml"),
+                             out, {}, run.Options(device="cpu", progress=False, log=sys.stderr))
+    assert summary["computed"] == 0 and summary["already_done"] == summary["total"] == 237
+    assert differing(out, ROOT / "static" / "demo-bundle") in ([], ["bundle.json"])  # the
+    # index is rebuilt from the files; every run, prompt and config.json is left as it was
+    run.check_existing_noise(out, torch.device("cpu"))  # a new run would be accepted on a CPU
