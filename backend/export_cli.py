@@ -48,6 +48,9 @@ def _check_target(out: Path, sources: list[Path], force: bool) -> None:
         raise ExportError(f"{out} holds the noisepath repository; export to a separate folder")
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} exists and is not a folder")
+    existing = next(p for p in out.parents if p.exists())
+    if not existing.is_dir():
+        raise ExportError(f"{existing} is a file, so {out} cannot be made inside it")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ExportError(f"{out} is not empty; pass --force to replace it")
 
@@ -76,7 +79,8 @@ def write_site(app, out: Path, force: bool = False) -> dict:
     """Export `app` (its bundle and front end) into `out`, atomically. Returns counts."""
     store = app.extensions[EXTENSION_KEY]
     frontend = Path(app.config["FRONTEND_DIR"])
-    out = Path(out)
+    # a symlinked OUT_DIR: the site replaces the folder it points to, and the link stays
+    out = Path(out).resolve() if Path(out).is_symlink() else Path(out)
     _check_target(out, [store.bundle.root, frontend], force)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -91,7 +95,12 @@ def write_site(app, out: Path, force: bool = False) -> dict:
         for rel in store.files:
             target = _inside(staging, f"bundle/{rel}")
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(store.bundle.file_path(rel), target)
+            source = store.bundle.file_path(rel)
+            if source is None:  # a symlink that leads out of the bundle, or a missing file
+                raise ExportError(f"bundle file {rel}: not a file inside the bundle "
+                                  f"{store.bundle.root} (a symlink out of it, or missing); "
+                                  "nothing is exported from outside the bundle")
+            shutil.copyfile(source, target)
             counts["bundle"] += 1
         client = app.test_client()
         for rel in store.api_paths():

@@ -216,3 +216,44 @@ def test_a_compact_bundle_exports_its_decoded_arrays_and_rendered_previews(
     assert any("/arrays/noise_pred.npy?v=" in u for u in urls)
     assert any("/images/latents.png?v=" in u for u in urls)
     assert not list(out.rglob("*.npz")) and not list((out / "bundle" / "runs").rglob("*.npy"))
+
+
+def test_a_bundle_file_symlinked_out_of_the_bundle_is_refused_by_name(tiny_bundle, tmp_path,
+                                                                      capsys):
+    """Nothing outside the bundle is exported: one line naming the file, no site written."""
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    sprite = next((bundle / "runs").glob("*/decoded.*"))
+    outside = tmp_path / "elsewhere" / sprite.name
+    outside.parent.mkdir()
+    shutil.move(sprite, outside)
+    sprite.symlink_to(outside)
+    code = export_cli.run(parse(str(tmp_path / "site"), "--bundle", str(bundle)))
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert sprite.relative_to(bundle).as_posix() in err
+    assert not (tmp_path / "site").exists()
+
+
+def test_an_output_folder_inside_a_file_is_refused(tiny_app, tmp_path):
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(ExportError, match=f"{tmp_path / 'file'} is a file, so "
+                                          f"{tmp_path / 'file' / 'site'} cannot be made"):
+        write_site(tiny_app, tmp_path / "file" / "site")
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_force_through_a_symlinked_folder_replaces_its_target_and_keeps_the_link(tiny_app,
+                                                                                 tmp_path):
+    real = tmp_path / "www" / "real"
+    real.mkdir(parents=True)
+    (real / "old.txt").write_text("old site")
+    (tmp_path / "link").symlink_to(real)
+    write_site(tiny_app, tmp_path / "link", force=True)
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "link").resolve() == real
+    assert (real / "index.html").is_file() and not (real / "old.txt").exists()
+    # nothing left beside the link or the folder (no .link.old-*, .real.old-*, .tmp-*)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "www"]
+    assert [p.name for p in real.parent.iterdir()] == ["real"]
