@@ -117,7 +117,7 @@ def served(synthetic_bundle_ro, request):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore else None)
     line = ""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a bound for a hung start, generous for a busy CPU
     while "Open http" not in line and time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line and proc.poll() is not None:
