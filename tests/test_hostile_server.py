@@ -370,14 +370,15 @@ def test_a_trickling_connection_is_closed_after_the_request_timeout(app):
     with running(app, request_timeout=2, idle_timeout=30) as server:
         s = open_slow_socket(server.effective_port, "127.0.0.1")
         t0 = time.monotonic()
-        while not closed_by_server(s) and time.monotonic() - t0 < 10:
+        while not closed_by_server(s) and time.monotonic() - t0 < 15:
             with contextlib.suppress(OSError):
                 s.send(b"X")  # a byte every 0.2 s: activity, never a request
             time.sleep(0.2)
         elapsed = time.monotonic() - t0
         s.close()
-    # closed at request_timeout, checked each cleanup_interval (1 s): 2 to about 3.5 s
-    assert 1.9 < elapsed < 6, elapsed
+    # closed at request_timeout, checked each cleanup_interval (1 s): 2 to about 3.5 s on an
+    # idle CPU; the upper bound leaves room for a busy one, and is still half idle_timeout
+    assert 1.9 < elapsed < 15, elapsed
 
 
 # -- issue 12: Ctrl+C during start-up
