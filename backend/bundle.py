@@ -41,8 +41,19 @@ def array_values(folder: Path, arrays: dict, name: str, guidance_scale: float) -
         return codec.derive(entry["derived"], sources, entry["shape"], guidance_scale)
     with reading(folder, entry, name):
         if entry.get("encoding") == codec.ENCODING:
-            return codec.load(folder / entry["file"], codec.step_axis(name), entry["shape"])
-        return np.load(folder / entry["file"], allow_pickle=False).astype(np.float32)
+            return codec.load(inside(folder, entry["file"]), codec.step_axis(name),
+                              entry["shape"])
+        return np.load(inside(folder, entry["file"]), allow_pickle=False).astype(np.float32)
+
+
+def inside(folder: Path, file: str) -> Path:
+    """folder/file with symlinks resolved, checked when it is read (validation checked it
+    at start-up; a link may change since): a PermissionError if it leaves the bundle
+    (folder is the bundle's runs/<run_id>)."""
+    path = (folder / file).resolve()
+    if folder.resolve().parent.parent not in path.parents:
+        raise PermissionError(f"{file} leads outside the bundle: not read")
+    return path
 
 
 UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, lzma.LZMAError,
@@ -63,7 +74,8 @@ def load_array(folder: Path, arrays: dict, name: str, guidance_scale: float) -> 
     an encoded or derived one computed in float32 and cast, as the writer measured it."""
     if is_file_array(arrays[name]):
         with reading(folder, arrays[name], name):
-            return np.load(folder / arrays[name]["file"], mmap_mode="r", allow_pickle=False)
+            return np.load(inside(folder, arrays[name]["file"]), mmap_mode="r",
+                           allow_pickle=False)
     values = array_values(folder, arrays, name, guidance_scale).astype(np.float16)
     values.flags.writeable = False
     return values

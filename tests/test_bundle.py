@@ -686,3 +686,16 @@ def test_file_path_of_an_unreadable_folder_is_none(synthetic_bundle, unreadable)
     b = Bundle(synthetic_bundle)
     unreadable(folder)  # after start-up: permissions changed under a running server
     assert b.file_path(f"runs/{rid}/decoded.webp") is None
+
+
+def test_an_array_linked_outside_the_bundle_after_start_up_is_not_read(synthetic_bundle,
+                                                                         tmp_path):
+    from backend.format import ArrayReadError
+    rid, folder = _first_run(synthetic_bundle)
+    b = Bundle(synthetic_bundle)
+    outside = tmp_path / "outside.npy"
+    np.save(outside, np.ones((6, 4, 8, 8), np.float16))
+    (folder / "latents.npy").unlink()
+    (folder / "latents.npy").symlink_to(outside)
+    with pytest.raises(ArrayReadError, match="outside the bundle"):
+        b.array(rid, "latents")
