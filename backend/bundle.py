@@ -180,8 +180,8 @@ class Bundle:
         with self._lock:
             if key not in self._arrays:
                 entry = self.prompts[prompt_id]["arrays"]["text_embeddings"]
-                self._arrays[key] = np.load(self.root / "prompts" / prompt_id / entry["file"],
-                                            mmap_mode="r", allow_pickle=False)
+                path = inside(self.root / "prompts" / prompt_id, entry["file"])
+                self._arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)
             return self._arrays[key]
 
     def file_path(self, rel: str) -> Path | None:
