@@ -32,7 +32,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     runs of a bundle with bad ones), CACHE_BYTES (memory for bodies built on request),
     FAST_PATH (answer API documents without Flask's request machinery; same responses),
     ALLOWED_HOSTS (the Host names answered, with any port; others get 400 JSON against
-    DNS rebinding; default the loopback names, "*" answers any; see backend/hosts.py).
+    DNS rebinding; default the loopback names, "*" answers any; see backend/hosts.py),
+    LIVE (a backend.live.LiveService: typed prompts, `noisepath serve --live`; default None).
     """
     from flask import Flask  # here, so that `noisepath` starts (and takes Ctrl+C) quickly
 
@@ -59,5 +60,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     if app.config["FAST_PATH"]:
         from backend.fastpath import FastPath
         app.wsgi_app = FastPath(app.wsgi_app, store.get_store_of(app), SECURITY_HEADERS)
+    if app.config.get("LIVE") is not None:  # `serve --live`: the queue and live/ (backend/live.py)
+        from backend import live
+        live.init_app(app)
     app.wsgi_app = hosts.HostCheck(app.wsgi_app, app.config["ALLOWED_HOSTS"])
     return app

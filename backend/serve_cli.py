@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import os
 import signal
 import socket
@@ -21,10 +22,11 @@ import threading
 import webbrowser
 from pathlib import Path
 
-from backend import DEFAULT_BUNDLE, create_app
+from backend import DEFAULT_BUNDLE, REPO, create_app
 from backend.format import BundleError
 from backend.hosts import allowed_hosts
 
+DEFAULT_MODEL = REPO / "static" / "demo-model"
 DEFAULT_THREADS = 16
 MAX_THREADS = 256
 ALL_INTERFACES = ("0.0.0.0", "", "::")
@@ -53,6 +55,28 @@ def add_arguments(p) -> None:
                    help="verify every file's SHA-256 at startup (slower on big bundles)")
     p.add_argument("--skip-invalid", action="store_true",
                    help="serve the valid runs of a bundle with bad ones, and list the rest")
+    live = p.add_argument_group("typed prompts (--live: needs the [precompute] extra)")
+    live.add_argument("--live", action="store_true",
+                      help="add a prompt box: the server runs typed prompts on --model with "
+                      "the precompute's loop, into a live bundle of its own (docs/api.md)")
+    live.add_argument("--model", default=str(DEFAULT_MODEL), metavar="MODEL",
+                      help="the model --live runs: a diffusers Stable Diffusion folder or hub "
+                      "id (default: the shipped demo model)")
+    live.add_argument("--device", default="cpu", choices=["auto", "cuda", "mps", "cpu"],
+                      help="where --live runs the model (default: cpu)")
+    live.add_argument("--live-dir", type=Path, metavar="DIR",
+                      help="the live bundle folder (default: under the user's cache folder)")
+    live.add_argument("--live-steps", type=lambda t: whole_number(t, 1, 1000, "--live-steps"),
+                      metavar="N", help="num_inference_steps of typed prompts (default: the "
+                      "shipped bundle's for its model, else 50)")
+    live.add_argument("--live-queue", type=lambda t: whole_number(t, 1, 1000, "--live-queue"),
+                      default=16, metavar="N", help="jobs that may wait (default 16)")
+    live.add_argument("--live-per-client", type=lambda t: whole_number(
+        t, 1, 1000, "--live-per-client"), default=1, metavar="N",
+        help="jobs one client address may have waiting or running (default 1)")
+    live.add_argument("--live-cache-prompts", type=lambda t: whole_number(
+        t, 1, 100000, "--live-cache-prompts"), default=50, metavar="N",
+        help="typed prompts the live bundle keeps; the least recently used go (default 50)")
 
 
 def whole_number(text: str, low: int, high: int, what: str) -> int:
@@ -168,9 +192,14 @@ def run(args) -> int:
 def start(args):
     """The listening server, its URLs and the store; or an exit code after a message."""
     lan = lan_addresses() if args.host in ALL_INTERFACES else []
+    live = None
+    if getattr(args, "live", False):
+        live = start_live(args)
+        if isinstance(live, int):
+            return live
     try:
         app = create_app({"BUNDLE_DIR": args.bundle, "CHECKSUMS": args.checksums,
-                          "SKIP_INVALID": args.skip_invalid,
+                          "SKIP_INVALID": args.skip_invalid, "LIVE": live,
                           "ALLOWED_HOSTS": allowed_hosts(args.host, lan, args.allowed_host)})
     except BundleError as e:
         if not args.bundle.exists() and args.bundle.resolve() == DEFAULT_BUNDLE.resolve():
@@ -206,6 +235,36 @@ def start(args):
         return 1
     port = server.effective_port if hasattr(server, "effective_port") else args.port
     return server, urls(args.host, int(port), lan), store
+
+
+def start_live(args):
+    """The live service (model loaded), or an exit code after a one-line message."""
+    from backend import FRONTEND
+    from backend.live import make_service, missing_libraries
+
+    problem = missing_libraries()
+    if problem:
+        print(f"noisepath serve: {problem}", file=sys.stderr)
+        return 2
+    if args.host in ALL_INTERFACES:
+        print("warning: --live on all interfaces: anyone on the network can spend this "
+              "machine's compute on prompts (jobs are queued and limited per address)",
+              file=sys.stderr)
+    try:  # the served bundle's settings (create_app checks the bundle itself below)
+        index = json.loads((args.bundle / "bundle.json").read_text(encoding="utf-8"))
+        config, scales = dict(index["config"]), list(index["guidance_scales"])
+    except (OSError, ValueError, KeyError, TypeError):
+        config, scales = {}, [0, 1, 7]
+    print(f"loading {args.model} for --live on {args.device} ...", file=sys.stderr, flush=True)
+    try:
+        return make_service(args.model, args.device, args.live_dir, config, scales, FRONTEND,
+                            steps=args.live_steps, max_queue=args.live_queue,
+                            per_client=args.live_per_client,
+                            max_prompts=args.live_cache_prompts)
+    except Exception as e:  # a missing model, a device that is not there
+        print(f"noisepath serve: --live cannot load {args.model}: "
+              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 1
 
 
 def serve(server, addresses: list[str], store, open_browser: bool) -> int:

@@ -125,6 +125,7 @@ def run_guidance_sweep(
     capture_attention: bool = True,
     attention_levels=None,
     progress=None,
+    on_step=None,
 ) -> list[RunResult]:
     """Denoise one (prompt, seed) at every guidance scale at once; one RunResult per scale.
 
@@ -132,7 +133,8 @@ def run_guidance_sweep(
     guidance 0 no text row. prompt=None runs guidance 0 from the unconditional branch
     only (that run is the same for every prompt). attention_levels: the map heights the
     combined attention map averages (None: all but the mid block). `progress.update(1)`
-    once per step.
+    once per step; `on_step(i, guidance_scales, latents, pred_original_sample)` too (the
+    live server streams each step with it: precompute/live.py).
     """
     unet, device, dtype = components.unet, components.device, components.dtype
 
@@ -229,6 +231,8 @@ def run_guidance_sweep(
                 record["attention"].append(capture.pop_step())  # {key: (Gt, K, r_h, r_w)}
             if progress is not None:
                 progress.update(1)
+            if on_step is not None:
+                on_step(i, guidance_scales, latents, pred_original_sample)
 
     # 6. Split the batch into one RunResult per guidance scale, on the host
     host = {k: torch.stack(v, dim=1).float().cpu().numpy()  # (G, T or T+1, ...)

@@ -45,6 +45,9 @@ class Options:
     threads: int = 0                  # CPU threads for torch; 0: torch's default
     progress: bool = True
     log: object = field(default=sys.stderr, repr=False)
+    # the live server (precompute/live.py): its model, loaded once, and a per-step hook
+    components: object = field(default=None, repr=False)
+    on_step: object = field(default=None, repr=False)
 
 
 @dataclass
@@ -111,8 +114,8 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
         return {"computed": 0, "already_done": done_before, "busy_elsewhere": 0,
                 "total": total, "seconds": round(time.perf_counter() - t0, 1)}
     check_existing_noise(out, device)
-    components = load_components(settings["model"], device=device,
-                                 dtype=opts.dtype, scheduler=settings["scheduler"])
+    components = opts.components or load_components(settings["model"], device=device,
+                                                    dtype=opts.dtype, scheduler=settings["scheduler"])
     info = components.describe()
     if getattr(components.scheduler.config, "clip_sample", False):
         _say(opts, "note: this DDIM scheduler clips the predicted x_0 to [-1, 1] at every step "
@@ -169,7 +172,7 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
                 components, job.prompt, job.seed, job.guidance_scales,
                 settings["num_inference_steps"], settings["height"], settings["width"],
                 capture_attention=True, attention_levels=settings.get("attention_levels"),
-                progress=steps)
+                progress=steps, on_step=opts.on_step)
             steps.close()
             # stage every run of the job, then publish them back to back: a kill
             # almost never splits a job, and a finished run is never replaced

@@ -1,0 +1,423 @@
+"""Live prompts (`noisepath serve --live`): a bounded job queue, its JSON API and the
+live bundle, served read-only at live/ like any bundle.
+
+The work itself is precompute/live.py's (`LiveRunner`: the precompute's loop and
+writer); this module never imports torch: the runner is built by backend/serve_cli.py
+and handed to `create_app` as config LIVE (a `LiveService`).
+
+Streaming is by polling: the page asks for its job's small JSON status a few times a
+second and loads each new step's two PNG frames by URL. waitress answers with a fixed
+pool of threads, and a server-sent event stream would hold one of them per watching
+browser for a whole run; a poll holds one for a millisecond, so a class watching its
+jobs never starves the shipped views.
+
+Safe to share: jobs wait in a queue of bounded length with a per-client limit (503 or
+429 with Retry-After when full), the request names only a prompt, a seed and a
+guidance scale (never a model, file or path), bodies are small JSON objects checked
+field by field (4xx JSON otherwise), and POSTs from another site are refused (Origin).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, abort, current_app, jsonify, request
+
+from backend.errors import error_response
+
+bp = Blueprint("live", __name__, url_prefix="/api/live")
+log = logging.getLogger("noisepath.live")
+
+MAX_BODY = 4096          # bytes: a prompt and two numbers
+MAX_PROMPT_CHARS = 1000  # past 77 tokens the prompt is truncated, as the precompute does
+MAX_SEED = 2**31 - 1
+MAX_GUIDANCE = 20.0
+KEPT_JOBS = 200          # finished jobs whose status stays answerable
+FIELDS = {"prompt", "seed", "guidance_scale"}
+MOUNT = "/live"          # the live bundle's app
+
+
+@dataclass
+class Job:
+    id: str
+    client: str
+    prompt: str
+    seed: int
+    guidance_scale: float
+    run_id: str
+    state: str = "queued"  # queued | running | done | failed | cancelled
+    error: str | None = None
+    total: int = 0
+    frames: list = field(default_factory=list)  # precompute.live.Frame per streamed step
+    cached: bool = False
+    created: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    finished: float | None = None
+
+
+class QueueFull(Exception):
+    def __init__(self, status: int, message: str, retry_after: int):
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after
+
+
+class LiveService:
+    """The queue, one worker thread, and the app that serves the live bundle.
+
+    runner: precompute.live.LiveRunner (or anything with its has/target/run/live_dir).
+    make_app(live_dir) builds the read-only app of the live bundle (None: none yet)."""
+
+    def __init__(self, runner, make_app, max_queue: int = 16, per_client: int = 1,
+                 max_seed: int = MAX_SEED, max_guidance: float = MAX_GUIDANCE, info=None):
+        self.runner, self.make_app = runner, make_app
+        self.max_queue, self.per_client = max_queue, per_client
+        self.max_seed, self.max_guidance = max_seed, max_guidance
+        self.info = dict(info or {})
+        self.jobs: dict[str, Job] = collections.OrderedDict()
+        self.queue: collections.deque[Job] = collections.deque()
+        self.cond = threading.Condition()
+        self.seconds_per_job = 10.0  # refined by every finished job
+        self.live_app = None
+        self.reload()
+        self.worker = threading.Thread(target=self._work, name="noisepath-live", daemon=True)
+        self.worker.start()
+
+    # -- the live bundle's app
+    def reload(self) -> None:
+        """Build the app of the live bundle as it is on disk now (after each job)."""
+        try:
+            self.live_app = self.make_app(self.runner.live_dir)
+        except Exception as e:  # no bundle yet, or one that does not load
+            if (self.runner.live_dir / "bundle.json").exists():
+                log.error("the live bundle %s does not load: %s", self.runner.live_dir, e)
+            self.live_app = None
+
+    def has_run(self, rid: str) -> bool:
+        app = self.live_app
+        return app is not None and rid in app.extensions["noisepath.store"].runs
+
+    # -- jobs
+    def submit(self, client: str, prompt: str, seed: int, guidance_scale: float) -> Job:
+        rid = self.runner.target(prompt, seed, guidance_scale)
+        job = Job(uuid.uuid4().hex, client, prompt, seed, guidance_scale, rid)
+        with self.cond:
+            if self.runner.has(prompt, seed, guidance_scale) and self.has_run(rid):
+                job.state, job.cached, job.finished = "done", True, time.monotonic()
+            else:
+                mine = sum(1 for j in self.jobs.values()
+                           if j.client == client and j.state in ("queued", "running"))
+                if mine >= self.per_client:
+                    raise QueueFull(429, f"you already have {mine} job(s) waiting or running "
+                                    f"(at most {self.per_client} per client); wait for it",
+                                    self.retry_after(len(self.queue)))
+                if len(self.queue) >= self.max_queue:
+                    raise QueueFull(503, f"busy: {len(self.queue)} jobs are waiting (at most "
+                                    f"{self.max_queue}); try again later",
+                                    self.retry_after(len(self.queue)))
+                self.queue.append(job)
+                self.cond.notify()
+            self.jobs[job.id] = job
+            self._forget_old()
+        return job
+
+    def retry_after(self, ahead: int) -> int:
+        return max(1, math.ceil(self.seconds_per_job * (ahead + 1)))
+
+    def ahead(self, job: Job) -> int:
+        """Jobs that will run before this one (the running one included)."""
+        with self.cond:
+            if job.state != "queued":
+                return 0
+            running = any(j.state == "running" for j in self.jobs.values())
+            return self.queue.index(job) + running if job in self.queue else 0
+
+    def cancel(self, job: Job) -> bool:
+        """A queued job is dropped; a running one finishes (its runs are kept)."""
+        with self.cond:
+            if job.state == "queued" and job in self.queue:
+                self.queue.remove(job)
+                job.state, job.finished = "cancelled", time.monotonic()
+                return True
+            return False
+
+    def _forget_old(self) -> None:
+        while len(self.jobs) > KEPT_JOBS:
+            old = next((k for k, j in self.jobs.items()
+                        if j.state not in ("queued", "running")), None)
+            if old is None:
+                return
+            del self.jobs[old]
+
+    def _work(self) -> None:
+        while True:
+            with self.cond:
+                while not self.queue:
+                    self.cond.wait()
+                job = self.queue.popleft()
+                job.state, job.started = "running", time.monotonic()
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        def on_frame(i, total, frame):
+            job.total = total
+            job.frames.append(frame)
+        try:
+            self.runner.run(job.prompt, job.seed, job.guidance_scale, on_frame=on_frame,
+                            should_stop=lambda: job.state == "cancelled")
+            self.reload()
+            ok = self.has_run(job.run_id)
+            job.error = None if ok else "the run was computed but the live bundle does not " \
+                                        "load; the server log says why"
+            job.state = "done" if ok else "failed"
+        except Exception as e:  # reported to the client; the runner left no half-written run
+            log.error("live job %s failed", job.id, exc_info=e)
+            job.state = "failed"
+            job.error = f"the job failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            self.reload()
+        job.finished = time.monotonic()
+        if job.state == "done":
+            self.seconds_per_job = 0.5 * self.seconds_per_job + 0.5 * (job.finished - job.started)
+
+    def status(self, job: Job) -> dict:
+        done = job.state == "done"
+        return {
+            "id": job.id, "state": job.state, "prompt": job.prompt, "seed": job.seed,
+            "guidance_scale": job.guidance_scale, "run_id": job.run_id, "cached": job.cached,
+            "ahead": self.ahead(job), "steps_done": len(job.frames),
+            "num_inference_steps": job.total or self.info.get("num_inference_steps"),
+            "error": job.error,
+            "open": (f"live/?prompt={job.run_id.split('--s')[0]}&seed={job.seed}"
+                     f"&guidance={format_number(job.guidance_scale)}") if done else None,
+        }
+
+
+def format_number(g: float) -> str:
+    return str(int(g)) if float(g).is_integer() else repr(float(g))
+
+
+# ------------------------------------------------------------------------ the API
+
+def service() -> LiveService:
+    return current_app.config["LIVE"]
+
+
+def refuse(status: int, name: str, message: str, retry_after: int | None = None):
+    resp = error_response(status, name, message)
+    if retry_after is not None:
+        resp.headers["Retry-After"] = str(retry_after)
+    abort(resp)
+
+
+def check_origin() -> None:
+    """A state-changing request from a page of another site is refused; a request
+    without Origin (curl, a script) is a same-machine client and allowed."""
+    origin = request.headers.get("Origin")
+    site = request.headers.get("Sec-Fetch-Site")
+    if site == "cross-site" or (origin is not None and (
+            origin == "null" or urlsplit(origin).netloc.lower() != request.host.lower())):
+        refuse(403, "cross_site", f"POST from another site ({(origin or site)[:80]!r}) is refused")
+
+
+def read_body() -> dict:
+    if request.content_length is None and request.headers.get("Transfer-Encoding"):
+        refuse(411, "length_required", "send the body with a Content-Length")
+    if (request.content_length or 0) > MAX_BODY:
+        refuse(413, "payload_too_large", f"the body is larger than {MAX_BODY} bytes")
+    if request.mimetype != "application/json":
+        refuse(415, "unsupported_media_type", "send the job as JSON (Content-Type: "
+               "application/json)")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        refuse(400, "bad_request", "the body must be a JSON object with prompt, seed and "
+               "guidance_scale")
+    return body
+
+
+def check_job(body: dict, svc: LiveService) -> tuple[str, int, float]:
+    """(prompt, seed, guidance_scale) or a 400 naming the first bad field."""
+    def bad(message):
+        refuse(400, "bad_request", message)
+    unknown = sorted(set(body) - FIELDS)
+    if unknown:
+        bad(f"unknown field(s) {', '.join(repr(k[:40]) for k in unknown)}: a job has "
+            "prompt, seed and guidance_scale only")
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        bad("prompt must be a string")
+    prompt = " ".join(prompt.split())
+    if not prompt:
+        bad("prompt is empty: type what the image should show")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        bad(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
+    seed = body.get("seed", 1)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= svc.max_seed:
+        bad(f"seed must be a whole number from 0 to {svc.max_seed}")
+    g = body.get("guidance_scale", svc.info.get("default_guidance_scale", 7.0))
+    if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) \
+            or not 0 <= g <= svc.max_guidance:
+        bad(f"guidance_scale must be a number from 0 to {format_number(svc.max_guidance)}")
+    return prompt, seed, float(g)
+
+
+def job_or_404(job_id: str) -> Job:
+    job = service().jobs.get(job_id)
+    if job is None:
+        refuse(404, "not_found", f"unknown job {job_id[:40]!r} (finished jobs are forgotten "
+               "after a while; the run stays in the live bundle)")
+    return job
+
+
+def no_store(resp):
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.get("/info.json")
+def info():
+    svc = service()
+    return no_store(jsonify({
+        **svc.info, "available": True, "max_seed": svc.max_seed,
+        "max_guidance_scale": svc.max_guidance, "guidance_scales": svc.runner.base_scales,
+        "queue": {"waiting": len(svc.queue), "max": svc.max_queue,
+                  "per_client": svc.per_client},
+    }))
+
+
+@bp.post("/jobs")
+def submit():
+    check_origin()
+    svc = service()
+    prompt, seed, g = check_job(read_body(), svc)
+    try:
+        job = svc.submit(request.remote_addr or "?", prompt, seed, g)
+    except QueueFull as e:
+        refuse(e.status, "busy" if e.status == 503 else "too_many_requests", str(e),
+               e.retry_after)
+    resp = jsonify(svc.status(job))
+    resp.status_code = 200 if job.state == "done" else 202
+    resp.headers["Location"] = f"jobs/{job.id}.json"
+    return no_store(resp)
+
+
+@bp.get("/jobs/<job_id>.json")
+def job_status(job_id: str):
+    return no_store(jsonify(service().status(job_or_404(job_id))))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel(job_id: str):
+    check_origin()
+    svc = service()
+    job = job_or_404(job_id)
+    svc.cancel(job)
+    return no_store(jsonify(svc.status(job)))
+
+
+@bp.get("/jobs/<job_id>/frames/<int:i>/<kind>.png")
+def frame(job_id: str, i: int, kind: str):
+    job = job_or_404(job_id)
+    if kind not in ("latent", "predicted"):
+        refuse(404, "not_found", "a frame is latent.png or predicted.png")
+    if i >= len(job.frames):
+        refuse(404, "not_found", f"step {i} of job {job_id[:40]} is not computed yet "
+               f"({len(job.frames)} are)")
+    resp = Response(getattr(job.frames[i], kind), mimetype="image/png")
+    resp.headers["Cache-Control"] = "private, max-age=3600"
+    return resp
+
+
+# ------------------------------------------------------------- the live bundle's app
+
+class LiveMount:
+    """WSGI: /live/... is the live bundle's own app (the whole front end over it);
+    /live/api/live/... is this server's live API, so the page under live/ can type too."""
+
+    def __init__(self, app, svc: LiveService):
+        self.app, self.svc = app, svc
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == MOUNT:
+            start_response("308 Permanent Redirect", [("Location", f"{environ.get('SCRIPT_NAME', '')}{MOUNT}/"),
+                                                      ("Content-Length", "0")])
+            return [b""]
+        if not path.startswith(MOUNT + "/"):
+            return self.app(environ, start_response)
+        rest = path[len(MOUNT):]
+        if rest.startswith("/api/live/"):
+            return self.app({**environ, "PATH_INFO": rest}, start_response)
+        live = self.svc.live_app
+        if live is None:
+            from backend.errors import plain_error
+            body, headers = plain_error(404, "not_found", "no typed prompt has been computed "
+                                        "yet: type one on the main page")
+            start_response("404 Not Found", headers)
+            return [body]
+        return live.wsgi_app({**environ, "PATH_INFO": rest,
+                              "SCRIPT_NAME": environ.get("SCRIPT_NAME", "") + MOUNT},
+                             start_response)
+
+
+def init_app(app) -> None:
+    """Register the live API and mount the live bundle (create_app, with LIVE set)."""
+    app.register_blueprint(bp)
+    app.wsgi_app = LiveMount(app.wsgi_app, app.config["LIVE"])
+
+
+# ------------------------------------------------------------------ the server's set-up
+
+def missing_libraries() -> str | None:
+    """The one-line reason `serve --live` cannot run here, or None."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "diffusers", "transformers")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        return (f"--live runs the model, which needs {', '.join(missing)}: "
+                "pip install 'noisepath[precompute]' (serving without --live needs none)")
+    return None
+
+
+def make_service(model, device: str, live_dir, shipped_config: dict, shipped_scales,
+                 frontend_dir, steps: int | None = None, max_queue: int = 16,
+                 per_client: int = 1, max_prompts: int | None = None,
+                 threads: int = 0) -> LiveService:
+    """Load the model (slow) and start the queue. The live settings follow the shipped
+    bundle's when it was made by the same model (precompute/live.py)."""
+    from pathlib import Path
+
+    from backend import REPO, create_app
+    from precompute.live import DEFAULT_MAX_PROMPTS, LiveRunner, default_live_dir, live_settings
+
+    model_path = Path(model)
+    same = shipped_config.get("model")
+    if same is not None and model_path.exists() and (REPO / same).exists() \
+            and (REPO / same).resolve() == model_path.resolve():
+        model = same  # the shipped bundle's own name for it: its settings apply
+    settings = live_settings(str(model), shipped_config, steps)
+    live_dir = Path(live_dir) if live_dir else default_live_dir(settings)
+    same_model = settings["model"] == str(shipped_config.get("model"))
+    runner = LiveRunner(settings, live_dir, shipped_scales if same_model else [0, 1, 7],
+                        device=device, threads=threads,
+                        max_prompts=max_prompts or DEFAULT_MAX_PROMPTS,
+                        model_path=str(model_path) if model_path.exists() else str(model))
+    runner.load()
+
+    def make_app(root):
+        if not (Path(root) / "bundle.json").exists():
+            return None
+        return create_app({"BUNDLE_DIR": root, "FRONTEND_DIR": frontend_dir,
+                           "SKIP_INVALID": True, "ALLOWED_HOSTS": ["*"]})
+    default_g = shipped_config.get("default_guidance_scale") if same_model else None
+    return LiveService(runner, make_app, max_queue=max_queue, per_client=per_client,
+                       info={"model": settings["model"], "device": device,
+                             "num_inference_steps": settings["num_inference_steps"],
+                             "scheduler": settings["scheduler"],
+                             "default_guidance_scale": default_g if default_g is not None else 7.0})

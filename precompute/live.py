@@ -1,0 +1,264 @@
+"""Live runs: one typed prompt through the precompute, into a live bundle of its own.
+
+`noisepath serve --live` (backend/live.py) owns the queue and the HTTP side; this module
+owns the work. A live job is exactly a precompute of one prompt and one seed
+(precompute/run.py's `precompute`, so the same instrumented loop, precompute/loop.py,
+and the same bundle writer, precompute/writer.py), with two differences that change
+nothing in what is written:
+- the model is loaded once, when the server starts, and kept (`Options.components`);
+- every step of the loop calls back (`Options.on_step`), and the step of the guidance
+  scale the user asked for becomes two small PNG frames (the latent preview and the
+  decoded predicted final image) that the page shows while the run is computed.
+
+The live bundle is an ordinary bundle (docs/bundle-format.md) in a writable folder; runs
+land atomically, so a job that fails leaves only its staging folder, which is removed.
+The same (model, prompt, seed, guidance scales, steps, scheduler) is computed once: the
+bundle's run ids say what it holds. Its size is bounded: past `max_prompts` typed
+prompts, the least recently used prompt's runs are removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from precompute.writer import (EMPTY_PROMPT_ID, BundleWriter, file_lock, prompt_id, read_config,
+                               run_id, write_json_atomic)
+
+# what must agree for runs to share one live bundle (precompute/writer.py's identity keys)
+SETTING_KEYS = ("model", "scheduler", "num_inference_steps", "height", "width", "image_size",
+                "storage", "attention_levels")
+DEFAULT_MAX_PROMPTS = 50
+LRU_FILE = "live-lru.json"
+LIVE_TITLE = "Typed prompts (noisepath serve --live)"
+LIVE_DESCRIPTION = ("Prompts typed into the page, each computed by the served model with the "
+                    "same instrumented loop as the shipped runs.")  # in the bundle's .work/: prompt id -> last time it was asked for
+
+
+def default_live_dir(settings: dict) -> Path:
+    """Under the user's cache folder, one live bundle per set of settings (so serving
+    another model or step count never mixes runs)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.environ.get("LOCALAPPDATA") \
+        or Path.home() / ".cache"
+    key = json.dumps({k: settings.get(k) for k in SETTING_KEYS}, sort_keys=True)
+    name = f"{Path(str(settings['model'])).name or 'model'}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    return Path(base) / "noisepath" / "live" / name
+
+
+def live_settings(model: str, shipped_config: dict | None, steps: int | None = None) -> dict:
+    """The settings of live runs: the shipped bundle's when it was made by the same model
+    (so live runs look like its runs), else the precompute's defaults. Storage is "full":
+    nothing to encode, so a run is written sooner."""
+    from precompute.run import DEFAULTS
+
+    same = shipped_config is not None and str(shipped_config.get("model")) == str(model)
+    base = shipped_config if same else DEFAULTS
+    settings = {k: base.get(k) for k in SETTING_KEYS if k != "model"}
+    settings.update(model=str(model), storage="full")
+    settings.setdefault("image_size", None)
+    if settings["image_size"] is None:
+        settings["image_size"] = min(256, settings["height"], settings["width"])
+    if steps is not None:
+        settings["num_inference_steps"] = int(steps)
+    return settings
+
+
+@dataclass
+class Frame:
+    """One streamed step of the asked-for guidance scale: PNG bytes."""
+    latent: bytes
+    predicted: bytes
+
+
+class LiveRunner:
+    """The loaded model and the live bundle it writes; one job at a time (`lock`)."""
+
+    def __init__(self, settings: dict, live_dir: Path, base_scales, device: str = "cpu",
+                 dtype: str = "auto", threads: int = 0, max_prompts: int = DEFAULT_MAX_PROMPTS,
+                 model_path: str | None = None):
+        self.settings = dict(settings)
+        self.live_dir = Path(live_dir)
+        self.base_scales = sorted({float(g) for g in base_scales})
+        self.device, self.dtype, self.threads = device, dtype, threads
+        self.max_prompts = max_prompts
+        self.model_path = model_path or self.settings["model"]  # where to load it from
+        self.components = None
+        self.lock = threading.Lock()
+
+    # -- the model
+    def load(self) -> None:
+        """Load the model once (seconds to minutes); raises what load_components raises."""
+        import torch
+
+        from precompute.model import check_device, load_components
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        device = check_device(self.device)
+        self.components = load_components(self.model_path, device=device,
+                                          dtype=self.dtype, scheduler=self.settings["scheduler"])
+
+    # -- what a job computes
+    def scales(self, guidance_scale: float) -> list[float]:
+        """The guidance scales a job runs: the asked-for one and the base ones, so the
+        guidance sweep of a typed prompt has the same scales as a shipped one."""
+        return sorted({*self.base_scales, float(guidance_scale)})
+
+    def run_ids(self, prompt: str, seed: int, guidance_scale: float) -> list[str]:
+        pid = prompt_id(prompt)
+        return [run_id(pid, seed, g) for g in self.scales(guidance_scale)]
+
+    def target(self, prompt: str, seed: int, guidance_scale: float) -> str:
+        return run_id(prompt_id(prompt), seed, guidance_scale)
+
+    def has(self, prompt: str, seed: int, guidance_scale: float) -> bool:
+        """Every run of the job is in the live bundle (a cache hit)."""
+        runs = self.live_dir / "runs"
+        return (self.live_dir / "bundle.json").exists() and all(
+            (runs / r / "run.json").exists() for r in self.run_ids(prompt, seed, guidance_scale))
+
+    # -- a job
+    def run(self, prompt: str, seed: int, guidance_scale: float, on_frame=None,
+            should_stop=None) -> str:
+        """Compute the job into the live bundle (a precompute of one prompt and seed) and
+        return the asked-for run's id. on_frame(i, total, Frame) after each step of the
+        asked-for scale; should_stop() is asked before the work starts. On any failure the
+        job's staging folders are removed, so the bundle holds only finished runs."""
+        from precompute.prompts import single_prompt_set
+        from precompute.run import Options, precompute
+
+        if self.components is None:
+            raise RuntimeError("the live model is not loaded")
+        g = float(guidance_scale)
+        scales = self.scales(g)
+        with self.lock:
+            if should_stop is not None and should_stop():
+                raise JobCancelled()
+            step_hook = self._step_hook(g, on_frame) if on_frame is not None else None
+            opts = Options(device=self.device, dtype=self.dtype, projection="pca",
+                           progress=False, log=io.StringIO(), components=self.components,
+                           on_step=step_hook)
+            settings = {**self.settings, "seeds": [int(seed)], "guidance_scales": scales}
+            prompt_set = single_prompt_set(prompt, [])
+            prompt_set.title, prompt_set.description = LIVE_TITLE, LIVE_DESCRIPTION
+            try:
+                precompute(prompt_set, self.live_dir, settings, opts)
+            except BaseException:
+                self._remove_staging()
+                raise
+            self.touch(prompt_id(prompt))
+            self.evict()
+        return self.target(prompt, seed, g)
+
+    def _step_hook(self, guidance_scale: float, on_frame):
+        """The loop's on_step for the guidance scale asked for (the seed's shared
+        guidance-0 job calls it too; it streams only when that is the asked-for scale)."""
+        from precompute import loop
+
+        total = self.settings["num_inference_steps"]
+        preview = {}
+
+        def on_step(i, scales, latents, pred_original_sample):
+            if guidance_scale not in scales:
+                return
+            if not preview:  # config.json is written before the first step
+                preview.update(read_config(self.live_dir)["latent_preview"])
+            g = scales.index(guidance_scale)
+            latent = latents[g].float().cpu().numpy()                  # (C, h, w)
+            image = loop.decode_latents(self.components, pred_original_sample[g:g + 1].float().cpu().numpy())[0]
+            on_frame(i, total, Frame(png(latent_rgb(latent, preview, self.settings["scheduler"])),
+                                     png(image)))
+        return on_step
+
+    def _remove_staging(self) -> None:
+        """This process's staging folders (one job runs at a time, so all are the failed
+        job's)."""
+        tmp = self.live_dir / ".tmp"
+        if tmp.is_dir():
+            for folder in tmp.glob(f"{os.getpid()}-*"):
+                shutil.rmtree(folder, ignore_errors=True)
+
+    # -- the size bound: least recently used typed prompts are removed
+    def touch(self, pid: str) -> None:
+        with file_lock(self.live_dir / ".work" / "lru.lock"):
+            used = self._used()
+            used[pid] = time.time()
+            write_json_atomic(self.live_dir / ".work" / LRU_FILE, used)
+
+    def _used(self) -> dict:
+        try:
+            data = json.loads((self.live_dir / ".work" / LRU_FILE).read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def evict(self) -> list[str]:
+        """Remove the least recently used typed prompts (their runs, prompt folder and
+        group) past max_prompts; refit the trajectories and rebuild the index. Returns
+        the removed prompt ids. Runs move out of runs/ with one rename each, so a
+        reader never sees half a run."""
+        from precompute.run import Options, fit_trajectories
+
+        root = self.live_dir
+        typed = [p.name for p in (root / "prompts").iterdir()
+                 if p.name != EMPTY_PROMPT_ID and (p / "prompt.json").exists()]
+        if len(typed) <= self.max_prompts:
+            return []
+        used = self._used()
+        typed.sort(key=lambda p: used.get(p, 0.0))
+        gone = typed[: len(typed) - self.max_prompts]
+        trash = root / ".tmp" / f"{os.getpid()}-evicted-{time.time_ns()}"
+        trash.mkdir(parents=True)
+        seeds = set()
+        for pid in gone:
+            for run in (root / "runs").glob(f"{pid}--s*"):
+                seeds.add(int(run.name.rsplit("--s", 1)[1].split("-g", 1)[0]))
+                os.rename(run, trash / run.name)
+            os.rename(root / "prompts" / pid, trash / f"prompt-{pid}")
+            for group in (root / "groups").glob("*.json"):
+                if pid in json.loads(group.read_text()).get("prompts", []):
+                    os.rename(group, trash / f"group-{group.name}")
+            used.pop(pid, None)
+        shutil.rmtree(trash, ignore_errors=True)
+        write_json_atomic(root / ".work" / LRU_FILE, used)
+        writer = BundleWriter(root, read_config(root))
+        fit_trajectories(writer, sorted(seeds), Options(projection="pca", progress=False,
+                                                        log=io.StringIO()))
+        writer.rebuild_index()
+        return gone
+
+
+class JobCancelled(Exception):
+    """The client left before its job started."""
+
+
+def latent_rgb(latent: np.ndarray, preview: dict, scheduler: str) -> np.ndarray:
+    """(C, h, w) -> (h, w, 3) uint8 with the bundle's latent -> RGB map. A sigma
+    scheduler's latent is x0 + sigma noise; without the step's sigma at hand it is shown
+    divided by its RMS when that is above 1 (the RMS of x0 + sigma noise is about
+    sqrt(1 + sigma^2) for unit-scale latents), as backend/previews.py shows it with sigma."""
+    from backend.previews import latent_preview
+
+    latent = np.asarray(latent, np.float32)
+    if scheduler != "ddim":
+        latent = latent / max(1.0, float(np.sqrt((latent ** 2).mean())))
+    matrix = np.asarray(preview["matrix"], np.float32)
+    bias = np.asarray(preview["bias"], np.float32)
+    return latent_preview(latent[None], matrix, bias)[0]
+
+
+def png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, np.uint8)).save(buf, "png")
+    return buf.getvalue()

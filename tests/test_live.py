@@ -1,0 +1,373 @@
+"""`noisepath serve --live` (backend/live.py, precompute/live.py): the job API, its
+limits and bad input, and (slow) real jobs on the shipped demo model: streamed steps,
+the run served under live/, cache hits, a failed job leaving nothing half-written, and
+the size bound."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from backend import REPO, create_app
+from backend.live import LiveService, missing_libraries
+
+DEMO_BUNDLE = REPO / "static" / "demo-bundle"
+DEMO_MODEL = REPO / "static" / "demo-model"
+
+
+# ------------------------------------------------------------ a runner without a model
+
+class FakeRunner:
+    """Stands in for precompute.live.LiveRunner: each job waits for `release`, streams
+    `steps` frames, and fails when its prompt is "fail"."""
+
+    def __init__(self, live_dir: Path, steps: int = 3):
+        self.live_dir, self.steps = live_dir, steps
+        self.base_scales = [0.0, 1.0, 7.0]
+        self.release = threading.Event()
+        self.started = threading.Event()
+
+    def target(self, prompt, seed, g):
+        return f"fake--s{seed}-g{g}"
+
+    def has(self, prompt, seed, g):
+        return False
+
+    def run(self, prompt, seed, g, on_frame=None, should_stop=None):
+        from precompute.live import Frame
+
+        self.started.set()
+        assert self.release.wait(10)
+        for i in range(self.steps):
+            on_frame(i, self.steps, Frame(b"latent-png", b"predicted-png"))
+        if prompt == "fail":
+            raise MemoryError("out of memory on the device")
+        return self.target(prompt, seed, g)
+
+
+@pytest.fixture
+def fake(tmp_path, synthetic_bundle_ro):
+    runner = FakeRunner(tmp_path / "live")
+    svc = LiveService(runner, lambda root: None, max_queue=2, per_client=1,
+                      info={"num_inference_steps": 3, "default_guidance_scale": 7.0})
+    app = create_app({"BUNDLE_DIR": synthetic_bundle_ro, "LIVE": svc})
+    yield runner, svc, app.test_client()
+    runner.release.set()
+
+
+def post(client, body, ip="10.0.0.1", **headers):
+    return client.post("/api/live/jobs", json=body, headers=headers,
+                       environ_base={"REMOTE_ADDR": ip})
+
+
+def wait_state(client, job_id, states=("done", "failed"), timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get(f"/api/live/jobs/{job_id}.json").get_json()
+        if status["state"] in states:
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} still {status['state']} after {timeout} s")
+
+
+GOOD = {"prompt": "a red star", "seed": 1, "guidance_scale": 3}
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({**GOOD, "prompt": ""}, "prompt is empty"),
+    ({**GOOD, "prompt": "   \n "}, "prompt is empty"),
+    ({**GOOD, "prompt": 5}, "prompt must be a string"),
+    ({**GOOD, "prompt": "x" * 1001}, "longer than 1000"),
+    ({**GOOD, "seed": -1}, "seed must be"),
+    ({**GOOD, "seed": 2**31}, "seed must be"),
+    ({**GOOD, "seed": 1.5}, "seed must be"),
+    ({**GOOD, "seed": "1"}, "seed must be"),
+    ({**GOOD, "seed": True}, "seed must be"),
+    ({**GOOD, "guidance_scale": -0.5}, "guidance_scale must be"),
+    ({**GOOD, "guidance_scale": 20.5}, "guidance_scale must be"),
+    ({**GOOD, "guidance_scale": "7"}, "guidance_scale must be"),
+    ({**GOOD, "guidance_scale": None}, "guidance_scale must be"),
+    ({**GOOD, "model": "stabilityai/sd"}, "unknown field(s) 'model'"),
+    ({**GOOD, "path": "/etc/passwd"}, "unknown field(s) 'path'"),
+    ([GOOD], "JSON object"),
+])
+def test_bad_job_is_a_400_json_error(fake, body, fragment):
+    _, svc, client = fake
+    resp = post(client, body)
+    assert resp.status_code == 400, resp.get_data(as_text=True)
+    assert resp.is_json and fragment in resp.get_json()["message"]
+    assert not svc.queue
+
+
+def test_non_finite_guidance_is_refused(fake):
+    _, _, client = fake
+    resp = client.post("/api/live/jobs", data='{"prompt": "a", "seed": 1, "guidance_scale": NaN}',
+                       content_type="application/json")
+    assert resp.status_code == 400 and "guidance_scale" in resp.get_json()["message"]
+
+
+def test_wrong_content_type_oversized_and_broken_bodies(fake):
+    _, _, client = fake
+    form = client.post("/api/live/jobs", data={"prompt": "a"})
+    assert form.status_code == 415 and form.is_json
+    big = client.post("/api/live/jobs", data=json.dumps({**GOOD, "prompt": "x" * 5000}),
+                      content_type="application/json")
+    assert big.status_code == 413 and big.is_json
+    broken = client.post("/api/live/jobs", data="{not json", content_type="application/json")
+    assert broken.status_code == 400 and broken.is_json
+
+
+def test_cross_site_posts_are_refused(fake):
+    _, svc, client = fake
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"},
+                    {"Sec-Fetch-Site": "cross-site"}):
+        resp = post(client, GOOD, **headers)
+        assert resp.status_code == 403 and resp.get_json()["error"] == "cross_site", headers
+    assert not svc.queue
+    same = post(client, GOOD, Origin="http://localhost")  # the test client's host
+    assert same.status_code == 202
+
+
+def test_get_is_not_a_way_to_submit(fake):
+    _, svc, client = fake
+    resp = client.get("/api/live/jobs?prompt=a")
+    assert resp.status_code in (404, 405) and resp.is_json and not svc.queue
+
+
+def test_job_streams_steps_then_is_done(fake):
+    runner, svc, client = fake
+    resp = post(client, GOOD)
+    assert resp.status_code == 202
+    job = resp.get_json()
+    assert job["state"] in ("queued", "running") and job["open"] is None
+    assert client.get(f"/api/live/jobs/{job['id']}/frames/0/latent.png").status_code == 404
+    runner.release.set()
+    done = wait_state(client, job["id"])
+    # the fake runner's bundle app is None, so the run is not served: reported, not hidden
+    assert done["state"] == "failed" and "does not load" in done["error"]
+    assert done["steps_done"] == 3
+    frame = client.get(f"/api/live/jobs/{job['id']}/frames/2/predicted.png")
+    assert frame.status_code == 200 and frame.data == b"predicted-png"
+    assert frame.mimetype == "image/png"
+    assert client.get(f"/api/live/jobs/{job['id']}/frames/3/latent.png").status_code == 404
+    assert client.get(f"/api/live/jobs/{job['id']}/frames/0/other.png").status_code == 404
+
+
+def test_a_failing_job_reports_its_failure(fake):
+    runner, _, client = fake
+    runner.release.set()
+    job = post(client, {**GOOD, "prompt": "fail"}).get_json()
+    status = wait_state(client, job["id"])
+    assert status["state"] == "failed"
+    assert "MemoryError: out of memory on the device" in status["error"]
+
+
+def test_full_queue_and_per_client_limit_answer_with_retry_after(fake):
+    runner, svc, client = fake
+    assert post(client, GOOD, ip="10.0.0.1").status_code == 202
+    assert runner.started.wait(10)                  # that one is running: the queue is empty
+    again = post(client, {**GOOD, "seed": 2}, ip="10.0.0.1")
+    assert again.status_code == 429 and again.is_json
+    assert int(again.headers["Retry-After"]) >= 1
+    second = post(client, GOOD, ip="10.0.0.2").get_json()
+    assert post(client, GOOD, ip="10.0.0.3").status_code == 202
+    full = post(client, GOOD, ip="10.0.0.4")
+    assert full.status_code == 503 and full.get_json()["error"] == "busy"
+    assert int(full.headers["Retry-After"]) >= 1
+    assert client.get(f"/api/live/jobs/{second['id']}.json").get_json()["ahead"] == 1
+    info = client.get("/api/live/info.json").get_json()
+    assert info["available"] and info["queue"] == {"waiting": 2, "max": 2, "per_client": 1}
+
+
+def test_cancel_drops_a_queued_job(fake):
+    runner, svc, client = fake
+    post(client, GOOD, ip="10.0.0.1")
+    assert runner.started.wait(10)
+    queued = post(client, GOOD, ip="10.0.0.2").get_json()
+    resp = client.post(f"/api/live/jobs/{queued['id']}/cancel")
+    assert resp.status_code == 200 and resp.get_json()["state"] == "cancelled"
+    assert not svc.queue
+    assert client.post(f"/api/live/jobs/{queued['id']}/cancel",
+                       headers={"Origin": "http://evil.example"}).status_code == 403
+    assert client.post("/api/live/jobs/nope/cancel").status_code == 404
+
+
+def test_unknown_job_and_no_live_bundle_yet(fake):
+    _, _, client = fake
+    resp = client.get("/api/live/jobs/0123.json")
+    assert resp.status_code == 404 and resp.is_json
+    live = client.get("/live/api/index.json")
+    assert live.status_code == 404 and "no typed prompt" in live.get_json()["message"]
+    assert client.get("/live").status_code == 308
+
+
+def test_without_live_the_api_says_it_is_not_there(synthetic_bundle_ro):
+    client = create_app({"BUNDLE_DIR": synthetic_bundle_ro}).test_client()
+    resp = client.get("/api/live/info.json")
+    assert resp.status_code == 404 and resp.is_json
+    assert client.post("/api/live/jobs", json=GOOD).status_code in (404, 405)
+
+
+# ------------------------------------------------------------------- the command line
+
+def live_args(**kw):
+    return Namespace(**{"host": "127.0.0.1", "model": str(DEMO_MODEL), "device": "cpu",
+                        "live_dir": None, "live_steps": None, "live_queue": 16,
+                        "live_per_client": 1, "live_cache_prompts": 50,
+                        "bundle": DEMO_BUNDLE, **kw})
+
+
+def test_serve_live_without_the_model_libraries_says_what_to_install(monkeypatch, capsys):
+    import importlib.util
+
+    from backend import serve_cli
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real(name, *a))
+    assert "noisepath[precompute]" in missing_libraries()
+    assert serve_cli.start_live(live_args()) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'noisepath[precompute]'" in err
+
+
+def test_serve_live_on_all_interfaces_warns(monkeypatch, capsys):
+    from backend import live, serve_cli
+    monkeypatch.setattr(live, "make_service", lambda *a, **k: "service")
+    assert serve_cli.start_live(live_args(host="0.0.0.0")) == "service"
+    assert "anyone on the network can spend" in capsys.readouterr().err
+    serve_cli.start_live(live_args())
+    assert "anyone on the network" not in capsys.readouterr().err
+
+
+def test_serve_parses_the_live_options():
+    import argparse
+
+    from backend import serve_cli
+    p = argparse.ArgumentParser()
+    serve_cli.add_arguments(p)
+    args = p.parse_args(["--live", "--live-steps", "5", "--live-dir", "/x", "--device", "cuda"])
+    assert args.live and args.live_steps == 5 and args.live_dir == Path("/x")
+    assert Path(args.model) == DEMO_MODEL and args.device == "cuda"
+    assert p.parse_args([]).device == "cpu"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--live-queue", "0"])
+
+
+def test_the_live_api_imports_no_torch():
+    code = ("import sys, backend.live, backend.serve_cli; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+# ------------------------------------------------- real jobs on the shipped demo model
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """The demo model behind a live service, 2 steps a run, at most 2 typed prompts."""
+    from backend import FRONTEND
+    from backend.live import make_service
+
+    index = json.loads((DEMO_BUNDLE / "bundle.json").read_text())
+    live_dir = tmp_path_factory.mktemp("live") / "bundle"
+    svc = make_service(str(DEMO_MODEL), "cpu", live_dir, index["config"],
+                       index["guidance_scales"], FRONTEND, steps=STEPS, max_queue=4,
+                       per_client=2, max_prompts=2, threads=1)
+    app = create_app({"BUNDLE_DIR": DEMO_BUNDLE, "LIVE": svc})
+    return svc, app.test_client(), live_dir
+
+
+def check_valid(root: Path):
+    from backend.validator import validate_bundle
+
+    problems = [p for p in validate_bundle(root, checksums=True, decode=True) if p.severity == "error"]
+    assert not problems, problems
+
+
+@pytest.mark.slow
+def test_a_typed_prompt_becomes_an_ordinary_run_and_then_a_cache_hit(live):
+    svc, client, live_dir = live
+    body = {"prompt": "a blue star on a yellow background", "seed": 5, "guidance_scale": 4.5}
+    first = post(client, body)
+    assert first.status_code == 202
+    done = wait_state(client, first.get_json()["id"])
+    assert done["state"] == "done", done
+    assert done["steps_done"] == STEPS and done["num_inference_steps"] == STEPS
+    for i in range(STEPS):
+        for kind in ("latent", "predicted"):
+            png = client.get(f"/api/live/jobs/{done['id']}/frames/{i}/{kind}.png")
+            assert png.status_code == 200 and png.data[:8] == b"\x89PNG\r\n\x1a\n"
+    rid = done["run_id"]
+    assert done["open"] == f"live/?prompt={rid.split('--s')[0]}&seed=5&guidance=4.5"
+    # the live bundle is served like any bundle: the run, its sweep with the shipped
+    # bundle's scales plus the typed one, its attention, its trajectory map
+    run = client.get(f"/live/api/runs/{rid}.json")
+    assert run.status_code == 200
+    index = client.get("/live/api/index.json").get_json()
+    assert sorted(index["guidance_scales"]) == [0.0, 1.0, 3.0, 4.5, 7.0]
+    assert index["config"]["num_inference_steps"] == STEPS
+    pid = rid.split("--s")[0]
+    assert client.get(f"/live/api/sweeps/{pid}/5.json").status_code == 200
+    assert client.get(f"/live/api/trajectories/5.json").status_code == 200
+    assert client.get(f"/live/api/runs/{rid}/attention/16/tokens/1.npy").status_code == 200
+    assert client.get("/live/").status_code == 200
+    check_valid(live_dir)
+    # the same job again is answered at once from the live bundle
+    started = time.perf_counter()
+    again = post(client, body)
+    elapsed = time.perf_counter() - started
+    assert again.status_code == 200 and again.get_json()["cached"]
+    assert again.get_json()["state"] == "done" and elapsed < 5  # no model call: far below a run
+    # the shipped bundle was not touched
+    assert rid not in json.loads((DEMO_BUNDLE / "bundle.json").read_text())["runs"]
+
+
+@pytest.mark.slow
+def test_a_job_that_dies_mid_run_leaves_no_half_written_run(live, monkeypatch):
+    import os
+
+    from precompute import writer
+
+    svc, client, live_dir = live
+    real_stage = writer.BundleWriter.stage_run
+    calls = []
+
+    def stage_then_die(self, *a, **k):  # dies after the first run of the job is staged
+        calls.append(real_stage(self, *a, **k))
+        if len(calls) == 2:
+            raise MemoryError("killed while writing")
+        return calls[-1]
+    monkeypatch.setattr(writer.BundleWriter, "stage_run", stage_then_die)
+    body = {"prompt": "a green square", "seed": 6, "guidance_scale": 3}
+    status = wait_state(client, post(client, body).get_json()["id"])
+    assert status["state"] == "failed" and "killed while writing" in status["error"]
+    assert not list((live_dir / "runs").glob("a-green-square-*"))
+    assert not list((live_dir / ".tmp").glob(f"{os.getpid()}-*"))
+    check_valid(live_dir)
+    monkeypatch.setattr(writer.BundleWriter, "stage_run", real_stage)
+    retry = wait_state(client, post(client, body).get_json()["id"])
+    assert retry["state"] == "done"
+
+
+@pytest.mark.slow
+def test_the_least_recently_used_prompt_is_evicted(live):
+    svc, client, live_dir = live
+    texts = ["a red circle", "a small yellow star", "a big purple square"]
+    for text in texts:  # max_prompts is 2
+        status = wait_state(client, post(client, {"prompt": text, "seed": 7,
+                                                  "guidance_scale": 3}).get_json()["id"])
+        assert status["state"] == "done", status
+    kept = {p.name.rsplit("-", 1)[0] for p in (live_dir / "prompts").iterdir()}
+    assert kept == {"empty", "a-small-yellow-star", "a-big-purple-square"}
+    index = client.get("/live/api/index.json").get_json()
+    assert not [r for r in index["runs"] if r.startswith("a-red-circle")]
+    check_valid(live_dir)
