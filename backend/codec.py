@@ -119,10 +119,12 @@ def member_limits(shape) -> dict[str, int]:
     return {"q": HEADER_BYTES + n, "lo": HEADER_BYTES + 4 * m, "scale": HEADER_BYTES + 4 * m}
 
 
-def read_npz(path, header_only: tuple[str, ...] = (), limits: dict[str, int] | None = None
-             ) -> dict[str, object]:
+def read_npz(path, header_only: tuple[str, ...] = (), limits: dict[str, int] | None = None,
+             sizes_only: tuple[str, ...] = ()) -> dict[str, object]:
     """Members of an .npz: name -> array, or (dtype, shape) for names in header_only
-    (read from the member's first bytes, without inflating the rest). Raises on a bad file.
+    (read from the member's first bytes, without inflating the rest), or the number of
+    bytes it declares for names in sizes_only (from the zip's directory: nothing read).
+    Raises on a bad file.
 
     limits (member_limits): name -> the most bytes the member may inflate to. A member
     declaring more raises MemberTooLarge before it is inflated; a member not named is
@@ -137,6 +139,9 @@ def read_npz(path, header_only: tuple[str, ...] = (), limits: dict[str, int] | N
                 continue
             if limits is not None and info.file_size > limits[name]:
                 raise MemberTooLarge(name, info.file_size, limits[name])
+            if name in sizes_only:
+                out[name] = info.file_size
+                continue
             with zf.open(info) as f:
                 # zipfile inflates all it fetches (LZMA without an output bound): a header
                 # read of 4 KiB of compressed deltas inflated ~16 KiB, 1 CPU s over the
@@ -177,10 +182,26 @@ def load(path, axis: int, shape=None) -> np.ndarray:
     """A .q8.npz file -> float32 values. shape: the manifest's (decoded) shape; given, no
     member is inflated beyond what it implies (member_limits)."""
     members = read_npz(path, limits=None if shape is None else member_limits(shape))
-    if shape is not None and (members["q"].shape != tuple(shape) or any(
-            members[k].shape != tuple(spatially_reduced(shape)) for k in ("lo", "scale"))):
-        raise ValueError(f"members' shapes do not match the manifest's {list(shape)}")
+    if shape is not None:
+        check_members(members, shape)
     return decode(members, axis)
+
+
+def check_members(members: dict[str, np.ndarray], shape) -> None:
+    """What a reader needs of a q8-delta file of decoded `shape` (ValueError naming the
+    member otherwise): q uint8 of that shape; lo and scale float32 with both map axes 1,
+    finite, scale >= 0. Start-up validation reads only q's header and the others' sizes."""
+    reduced = tuple(spatially_reduced(shape))
+    expected = {"q": (np.uint8, tuple(shape)), "lo": (np.float32, reduced),
+                "scale": (np.float32, reduced)}
+    for key, (dtype, shape_) in expected.items():
+        a = members[key]
+        if a.dtype != dtype or a.shape != shape_:
+            raise ValueError(f"member {key} is {a.dtype} {list(a.shape)}, expected "
+                             f"{np.dtype(dtype)} {list(shape_)}")
+    if not (np.isfinite(members["lo"]).all() and np.isfinite(members["scale"]).all()
+            and (members["scale"] >= 0).all()):
+        raise ValueError("members lo and scale must be finite, scale >= 0")
 
 
 def spatially_reduced(shape) -> list[int]:

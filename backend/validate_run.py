@@ -310,12 +310,16 @@ class _Run:
                 self.image_file(name, e)
 
     def encoded_array(self, rel: str, path, name: str, e: dict) -> None:
-        """A q8-delta .npz: exactly the members q (uint8), lo and scale (float32, the map
-        axes reduced to 1), q's shape the manifest's; no member inflated past that size."""
+        """A q8-delta .npz: exactly the members q, lo and scale, no member inflated past
+        what the manifest's shape implies. At start-up q's header (uint8, the manifest's
+        shape) and the others' declared sizes; in decode mode every member in full (lo
+        and scale float32, the map axes reduced to 1, finite, scale >= 0), as the server
+        checks them when it first decodes the array (codec.check_members)."""
         c, shape = self.c, e["shape"]
         try:
             members = codec.read_npz(path, header_only=() if c.decode else ("q",),
-                                     limits=codec.member_limits(shape))
+                                     limits=codec.member_limits(shape),
+                                     sizes_only=() if c.decode else ("lo", "scale"))
         except codec.MemberTooLarge as err:
             c.add(rel, err.member, str(err))
             return
@@ -335,12 +339,22 @@ class _Run:
         reduced = codec.spatially_reduced(shape)
         for key in ("lo", "scale"):
             a = members[key]
-            if a.dtype != np.float32:
+            if not c.decode:
+                self.member_size(rel, key, a, 4 * math.prod(reduced), reduced)
+            elif a.dtype != np.float32:
                 c.add(rel, key, f"dtype is {a.dtype}, expected float32")
             elif list(a.shape) != reduced:
                 c.add(rel, key, f"shape is {list(a.shape)}, expected {reduced}")
             elif not np.isfinite(a).all() or (key == "scale" and (a < 0).any()):
                 c.add(rel, key, "must be finite" + (" and >= 0" if key == "scale" else ""))
+
+    def member_size(self, rel: str, key: str, size: int, data: int, shape: list) -> None:
+        """A member's declared size: its data and an .npy header (numpy pads headers to
+        a multiple of 64 bytes)."""
+        header = size - data
+        if not (0 < header <= codec.HEADER_BYTES and header % 64 == 0):
+            self.c.add(rel, key, f"holds {size:,} bytes: not a float32 array of shape {shape} "
+                       f"({data:,} bytes) and its header")
 
     def image_file(self, name: str, e: dict) -> None:
         rel = f"{self.folder}/{e['file']}"

@@ -319,15 +319,27 @@ def _rewrite_npz(path, **members):
     (lambda p: p.write_bytes(b"PK\x03\x04 not a zip"), "", "not a readable .npz"),
 ])
 def test_corrupt_npz_member_is_reported_by_file_and_field(tmp_path, corrupt, field, words):
+    """In full (validate, serve --skip-invalid); at start-up by q's header and the other
+    members' sizes, and what only their values show when the array is first decoded."""
+    from backend.format import ArrayReadError
     from tests.synthetic_bundle import make_bundle
     root = make_bundle(tmp_path / "b", storage="compact", seeds=(1,), guidance_scales=(7,))
     rid = next(p.name for p in (root / "runs").iterdir())
-    corrupt(root / "runs" / rid / "noise_pred_text.q8.npz")
-    [p] = problems_of(root, checksums=False)
-    assert (p.file, p.field, p.run_id) == (f"runs/{rid}/noise_pred_text.q8.npz", field, rid)
+    rel = f"runs/{rid}/noise_pred_text.q8.npz"
+    corrupt(root / rel)
+    [p] = [p for p in validate_bundle(root, checksums=False, decode=True)
+           if p.severity == "error"]
+    assert (p.file, p.field, p.run_id) == (rel, field, rid)
     assert words in p.message
     [p] = problems_of(root, checksums=True)
     assert p.field == "arrays.noise_pred_text.sha256"
+    at_start_up = problems_of(root, checksums=False)
+    if field == "scale":  # a value: -1
+        assert at_start_up == []
+        with pytest.raises(ArrayReadError, match=f"{rel}: arrays.noise_pred_text: .*scale"):
+            Bundle(root).array(rid, "noise_pred_text")
+    else:
+        assert [(p.file, p.field) for p in at_start_up] == [(rel, field)]
 
 
 @pytest.mark.parametrize("edit, field, words", [
