@@ -20,7 +20,29 @@ export const urls = {
   attentionStep: (runId, res, i) => `api/runs/${enc(runId)}/attention/${res}/steps/${i}.npy`,
   sweep: (promptId, seed) => `api/sweeps/${enc(promptId)}/${seed}.json`,
   trajectories: (seed) => `api/trajectories/${seed}.json`,
+  // `noisepath serve --live` only (views/live-prompt.js); never cached here: they change
+  liveInfo: () => "api/live/info.json",
+  liveJobs: () => "api/live/jobs",
+  liveJob: (id) => `api/live/jobs/${enc(id)}.json`,
+  liveCancel: (id) => `api/live/jobs/${enc(id)}/cancel`,
+  liveFrame: (id, i, kind) => `api/live/jobs/${enc(id)}/frames/${i}/${kind}.png`,
 };
+
+/** POST body as JSON; resolves to {response, data} (data: the parsed JSON, or null). */
+export async function postJson(url, body) {
+  const response = await fetch(url, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    data = null;
+  }
+  return { response, data };
+}
 
 /** Turn an error response ({error, message, status}) into an Error with a readable message. */
 async function failure(response, url) {

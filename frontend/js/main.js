@@ -26,6 +26,7 @@ import { promptWords } from "./views/prompt-words.js";
 import { tokenChips, vectorStrips } from "./views/text-panel.js";
 import { timestepController } from "./views/timestep-controller.js";
 import { trajectoryMap } from "./views/trajectory-map.js";
+import { livePrompt } from "./views/live-prompt.js";
 
 const RENDER_MEASURE = "noisepath:render";
 
@@ -73,6 +74,7 @@ async function start() {
   const model = createModel(index, api);
   applyWording(document, index); // the words that depend on the bundle's model
   const viz = d3.select("#viz");
+  livePrompt(d3.select("#live-prompt"), store.committed()); // the box of `serve --live`
 
   const togglePlay = () => {
     const s = store.committed();

@@ -1,0 +1,145 @@
+/**
+ * The prompt box of `noisepath serve --live`: type a prompt, keep or change seed and
+ * guidance scale, press Enter; the server queues the job (docs/api.md, "Live prompts"),
+ * and this view polls the job's small JSON status, showing each computed step's latent
+ * preview and predicted final image as it arrives. When the run is done it opens it
+ * under live/, where every view works on it as on a shipped run.
+ *
+ * Without --live (or in a static export) the server has no api/live/ (a --live server
+ * marks its answers with a Noisepath-Live header), and the box says what typing a
+ * prompt needs instead.
+ *
+ * Usage: livePrompt(d3.select("#live-prompt"), { seed, guidance })
+ */
+import { urls, postJson } from "../api.js";
+
+const POLL_MS = 200;
+
+/** The app root relative to this page: the live bundle's page is one folder down. */
+function appRoot() {
+  return /\/live\/$/.test(window.location.pathname) ? "../" : "./";
+}
+
+export async function livePrompt(host, { seed = 1, guidance = 7 } = {}) {
+  let info = null;
+  try {
+    // only a --live server marks its answers; a plain one or an export has no api/live/
+    const head = await fetch(urls.index(), { method: "HEAD" });
+    if (head.headers.get("Noisepath-Live")) {
+      const response = await fetch(urls.liveInfo());
+      if (response.ok) info = await response.json();
+    }
+  } catch {
+    info = null;
+  }
+  host.selectAll("*").remove();
+  if (!info || !info.available) {
+    host.append("p").attr("class", "hint live-unavailable")
+      .html("Typing your own prompt needs the model on the server: start it with "
+        + "<code>noisepath serve --live</code>.");
+    return;
+  }
+
+  const form = host.append("form").attr("class", "live-form").attr("novalidate", true);
+  form.append("label").attr("for", "live-text").attr("class", "live-label")
+    .text("Your own prompt");
+  const text = form.append("input").attr("id", "live-text").attr("type", "text")
+    .attr("maxlength", 1000).attr("autocomplete", "off").attr("enterkeyhint", "go")
+    .attr("placeholder", "e.g. a blue star on a yellow background");
+  const row = form.append("div").attr("class", "live-row");
+  const number = (label, id, value, attrs) => {
+    const l = row.append("label").attr("for", id).text(label);
+    const input = row.append("input").attr("id", id).attr("type", "number").property("value", value);
+    Object.entries(attrs).forEach(([k, v]) => input.attr(k, v));
+    return input;
+  };
+  const seedInput = number("seed", "live-seed", seed, { min: 0, max: info.max_seed, step: 1 });
+  const guidanceInput = number("guidance", "live-guidance", guidance,
+    { min: 0, max: info.max_guidance_scale, step: 0.5 });
+  const run = row.append("button").attr("type", "submit").attr("class", "button").text("Run");
+  const status = host.append("p").attr("class", "live-status").attr("role", "status")
+    .attr("aria-live", "polite");
+  const frames = host.append("div").attr("class", "live-frames").attr("hidden", true);
+  const latent = frames.append("figure");
+  const latentImg = latent.append("img").attr("alt", "latent preview of the last computed step");
+  latent.append("figcaption").text("latent");
+  const predicted = frames.append("figure");
+  const predictedImg = predicted.append("img")
+    .attr("alt", "predicted final image at the last computed step");
+  predicted.append("figcaption").text("predicted final image");
+  const progress = host.append("progress").attr("class", "live-progress").attr("hidden", true);
+
+  let current = null; // the job being watched
+  window.addEventListener("pagehide", () => {
+    if (current && current.state === "queued") {
+      fetch(urls.liveCancel(current.id), { method: "POST", keepalive: true }).catch(() => {});
+    }
+  });
+
+  const say = (message, isError = false) => status.text(message).classed("error", isError);
+
+  function show(job) {
+    current = job;
+    const total = job.num_inference_steps || 0;
+    if (job.state === "queued") {
+      say(job.ahead ? `Busy: ${job.ahead} ahead of you.` : "Starting…");
+    } else if (job.state === "running") {
+      say(`Step ${job.steps_done} of ${total}: the model is computing it now.`);
+    }
+    if (job.steps_done > 0) {
+      const i = job.steps_done - 1;
+      frames.attr("hidden", null);
+      latentImg.attr("src", urls.liveFrame(job.id, i, "latent"));
+      predictedImg.attr("src", urls.liveFrame(job.id, i, "predicted"));
+    }
+    progress.attr("hidden", null).attr("max", total || 1).attr("value", job.steps_done);
+  }
+
+  async function watch(job) {
+    for (;;) {
+      show(job);
+      if (job.state === "done") {
+        say(job.cached ? "Computed before: opening the run." : "Done: opening the run.");
+        window.location.assign(appRoot() + job.open);
+        return;
+      }
+      if (job.state === "failed" || job.state === "cancelled") {
+        say(job.error || `The job was ${job.state}.`, true);
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      const response = await fetch(urls.liveJob(job.id));
+      if (!response.ok) {
+        say(`Lost the job (${response.status}).`, true);
+        return;
+      }
+      job = await response.json();
+    }
+  }
+
+  form.on("submit", async (event) => {
+    event.preventDefault();
+    const body = {
+      prompt: text.property("value"),
+      seed: Number(seedInput.property("value")),
+      guidance_scale: Number(guidanceInput.property("value")),
+    };
+    run.attr("disabled", true);
+    frames.attr("hidden", true);
+    progress.attr("hidden", true);
+    try {
+      const { response, data } = await postJson(urls.liveJobs(), body);
+      if (!response.ok) {
+        const wait = response.headers.get("Retry-After");
+        say((data && data.message ? data.message : `${response.status} ${response.statusText}`)
+          + (wait ? ` (try again in ${wait} s)` : ""), true);
+        return;
+      }
+      await watch(data);
+    } catch (error) {
+      say(`Could not reach the server: ${error.message}`, true);
+    } finally {
+      run.attr("disabled", null);
+    }
+  });
+}

@@ -1,0 +1,101 @@
+"""The prompt box of `noisepath serve --live` in a browser (Playwright driving Debian's
+chromium): a typed prompt streams its steps, then opens as an ordinary run whose words'
+attention works; without --live the box says what it needs. Screenshots go to
+NOISEPATH_SCREENSHOT_DIR, or to a pytest temporary folder."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.browser_helpers import SKIP_REASON, browser_available, wait_ready
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not browser_available(), reason=SKIP_REASON)]
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "static" / "demo-bundle"
+STEPS = 12  # enough steps that some arrive on screen before the run is done
+
+
+@pytest.fixture(scope="module")
+def live_url(tmp_path_factory):
+    """The demo bundle with --live on the demo model, on a loopback server."""
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    from backend import FRONTEND, create_app
+    from backend.live import make_service
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_request(self, *args, **kwargs):
+            pass
+
+    index = json.loads((DEMO / "bundle.json").read_text())
+    svc = make_service(str(REPO / "static" / "demo-model"), "cpu",
+                       tmp_path_factory.mktemp("live") / "bundle", index["config"],
+                       index["guidance_scales"], FRONTEND, steps=STEPS, threads=1)
+    app = create_app({"BUNDLE_DIR": DEMO, "LIVE": svc})
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def context(browser):
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    yield context
+    context.close()
+
+
+def test_without_live_the_box_says_what_it_needs(page, base_url):
+    page.goto(base_url)
+    wait_ready(page)
+    note = page.locator("#live-prompt .live-unavailable")
+    note.wait_for()
+    assert "noisepath serve --live" in note.inner_text()
+    assert page.locator("#live-text").count() == 0
+
+
+@pytest.mark.slow
+def test_a_typed_prompt_streams_its_steps_then_opens_as_a_run(page, live_url, shots):
+    page.goto(live_url)
+    wait_ready(page)
+    page.locator("#live-text").fill("a yellow star on a green background")
+    page.locator("#live-seed").fill("4")
+    page.locator("#live-guidance").fill("3")
+    page.locator("#live-text").press("Enter")
+    # a step on screen while the job still runs (the page has not moved to the run yet)
+    page.locator(".live-frames img[src*='/frames/']").first.wait_for(timeout=120_000)
+    assert "/live/" not in page.url
+    assert "Step" in page.locator(".live-status").inner_text() or "Done" in \
+        page.locator(".live-status").inner_text()
+    page.screenshot(path=str(shots / "live-streaming.png"))
+    page.wait_for_url("**/live/?prompt=*", timeout=120_000)
+    wait_ready(page, timeout=60_000)
+    assert "seed=4" in page.url and "guidance=3" in page.url
+    words = page.locator("#prompt-words .token-word")
+    assert "yellow" in " ".join(words.all_inner_texts())
+    # an ordinary run: a word's cross-attention opens on it
+    page.locator("#prompt-words .token-word", has_text="star").click()
+    page.locator("#decoded-frame.has-attention").wait_for()
+    assert "star" in page.locator("#attention-controls .ac-title").inner_text()
+    page.screenshot(path=str(shots / "live-opened-run.png"))
+
+
+@pytest.mark.slow
+def test_steps_arrive_one_by_one(page, live_url):
+    """Every step's frame is fetched while the job runs (not all at the end)."""
+    frames = []
+    page.on("request", lambda r: frames.append(r.url) if "/frames/" in r.url else None)
+    page.goto(live_url)
+    wait_ready(page)
+    page.locator("#live-text").fill("a small red circle")
+    page.locator("#live-text").press("Enter")
+    page.wait_for_url("**/live/?prompt=*", timeout=120_000)
+    steps = sorted({int(u.split("/frames/")[1].split("/")[0]) for u in frames})
+    assert len(steps) >= 2 and steps[-1] == STEPS - 1, steps
