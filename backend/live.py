@@ -42,6 +42,7 @@ MAX_GUIDANCE = 20.0
 KEPT_JOBS = 200          # finished jobs whose status stays answerable
 FIELDS = {"prompt", "seed", "guidance_scale"}
 MOUNT = "/live"          # the live bundle's app
+LIVE_HEADER = "Noisepath-Live"  # on every answer of a --live server: the page shows its box
 
 
 @dataclass
@@ -337,13 +338,22 @@ def frame(job_id: str, i: int, kind: str):
 
 class LiveMount:
     """WSGI: /live/... is the live bundle's own app (the whole front end over it);
-    /live/api/live/... is this server's live API, so the page under live/ can type too."""
+    /live/api/live/... is this server's live API, so the page under live/ can type too.
+    Every answer carries the Noisepath-Live header: the page looks for it on a HEAD of
+    api/index.json (which every server and export has), so a page without --live asks
+    for nothing that is not there."""
 
     def __init__(self, app, svc: LiveService):
         self.app, self.svc = app, svc
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
+
+        def marked(status, headers, exc_info=None):  # the page asks for live by this header
+            return start_response(status, [*headers, (LIVE_HEADER, "1")], exc_info)
+        return self._route(environ, marked, path)
+
+    def _route(self, environ, start_response, path):
         if path == MOUNT:
             start_response("308 Permanent Redirect", [("Location", f"{environ.get('SCRIPT_NAME', '')}{MOUNT}/"),
                                                       ("Content-Length", "0")])

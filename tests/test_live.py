@@ -371,3 +371,10 @@ def test_the_least_recently_used_prompt_is_evicted(live):
     index = client.get("/live/api/index.json").get_json()
     assert not [r for r in index["runs"] if r.startswith("a-red-circle")]
     check_valid(live_dir)
+
+
+def test_only_a_live_server_marks_its_answers(fake, synthetic_bundle_ro):
+    _, _, client = fake
+    assert client.head("/api/index.json").headers["Noisepath-Live"] == "1"
+    plain = create_app({"BUNDLE_DIR": synthetic_bundle_ro}).test_client()
+    assert "Noisepath-Live" not in plain.head("/api/index.json").headers
