@@ -57,7 +57,7 @@ def test_without_live_the_box_says_what_it_needs(page, base_url):
     wait_ready(page)
     note = page.locator("#live-prompt .live-unavailable")
     note.wait_for()
-    assert "noisepath serve --live" in note.inner_text()
+    assert "needs noisepath serve --live" in note.inner_text()
     assert page.locator("#live-text").count() == 0
 
 

@@ -34,9 +34,8 @@ export async function livePrompt(host, { seed = 1, guidance = 7 } = {}) {
   }
   host.selectAll("*").remove();
   if (!info || !info.available) {
-    host.append("p").attr("class", "hint live-unavailable")
-      .html("Typing your own prompt needs the model on the server: start it with "
-        + "<code>noisepath serve --live</code>.");
+    host.append("p").attr("class", "live-unavailable")
+      .html("Your own prompt: needs <code>noisepath serve --live</code>.");
     return;
   }
 
