@@ -191,17 +191,36 @@ def test_a_level_that_opens_below_the_fold_is_scrolled_into_view(screen, base_ur
         return r.top >= 0 && r.top < innerHeight / 2; }""", timeout=5_000)
 
 
-@pytest.mark.parametrize("width, height", [(1280, 720)])
+@pytest.mark.parametrize("width, height, word", [
+    (1280, 720, False), (1024, 768, False), (1280, 720, True), (1024, 768, True)])
 def test_presentation_mode_fits_the_pictures_and_the_controller_on_the_first_screen(
-        screen, demo_url, shots, width, height):
+        screen, demo_url, shots, width, height, word):
+    """At step 0 (where a lesson starts) the predicted image's note is shown; with a word
+    selected (a first visit selects the first group's marked word, then the teacher
+    presses P) the attention controls are shown too: neither may push the controller
+    off the screen."""
     page = screen(width, height)
-    page.goto(f"{demo_url}?present=1&step=30")
-    wait_ready(page)
+    if word:
+        page.goto(demo_url)
+        wait_ready(page)
+        page.wait_for_function("() => new URLSearchParams(location.search).has('token')")
+        page.keyboard.press("p")
+    else:
+        page.goto(f"{demo_url}?present=1&step=0")
+        page.locator("#pred-note-start").wait_for()
+        wait_ready(page)
     page.wait_for_function("() => document.documentElement.classList.contains('presenting')")
-    for selector in ("#prompt-words", "#decoded-frame", "#pred-frame", "#timestep-controller"):
+    page.evaluate("() => document.querySelector('.tc-back').click()")   # pause, without scrolling
+    page.wait_for_timeout(300)
+    assert page.evaluate("scrollY") == 0
+    shown = ("#prompt-words", "#decoded-frame", "#pred-frame", "#timestep-controller")
+    if word:
+        page.locator("#decoded-frame.has-attention").wait_for()
+        shown += ("#attention-controls",)
+    for selector in shown:
         assert within_viewport(page, selector), selector
     assert box(page, "#decoded-frame")["width"] >= 180, "the pictures stay large"
-    page.screenshot(path=str(shots / f"presentation-{width}x{height}.png"))
+    page.screenshot(path=str(shots / f"presentation-{width}x{height}{'-word' if word else ''}.png"))
 
 
 # ---------------------------------------------------------------------- phones
@@ -215,6 +234,12 @@ def test_a_phones_first_screen_shows_the_prompt_the_image_and_the_controller(scr
         assert within_viewport(page, selector), selector
     controller = box(page, "#timestep-controller")
     assert controller["y"] + controller["height"] <= 844.5 and controller["y"] >= box(page, "#decoded-frame")["y"]
+    # the sticky controller may cover what follows, not the pictures or their captions' first line
+    for figure in page.locator(".stage-output .output").all():
+        frame = figure.locator(".frame").bounding_box()
+        caption_top, line = figure.locator("figcaption").evaluate(
+            "el => [el.getBoundingClientRect().top, parseFloat(getComputedStyle(el).lineHeight)]")
+        assert frame["y"] + frame["height"] <= controller["y"] and caption_top + line <= controller["y"] + 0.5
     assert box(page, "#decoded-frame")["width"] >= 150, "pictures a phone can see"
     background = page.locator("#timestep-controller").evaluate("el => getComputedStyle(el).backgroundColor")
     assert background == "rgb(255, 255, 255)", f"the sticky controller is opaque, not {background}"
