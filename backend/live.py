@@ -40,6 +40,7 @@ MAX_PROMPT_CHARS = 1000  # past 77 tokens the prompt is truncated, as the precom
 MAX_SEED = 2**31 - 1
 MAX_GUIDANCE = 20.0
 KEPT_JOBS = 200          # finished jobs whose status stays answerable
+KEPT_FRAMES = 8          # finished jobs whose streamed frames stay in memory (the newest)
 FIELDS = {"prompt", "seed", "guidance_scale"}
 MOUNT = "/live"          # the live bundle's app
 LIVE_HEADER = "Noisepath-Live"  # on every answer of a --live server: the page shows its box
@@ -56,6 +57,7 @@ class Job:
     state: str = "queued"  # queued | running | done | failed | cancelled
     error: str | None = None
     total: int = 0
+    steps_done: int = 0
     frames: list = field(default_factory=list)  # precompute.live.Frame per streamed step
     cached: bool = False
     created: float = field(default_factory=time.monotonic)
@@ -111,6 +113,7 @@ class LiveService:
         with self.cond:
             if self.runner.has(prompt, seed, guidance_scale) and self.has_run(rid):
                 job.state, job.cached, job.finished = "done", True, time.monotonic()
+                self.runner.used(prompt)  # a hit counts as a use for the size bound
             else:
                 mine = sum(1 for j in self.jobs.values()
                            if j.client == client and j.state in ("queued", "running"))
@@ -169,29 +172,39 @@ class LiveService:
         def on_frame(i, total, frame):
             job.total = total
             job.frames.append(frame)
+            job.steps_done = len(job.frames)
+        error = None
         try:
             self.runner.run(job.prompt, job.seed, job.guidance_scale, on_frame=on_frame,
                             should_stop=lambda: job.state == "cancelled")
-            self.reload()
-            ok = self.has_run(job.run_id)
-            job.error = None if ok else "the run was computed but the live bundle does not " \
-                                        "load; the server log says why"
-            job.state = "done" if ok else "failed"
         except Exception as e:  # reported to the client; the runner left no half-written run
             log.error("live job %s failed", job.id, exc_info=e)
-            job.state = "failed"
-            job.error = f"the job failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-            self.reload()
+            first = str(e).splitlines()[0][:200] if str(e) else ""
+            error = f"the job failed: {type(e).__name__}: {first}"
+        self.reload()
+        if error is None and not self.has_run(job.run_id):
+            error = "the run was computed but the live bundle does not load; the server log says why"
         job.finished = time.monotonic()
-        if job.state == "done":
+        if error is None:
             self.seconds_per_job = 0.5 * self.seconds_per_job + 0.5 * (job.finished - job.started)
+        self._drop_old_frames()
+        job.error = error
+        job.state = "failed" if error else "done"  # last: a client that sees it sees the rest
+
+    def _drop_old_frames(self) -> None:
+        """Frames are for watching a job; only the newest finished jobs keep them (an
+        SD-sized job's frames are megabytes)."""
+        with self.cond:
+            finished = [j for j in self.jobs.values() if j.finished is not None and j.frames]
+            for old in finished[:max(0, len(finished) - KEPT_FRAMES)]:
+                old.frames = []
 
     def status(self, job: Job) -> dict:
         done = job.state == "done"
         return {
             "id": job.id, "state": job.state, "prompt": job.prompt, "seed": job.seed,
             "guidance_scale": job.guidance_scale, "run_id": job.run_id, "cached": job.cached,
-            "ahead": self.ahead(job), "steps_done": len(job.frames),
+            "ahead": self.ahead(job), "steps_done": job.steps_done,
             "num_inference_steps": job.total or self.info.get("num_inference_steps"),
             "error": job.error,
             "open": (f"live/?prompt={job.run_id.split('--s')[0]}&seed={job.seed}"
@@ -326,10 +339,12 @@ def frame(job_id: str, i: int, kind: str):
     job = job_or_404(job_id)
     if kind not in ("latent", "predicted"):
         refuse(404, "not_found", "a frame is latent.png or predicted.png")
-    if i >= len(job.frames):
+    frames = job.frames
+    if i >= len(frames):
         refuse(404, "not_found", f"step {i} of job {job_id[:40]} is not computed yet "
-               f"({len(job.frames)} are)")
-    resp = Response(getattr(job.frames[i], kind), mimetype="image/png")
+               f"({job.steps_done} are)" if i >= job.steps_done else
+               f"the frames of job {job_id[:40]} are no longer kept (it finished a while ago)")
+    resp = Response(getattr(frames[i], kind), mimetype="image/png")
     resp.headers["Cache-Control"] = "private, max-age=3600"
     return resp
 

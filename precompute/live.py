@@ -188,6 +188,10 @@ class LiveRunner:
                 shutil.rmtree(folder, ignore_errors=True)
 
     # -- the size bound: least recently used typed prompts are removed
+    def used(self, prompt: str) -> None:
+        """A cache hit on prompt: it becomes the most recently used."""
+        self.touch(prompt_id(prompt))
+
     def touch(self, pid: str) -> None:
         with file_lock(self.live_dir / ".work" / "lru.lock"):
             used = self._used()

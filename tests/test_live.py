@@ -40,6 +40,9 @@ class FakeRunner:
     def has(self, prompt, seed, g):
         return False
 
+    def used(self, prompt):
+        pass
+
     def run(self, prompt, seed, g, on_frame=None, should_stop=None):
         from precompute.live import Frame
 
@@ -361,15 +364,19 @@ def test_a_job_that_dies_mid_run_leaves_no_half_written_run(live, monkeypatch):
 @pytest.mark.slow
 def test_the_least_recently_used_prompt_is_evicted(live):
     svc, client, live_dir = live
-    texts = ["a red circle", "a small yellow star", "a big purple square"]
-    for text in texts:  # max_prompts is 2
-        status = wait_state(client, post(client, {"prompt": text, "seed": 7,
-                                                  "guidance_scale": 3}).get_json()["id"])
-        assert status["state"] == "done", status
+    def job(text):
+        return post(client, {"prompt": text, "seed": 7, "guidance_scale": 3})
+
+    for text in ["a red circle", "a small yellow star"]:  # max_prompts is 2
+        assert wait_state(client, job(text).get_json()["id"])["state"] == "done"
+    assert job("a red circle").get_json()["cached"]  # a use: the star is now the oldest
+    assert wait_state(client, job("a big purple square").get_json()["id"])["state"] == "done"
     kept = {p.name.rsplit("-", 1)[0] for p in (live_dir / "prompts").iterdir()}
-    assert kept == {"empty", "a-small-yellow-star", "a-big-purple-square"}
+    assert kept >= {"a-red-circle", "a-big-purple-square"}
+    assert not (kept & {"a-small-yellow-star"})
     index = client.get("/live/api/index.json").get_json()
-    assert not [r for r in index["runs"] if r.startswith("a-red-circle")]
+    assert not [r for r in index["runs"] if r.startswith("a-small-yellow-star")]
+    assert [r for r in index["runs"] if r.startswith("a-red-circle")]
     check_valid(live_dir)
 
 
@@ -378,3 +385,16 @@ def test_only_a_live_server_marks_its_answers(fake, synthetic_bundle_ro):
     assert client.head("/api/index.json").headers["Noisepath-Live"] == "1"
     plain = create_app({"BUNDLE_DIR": synthetic_bundle_ro}).test_client()
     assert "Noisepath-Live" not in plain.head("/api/index.json").headers
+
+
+def test_frames_of_old_jobs_are_dropped_but_their_count_stays(fake, monkeypatch):
+    import backend.live
+
+    runner, _, client = fake
+    monkeypatch.setattr(backend.live, "KEPT_FRAMES", 0)
+    runner.release.set()
+    job = post(client, GOOD).get_json()
+    status = wait_state(client, job["id"])
+    assert status["steps_done"] == 3
+    gone = client.get(f"/api/live/jobs/{job['id']}/frames/0/latent.png")
+    assert gone.status_code == 404 and "no longer kept" in gone.get_json()["message"]
