@@ -60,6 +60,7 @@ class Job:
     steps_done: int = 0
     frames: list = field(default_factory=list)  # precompute.live.Frame per streamed step
     cached: bool = False
+    words: list = field(default_factory=list)  # the tokenizer's words: {word, pieces, known}
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
     finished: float | None = None
@@ -109,7 +110,8 @@ class LiveService:
     # -- jobs
     def submit(self, client: str, prompt: str, seed: int, guidance_scale: float) -> Job:
         rid = self.runner.target(prompt, seed, guidance_scale)
-        job = Job(uuid.uuid4().hex, client, prompt, seed, guidance_scale, rid)
+        job = Job(uuid.uuid4().hex, client, prompt, seed, guidance_scale, rid,
+                  words=self.runner.words(prompt))
         with self.cond:
             if self.runner.has(prompt, seed, guidance_scale) and self.has_run(rid):
                 job.state, job.cached, job.finished = "done", True, time.monotonic()
@@ -206,7 +208,7 @@ class LiveService:
             "guidance_scale": job.guidance_scale, "run_id": job.run_id, "cached": job.cached,
             "ahead": self.ahead(job), "steps_done": job.steps_done,
             "num_inference_steps": job.total or self.info.get("num_inference_steps"),
-            "error": job.error,
+            "error": job.error, "words": job.words,
             "open": (f"live/?prompt={job.run_id.split('--s')[0]}&seed={job.seed}"
                      f"&guidance={format_number(job.guidance_scale)}") if done else None,
         }
@@ -445,4 +447,5 @@ def make_service(model, device: str, live_dir, shipped_config: dict, shipped_sca
                        info={"model": settings["model"], "device": device,
                              "num_inference_steps": settings["num_inference_steps"],
                              "scheduler": settings["scheduler"],
+                             "demo_model": same_model and settings["model"] == "static/demo-model",
                              "default_guidance_scale": default_g if default_g is not None else 7.0})

@@ -126,6 +126,23 @@ class LiveRunner:
         return (self.live_dir / "bundle.json").exists() and all(
             (runs / r / "run.json").exists() for r in self.run_ids(prompt, seed, guidance_scale))
 
+    def words(self, prompt: str) -> list[dict]:
+        """The prompt as the tokenizer splits it into words: {word, pieces, known}. A word
+        the tokenizer has whole (one piece) is known; one it splits into pieces (bytes,
+        for the demo model) was not among the words it learned."""
+        tokenizer = self.components.tokenizer
+        ids = tokenizer(prompt, add_special_tokens=False, truncation=False).input_ids
+        words, current = [], []
+        for piece in tokenizer.convert_ids_to_tokens(ids):
+            current.append(piece)
+            if piece.endswith("</w>"):  # CLIP's BPE marks the last piece of each word
+                words.append(current)
+                current = []
+        if current:
+            words.append(current)
+        return [{"word": "".join(w).replace("</w>", ""), "pieces": w, "known": len(w) == 1}
+                for w in words]
+
     # -- a job
     def run(self, prompt: str, seed: int, guidance_scale: float, on_frame=None,
             should_stop=None) -> str:

@@ -94,8 +94,12 @@ def test_steps_arrive_one_by_one(page, live_url):
     page.on("request", lambda r: frames.append(r.url) if "/frames/" in r.url else None)
     page.goto(live_url)
     wait_ready(page)
-    page.locator("#live-text").fill("a small red circle")
+    page.locator("#live-text").fill("a small red dragon circle")
     page.locator("#live-text").press("Enter")
+    words = page.locator(".live-words")
+    words.wait_for()
+    assert "dragon" in words.inner_text() and "no effect" in words.inner_text()
+    assert "circle" not in words.inner_text()
     page.wait_for_url("**/live/?prompt=*", timeout=120_000)
     steps = sorted({int(u.split("/frames/")[1].split("/")[0]) for u in frames})
     assert len(steps) >= 2 and steps[-1] == STEPS - 1, steps

@@ -43,6 +43,9 @@ class FakeRunner:
     def used(self, prompt):
         pass
 
+    def words(self, prompt):
+        return [{"word": w, "pieces": [w + "</w>"], "known": True} for w in prompt.split()]
+
     def run(self, prompt, seed, g, on_frame=None, should_stop=None):
         from precompute.live import Frame
 
@@ -309,6 +312,8 @@ def test_a_typed_prompt_becomes_an_ordinary_run_and_then_a_cache_hit(live):
         for kind in ("latent", "predicted"):
             png = client.get(f"/api/live/jobs/{done['id']}/frames/{i}/{kind}.png")
             assert png.status_code == 200 and png.data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [w["word"] for w in done["words"]] == body["prompt"].split()
+    assert all(w["known"] and len(w["pieces"]) == 1 for w in done["words"])
     rid = done["run_id"]
     assert done["open"] == f"live/?prompt={rid.split('--s')[0]}&seed=5&guidance=4.5"
     # the live bundle is served like any bundle: the run, its sweep with the shipped
@@ -332,6 +337,15 @@ def test_a_typed_prompt_becomes_an_ordinary_run_and_then_a_cache_hit(live):
     assert again.get_json()["state"] == "done" and elapsed < 5  # no model call: far below a run
     # the shipped bundle was not touched
     assert rid not in json.loads((DEMO_BUNDLE / "bundle.json").read_text())["runs"]
+
+
+@pytest.mark.slow
+def test_words_new_to_the_demo_model_are_split_into_pieces(live):
+    svc, _, _ = live
+    words = svc.runner.words("a dragon, red")
+    assert [(w["word"], w["known"]) for w in words] == [
+        ("a", True), ("dragon", False), (",", True), ("red", True)]
+    assert len(words[1]["pieces"]) > 1 and "".join(words[1]["pieces"]) == "dragon</w>"
 
 
 @pytest.mark.slow

@@ -58,6 +58,7 @@ export async function livePrompt(host, { seed = 1, guidance = 7 } = {}) {
   const run = row.append("button").attr("type", "submit").attr("class", "button").text("Run");
   const status = host.append("p").attr("class", "live-status").attr("role", "status")
     .attr("aria-live", "polite");
+  const wordsLine = host.append("p").attr("class", "live-words").attr("hidden", true);
   const frames = host.append("div").attr("class", "live-frames").attr("hidden", true);
   const latent = frames.append("figure");
   const latentImg = latent.append("img").attr("alt", "latent preview of the last computed step");
@@ -77,7 +78,27 @@ export async function livePrompt(host, { seed = 1, guidance = 7 } = {}) {
 
   const say = (message, isError = false) => status.text(message).classed("error", isError);
 
+  /** Which typed words the tokenizer has whole, and which it splits into pieces. */
+  function showWords(words) {
+    const fresh = (words || []).filter((w) => !w.known);
+    wordsLine.attr("hidden", words && words.length ? null : true).selectAll("*").remove();
+    if (!fresh.length) {
+      wordsLine.text("The model knows every word of this prompt.");
+      return;
+    }
+    wordsLine.append("span").text("New to the model, split into pieces: ");
+    fresh.forEach((w, i) => {
+      wordsLine.append("q").text(w.word);
+      wordsLine.append("span").attr("class", "muted")
+        .text(` (${w.pieces.map((p) => p.replace("</w>", "")).join(" · ")})${i < fresh.length - 1 ? ", " : ""}`);
+    });
+    wordsLine.append("span").text(info.demo_model
+      ? ". The demo model never saw them in its training captions: they have no effect."
+      : ". The text encoder sees only these pieces.");
+  }
+
   function show(job) {
+    if (!current || current.id !== job.id) showWords(job.words);
     current = job;
     const total = job.num_inference_steps || 0;
     if (job.state === "queued") {
