@@ -376,6 +376,24 @@ def test_a_job_that_dies_mid_run_leaves_no_half_written_run(live, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_killed_servers_half_written_run_is_invisible_and_cleaned(live):
+    """A server killed mid-job leaves a staging folder named by its (now dead) pid: the
+    live bundle still validates, and the next job removes the folder."""
+    svc, client, live_dir = live
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = live_dir / ".tmp" / f"{dead.pid}-0123456789abcdef"
+    leftover.mkdir(parents=True)
+    (leftover / "latents.npy").write_bytes(b"\x93NUMPY half")
+    check_valid(live_dir)
+    status = wait_state(client, post(client, {"prompt": "a tiny orange circle", "seed": 8,
+                                              "guidance_scale": 3}).get_json()["id"])
+    assert status["state"] == "done"
+    assert not leftover.exists()
+    check_valid(live_dir)
+
+
+@pytest.mark.slow
 def test_the_least_recently_used_prompt_is_evicted(live):
     svc, client, live_dir = live
     def job(text):
