@@ -415,7 +415,7 @@ def missing_libraries() -> str | None:
 def make_service(model, device: str, live_dir, shipped_config: dict, shipped_scales,
                  frontend_dir, steps: int | None = None, max_queue: int = 16,
                  per_client: int = 1, max_prompts: int | None = None,
-                 threads: int = 0) -> LiveService:
+                 threads: int = 0, shipped_dir=None) -> LiveService:
     """Load the model (slow) and start the queue. The live settings follow the shipped
     bundle's when it was made by the same model (precompute/live.py)."""
     from pathlib import Path
@@ -436,6 +436,8 @@ def make_service(model, device: str, live_dir, shipped_config: dict, shipped_sca
                         max_prompts=max_prompts or DEFAULT_MAX_PROMPTS,
                         model_path=str(model_path) if model_path.exists() else str(model))
     runner.load()
+    if shipped_dir is not None:
+        runner.seed_from(shipped_dir)  # same settings: typed and shipped prompts compare
 
     def make_app(root):
         if not (Path(root) / "bundle.json").exists():

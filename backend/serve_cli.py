@@ -260,7 +260,7 @@ def start_live(args):
         return make_service(args.model, args.device, args.live_dir, config, scales, FRONTEND,
                             steps=args.live_steps, max_queue=args.live_queue,
                             per_client=args.live_per_client,
-                            max_prompts=args.live_cache_prompts)
+                            max_prompts=args.live_cache_prompts, shipped_dir=args.bundle)
     except Exception as e:  # a missing model, a device that is not there
         print(f"noisepath serve: --live cannot load {args.model}: "
               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)

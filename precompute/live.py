@@ -39,6 +39,7 @@ SETTING_KEYS = ("model", "scheduler", "num_inference_steps", "height", "width", 
                 "storage", "attention_levels")
 DEFAULT_MAX_PROMPTS = 50
 LRU_FILE = "live-lru.json"
+SHIPPED_FILE = "live-shipped.json"  # in .work/: the prompts copied from the shipped bundle
 LIVE_TITLE = "Typed prompts (noisepath serve --live)"
 LIVE_DESCRIPTION = ("Prompts typed into the page, each computed by the served model with the "
                     "same instrumented loop as the shipped runs.")  # in the bundle's .work/: prompt id -> last time it was asked for
@@ -56,14 +57,14 @@ def default_live_dir(settings: dict) -> Path:
 
 def live_settings(model: str, shipped_config: dict | None, steps: int | None = None) -> dict:
     """The settings of live runs: the shipped bundle's when it was made by the same model
-    (so live runs look like its runs), else the precompute's defaults. Storage is "full":
-    nothing to encode, so a run is written sooner."""
+    (so live runs look like its runs, and its runs can join the live bundle:
+    `seed_from`), else the precompute's defaults."""
     from precompute.run import DEFAULTS
 
     same = shipped_config is not None and str(shipped_config.get("model")) == str(model)
     base = shipped_config if same else DEFAULTS
     settings = {k: base.get(k) for k in SETTING_KEYS if k != "model"}
-    settings.update(model=str(model), storage="full")
+    settings.update(model=str(model), storage=base.get("storage") or "full")
     settings.setdefault("image_size", None)
     if settings["image_size"] is None:
         settings["image_size"] = min(256, settings["height"], settings["width"])
@@ -204,6 +205,41 @@ class LiveRunner:
             for folder in tmp.glob(f"{os.getpid()}-*"):
                 shutil.rmtree(folder, ignore_errors=True)
 
+    # -- the shipped runs, so a typed prompt compares with a shipped one
+    def seed_from(self, shipped: Path) -> bool:
+        """A new live bundle starts as a copy of the shipped bundle when their settings
+        agree (hard links where the file system allows: bundle files are never written
+        in place, so the shipped files stay as they are). Its prompts are never evicted.
+        Returns whether it copied."""
+        from precompute.writer import CONFIG_IDENTITY_KEYS
+
+        shipped, root = Path(shipped), self.live_dir
+        if (root.exists() and any(root.iterdir())) or not (shipped / "config.json").exists():
+            return False
+        config = read_config(shipped)
+        if any(config.get(k) != self.settings.get(k) for k in CONFIG_IDENTITY_KEYS
+               if k != "dtype"):
+            return False
+        root.parent.mkdir(parents=True, exist_ok=True)
+        if root.exists():
+            root.rmdir()  # empty
+        staging = root.parent / f".{root.name}.seeding-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(shipped, staging, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns(".work", ".tmp", "bundle.json"))
+        (staging / ".work").mkdir(exist_ok=True)
+        write_json_atomic(staging / ".work" / SHIPPED_FILE,
+                          sorted(p.name for p in (staging / "prompts").iterdir()))
+        os.rename(staging, root)
+        BundleWriter(root, read_config(root)).rebuild_index()
+        return True
+
+    def _shipped(self) -> set:
+        try:
+            return set(json.loads((self.live_dir / ".work" / SHIPPED_FILE).read_text()))
+        except (OSError, ValueError):
+            return set()
+
     # -- the size bound: least recently used typed prompts are removed
     def used(self, prompt: str) -> None:
         """A cache hit on prompt: it becomes the most recently used."""
@@ -230,8 +266,10 @@ class LiveRunner:
         from precompute.run import Options, fit_trajectories
 
         root = self.live_dir
+        shipped = self._shipped()
         typed = [p.name for p in (root / "prompts").iterdir()
-                 if p.name != EMPTY_PROMPT_ID and (p / "prompt.json").exists()]
+                 if p.name != EMPTY_PROMPT_ID and p.name not in shipped
+                 and (p / "prompt.json").exists()]
         if len(typed) <= self.max_prompts:
             return []
         used = self._used()
@@ -256,6 +294,13 @@ class LiveRunner:
                                                         log=io.StringIO()))
         writer.rebuild_index()
         return gone
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)
 
 
 class JobCancelled(Exception):

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.skipif(not browser_available(), r
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "static" / "demo-bundle"
-STEPS = 12  # enough steps that some arrive on screen before the run is done
+STEPS = 50  # the shipped bundle's: the live bundle starts with its runs, to compare with
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def live_url(tmp_path_factory):
     index = json.loads((DEMO / "bundle.json").read_text())
     svc = make_service(str(REPO / "static" / "demo-model"), "cpu",
                        tmp_path_factory.mktemp("live") / "bundle", index["config"],
-                       index["guidance_scales"], FRONTEND, steps=STEPS, threads=1)
+                       index["guidance_scales"], FRONTEND, threads=1, shipped_dir=DEMO)
     app = create_app({"BUNDLE_DIR": DEMO, "LIVE": svc})
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -66,7 +66,7 @@ def test_a_typed_prompt_streams_its_steps_then_opens_as_a_run(page, live_url, sh
     page.goto(live_url)
     wait_ready(page)
     page.locator("#live-text").fill("a yellow star on a green background")
-    page.locator("#live-seed").fill("4")
+    page.locator("#live-seed").fill("2")
     page.locator("#live-guidance").fill("3")
     page.locator("#live-text").press("Enter")
     # a step on screen while the job still runs (the page has not moved to the run yet)
@@ -77,7 +77,7 @@ def test_a_typed_prompt_streams_its_steps_then_opens_as_a_run(page, live_url, sh
     page.screenshot(path=str(shots / "live-streaming.png"))
     page.wait_for_url("**/live/?prompt=*", timeout=120_000)
     wait_ready(page, timeout=60_000)
-    assert "seed=4" in page.url and "guidance=3" in page.url
+    assert "seed=2" in page.url and "guidance=3" in page.url
     words = page.locator("#prompt-words .token-word")
     assert "yellow" in " ".join(words.all_inner_texts())
     # an ordinary run: a word's cross-attention opens on it
@@ -85,6 +85,13 @@ def test_a_typed_prompt_streams_its_steps_then_opens_as_a_run(page, live_url, sh
     page.locator("#decoded-frame.has-attention").wait_for()
     assert "star" in page.locator("#attention-controls .ac-title").inner_text()
     page.screenshot(path=str(shots / "live-opened-run.png"))
+    # and it compares with a shipped prompt of the same seed (one live bundle holds both)
+    page.locator("#compare-open").click()
+    page.wait_for_function("() => new URLSearchParams(location.search).get('compare')")
+    compared = page.evaluate("() => new URLSearchParams(location.search).get('compare')")
+    shipped = json.loads((DEMO / "bundle.json").read_text())["prompts"]
+    assert compared in shipped
+    page.screenshot(path=str(shots / "live-compare.png"))
 
 
 @pytest.mark.slow

@@ -430,3 +430,63 @@ def test_frames_of_old_jobs_are_dropped_but_their_count_stays(fake, monkeypatch)
     assert status["steps_done"] == 3
     gone = client.get(f"/api/live/jobs/{job['id']}/frames/0/latent.png")
     assert gone.status_code == 404 and "no longer kept" in gone.get_json()["message"]
+
+
+def test_a_new_live_bundle_starts_with_the_shipped_runs_linked_not_written(tmp_path):
+    """Same settings as the shipped bundle: its runs join the live bundle (so a typed
+    prompt compares with a shipped one), by hard link or copy; the shipped files are
+    untouched, the live bundle validates, and shipped prompts are never evicted."""
+    from precompute.live import LiveRunner, live_settings
+    from precompute.writer import read_config
+
+    shipped_config = read_config(DEMO_BUNDLE)
+    settings = live_settings("static/demo-model", shipped_config)
+    assert settings["storage"] == shipped_config["storage"]
+    before = (DEMO_BUNDLE / "bundle.json").read_bytes()
+    runner = LiveRunner(settings, tmp_path / "cache" / "live", [0, 1, 3, 7], max_prompts=0)
+    assert runner.seed_from(DEMO_BUNDLE)
+    live_dir = runner.live_dir
+    index = json.loads((live_dir / "bundle.json").read_text())
+    shipped_index = json.loads(before)
+    assert index["runs"].keys() == shipped_index["runs"].keys()
+    run = next(iter(index["runs"]))
+    a, b = live_dir / "runs" / run / "run.json", DEMO_BUNDLE / "runs" / run / "run.json"
+    assert a.read_bytes() == b.read_bytes()
+    assert (DEMO_BUNDLE / "bundle.json").read_bytes() == before
+    import shutil
+    some = next(p for p in (live_dir / "prompts").iterdir() if p.name != "empty")
+    shutil.copytree(some, live_dir / "prompts" / "typed-1234")  # stands for a typed prompt
+    assert runner.evict() == ["typed-1234"]  # max_prompts 0: only the typed one goes
+    assert sorted(p.name for p in (live_dir / "prompts").iterdir()) == sorted(
+        shipped_index["prompts"])
+    assert not runner.seed_from(DEMO_BUNDLE)  # only a new live bundle is seeded
+    other = LiveRunner({**settings, "num_inference_steps": 7}, tmp_path / "other", [0])
+    assert not other.seed_from(DEMO_BUNDLE)  # other settings: not one bundle
+    from backend.validator import validate_bundle
+    assert not [p for p in validate_bundle(live_dir, checksums=True) if p.severity == "error"]
+
+
+@pytest.mark.slow
+def test_a_typed_prompt_joins_the_shipped_runs_of_its_seed(tmp_path):
+    """With the shipped bundle's settings (50 steps), the typed prompt's runs sit in one
+    bundle with the shipped ones: one trajectory map and comparable sweeps per seed."""
+    from backend import FRONTEND
+    from backend.live import make_service
+
+    index = json.loads((DEMO_BUNDLE / "bundle.json").read_text())
+    svc = make_service(str(DEMO_MODEL), "cpu", tmp_path / "live", index["config"],
+                       index["guidance_scales"], FRONTEND, threads=1, shipped_dir=DEMO_BUNDLE)
+    client = create_app({"BUNDLE_DIR": DEMO_BUNDLE, "LIVE": svc}).test_client()
+    status = wait_state(client, post(client, {"prompt": "a red star in the middle", "seed": 1,
+                                              "guidance_scale": 3}).get_json()["id"])
+    assert status["state"] == "done", status
+    live = client.get("/live/api/index.json").get_json()
+    typed = status["run_id"].split("--s")[0]
+    shipped = next(p for p in index["prompts"] if p != "empty")
+    assert typed in live["prompts"] and shipped in live["prompts"]
+    for pid in (typed, shipped):
+        assert client.get(f"/live/api/sweeps/{pid}/1.json").status_code == 200
+    runs = client.get("/live/api/trajectories/1.json").get_json()["runs"]
+    lookup = client.get("/api/index.json").get_json()["run_lookup"]
+    assert status["run_id"] in runs and lookup[shipped]["1"]["3"] in runs
+    check_valid(tmp_path / "live")
