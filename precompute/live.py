@@ -165,17 +165,27 @@ class LiveRunner:
             opts = Options(device=self.device, dtype=self.dtype, projection="pca",
                            progress=False, log=io.StringIO(), components=self.components,
                            on_step=step_hook)
-            settings = {**self.settings, "seeds": [int(seed)], "guidance_scales": scales}
             prompt_set = single_prompt_set(prompt, [])
             prompt_set.title, prompt_set.description = LIVE_TITLE, LIVE_DESCRIPTION
             try:
-                precompute(prompt_set, self.live_dir, settings, opts)
+                for part in self.parts(g, scales):  # the asked-for scale's job first
+                    precompute(prompt_set, self.live_dir, {**self.settings, "seeds": [int(seed)],
+                                                           "guidance_scales": part}, opts)
             except BaseException:
                 self._remove_staging()
                 raise
             self.touch(prompt_id(prompt))
             self.evict()
         return self.target(prompt, seed, g)
+
+    @staticmethod
+    def parts(guidance_scale: float, scales: list[float]) -> list[list[float]]:
+        """The job's two precompute calls, the one that holds the asked-for scale first:
+        the precompute runs a seed's shared guidance-0 job before the guided one, which
+        would delay the first streamed step by a whole pass."""
+        guided = [s for s in scales if s != 0.0]
+        parts = [[0.0], guided] if guidance_scale == 0.0 else [guided, [0.0]]
+        return [p for p in parts if p and (p != [0.0] or 0.0 in scales)]
 
     def _step_hook(self, guidance_scale: float, on_frame):
         """The loop's on_step for the guidance scale asked for (the seed's shared

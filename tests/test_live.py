@@ -346,6 +346,17 @@ def test_words_new_to_the_demo_model_are_split_into_pieces(live):
     assert [(w["word"], w["known"]) for w in words] == [
         ("a", True), ("dragon", False), (",", True), ("red", True)]
     assert len(words[1]["pieces"]) > 1 and "".join(words[1]["pieces"]) == "dragon</w>"
+    assert len(svc.runner.words("red " * 100)) == 100  # past 77 tokens: all words shown
+
+
+@pytest.mark.slow
+def test_a_prompt_past_77_tokens_runs_truncated_as_the_precompute_does(live):
+    _, client, _ = live
+    status = wait_state(client, post(client, {"prompt": "a red star " * 30, "seed": 9,
+                                              "guidance_scale": 3}).get_json()["id"])
+    assert status["state"] == "done", status
+    prompt = client.get(f"/live/api/prompts/{status['run_id'].split('--s')[0]}.json").get_json()
+    assert prompt["tokens"]["truncated"] and prompt["tokens"]["dropped_pieces"]
 
 
 @pytest.mark.slow
@@ -490,3 +501,12 @@ def test_a_typed_prompt_joins_the_shipped_runs_of_its_seed(tmp_path):
     lookup = client.get("/api/index.json").get_json()["run_lookup"]
     assert status["run_id"] in runs and lookup[shipped]["1"]["3"] in runs
     check_valid(tmp_path / "live")
+
+
+def test_the_asked_for_scale_is_computed_first():
+    """The first streamed step must not wait for the seed's guidance-0 pass."""
+    from precompute.live import LiveRunner
+
+    assert LiveRunner.parts(3.0, [0.0, 1.0, 3.0, 7.0]) == [[1.0, 3.0, 7.0], [0.0]]
+    assert LiveRunner.parts(0.0, [0.0, 1.0, 7.0]) == [[0.0], [1.0, 7.0]]
+    assert LiveRunner.parts(3.0, [1.0, 3.0]) == [[1.0, 3.0]]
