@@ -185,7 +185,8 @@ class LiveService:
             error = f"the job failed: {type(e).__name__}: {first}"
         self.reload()
         if error is None and not self.has_run(job.run_id):
-            error = "the run was computed but the live bundle does not load; the server log says why"
+            error = ("the run was computed but the live bundle does not load; the server log "
+                     "says why")
         job.finished = time.monotonic()
         if error is None:
             self.seconds_per_job = 0.5 * self.seconds_per_job + 0.5 * (job.finished - job.started)
@@ -372,8 +373,9 @@ class LiveMount:
 
     def _route(self, environ, start_response, path):
         if path == MOUNT:
-            start_response("308 Permanent Redirect", [("Location", f"{environ.get('SCRIPT_NAME', '')}{MOUNT}/"),
-                                                      ("Content-Length", "0")])
+            location = f"{environ.get('SCRIPT_NAME', '')}{MOUNT}/"
+            start_response("308 Permanent Redirect",
+                           [("Location", location), ("Content-Length", "0")])
             return [b""]
         if not path.startswith(MOUNT + "/"):
             return self.app(environ, start_response)

@@ -38,11 +38,11 @@ from precompute.writer import (EMPTY_PROMPT_ID, BundleWriter, file_lock, prompt_
 SETTING_KEYS = ("model", "scheduler", "num_inference_steps", "height", "width", "image_size",
                 "storage", "attention_levels")
 DEFAULT_MAX_PROMPTS = 50
-LRU_FILE = "live-lru.json"
+LRU_FILE = "live-lru.json"  # in the bundle's .work/: prompt id -> last time it was asked for
 SHIPPED_FILE = "live-shipped.json"  # in .work/: the prompts copied from the shipped bundle
 LIVE_TITLE = "Typed prompts (noisepath serve --live)"
 LIVE_DESCRIPTION = ("Prompts typed into the page, each computed by the served model with the "
-                    "same instrumented loop as the shipped runs.")  # in the bundle's .work/: prompt id -> last time it was asked for
+                    "same instrumented loop as the shipped runs.")
 
 
 def default_live_dir(settings: dict) -> Path:
@@ -51,7 +51,8 @@ def default_live_dir(settings: dict) -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.environ.get("LOCALAPPDATA") \
         or Path.home() / ".cache"
     key = json.dumps({k: settings.get(k) for k in SETTING_KEYS}, sort_keys=True)
-    name = f"{Path(str(settings['model'])).name or 'model'}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    name = f"{Path(str(settings['model'])).name or 'model'}-{digest}"
     return Path(base) / "noisepath" / "live" / name
 
 
@@ -202,7 +203,8 @@ class LiveRunner:
                 preview.update(read_config(self.live_dir)["latent_preview"])
             g = scales.index(guidance_scale)
             latent = latents[g].float().cpu().numpy()                  # (C, h, w)
-            image = loop.decode_latents(self.components, pred_original_sample[g:g + 1].float().cpu().numpy())[0]
+            x0 = pred_original_sample[g:g + 1].float().cpu().numpy()  # (1, C, h, w)
+            image = loop.decode_latents(self.components, x0)[0]          # (H, W, 3)
             on_frame(i, total, Frame(png(latent_rgb(latent, preview, self.settings["scheduler"])),
                                      png(image)))
         return on_step

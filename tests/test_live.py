@@ -295,7 +295,8 @@ def live(tmp_path_factory):
 def check_valid(root: Path):
     from backend.validator import validate_bundle
 
-    problems = [p for p in validate_bundle(root, checksums=True, decode=True) if p.severity == "error"]
+    problems = [p for p in validate_bundle(root, checksums=True, decode=True)
+                if p.severity == "error"]
     assert not problems, problems
 
 
