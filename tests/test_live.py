@@ -147,7 +147,7 @@ def test_get_is_not_a_way_to_submit(fake):
     assert resp.status_code in (404, 405) and resp.is_json and not svc.queue
 
 
-def test_job_streams_steps_then_is_done(fake):
+def test_job_streams_its_steps_and_a_run_that_cannot_be_served_is_a_failure(fake):
     runner, svc, client = fake
     resp = post(client, GOOD)
     assert resp.status_code == 202
