@@ -32,6 +32,24 @@ def synthetic_bundle(tmp_path, synthetic_bundle_ro):
     return dst
 
 
+@pytest.fixture(scope="module")
+def synthetic_app(synthetic_bundle_ro, tmp_path_factory):
+    """The app over the synthetic bundle with a one-page front end, for request-level tests."""
+    from backend import create_app
+    frontend = tmp_path_factory.mktemp("frontend")
+    (frontend / "index.html").write_text("<!doctype html><title>app</title>")
+    app = create_app({"BUNDLE_DIR": synthetic_bundle_ro, "FRONTEND_DIR": frontend})
+    app.logger.disabled = True
+    return app
+
+
+@pytest.fixture
+def asked_for(request):
+    """Big fuzz volumes run only when slow tests are selected: `pytest -m slow <file>`."""
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("a large fuzz volume (minutes): run with -m slow")
+
+
 # -- browser tests (tests/test_browser_*.py): one server and one chromium for the session
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from backend import SECURITY_HEADERS, create_app
+from backend import SECURITY_HEADERS
 from tests.test_api import SPEC
 
 FAST = settings(max_examples=1500, deadline=None, database=None,
@@ -35,12 +35,8 @@ METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", 
 
 
 @pytest.fixture(scope="module")
-def app(synthetic_bundle_ro, tmp_path_factory):
-    frontend = tmp_path_factory.mktemp("frontend")
-    (frontend / "index.html").write_text("<!doctype html>")
-    app = create_app({"BUNDLE_DIR": synthetic_bundle_ro, "FRONTEND_DIR": frontend})
-    app.logger.disabled = True
-    return app
+def app(synthetic_app):
+    return synthetic_app
 
 
 @pytest.fixture(scope="module")
@@ -137,13 +133,6 @@ def test_every_hostile_segment_in_every_position_is_4xx(app, segment_):
                 .replace("res", "combined").replace("seed", segment_)
                 .replace("step", segment_).replace("token", segment_)
                 .replace("path", segment_), {})
-
-
-@pytest.fixture
-def asked_for(request):
-    """The big volumes run only when selected by name: `pytest -m slow tests/test_fuzz.py`."""
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("40,000 more requests (about 3 minutes): run with -m slow")
 
 
 @pytest.mark.slow

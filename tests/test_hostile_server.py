@@ -25,12 +25,8 @@ from backend.hosts import allowed_hosts, host_name
 
 
 @pytest.fixture(scope="module")
-def app(synthetic_bundle_ro, tmp_path_factory):
-    frontend = tmp_path_factory.mktemp("frontend")
-    (frontend / "index.html").write_text("<!doctype html><title>app</title>")
-    app = create_app({"BUNDLE_DIR": synthetic_bundle_ro, "FRONTEND_DIR": frontend})
-    app.logger.disabled = True
-    return app
+def app(synthetic_app):
+    return synthetic_app
 
 
 @contextlib.contextmanager

@@ -168,13 +168,6 @@ def test_mutated_bundles_are_refused_by_name_or_served_without_5xx(bundle, front
     _mutated_bundles_never_crash(bundle, frontend, FAST)
 
 
-@pytest.fixture
-def asked_for(request):
-    """The big volume runs only when selected: `pytest -m slow tests/test_validator_fuzz.py`."""
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("800 more mutated bundles (about 3 minutes): run with -m slow")
-
-
 @pytest.mark.slow
 def test_mutated_bundles_never_crash_many(bundle, frontend, asked_for):
     _mutated_bundles_never_crash(bundle, frontend, SLOW)
