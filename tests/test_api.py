@@ -4,6 +4,7 @@ import gzip
 import io
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -586,22 +587,39 @@ def spec_template(path: str) -> str | None:
     return None
 
 
+LIVE_PATHS = {path for path, item in SPEC["paths"].items()
+              if any(op.get("x-noisepath-live") for op in item.values())}
+LIVE_MOUNT = "/live/{path}"  # backend/live.py's LiveMount: a WSGI mount, not a route
+
+
 def test_spec_is_openapi_31_with_a_response_for_every_operation():
     assert SPEC["openapi"] == "3.1.0"
     for path, item in SPEC["paths"].items():
-        assert set(item) == {"get"}, path
-        assert "200" in item["get"]["responses"] and "405" in item["get"]["responses"]
-        params = {p["name"] for p in item["get"].get("parameters", []) if p["in"] == "path"}
-        assert params == set(re.findall(r"\{(\w+)\}", path)), path
+        assert set(item) == {"get"} or (path in LIVE_PATHS and set(item) == {"post"}), path
+        for op in item.values():
+            assert {"200", "400", "405"} <= set(op["responses"]), path  # 400: host_not_allowed
+            params = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert params == set(re.findall(r"\{(\w+)\}", path)), path
 
 
-def test_spec_paths_are_the_app_routes(app):
+def app_routes(app) -> set[str]:
     routes = set()
     for rule in app.url_map.iter_rules():
         if rule.endpoint in ("frontend.frontend_file",):  # the front end's own files: see "/"
             continue
         routes.add(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule))
-    assert routes == set(SPEC["paths"])
+    return routes
+
+
+def test_spec_paths_are_the_app_routes(app, live_app):
+    """A plain server has the paths not marked x-noisepath-live; a --live server all."""
+    assert app_routes(app) == set(SPEC["paths"]) - LIVE_PATHS
+    assert app_routes(live_app) | {LIVE_MOUNT} == set(SPEC["paths"])
+    for path in LIVE_PATHS - {LIVE_MOUNT}:
+        methods = {m.lower() for rule in live_app.url_map.iter_rules()
+                   if re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule) == path
+                   for m in rule.methods - {"HEAD", "OPTIONS"}}
+        assert methods == set(SPEC["paths"][path]), path
 
 
 def check_every_api_response(app) -> set[str]:
@@ -630,7 +648,7 @@ def check_every_api_response(app) -> set[str]:
 def test_every_api_response_matches_its_schema(app, compact_app):
     """The full bundle uses every path but the compact one's arrays and images."""
     seen = check_every_api_response(app) | check_every_api_response(compact_app)
-    assert seen | {"/", "/bundle/{path}"} == set(SPEC["paths"])
+    assert seen | {"/", "/bundle/{path}"} == set(SPEC["paths"]) - LIVE_PATHS
 
 
 @pytest.mark.parametrize("url,status", [
@@ -644,6 +662,95 @@ def test_errors_match_the_declared_error_responses(client, url, status):
     template = spec_template(url.split("?")[0])
     assert str(status) in SPEC["paths"][template]["get"]["responses"]
     assert check_schema(r.get_json(), {"$ref": "#/components/schemas/Error"}) == []
+
+
+def declared(path: str, method: str, status: int) -> dict:
+    responses = SPEC["paths"][path][method]["responses"]
+    assert str(status) in responses, (path, method, status)
+    resp = responses[str(status)]
+    if "$ref" in resp:
+        resp = SPEC["components"]["responses"][resp["$ref"].rsplit("/", 1)[-1]]
+    return resp
+
+
+def test_a_host_not_allowed_is_the_declared_400(client):
+    for url in ["/", "/api/index.json", "/api/runs/empty--s1-g0.json", "/bundle/nope"]:
+        r = client.get(url, headers={"Host": "evil.example"})
+        assert r.status_code == 400 and r.get_json()["error"] == "host_not_allowed", url
+        assert r.mimetype in declared(spec_template(url), "get", 400)["content"]
+        assert check_schema(r.get_json(), {"$ref": "#/components/schemas/Error"}) == []
+
+
+def test_a_browsers_404_page_is_declared_as_html(client):
+    r = client.get("/no-such-page", headers={"Accept": "text/html,*/*;q=0.8"})
+    assert r.status_code == 404 and r.mimetype == "text/html"
+    assert "text/html" in declared("/", "get", 404)["content"]
+    r = client.get("/no-such-page")
+    assert r.status_code == 404 and r.mimetype in declared("/", "get", 404)["content"]
+
+
+@pytest.fixture
+def live_app(tmp_path, synthetic_bundle_ro, frontend):
+    from backend.live import LiveService
+    from tests.test_live import FakeRunner
+
+    runner = FakeRunner(tmp_path / "live", steps=2)
+    svc = LiveService(runner, lambda root: None, max_queue=1, per_client=1,
+                      info={"num_inference_steps": 2, "default_guidance_scale": 7.0})
+    yield create_app({"BUNDLE_DIR": synthetic_bundle_ro, "FRONTEND_DIR": frontend, "LIVE": svc})
+    runner.release.set()
+
+
+def test_live_answers_match_their_declared_responses(live_app):
+    """Each live endpoint's answers (and its errors: 400 415 413 403 429 503 404) have a
+    declared status, and their JSON the declared schema."""
+    client, runner = live_app.test_client(), live_app.config["LIVE"].runner
+
+    def check(r, path, method):
+        resp = declared(path, method, r.status_code)
+        assert r.mimetype in resp["content"], (path, r.status_code)
+        if r.mimetype == "application/json":
+            assert check_schema(r.get_json(), resp["content"][r.mimetype]["schema"]) == []
+        if r.status_code in (429, 503):
+            assert int(r.headers["Retry-After"]) >= 1 and "Retry-After" in resp["headers"]
+        return r
+
+    def submit(body, ip="10.0.0.1", **kw):
+        return check(client.post("/api/live/jobs", environ_base={"REMOTE_ADDR": ip},
+                                 **({"json": body} if body is not None else kw)),
+                     "/api/live/jobs", "post")
+
+    check(client.get("/api/live/info.json"), "/api/live/info.json", "get")
+    first = submit({"prompt": "a red star", "seed": 1, "guidance_scale": 3})
+    assert first.status_code == 202
+    job = first.get_json()["id"]
+    assert runner.started.wait(10)  # running: the queue is empty again
+    assert submit({"prompt": "a blue star"}, ip="10.0.0.2").status_code == 202  # queued
+    assert submit({"prompt": "again"}).status_code == 429
+    assert submit({"prompt": "a third"}, ip="10.0.0.3").status_code == 503
+    assert submit({"prompt": ""}).status_code == 400
+    assert submit(None, data="x", content_type="text/plain").status_code == 415
+    assert submit(None, data="{" * 5000, content_type="application/json").status_code == 413
+    r = client.post("/api/live/jobs", json={"prompt": "x"},
+                    headers={"Origin": "https://evil.example"})
+    assert check(r, "/api/live/jobs", "post").status_code == 403
+    check(client.get(f"/api/live/jobs/{job}.json"), "/api/live/jobs/{job_id}.json", "get")
+    check(client.get("/api/live/jobs/nope.json"), "/api/live/jobs/{job_id}.json", "get")
+    runner.release.set()
+    deadline = time.monotonic() + 10
+    while client.get(f"/api/live/jobs/{job}.json").get_json()["steps_done"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    frames = "/api/live/jobs/{job_id}/frames/{i}/{kind}.png"
+    for url, status in [(f"/api/live/jobs/{job}/frames/1/latent.png", 200),
+                        (f"/api/live/jobs/{job}/frames/9/latent.png", 404),
+                        (f"/api/live/jobs/{job}/frames/0/other.png", 404)]:
+        assert check(client.get(url), frames, "get").status_code == status
+    cancel = "/api/live/jobs/{job_id}/cancel"
+    check(client.post(f"/api/live/jobs/{job}/cancel"), cancel, "post")
+    check(client.post("/api/live/jobs/nope/cancel"), cancel, "post")
+    r = client.get("/live/api/index.json")  # no live bundle yet
+    assert check(r, LIVE_MOUNT, "get").status_code == 404
 
 
 def test_schema_check_catches_mismatches():
