@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
@@ -132,6 +132,26 @@ class LiveService:
             self.jobs[job.id] = job
             self._forget_old()
         return job
+
+    def reopen(self, client: str, query: str) -> Job | None:
+        """A live/ URL (`?prompt=<id>&seed=..&guidance=..`, as a job's `open` says) of a
+        typed prompt that the size bound evicted: its job again (recomputed), or None
+        when the URL names no evicted prompt (the page then opens as it would)."""
+        q = parse_qs(query)
+        pid = (q.get("prompt") or [""])[0]
+        text = getattr(self.runner, "evicted_text", lambda _: None)(pid) if pid else None
+        if text is None:
+            return None
+        try:
+            seed = int((q.get("seed") or ["1"])[0])
+            g = float((q.get("guidance") or [self.info.get("default_guidance_scale", 7.0)])[0])
+        except ValueError:
+            return None
+        if not (0 <= seed <= self.max_seed and math.isfinite(g) and 0 <= g <= self.max_guidance):
+            return None
+        if self.has_run(self.runner.target(text, seed, g)):
+            return None
+        return self.submit(client, text, seed, g)
 
     def retry_after(self, ahead: int) -> int:
         return max(1, math.ceil(self.seconds_per_job * (ahead + 1)))
@@ -382,6 +402,10 @@ class LiveMount:
         rest = path[len(MOUNT):]
         if rest.startswith("/api/live/"):
             return self.app({**environ, "PATH_INFO": rest}, start_response)
+        if rest == "/" and environ.get("REQUEST_METHOD") == "GET":
+            reopened = self._reopen(environ, start_response)
+            if reopened is not None:
+                return reopened
         live = self.svc.live_app
         if live is None:
             from backend.errors import plain_error
@@ -392,6 +416,22 @@ class LiveMount:
         return live.wsgi_app({**environ, "PATH_INFO": rest,
                               "SCRIPT_NAME": environ.get("SCRIPT_NAME", "") + MOUNT},
                              start_response)
+
+
+    def _reopen(self, environ, start_response):
+        """The URL of an evicted typed prompt: queue its job again and send the browser
+        to the main page, whose prompt box streams it (?live_job=) and then opens it."""
+        try:
+            job = self.svc.reopen(environ.get("REMOTE_ADDR") or "?",
+                                  environ.get("QUERY_STRING", ""))
+        except QueueFull:
+            job = None  # busy: the page opens without it, as a full queue would say
+        if job is None:
+            return None
+        location = f"{environ.get('SCRIPT_NAME', '')}/?live_job={job.id}"
+        start_response("303 See Other", [("Location", location), ("Content-Length", "0"),
+                                         ("Cache-Control", "no-store")])
+        return [b""]
 
 
 def init_app(app) -> None:

@@ -14,7 +14,8 @@ The live bundle is an ordinary bundle (docs/bundle-format.md) in a writable fold
 land atomically, so a job that fails leaves only its staging folder, which is removed.
 The same (model, prompt, seed, guidance scales, steps, scheduler) is computed once: the
 bundle's run ids say what it holds. Its size is bounded: past `max_prompts` typed
-prompts, the least recently used prompt's runs are removed.
+prompts, the least recently used prompt's runs are removed; their texts are kept (a
+few bytes each), so a live/ URL of an evicted prompt is recomputed when it is opened.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ SETTING_KEYS = ("model", "scheduler", "num_inference_steps", "height", "width", 
 DEFAULT_MAX_PROMPTS = 50
 LRU_FILE = "live-lru.json"  # in the bundle's .work/: prompt id -> last time it was asked for
 SHIPPED_FILE = "live-shipped.json"  # in .work/: the prompts copied from the shipped bundle
+EVICTED_FILE = "live-evicted.json"  # in .work/: prompt id -> text of evicted prompts
+KEPT_EVICTED = 1000  # evicted prompts whose text is kept, so their live/ URL recomputes them
 LIVE_TITLE = "Typed prompts (noisepath serve --live)"
 LIVE_DESCRIPTION = ("Prompts typed into the page, each computed by the served model with the "
                     "same instrumented loop as the shipped runs.")
@@ -270,6 +273,31 @@ class LiveRunner:
         except (OSError, ValueError):
             return {}
 
+    def evicted_text(self, pid: str) -> str | None:
+        """The text of an evicted typed prompt (None: not evicted, or too long ago)."""
+        text = self._evicted().get(pid)
+        return text if isinstance(text, str) else None
+
+    def _evicted(self) -> dict:
+        try:
+            data = json.loads((self.live_dir / ".work" / EVICTED_FILE).read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _remember_evicted(self, pids: list[str]) -> None:
+        evicted = self._evicted()
+        for pid in pids:
+            try:
+                text = json.loads((self.live_dir / "prompts" / pid / "prompt.json")
+                                  .read_text())["text"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            evicted.pop(pid, None)
+            evicted[pid] = text  # the newest last
+        kept = dict(list(evicted.items())[-KEPT_EVICTED:])
+        write_json_atomic(self.live_dir / ".work" / EVICTED_FILE, kept)
+
     def evict(self) -> list[str]:
         """Remove the least recently used typed prompts (their runs, prompt folder and
         group) past max_prompts; refit the trajectories and rebuild the index. Returns
@@ -287,6 +315,7 @@ class LiveRunner:
         used = self._used()
         typed.sort(key=lambda p: used.get(p, 0.0))
         gone = typed[: len(typed) - self.max_prompts]
+        self._remember_evicted(gone)
         trash = root / ".tmp" / f"{os.getpid()}-evicted-{time.time_ns()}"
         trash.mkdir(parents=True)
         seeds = set()

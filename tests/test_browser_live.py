@@ -21,8 +21,8 @@ STEPS = 50  # the shipped bundle's: the live bundle starts with its runs, to com
 
 
 @pytest.fixture(scope="module")
-def live_url(tmp_path_factory):
-    """The demo bundle with --live on the demo model, on a loopback server."""
+def live_server(tmp_path_factory):
+    """The demo bundle with --live on the demo model, on a loopback server: (url, service)."""
     from werkzeug.serving import WSGIRequestHandler, make_server
 
     from backend import FRONTEND, create_app
@@ -40,9 +40,14 @@ def live_url(tmp_path_factory):
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/"
+    yield f"http://127.0.0.1:{server.server_port}/", svc
     server.shutdown()
     thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def live_url(live_server):
+    return live_server[0]
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +115,25 @@ def test_steps_arrive_one_by_one(page, live_url):
     page.wait_for_url("**/live/?prompt=*", timeout=120_000)
     steps = sorted({int(u.split("/frames/")[1].split("/")[0]) for u in frames})
     assert len(steps) >= 2 and steps[-1] == STEPS - 1, steps
+
+
+@pytest.mark.slow
+def test_the_url_of_an_evicted_prompt_computes_it_again(page, live_server):
+    """As if the size bound had evicted it: the server knows its text, not its runs."""
+    from precompute.live import EVICTED_FILE
+    from precompute.writer import prompt_id, write_json_atomic
+
+    url, svc = live_server
+    pid = prompt_id("a blue square on a red background")
+    write_json_atomic(svc.runner.live_dir / ".work" / EVICTED_FILE,
+                      {pid: "a blue square on a red background"})
+    page.goto(f"{url}live/?prompt={pid}&seed=2&guidance=3")
+    page.wait_for_url("**/?live_job=*")
+    page.locator(".live-frames img[src*='/frames/']").first.wait_for(timeout=120_000)
+    assert "computing it again" in page.locator(".live-status").inner_text() or \
+        "Step" in page.locator(".live-status").inner_text()
+    assert page.locator("#live-text").input_value() == "a blue square on a red background"
+    page.wait_for_url(f"**/live/?prompt={pid}*", timeout=180_000)
+    wait_ready(page, timeout=60_000)
+    assert "seed=2" in page.url and "guidance=3" in page.url
+    assert "blue" in " ".join(page.locator("#prompt-words .token-word").all_inner_texts())

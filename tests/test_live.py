@@ -33,6 +33,7 @@ class FakeRunner:
         self.base_scales = [0.0, 1.0, 7.0]
         self.release = threading.Event()
         self.started = threading.Event()
+        self.evicted = {}  # prompt id -> text, as the size bound leaves them
 
     def target(self, prompt, seed, g):
         return f"fake--s{seed}-g{g}"
@@ -42,6 +43,9 @@ class FakeRunner:
 
     def used(self, prompt):
         pass
+
+    def evicted_text(self, pid):
+        return self.evicted.get(pid)
 
     def words(self, prompt):
         return [{"word": w, "pieces": [w + "</w>"], "known": True} for w in prompt.split()]
@@ -422,6 +426,34 @@ def test_the_least_recently_used_prompt_is_evicted(live):
     assert not [r for r in index["runs"] if r.startswith("a-small-yellow-star")]
     assert [r for r in index["runs"] if r.startswith("a-red-circle")]
     check_valid(live_dir)
+    # its URL reopens it: the server queues the evicted prompt's job again
+    star = svc.runner.target("a small yellow star", 7, 3).split("--s")[0]
+    r = client.get(f"/live/?prompt={star}&seed=7&guidance=3")
+    assert r.status_code == 303
+    job_id = r.headers["Location"].split("/?live_job=", 1)[1]
+    assert wait_state(client, job_id)["state"] == "done"
+    index = client.get("/live/api/index.json").get_json()
+    assert f"{star}--s7-g3" in index["runs"]
+    check_valid(live_dir)
+
+
+def test_the_url_of_an_evicted_prompt_queues_it_again(fake):
+    runner, svc, client = fake
+    runner.evicted["a-blue-star-0123abcd"] = "a blue star"
+    r = client.get("/live/?prompt=a-blue-star-0123abcd&seed=5&guidance=3",
+                   environ_base={"REMOTE_ADDR": "10.0.0.9"})
+    assert r.status_code == 303
+    job_id = r.headers["Location"].split("/?live_job=", 1)[1]
+    job = svc.jobs[job_id]
+    assert (job.prompt, job.seed, job.guidance_scale, job.client) == ("a blue star", 5, 3.0,
+                                                                       "10.0.0.9")
+    runner.release.set()
+    assert wait_state(client, job_id)["state"] in ("done", "failed")
+    # a prompt that was never evicted, or a bad seed, opens the page as before (no job)
+    for url in ["/live/?prompt=never-typed&seed=5&guidance=3",
+                "/live/?prompt=a-blue-star-0123abcd&seed=x&guidance=3",
+                "/live/?prompt=a-blue-star-0123abcd&seed=5&guidance=99"]:
+        assert client.get(url).status_code == 404, url  # the fake has no live bundle
 
 
 def test_only_a_live_server_marks_its_answers(fake, synthetic_bundle_ro):

@@ -70,11 +70,12 @@ async function start() {
   }
 
   const firstVisit = !window.location.search; // read before the store writes the URL
+  const liveJob = new URLSearchParams(window.location.search).get("live_job"); // reopened
   const store = createStore(index, window);
   const model = createModel(index, api);
   applyWording(document, index); // the words that depend on the bundle's model
   const viz = d3.select("#viz");
-  livePrompt(d3.select("#live-prompt"), store.committed()); // the box of `serve --live`
+  livePrompt(d3.select("#live-prompt"), { ...store.committed(), job: liveJob }); // serve --live
 
   const togglePlay = () => {
     const s = store.committed();

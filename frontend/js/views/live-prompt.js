@@ -9,7 +9,10 @@
  * marks its answers with a Noisepath-Live header), and the box says what typing a
  * prompt needs instead.
  *
- * Usage: livePrompt(d3.select("#live-prompt"), { seed, guidance })
+ * A live/ URL of a typed prompt that the cache evicted is sent here by the server with
+ * ?live_job=<id> (its job queued again): the box then watches that job as if typed.
+ *
+ * Usage: livePrompt(d3.select("#live-prompt"), { seed, guidance, job })
  */
 import { urls, postJson } from "../api.js";
 
@@ -20,7 +23,7 @@ function appRoot() {
   return /\/live\/$/.test(window.location.pathname) ? "../" : "./";
 }
 
-export async function livePrompt(host, { seed = 1, guidance = 7 } = {}) {
+export async function livePrompt(host, { seed = 1, guidance = 7, job = null } = {}) {
   let info = null;
   try {
     // only a --live server marks its answers; a plain one or an export has no api/live/
@@ -162,4 +165,19 @@ export async function livePrompt(host, { seed = 1, guidance = 7 } = {}) {
       run.attr("disabled", null);
     }
   });
+
+  if (job) {  // a reopened live/ URL whose run was evicted: its job, queued again
+    try {
+      const response = await fetch(urls.liveJob(job));
+      if (!response.ok) return;
+      const data = await response.json();
+      text.property("value", data.prompt);
+      seedInput.property("value", data.seed);
+      guidanceInput.property("value", data.guidance_scale);
+      say("This typed prompt was removed from the cache: computing it again.");
+      await watch(data);
+    } catch (error) {
+      say(`Could not reach the server: ${error.message}`, true);
+    }
+  }
 }
