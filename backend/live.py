@@ -420,7 +420,14 @@ class LiveMount:
 
     def _reopen(self, environ, start_response):
         """The URL of an evicted typed prompt: queue its job again and send the browser
-        to the main page, whose prompt box streams it (?live_job=) and then opens it."""
+        to the main page, whose prompt box streams it (?live_job=) and then opens it.
+        Queuing work is a change of state: only for the user's own navigation (typed,
+        bookmarked, or from this app: Sec-Fetch-Site none or same-origin, or a client
+        without Fetch Metadata), never for another site's link, image or script."""
+        site = environ.get("HTTP_SEC_FETCH_SITE")
+        dest = environ.get("HTTP_SEC_FETCH_DEST")
+        if site not in (None, "none", "same-origin") or dest not in (None, "document"):
+            return None
         try:
             job = self.svc.reopen(environ.get("REMOTE_ADDR") or "?",
                                   environ.get("QUERY_STRING", ""))

@@ -454,6 +454,15 @@ def test_the_url_of_an_evicted_prompt_queues_it_again(fake):
                 "/live/?prompt=a-blue-star-0123abcd&seed=x&guidance=3",
                 "/live/?prompt=a-blue-star-0123abcd&seed=5&guidance=99"]:
         assert client.get(url).status_code == 404, url  # the fake has no live bundle
+    # another site's link or image never queues work (Fetch Metadata)
+    url = "/live/?prompt=a-blue-star-0123abcd&seed=6&guidance=3"
+    for headers in [{"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Dest": "document"},
+                    {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Dest": "document"},
+                    {"Sec-Fetch-Site": "none", "Sec-Fetch-Dest": "image"}]:
+        assert client.get(url, headers=headers).status_code == 404, headers
+    jobs = len(svc.jobs)
+    r = client.get(url, headers={"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Dest": "document"})
+    assert r.status_code == 303 and len(svc.jobs) == jobs + 1
 
 
 def test_only_a_live_server_marks_its_answers(fake, synthetic_bundle_ro):
