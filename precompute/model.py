@@ -180,7 +180,6 @@ class Components:
             },
         }
 
-
     def _tokenizer_facts(self) -> dict:
         """What the app says about the tokenizer: its vocabulary size and special tokens."""
         t = self.tokenizer
