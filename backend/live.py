@@ -60,10 +60,16 @@ class Job:
     steps_done: int = 0
     frames: list = field(default_factory=list)  # precompute.live.Frame per streamed step
     cached: bool = False
+    stop: bool = False  # its client cancelled it while it ran: it stops at the next step
     words: list = field(default_factory=list)  # the tokenizer's words: {word, pieces, known}
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
     finished: float | None = None
+
+
+class JobCancelled(Exception):
+    """Raised by the runner when its job's client cancelled it (should_stop() came true):
+    the job stopped and left no unfinished run."""
 
 
 class QueueFull(Exception):
@@ -165,11 +171,15 @@ class LiveService:
             return self.queue.index(job) + running if job in self.queue else 0
 
     def cancel(self, job: Job) -> bool:
-        """A queued job is dropped; a running one finishes (its runs are kept)."""
+        """A queued job is dropped; a running one is told to stop: the runner stops it
+        at its next step, removes its unfinished runs, and it becomes "cancelled"."""
         with self.cond:
             if job.state == "queued" and job in self.queue:
                 self.queue.remove(job)
                 job.state, job.finished = "cancelled", time.monotonic()
+                return True
+            if job.state == "running":
+                job.stop = True
                 return True
             return False
 
@@ -195,15 +205,21 @@ class LiveService:
             job.total = total
             job.frames.append(frame)
             job.steps_done = len(job.frames)
-        error = None
+        error, cancelled = None, False
         try:
             self.runner.run(job.prompt, job.seed, job.guidance_scale, on_frame=on_frame,
-                            should_stop=lambda: job.state == "cancelled")
+                            should_stop=lambda: job.stop)
+        except JobCancelled:  # the runner removed the job's unfinished runs
+            cancelled = True
         except Exception as e:  # reported to the client; the runner left no half-written run
             log.error("live job %s failed", job.id, exc_info=e)
             first = str(e).splitlines()[0][:200] if str(e) else ""
             error = f"the job failed: {type(e).__name__}: {first}"
         self.reload()
+        if cancelled:
+            job.finished = time.monotonic()
+            job.state = "cancelled"
+            return
         if error is None and not self.has_run(job.run_id):
             error = ("the run was computed but the live bundle does not load; the server log "
                      "says why")
@@ -353,6 +369,8 @@ def cancel(job_id: str):
     check_origin()
     svc = service()
     job = job_or_404(job_id)
+    if job.client != (request.remote_addr or "?"):
+        refuse(403, "not_yours", "only the client that submitted a job may cancel it")
     svc.cancel(job)
     return no_store(jsonify(svc.status(job)))
 

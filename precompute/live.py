@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.live import JobCancelled  # noqa: F401  (raised here, caught by the queue)
 from precompute.writer import (EMPTY_PROMPT_ID, BundleWriter, file_lock, prompt_id, read_config,
                                run_id, write_json_atomic)
 
@@ -153,8 +154,11 @@ class LiveRunner:
             should_stop=None) -> str:
         """Compute the job into the live bundle (a precompute of one prompt and seed) and
         return the asked-for run's id. on_frame(i, total, Frame) after each step of the
-        asked-for scale; should_stop() is asked before the work starts. On any failure the
-        job's staging folders are removed, so the bundle holds only finished runs."""
+        asked-for scale; should_stop() is asked before the work starts and after every
+        step, and when it is true the job stops there with JobCancelled. On any failure or
+        cancellation the job's staging folders are removed, so the bundle holds only
+        finished runs (a cancellation during the job's second precompute call keeps the
+        first call's runs, which are finished)."""
         from precompute.prompts import single_prompt_set
         from precompute.run import Options, precompute
 
@@ -165,7 +169,7 @@ class LiveRunner:
         with self.lock:
             if should_stop is not None and should_stop():
                 raise JobCancelled()
-            step_hook = self._step_hook(g, on_frame) if on_frame is not None else None
+            step_hook = self._step_hook(g, on_frame, should_stop)
             opts = Options(device=self.device, dtype=self.dtype, projection="pca",
                            progress=False, log=io.StringIO(), components=self.components,
                            on_step=step_hook)
@@ -191,16 +195,19 @@ class LiveRunner:
         parts = [[0.0], guided] if guidance_scale == 0.0 else [guided, [0.0]]
         return [p for p in parts if p and (p != [0.0] or 0.0 in scales)]
 
-    def _step_hook(self, guidance_scale: float, on_frame):
-        """The loop's on_step for the guidance scale asked for (the seed's shared
-        guidance-0 job calls it too; it streams only when that is the asked-for scale)."""
+    def _step_hook(self, guidance_scale: float, on_frame=None, should_stop=None):
+        """The loop's on_step: raises JobCancelled when should_stop() is true, and streams
+        the guidance scale asked for (the seed's shared guidance-0 job calls it too; it
+        streams only when that is the asked-for scale)."""
         from precompute import loop
 
         total = self.settings["num_inference_steps"]
         preview = {}
 
         def on_step(i, scales, latents, pred_original_sample):
-            if guidance_scale not in scales:
+            if should_stop is not None and should_stop():
+                raise JobCancelled()
+            if on_frame is None or guidance_scale not in scales:
                 return
             if not preview:  # config.json is written before the first step
                 preview.update(read_config(self.live_dir)["latent_preview"])
@@ -342,10 +349,6 @@ def _link_or_copy(src, dst):
         os.link(src, dst)
     except OSError:  # another file system, or links not allowed
         shutil.copy2(src, dst)
-
-
-class JobCancelled(Exception):
-    """The client left before its job started."""
 
 
 def latent_rgb(latent: np.ndarray, preview: dict, scheduler: str) -> np.ndarray:

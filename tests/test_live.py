@@ -53,9 +53,13 @@ class FakeRunner:
     def run(self, prompt, seed, g, on_frame=None, should_stop=None):
         from precompute.live import Frame
 
+        from backend.live import JobCancelled
+
         self.started.set()
         assert self.release.wait(10)
         for i in range(self.steps):
+            if should_stop is not None and should_stop():  # as LiveRunner's step hook does
+                raise JobCancelled()
             on_frame(i, self.steps, Frame(b"latent-png", b"predicted-png"))
         if prompt == "fail":
             raise MemoryError("out of memory on the device")
@@ -201,12 +205,37 @@ def test_cancel_drops_a_queued_job(fake):
     post(client, GOOD, ip="10.0.0.1")
     assert runner.started.wait(10)
     queued = post(client, GOOD, ip="10.0.0.2").get_json()
-    resp = client.post(f"/api/live/jobs/{queued['id']}/cancel")
+    other = cancel(client, queued["id"], ip="10.0.0.1")
+    assert other.status_code == 403 and other.get_json()["error"] == "not_yours"
+    assert len(svc.queue) == 1
+    resp = cancel(client, queued["id"], ip="10.0.0.2")
     assert resp.status_code == 200 and resp.get_json()["state"] == "cancelled"
     assert not svc.queue
     assert client.post(f"/api/live/jobs/{queued['id']}/cancel",
                        headers={"Origin": "http://evil.example"}).status_code == 403
     assert client.post("/api/live/jobs/nope/cancel").status_code == 404
+
+
+def cancel(client, job_id, ip="10.0.0.1"):
+    return client.post(f"/api/live/jobs/{job_id}/cancel", environ_base={"REMOTE_ADDR": ip})
+
+
+def test_cancel_stops_a_running_job_at_its_next_step_and_the_next_job_runs(fake):
+    runner, svc, client = fake
+    running = post(client, GOOD, ip="10.0.0.1").get_json()
+    assert runner.started.wait(10)
+    queued = post(client, {**GOOD, "seed": 2}, ip="10.0.0.2").get_json()
+    assert cancel(client, running["id"], ip="10.0.0.2").status_code == 403  # not its job
+    assert not svc.jobs[running["id"]].stop
+    resp = cancel(client, running["id"], ip="10.0.0.1")
+    assert resp.status_code == 200 and resp.get_json()["state"] == "running"  # until its step
+    runner.release.set()
+    status = wait_state(client, running["id"], states=("done", "failed", "cancelled"))
+    assert status["state"] == "cancelled" and status["error"] is None
+    assert status["steps_done"] == 0 and status["open"] is None
+    # the worker went on to the queued job (the fake's bundle app is None: "failed")
+    nxt = wait_state(client, queued["id"], states=("done", "failed", "cancelled"))
+    assert nxt["state"] == "failed" and nxt["steps_done"] == runner.steps
 
 
 def test_unknown_job_and_no_live_bundle_yet(fake):
@@ -434,6 +463,34 @@ def test_the_least_recently_used_prompt_is_evicted(live):
     assert wait_state(client, job_id)["state"] == "done"
     index = client.get("/live/api/index.json").get_json()
     assert f"{star}--s7-g3" in index["runs"]
+    check_valid(live_dir)
+
+
+@pytest.mark.slow
+def test_a_running_job_cancelled_by_its_client_leaves_no_run(live, monkeypatch):
+    """The page is left after the first streamed step: the job stops at the next step,
+    its staged runs are removed, and the live bundle still validates."""
+    import os
+
+    svc, client, live_dir = live
+    real_run = svc.runner.run
+
+    def run_then_leave(prompt, seed, g, on_frame=None, should_stop=None):
+        def frame_then_cancel(i, total, frame):
+            on_frame(i, total, frame)
+            job = next(j for j in svc.jobs.values() if j.state == "running")
+            assert cancel(client, job.id).status_code == 200  # post() submits as 10.0.0.1
+        return real_run(prompt, seed, g, on_frame=frame_then_cancel, should_stop=should_stop)
+    monkeypatch.setattr(svc.runner, "run", run_then_leave)
+    body = {"prompt": "a grey triangle", "seed": 11, "guidance_scale": 3}
+    status = wait_state(client, post(client, body).get_json()["id"],
+                        states=("done", "failed", "cancelled"))
+    assert status["state"] == "cancelled", status
+    assert status["steps_done"] == 1 < STEPS  # it stopped at the step after the cancel
+    assert not list((live_dir / "runs").glob("a-grey-triangle-*"))
+    assert not list((live_dir / ".tmp").glob(f"{os.getpid()}-*"))
+    assert not [r for r in client.get("/live/api/index.json").get_json()["runs"]
+                if r.startswith("a-grey-triangle")]
     check_valid(live_dir)
 
 

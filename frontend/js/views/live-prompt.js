@@ -74,7 +74,7 @@ export async function livePrompt(host, { seed = 1, guidance = 7, job = null } = 
 
   let current = null; // the job being watched
   window.addEventListener("pagehide", () => {
-    if (current && current.state === "queued") {
+    if (current && (current.state === "queued" || current.state === "running")) {
       fetch(urls.liveCancel(current.id), { method: "POST", keepalive: true }).catch(() => {});
     }
   });
