@@ -66,6 +66,46 @@ def test_without_live_the_box_says_what_it_needs(page, base_url):
     assert page.locator("#live-text").count() == 0
 
 
+@pytest.fixture(scope="module")
+def exported_url(synthetic_bundle_ro, tmp_path_factory):
+    """`noisepath export` of the synthetic bundle with the real front end, served by a
+    plain static file server under a sub-path (as tests/test_export.py serves one)."""
+    import functools
+    import http.server
+
+    from backend import create_app
+    from backend.export_cli import write_site
+
+    www = tmp_path_factory.mktemp("www")
+    write_site(create_app({"BUNDLE_DIR": synthetic_bundle_ro}), www / "course")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(Quiet, directory=str(www)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/course/"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_an_exported_site_says_typing_needs_live_and_asks_for_no_live_api(page, exported_url):
+    asked = []
+    page.on("request", lambda r: asked.append(r.url))
+    page.goto(exported_url)
+    wait_ready(page)
+    note = page.locator("#live-prompt .live-unavailable")
+    note.wait_for()
+    assert "needs noisepath serve --live" in note.inner_text()
+    assert page.locator("#live-text").count() == 0
+    assert not [u for u in asked if "/api/live/" in u]
+    # the page fixture fails the test on any console error or uncaught exception
+
+
 @pytest.mark.slow
 def test_a_typed_prompt_streams_its_steps_then_opens_as_a_run(page, live_url, shots):
     page.goto(live_url)
