@@ -177,3 +177,26 @@ def test_the_url_of_an_evicted_prompt_computes_it_again(page, live_server):
     wait_ready(page, timeout=60_000)
     assert "seed=2" in page.url and "guidance=3" in page.url
     assert "blue" in " ".join(page.locator("#prompt-words .token-word").all_inner_texts())
+
+
+@pytest.mark.slow
+def test_leaving_the_page_cancels_its_running_job(page, live_server):
+    """pagehide sends the cancel: the running job stops at its next step, no run is kept."""
+    import time
+
+    url, svc = live_server
+    page.goto(url)
+    wait_ready(page)
+    page.locator("#live-text").fill("a purple circle on a white background")
+    page.locator("#live-seed").fill("4")
+    page.locator("#live-guidance").fill("3")
+    page.locator("#live-text").press("Enter")
+    page.locator(".live-frames img[src*='/frames/']").first.wait_for(timeout=120_000)
+    job = next(j for j in svc.jobs.values() if j.prompt.startswith("a purple circle"))
+    assert job.state == "running"
+    page.goto("about:blank")  # the page is left while its job runs
+    deadline = time.monotonic() + 60
+    while job.state == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.state == "cancelled" and job.steps_done < STEPS
+    assert not list((svc.runner.live_dir / "runs").glob("a-purple-circle-*"))
