@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
@@ -146,6 +146,8 @@ class LiveService:
         q = parse_qs(query)
         pid = (q.get("prompt") or [""])[0]
         text = getattr(self.runner, "evicted_text", lambda _: None)(pid) if pid else None
+        if text is None:  # the live folder was deleted: the URL's own text, if it is pid's
+            text = self.text_of(pid, (q.get("text") or [""])[0])
         if text is None:
             return None
         try:
@@ -158,6 +160,16 @@ class LiveService:
         if self.has_run(self.runner.target(text, seed, g)):
             return None
         return self.submit(client, text, seed, g)
+
+    def text_of(self, pid: str, text: str) -> str | None:
+        """A live/ URL's `text` when it is the prompt that `pid` names (its id is derived
+        from it, as a job's `open` is), so a crafted link cannot compute something else
+        under that id; None otherwise. Checked as a typed prompt is."""
+        text = " ".join(text.split())
+        if not pid or not text or len(text) > MAX_PROMPT_CHARS:
+            return None
+        rid = self.runner.target(text, 0, 1.0)  # not guidance 0: its runs share "empty"
+        return text if prompt_of(rid) == pid else None
 
     def retry_after(self, ahead: int) -> int:
         return max(1, math.ceil(self.seconds_per_job * (ahead + 1)))
@@ -246,9 +258,15 @@ class LiveService:
             "ahead": self.ahead(job), "steps_done": job.steps_done,
             "num_inference_steps": job.total or self.info.get("num_inference_steps"),
             "error": job.error, "words": job.words,
-            "open": (f"live/?prompt={job.run_id.split('--s')[0]}&seed={job.seed}"
-                     f"&guidance={format_number(job.guidance_scale)}") if done else None,
+            "open": (f"live/?prompt={prompt_of(job.run_id)}&seed={job.seed}"
+                     f"&guidance={format_number(job.guidance_scale)}"
+                     f"&text={quote(job.prompt, safe='')}") if done else None,
         }
+
+
+def prompt_of(rid: str) -> str:
+    """The prompt id of a run id (`<prompt id>--s<seed>-g<guidance>`)."""
+    return rid.split("--s")[0]
 
 
 def format_number(g: float) -> str:

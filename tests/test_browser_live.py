@@ -129,6 +129,10 @@ def test_a_typed_prompt_streams_its_steps_then_opens_as_a_run(page, live_url, sh
     page.locator("#prompt-words .token-word", has_text="star").click()
     page.locator("#decoded-frame.has-attention").wait_for()
     assert "star" in page.locator("#attention-controls .ac-title").inner_text()
+    # the URL, rewritten by the page as it changes, keeps the prompt's text: with the live
+    # folder deleted the server computes the run again from it (tests/test_live.py)
+    text = page.evaluate("() => new URLSearchParams(location.search).get('text')")
+    assert "token=" in page.url and text == "a yellow star on a green background"
     page.screenshot(path=str(shots / "live-opened-run.png"))
     # and it compares with a shipped prompt of the same seed (one live bundle holds both)
     page.locator("#compare-open").click()

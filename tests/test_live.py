@@ -6,12 +6,14 @@ the size bound."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from argparse import Namespace
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -36,7 +38,9 @@ class FakeRunner:
         self.evicted = {}  # prompt id -> text, as the size bound leaves them
 
     def target(self, prompt, seed, g):
-        return f"fake--s{seed}-g{g}"
+        from precompute.writer import prompt_id, run_id
+
+        return run_id(prompt_id(prompt), seed, g)
 
     def has(self, prompt, seed, g):
         return False
@@ -349,7 +353,8 @@ def test_a_typed_prompt_becomes_an_ordinary_run_and_then_a_cache_hit(live):
     assert [w["word"] for w in done["words"]] == body["prompt"].split()
     assert all(w["known"] and len(w["pieces"]) == 1 for w in done["words"])
     rid = done["run_id"]
-    assert done["open"] == f"live/?prompt={rid.split('--s')[0]}&seed=5&guidance=4.5"
+    assert done["open"] == (f"live/?prompt={rid.split('--s')[0]}&seed=5&guidance=4.5"
+                            f"&text={quote(body['prompt'], safe='')}")
     # the live bundle is served like any bundle: the run, its sweep with the shipped
     # bundle's scales plus the typed one, its attention, its trajectory map
     run = client.get(f"/live/api/runs/{rid}.json")
@@ -520,6 +525,41 @@ def test_the_url_of_an_evicted_prompt_queues_it_again(fake):
     jobs = len(svc.jobs)
     r = client.get(url, headers={"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Dest": "document"})
     assert r.status_code == 303 and len(svc.jobs) == jobs + 1
+
+
+def test_the_url_of_a_run_recomputes_it_from_its_text_after_the_live_folder_is_gone(fake):
+    """A job's `open` carries its prompt's text: with the live folder deleted (nothing
+    evicted is remembered), that URL queues the job again; a text that is not the id's
+    prompt, too long, or empty queues nothing."""
+    runner, svc, client = fake
+    bundle = {"holds_runs": True}  # the fake has no live bundle: this stands in for its runs
+    svc.has_run = lambda rid: bundle["holds_runs"]
+    r = client.post("/api/live/jobs", json={"prompt": "a  red kite", "seed": 4,
+                                            "guidance_scale": 2.5})
+    runner.release.set()
+    done = wait_state(client, r.get_json()["id"])
+    assert done["state"] == "done"
+    url = "/" + done["open"]
+    assert "text=a%20red%20kite" in url and runner.evicted == {}
+    shutil.rmtree(runner.live_dir, ignore_errors=True)  # the user cleared the cache
+    bundle["holds_runs"] = False
+    r = client.get(url, headers={"Sec-Fetch-Site": "none", "Sec-Fetch-Dest": "document"})
+    assert r.status_code == 303
+    job = svc.jobs[r.headers["Location"].split("/?live_job=", 1)[1]]
+    assert (job.prompt, job.seed, job.guidance_scale) == ("a red kite", 4, 2.5)
+    assert wait_state(client, job.id)["state"] in ("done", "failed")  # the fake's bundle is gone
+    from precompute.writer import prompt_id
+
+    pid = url.split("prompt=")[1].split("&")[0]
+    long = "x" * 1001  # its own id, but longer than a typed prompt may be
+    for pid_, text in [(pid, "a%20red%20kit"), (pid, "a%20blue%20kite"), (pid, ""),
+                       (prompt_id(long), long)]:
+        crafted = f"/live/?prompt={pid_}&seed=5&guidance=3&text={text}"
+        assert client.get(crafted).status_code == 404, text  # no job; no live bundle here
+    assert len(svc.jobs) == 2
+    # another site's link never queues work, even with the right text
+    assert client.get(url.replace("seed=4", "seed=6"), headers={
+        "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Dest": "document"}).status_code == 404
 
 
 def test_only_a_live_server_marks_its_answers(fake, synthetic_bundle_ro):

@@ -143,8 +143,15 @@ export function createStore(index, win) {
     dispatch.call("change", null, { reason });
   }
 
+  // A live run's URL carries its prompt's text, so the server can compute it again after
+  // its cache was cleared (docs/api.md): kept while the page shows that prompt.
+  const liveText = new URLSearchParams(win.location.search).get("text");
+
   function writeUrl(push) {
-    const search = toSearch(index, committed);
+    let search = toSearch(index, committed);
+    if (liveText !== null && committed.prompt === fromUrl.prompt) {
+      search += `&text=${encodeURIComponent(liveText)}`;
+    }
     if (search === win.location.search) return;
     const url = `${win.location.pathname}${search}${win.location.hash}`;
     if (push) win.history.pushState(null, "", url);
