@@ -38,9 +38,7 @@ import argparse
 import http.client
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -122,22 +120,13 @@ class TypingClient(threading.Thread):
 def start_live_server(tmp: Path, threads: int, steps: int):
     """`noisepath serve --live` on a free loopback port: (process, port)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from bench_load import noisepath_cmd, stop
+    from bench_load import start_serve
 
     log = tmp / "serve.log"
-    proc = subprocess.Popen(noisepath_cmd() + [
-        "serve", "--port", "0", "--threads", str(threads), "--live",
-        "--live-dir", str(tmp / "live"), "--live-steps", str(steps), "--live-queue", "4"],
-        stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True, cwd=REPO)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        m = re.search(r"Open http://127\.0\.0\.1:(\d+)/", line)
-        if m:
-            return proc, int(m.group(1))
-        if not line and proc.poll() is not None:
-            break
-    stop(proc)
+    started = start_serve(["--threads", str(threads), "--live", "--live-dir", str(tmp / "live"),
+                           "--live-steps", str(steps), "--live-queue", "4"], log, timeout=300)
+    if started is not None:
+        return started
     raise SystemExit(f"noisepath serve --live did not start:\n{log.read_text()[-2000:]}")
 
 

@@ -167,12 +167,13 @@ def noisepath_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "backend.cli"]
 
 
-def start_app(bundle: Path, threads: int, log: Path):
-    proc = subprocess.Popen(noisepath_cmd() + ["serve", "--bundle", str(bundle), "--port", "0",
-                                               "--threads", str(threads)],
+def start_serve(options: list[str], log: Path, timeout: float = 120):
+    """`noisepath serve --port 0 OPTIONS` as a child process: (process, port), or None
+    (the process stopped) when it did not print its address within timeout seconds."""
+    proc = subprocess.Popen(noisepath_cmd() + ["serve", "--port", "0"] + options,
                             stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True,
                             cwd=REPO)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         m = re.search(r"Open http://127\.0\.0\.1:(\d+)/", line)
@@ -181,7 +182,14 @@ def start_app(bundle: Path, threads: int, log: Path):
         if not line and proc.poll() is not None:
             break
     stop(proc)
-    raise RuntimeError(f"noisepath serve did not start; see {log}")
+    return None
+
+
+def start_app(bundle: Path, threads: int, log: Path):
+    started = start_serve(["--bundle", str(bundle), "--threads", str(threads)], log)
+    if started is None:
+        raise RuntimeError(f"noisepath serve did not start; see {log}")
+    return started
 
 
 def start_nginx(site: Path, tmp: Path):
