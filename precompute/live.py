@@ -273,12 +273,16 @@ class LiveRunner:
             used[pid] = time.time()
             write_json_atomic(self.live_dir / ".work" / LRU_FILE, used)
 
-    def _used(self) -> dict:
+    def _work_dict(self, name: str) -> dict:
+        """A JSON object kept in the live bundle's .work/ ({} when missing or damaged)."""
         try:
-            data = json.loads((self.live_dir / ".work" / LRU_FILE).read_text())
+            data = json.loads((self.live_dir / ".work" / name).read_text())
             return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
             return {}
+
+    def _used(self) -> dict:
+        return self._work_dict(LRU_FILE)
 
     def evicted_text(self, pid: str) -> str | None:
         """The text of an evicted typed prompt (None: not evicted, or too long ago)."""
@@ -286,11 +290,7 @@ class LiveRunner:
         return text if isinstance(text, str) else None
 
     def _evicted(self) -> dict:
-        try:
-            data = json.loads((self.live_dir / ".work" / EVICTED_FILE).read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
+        return self._work_dict(EVICTED_FILE)
 
     def _remember_evicted(self, pids: list[str]) -> None:
         evicted = self._evicted()
