@@ -17,7 +17,7 @@ from backend.format import (ATTENTION_ARRAY, FILE_NAME, IMAGE_MIMES, MAX_ARRAY_B
                             MAX_GUIDANCE, MAX_SEED, OPTIONAL_IMAGES, REQUIRED_IMAGES,
                             STEP_ARRAYS)
 from backend.validator import (Checker, brief, describe, is_int, is_name, is_number, is_numbers,
-                               is_sha256, is_side_pair, shown)
+                               is_sha256, is_side_pair, listed_document, shown)
 
 DERIVED_KIND = {"noise_pred": "guidance", "attention": "attention_mean"}  # what may be derived
 
@@ -26,16 +26,7 @@ def check_run(c: Checker, rid: str, entry, config: dict, listed_prompts: dict,
               prompts: dict) -> dict | None:
     """The run's manifest, if it could be read (problems carry run_id=rid)."""
     with c.scope(run_id=rid):
-        field_ = f"runs.{shown(rid)}"
-        if not is_name(rid):
-            c.add("bundle.json", field_, "a run id must be a name (letters, digits, - and _), "
-                  "never a path")
-            return None
-        if not (isinstance(entry, dict) and is_sha256(entry.get("sha256"))):
-            c.add("bundle.json", field_, "must be an object with sha256 (64 hex digits)")
-            return None
-        rel = f"runs/{rid}/run.json"
-        m = c.json(rel, entry["sha256"], f"{field_}.sha256")
+        m = listed_document(c, "run", rid, entry, f"runs/{rid}/run.json")
         if m is None:
             return None
         errors = c.errors()

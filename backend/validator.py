@@ -383,18 +383,26 @@ def _check_prompts(c: Checker, prompts: dict) -> dict[str, dict]:
     return valid
 
 
-def _check_prompt(c: Checker, pid: str, entry) -> dict | None:
-    field_ = f"prompts.{shown(pid)}"
-    if not is_name(pid):
-        c.add("bundle.json", field_, "a prompt id must be a name (letters, digits, - and _), "
+def listed_document(c: Checker, kind: str, id_: str, entry, rel: str,
+                    text: bool = False) -> dict | None:
+    """The document bundle.json lists under `<kind>s.<id_>` (an object with sha256, and
+    text when asked), read from rel if the id is a name and the entry well formed."""
+    field_ = f"{kind}s.{shown(id_)}"
+    if not is_name(id_):
+        c.add("bundle.json", field_, f"a {kind} id must be a name (letters, digits, - and _), "
               "never a path")
         return None
-    if not (isinstance(entry, dict) and isinstance(entry.get("text"), str)
+    if not (isinstance(entry, dict) and (not text or isinstance(entry.get("text"), str))
             and is_sha256(entry.get("sha256"))):
-        c.add("bundle.json", field_, "must be an object with text and sha256 (64 hex digits)")
+        c.add("bundle.json", field_, "must be an object with text and sha256 (64 hex digits)"
+              if text else "must be an object with sha256 (64 hex digits)")
         return None
+    return c.json(rel, entry["sha256"], f"{field_}.sha256")
+
+
+def _check_prompt(c: Checker, pid: str, entry) -> dict | None:
     rel = f"prompts/{pid}/prompt.json"
-    p = c.json(rel, entry["sha256"], f"{field_}.sha256")
+    p = listed_document(c, "prompt", pid, entry, rel, text=True)
     if p is None:
         return None
     if p.get("prompt_id") != pid:
