@@ -7,7 +7,6 @@
  * Like model.js it is synchronous: it reads the API cache with `peek` (starting missing
  * fetches) and computes distances once per pair of runs.
  */
-import { d3 } from "./lib.js";
 import { urls } from "./api.js";
 import { alignTokens, callIndex, fmt, runIdFor, splitRanges, wordDiff } from "./data.js";
 import { differenceFrame, imageDistance, latentDistance, spritePixels } from "./difference.js";
@@ -117,13 +116,9 @@ export function createCompareModel(index, api, { picture, runOf, promptData }) {
   function trajectory(state, lanes, runs) {
     const available = (index.trajectories || []).includes(state.seed);
     const json = available ? api.peek(urls.trajectories(state.seed)) : undefined;
-    const base = { step: state.step, T, paths: [], faint: [], showFaint: state.paths, extent: null, method: null };
+    const base = { step: state.step, T, paths: [], faint: [], showFaint: state.paths, method: null };
     if (!available) return { ...base, note: `This bundle has no trajectory map for seed ${state.seed}.` };
     if (!json) return { ...base, note: "Loading the map…" };
-    const extent = pairMemo(json, "extent", () => {
-      const all = Object.values(json.runs).flat();
-      return [[d3.min(all, (p) => p[0]), d3.min(all, (p) => p[1])], [d3.max(all, (p) => p[0]), d3.max(all, (p) => p[1])]];
-    });
     const paths = lanes.map((l, n) => {
       const run = runs[n].run;
       const decoded = run && run.images ? run.images.decoded : null;
@@ -151,7 +146,7 @@ export function createCompareModel(index, api, { picture, runOf, promptData }) {
     }
     const same = runs[0].id && runs[0].id === runs[1].id;
     return {
-      ...base, method: json.method, extent, paths, faint,
+      ...base, method: json.method, paths, faint,
       note: same ? "At guidance 0 both prompts share one run, so their paths are the same." : "",
     };
   }

@@ -253,7 +253,6 @@ export function createModel(index, api) {
       },
       words: prompt ? {
         selected: state.token,
-        keyword: Boolean(variant),
         spans: markHighlights(alignTokens(prompt.json.text, prompt.tokens.real),
           group && group.highlights ? group.highlights[state.prompt] : null),
       } : { selected: null, spans: [] },
