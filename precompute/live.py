@@ -157,8 +157,7 @@ class LiveRunner:
         asked-for scale; should_stop() is asked before the work starts and after every
         step, and when it is true the job stops there with JobCancelled. On any failure or
         cancellation the job's staging folders are removed, so the bundle holds only
-        finished runs (a cancellation during the job's second precompute call keeps the
-        first call's runs, which are finished)."""
+        finished runs."""
         from precompute.prompts import single_prompt_set
         from precompute.run import Options, precompute
 
@@ -176,24 +175,16 @@ class LiveRunner:
             prompt_set = single_prompt_set(prompt, [])
             prompt_set.title, prompt_set.description = LIVE_TITLE, LIVE_DESCRIPTION
             try:
-                for part in self.parts(g, scales):  # the asked-for scale's job first
-                    precompute(prompt_set, self.live_dir, {**self.settings, "seeds": [int(seed)],
-                                                           "guidance_scales": part}, opts)
+                # one sweep: the seed's shared guidance-0 run, when missing, rides along
+                # in the prompt's batched loop (precompute/run.py's shared_job)
+                precompute(prompt_set, self.live_dir, {**self.settings, "seeds": [int(seed)],
+                                                       "guidance_scales": scales}, opts)
             except BaseException:
                 self._remove_staging()
                 raise
             self.touch(prompt_id(prompt))
             self.evict()
         return self.target(prompt, seed, g)
-
-    @staticmethod
-    def parts(guidance_scale: float, scales: list[float]) -> list[list[float]]:
-        """The job's two precompute calls, the one that holds the asked-for scale first:
-        the precompute runs a seed's shared guidance-0 job before the guided one, which
-        would delay the first streamed step by a whole pass."""
-        guided = [s for s in scales if s != 0.0]
-        parts = [[0.0], guided] if guidance_scale == 0.0 else [guided, [0.0]]
-        return [p for p in parts if p and (p != [0.0] or 0.0 in scales)]
 
     def _step_hook(self, guidance_scale: float, on_frame=None, should_stop=None):
         """The loop's on_step: raises JobCancelled when should_stop() is true, and streams

@@ -2,7 +2,10 @@
 
 The unit of work is a *job*: one (prompt, seed) with all its guidance scales, run
 as one batched sweep (precompute/loop.py). A seed's guidance-0 run ignores the
-prompt, so it is one job of its own, shared by every prompt.
+prompt, so it is one run shared by every prompt: the first guided job of the seed
+computes it in its own sweep (one more row of the batched UNet call, instead of a
+second pass of the loop), and a job of its own does it only when no guided job could
+(a prompt set with guidance 0 alone, or the run claimed by another process meanwhile).
 
 Resumable and cooperative by construction:
 - a job whose runs are all in the bundle is skipped, so re-running the same command
@@ -14,6 +17,8 @@ Resumable and cooperative by construction:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -62,8 +67,7 @@ class Job:
 def plan_jobs(prompt_set: PromptSet, settings: dict) -> list[Job]:
     seeds, scales = settings["seeds"], [float(g) for g in settings["guidance_scales"]]
     jobs = []
-    if 0.0 in scales:
-        jobs += [Job(f"s{s}-g0", None, s, [0.0], [run_id(EMPTY_PROMPT_ID, s, 0)]) for s in seeds]
+    """The guided jobs, then the seeds' shared guidance-0 jobs (see `shared_job`)."""
     guided = [g for g in scales if g != 0.0]
     if guided:
         for text in prompt_set.texts:
@@ -72,9 +76,18 @@ def plan_jobs(prompt_set: PromptSet, settings: dict) -> list[Job]:
                      for s in seeds]
     return jobs
 
+    if 0.0 in scales:
+        jobs += [Job(f"s{s}-g0", None, s, [0.0], [run_id(EMPTY_PROMPT_ID, s, 0)]) for s in seeds]
 
 def _say(opts: Options, message: str) -> None:
     print(message, file=opts.log, flush=True)
+def shared_job(job: Job, jobs: list[Job]) -> Job | None:
+    """The seed's shared guidance-0 job that guided `job` can take into its own sweep."""
+    if job.prompt is None:
+        return None
+    return next((j for j in jobs if j.prompt is None and j.seed == job.seed), None)
+
+
 
 
 def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) -> dict:
@@ -159,25 +172,35 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
     for job in jobs:
         if all(writer.has_run(r) for r in job.run_ids):
             continue
-        with writer.claim(job.key) as mine:
-            if not mine:
+        with contextlib.ExitStack() as claims:
+            if not claims.enter_context(writer.claim(job.key)):
                 skipped_busy += 1
                 continue
             if all(writer.has_run(r) for r in job.run_ids):  # finished while we waited
                 continue
             steps = tqdm(total=settings["num_inference_steps"], unit="step", leave=False,
                          desc=f"seed {job.seed}: {(job.prompt or '(empty prompt)')[:40]}",
+            scales, rids = job.guidance_scales, job.run_ids
+            shared = shared_job(job, jobs)
+            if shared is not None and not writer.has_run(shared.run_ids[0]) \
+                    and claims.enter_context(writer.claim(shared.key)) \
+                    and not writer.has_run(shared.run_ids[0]):
+                scales, rids = [0.0, *scales], [*shared.run_ids, *rids]
                          disable=not opts.progress, file=opts.log)
             results = loop.run_guidance_sweep(
-                components, job.prompt, job.seed, job.guidance_scales,
+                components, job.prompt, job.seed, scales,
                 settings["num_inference_steps"], settings["height"], settings["width"],
                 capture_attention=True, attention_levels=settings.get("attention_levels"),
                 progress=steps, on_step=opts.on_step)
             steps.close()
             # stage every run of the job, then publish them back to back: a kill
             # almost never splits a job, and a finished run is never replaced
+            # the guidance-0 run uses the unconditional branch only: it is the seed's
+            # shared run whichever prompt's sweep computed it
+            results = [dataclasses.replace(r, prompt=None) if r.guidance_scale == 0.0 else r
+                       for r in results]
             staged = [_stage_result(writer, components, result, rid, settings, opts)
-                      for result, rid in zip(results, job.run_ids) if not writer.has_run(rid)]
+                      for result, rid in zip(results, rids) if not writer.has_run(rid)]
             for folder, target in staged:
                 if writer.publish([(folder, target)]):
                     computed += 1

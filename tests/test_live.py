@@ -324,9 +324,22 @@ def live(tmp_path_factory):
     live_dir = tmp_path_factory.mktemp("live") / "bundle"
     svc = make_service(str(DEMO_MODEL), "cpu", live_dir, index["config"],
                        index["guidance_scales"], FRONTEND, steps=STEPS, max_queue=4,
-                       per_client=2, max_prompts=2, threads=1)
+                       per_client=2, max_prompts=2, threads=1, shipped_dir=DEMO_BUNDLE)
     app = create_app({"BUNDLE_DIR": DEMO_BUNDLE, "LIVE": svc})
     return svc, app.test_client(), live_dir
+
+
+@pytest.mark.slow
+def test_with_other_settings_the_box_offers_the_shipped_prompts_to_run_live(live):
+    """2 steps a run is not the shipped bundle's 50: its runs cannot join the live bundle,
+    so the info says which setting differs and lists the shipped texts (the box offers
+    them: run in the live settings, they compare with a typed prompt)."""
+    _, client, _ = live
+    shipped = client.get("/api/live/info.json").get_json()["shipped"]
+    texts = sorted(json.loads(f.read_text())["text"]
+                   for f in (DEMO_BUNDLE / "prompts").glob("*/prompt.json"))
+    assert shipped == {"in_live_bundle": False, "differs_in": ["num_inference_steps"],
+                       "texts": [t for t in texts if t]}
 
 
 def check_valid(root: Path):
@@ -541,6 +554,9 @@ def test_the_url_of_a_run_recomputes_it_from_its_text_after_the_live_folder_is_g
     assert done["state"] == "done"
     url = "/" + done["open"]
     assert "text=a%20red%20kite" in url and runner.evicted == {}
+    r = client.post("/api/live/jobs", json={"prompt": "a red kite", "seed": 4, "guidance_scale": 0})
+    zero = wait_state(client, r.get_json()["id"])
+    assert zero["state"] == "done"
     shutil.rmtree(runner.live_dir, ignore_errors=True)  # the user cleared the cache
     bundle["holds_runs"] = False
     r = client.get(url, headers={"Sec-Fetch-Site": "none", "Sec-Fetch-Dest": "document"})
@@ -556,7 +572,12 @@ def test_the_url_of_a_run_recomputes_it_from_its_text_after_the_live_folder_is_g
                        (prompt_id(long), long)]:
         crafted = f"/live/?prompt={pid_}&seed=5&guidance=3&text={text}"
         assert client.get(crafted).status_code == 404, text  # no job; no live bundle here
-    assert len(svc.jobs) == 2
+    assert len(svc.jobs) == 3
+    # guidance 0: the run is the seed's shared one ("empty"), the link still names the
+    # typed prompt, so the page shows it and the URL computes it again
+    assert zero["run_id"].startswith("empty--s4") and f"prompt={pid}&" in zero["open"]
+    r = client.get("/" + zero["open"], headers={"Sec-Fetch-Site": "none", "Sec-Fetch-Dest": "document"})
+    assert r.status_code == 303 and len(svc.jobs) == 4
     # another site's link never queues work, even with the right text
     assert client.get(url.replace("seed=4", "seed=6"), headers={
         "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Dest": "document"}).status_code == 404
@@ -627,6 +648,8 @@ def test_a_typed_prompt_joins_the_shipped_runs_of_its_seed(tmp_path):
     svc = make_service(str(DEMO_MODEL), "cpu", tmp_path / "live", index["config"],
                        index["guidance_scales"], FRONTEND, threads=1, shipped_dir=DEMO_BUNDLE)
     client = create_app({"BUNDLE_DIR": DEMO_BUNDLE, "LIVE": svc}).test_client()
+    assert client.get("/api/live/info.json").get_json()["shipped"] == {
+        "in_live_bundle": True, "differs_in": [], "texts": []}
     status = wait_state(client, post(client, {"prompt": "a red star in the middle", "seed": 1,
                                               "guidance_scale": 3}).get_json()["id"])
     assert status["state"] == "done", status
@@ -640,12 +663,3 @@ def test_a_typed_prompt_joins_the_shipped_runs_of_its_seed(tmp_path):
     lookup = client.get("/api/index.json").get_json()["run_lookup"]
     assert status["run_id"] in runs and lookup[shipped]["1"]["3"] in runs
     check_valid(tmp_path / "live")
-
-
-def test_the_asked_for_scale_is_computed_first():
-    """The first streamed step must not wait for the seed's guidance-0 pass."""
-    from precompute.live import LiveRunner
-
-    assert LiveRunner.parts(3.0, [0.0, 1.0, 3.0, 7.0]) == [[1.0, 3.0, 7.0], [0.0]]
-    assert LiveRunner.parts(0.0, [0.0, 1.0, 7.0]) == [[0.0], [1.0, 7.0]]
-    assert LiveRunner.parts(3.0, [1.0, 3.0]) == [[1.0, 3.0]]

@@ -443,4 +443,61 @@ def test_rerunning_the_demo_precompute_on_the_shipped_bundle_refuses_and_compute
     assert summary["computed"] == 0 and summary["already_done"] == summary["total"] == 237
     assert differing(out, ROOT / "static" / "demo-bundle") in ([], ["bundle.json"])  # the
     # index is rebuilt from the files; every run, prompt and config.json is left as it was
+
+
+def _precompute_in_process(out, seeds, scales, hold=None):
+    """precompute one prompt on the tiny model in this process, counting the loop's
+    passes; `hold` names a job whose claim another process (here: this test) holds."""
+    import contextlib
+    import io
+
+    from precompute import loop
+    from precompute.prompts import single_prompt_set
+    from precompute.run import Options, precompute
+    from precompute.writer import file_lock
+
+    passes = []
+    sweep = loop.run_guidance_sweep
+
+    def counting(components, prompt, seed, guidance_scales, *args, **kwargs):
+        passes.append((prompt, seed, list(guidance_scales)))
+        return sweep(components, prompt, seed, guidance_scales, *args, **kwargs)
+
+    settings = {"model": str(tiny_pipeline_path("sd15")), "scheduler": "euler",
+                "num_inference_steps": 3, "height": 16, "width": 16, "seeds": seeds,
+                "guidance_scales": scales}
+    held = file_lock(out / ".work" / f"{hold}.claim", blocking=False) if hold \
+        else contextlib.nullcontext(True)
+    (out / ".work").mkdir(parents=True, exist_ok=True)
+    loop.run_guidance_sweep = counting
+    try:
+        with held as mine:
+            assert mine
+            precompute(single_prompt_set("a red circle", []), out, settings,
+                       Options(device="cpu", projection="pca", progress=False, log=io.StringIO()))
+    finally:
+        loop.run_guidance_sweep = sweep
+    return passes
+
+
+def test_the_seeds_guidance_zero_run_rides_in_the_first_guided_sweep(tmp_path):
+    """One pass of the loop per (prompt, seed): the shared guidance-0 run is one more row
+    of the first guided job's batch, written as the seed's shared run (the empty prompt's)."""
+    out = tmp_path / "b"
+    passes = _precompute_in_process(out, [1, 2], [0, 1, 5])
+    assert passes == [("a red circle", 1, [0.0, 1.0, 5.0]), ("a red circle", 2, [0.0, 1.0, 5.0])]
+    assert validate_bundle(out, checksums=True) == []
+    index = json.loads((out / "bundle.json").read_text())
+    shared = [r for r, e in index["runs"].items() if e["guidance_scale"] == 0]
+    assert len(shared) == 2 and all(index["runs"][r]["prompt_id"] == "empty" for r in shared)
+
+
+def test_a_shared_run_claimed_elsewhere_is_left_to_its_own_job(tmp_path):
+    """While another process holds seed 1's guidance-0 claim, the guided job runs without
+    it and the shared job is skipped as busy; a rerun then computes it alone."""
+    out = tmp_path / "b"
+    assert _precompute_in_process(out, [1], [0, 1, 5], hold="s1-g0") == [
+        ("a red circle", 1, [1.0, 5.0])]
+    assert _precompute_in_process(out, [1], [0, 1, 5]) == [(None, 1, [0.0])]
+    assert len(json.loads((out / "bundle.json").read_text())["runs"]) == 3
     run.check_existing_noise(out, torch.device("cpu"))  # a new run would be accepted on a CPU
