@@ -20,6 +20,7 @@ field by field (4xx JSON otherwise), and POSTs from another site are refused (Or
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import math
 import threading
@@ -44,6 +45,7 @@ KEPT_FRAMES = 8          # finished jobs whose streamed frames stay in memory (t
 FIELDS = {"prompt", "seed", "guidance_scale"}
 MOUNT = "/live"          # the live bundle's app
 LIVE_HEADER = "Noisepath-Live"  # on every answer of a --live server: the page shows its box
+MAX_SHIPPED_TEXTS = 500  # shipped prompts the box offers when they are not in the live bundle
 
 
 @dataclass
@@ -168,8 +170,12 @@ class LiveService:
         text = " ".join(text.split())
         if not pid or not text or len(text) > MAX_PROMPT_CHARS:
             return None
-        rid = self.runner.target(text, 0, 1.0)  # not guidance 0: its runs share "empty"
-        return text if prompt_of(rid) == pid else None
+        return text if self.prompt_id(text) == pid else None
+
+    def prompt_id(self, text: str) -> str:
+        """The id of a typed prompt (its run ids start with it, but for guidance 0,
+        whose runs every prompt of a seed shares as `empty`)."""
+        return prompt_of(self.runner.target(text, 0, 1.0))
 
     def retry_after(self, ahead: int) -> int:
         return max(1, math.ceil(self.seconds_per_job * (ahead + 1)))
@@ -258,7 +264,9 @@ class LiveService:
             "ahead": self.ahead(job), "steps_done": job.steps_done,
             "num_inference_steps": job.total or self.info.get("num_inference_steps"),
             "error": job.error, "words": job.words,
-            "open": (f"live/?prompt={prompt_of(job.run_id)}&seed={job.seed}"
+            # the typed prompt's id even at guidance 0, so the page shows that prompt and
+            # the URL can compute it again from its text
+            "open": (f"live/?prompt={self.prompt_id(job.prompt)}&seed={job.seed}"
                      f"&guidance={format_number(job.guidance_scale)}"
                      f"&text={quote(job.prompt, safe='')}") if done else None,
         }
@@ -527,6 +535,7 @@ def make_service(model, device: str, live_dir, shipped_config: dict, shipped_sca
     def make_app(root):
         if not (Path(root) / "bundle.json").exists():
             return None
+    shipped = shipped_prompts(runner, settings, shipped_config, shipped_dir)
         return create_app({"BUNDLE_DIR": root, "FRONTEND_DIR": frontend_dir,
                            "SKIP_INVALID": True, "ALLOWED_HOSTS": ["*"]})
     default_g = shipped_config.get("default_guidance_scale") if same_model else None
@@ -535,4 +544,29 @@ def make_service(model, device: str, live_dir, shipped_config: dict, shipped_sca
                              "num_inference_steps": settings["num_inference_steps"],
                              "scheduler": settings["scheduler"],
                              "demo_model": same_model and settings["model"] == "static/demo-model",
-                             "default_guidance_scale": default_g if default_g is not None else 7.0})
+                             "default_guidance_scale": default_g if default_g is not None else 7.0,
+                             "shipped": shipped})
+
+
+def shipped_prompts(runner, settings: dict, shipped_config: dict, shipped_dir) -> dict:
+    """Whether the shipped prompts are in the live bundle (seeded: same settings), and
+    when not, which settings differ and the shipped texts, which the prompt box offers
+    so that a typed prompt can be compared with a shipped one run in the live settings."""
+    from pathlib import Path
+
+    from precompute.writer import CONFIG_IDENTITY_KEYS
+
+    seeded = bool(runner._shipped())
+    differs = [k for k in CONFIG_IDENTITY_KEYS if k != "dtype"
+               and shipped_config.get(k) != settings.get(k)]
+    texts = []
+    if not seeded and shipped_dir is not None:
+        for f in sorted(Path(shipped_dir).glob("prompts/*/prompt.json"))[:MAX_SHIPPED_TEXTS]:
+            try:
+                text = json.loads(f.read_text(encoding="utf-8")).get("text")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(text, str) and text.strip():
+                texts.append(text)
+    return {"in_live_bundle": seeded, "differs_in": [] if seeded else differs,
+            "texts": sorted(texts)}

@@ -143,6 +143,37 @@ def test_a_typed_prompt_streams_its_steps_then_opens_as_a_run(page, live_url, sh
     page.screenshot(path=str(shots / "live-compare.png"))
 
 
+def test_with_other_settings_the_box_offers_the_shipped_prompts(page, live_url, shots):
+    """A live server whose settings differ from the shipped bundle's (info.shipped, as
+    tests/test_live.py checks the server says it) offers the shipped texts in the box."""
+    texts = ["a red circle on the left", "a blue square in the middle"]
+
+    def other_settings(route):
+        info = route.fetch().json()
+        info["shipped"] = {"in_live_bundle": False, "differs_in": ["num_inference_steps"],
+                           "texts": texts}
+        route.fulfill(json=info)
+
+    page.route("**/api/live/info.json", other_settings)
+    for width, height in [(390, 844), (1366, 768)]:
+        page.set_viewport_size({"width": width, "height": height})
+        page.goto(live_url)
+        wait_ready(page)
+        assert page.locator("#live-text").get_attribute("list") == "live-shipped"
+        options = page.locator("#live-shipped option")
+        assert [options.nth(i).get_attribute("value") for i in range(options.count())] == texts
+        note = page.locator(".live-note").inner_text()
+        assert "another number of steps" in note and "compare" in note
+        page.locator("#live-prompt").screenshot(path=str(shots / f"live-shipped-offer-{width}.png"))
+
+
+def test_with_the_shipped_settings_the_box_offers_nothing_more(page, live_url):
+    page.goto(live_url)
+    wait_ready(page)
+    assert page.locator("#live-text").get_attribute("list") is None
+    assert page.locator(".live-note").count() == 0
+
+
 @pytest.mark.slow
 def test_steps_arrive_one_by_one(page, live_url):
     """Every step's frame is fetched while the job runs (not all at the end)."""

@@ -23,6 +23,30 @@ function appRoot() {
   return /\/live\/$/.test(window.location.pathname) ? "../" : "./";
 }
 
+/** Settings' names as the page says them. */
+const SETTING_WORDS = {
+  model: "model", scheduler: "scheduler", num_inference_steps: "number of steps",
+  height: "image height", width: "image width", image_size: "frame size",
+  storage: "storage", attention_levels: "attention levels",
+};
+
+/**
+ * When the shipped prompts were made with other settings than live runs use (another
+ * step count or model), their runs cannot sit beside a typed one: the box offers their
+ * texts, so one runs in the live settings and then compares with a typed prompt.
+ */
+function offerShipped(form, input, shipped) {
+  if (!shipped || shipped.in_live_bundle || !(shipped.texts || []).length) return;
+  const list = form.append("datalist").attr("id", "live-shipped");
+  list.selectAll("option").data(shipped.texts).join("option").attr("value", (d) => d);
+  input.attr("list", "live-shipped");
+  const differs = (shipped.differs_in || []).map((k) => SETTING_WORDS[k] || k);
+  form.append("p").attr("class", "live-note muted")
+    .text(`The shipped prompts were made with another ${differs.join(" and ") || "setting"}, `
+      + "so they do not compare with runs typed here: pick one from this box's suggestions "
+      + "to run it here, then compare.");
+}
+
 export async function livePrompt(host, { seed = 1, guidance = 7, job = null } = {}) {
   let info = null;
   try {
@@ -48,6 +72,7 @@ export async function livePrompt(host, { seed = 1, guidance = 7, job = null } = 
   const text = form.append("input").attr("id", "live-text").attr("type", "text")
     .attr("maxlength", 1000).attr("autocomplete", "off").attr("enterkeyhint", "go")
     .attr("placeholder", "e.g. a blue star on a yellow background");
+  offerShipped(form, text, info.shipped);
   const row = form.append("div").attr("class", "live-row");
   const number = (label, id, value, attrs) => {
     const l = row.append("label").attr("for", id).text(label);
