@@ -44,8 +44,8 @@ KEPT_JOBS = 200          # finished jobs whose status stays answerable
 KEPT_FRAMES = 8          # finished jobs whose streamed frames stay in memory (the newest)
 FIELDS = {"prompt", "seed", "guidance_scale"}
 MOUNT = "/live"          # the live bundle's app
-LIVE_HEADER = "Noisepath-Live"  # on every answer of a --live server: the page shows its box
 MAX_SHIPPED_TEXTS = 500  # shipped prompts the box offers when they are not in the live bundle
+LIVE_HEADER = "Noisepath-Live"  # on every answer of a --live server: the page shows its box
 
 
 @dataclass
@@ -531,11 +531,11 @@ def make_service(model, device: str, live_dir, shipped_config: dict, shipped_sca
     runner.load()
     if shipped_dir is not None:
         runner.seed_from(shipped_dir)  # same settings: typed and shipped prompts compare
+    shipped = shipped_prompts(runner, settings, shipped_config, shipped_dir)
 
     def make_app(root):
         if not (Path(root) / "bundle.json").exists():
             return None
-    shipped = shipped_prompts(runner, settings, shipped_config, shipped_dir)
         return create_app({"BUNDLE_DIR": root, "FRONTEND_DIR": frontend_dir,
                            "SKIP_INVALID": True, "ALLOWED_HOSTS": ["*"]})
     default_g = shipped_config.get("default_guidance_scale") if same_model else None

@@ -65,22 +65,20 @@ class Job:
 
 
 def plan_jobs(prompt_set: PromptSet, settings: dict) -> list[Job]:
+    """The guided jobs, then the seeds' shared guidance-0 jobs (see `shared_job`)."""
     seeds, scales = settings["seeds"], [float(g) for g in settings["guidance_scales"]]
     jobs = []
-    """The guided jobs, then the seeds' shared guidance-0 jobs (see `shared_job`)."""
     guided = [g for g in scales if g != 0.0]
     if guided:
         for text in prompt_set.texts:
             pid = prompt_id(text)
             jobs += [Job(f"{pid}--s{s}", text, s, guided, [run_id(pid, s, g) for g in guided])
                      for s in seeds]
-    return jobs
-
     if 0.0 in scales:
         jobs += [Job(f"s{s}-g0", None, s, [0.0], [run_id(EMPTY_PROMPT_ID, s, 0)]) for s in seeds]
+    return jobs
 
-def _say(opts: Options, message: str) -> None:
-    print(message, file=opts.log, flush=True)
+
 def shared_job(job: Job, jobs: list[Job]) -> Job | None:
     """The seed's shared guidance-0 job that guided `job` can take into its own sweep."""
     if job.prompt is None:
@@ -88,6 +86,8 @@ def shared_job(job: Job, jobs: list[Job]) -> Job | None:
     return next((j for j in jobs if j.prompt is None and j.seed == job.seed), None)
 
 
+def _say(opts: Options, message: str) -> None:
+    print(message, file=opts.log, flush=True)
 
 
 def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) -> dict:
@@ -178,14 +178,14 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
                 continue
             if all(writer.has_run(r) for r in job.run_ids):  # finished while we waited
                 continue
-            steps = tqdm(total=settings["num_inference_steps"], unit="step", leave=False,
-                         desc=f"seed {job.seed}: {(job.prompt or '(empty prompt)')[:40]}",
             scales, rids = job.guidance_scales, job.run_ids
             shared = shared_job(job, jobs)
             if shared is not None and not writer.has_run(shared.run_ids[0]) \
                     and claims.enter_context(writer.claim(shared.key)) \
                     and not writer.has_run(shared.run_ids[0]):
                 scales, rids = [0.0, *scales], [*shared.run_ids, *rids]
+            steps = tqdm(total=settings["num_inference_steps"], unit="step", leave=False,
+                         desc=f"seed {job.seed}: {(job.prompt or '(empty prompt)')[:40]}",
                          disable=not opts.progress, file=opts.log)
             results = loop.run_guidance_sweep(
                 components, job.prompt, job.seed, scales,
@@ -193,12 +193,12 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
                 capture_attention=True, attention_levels=settings.get("attention_levels"),
                 progress=steps, on_step=opts.on_step)
             steps.close()
-            # stage every run of the job, then publish them back to back: a kill
-            # almost never splits a job, and a finished run is never replaced
             # the guidance-0 run uses the unconditional branch only: it is the seed's
             # shared run whichever prompt's sweep computed it
             results = [dataclasses.replace(r, prompt=None) if r.guidance_scale == 0.0 else r
                        for r in results]
+            # stage every run of the job, then publish them back to back: a kill
+            # almost never splits a job, and a finished run is never replaced
             staged = [_stage_result(writer, components, result, rid, settings, opts)
                       for result, rid in zip(results, rids) if not writer.has_run(rid)]
             for folder, target in staged:
