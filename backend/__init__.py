@@ -33,7 +33,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     FAST_PATH (answer API documents without Flask's request machinery; same responses),
     ALLOWED_HOSTS (the Host names answered, with any port; others get 400 JSON against
     DNS rebinding; default the loopback names, "*" answers any; see backend/hosts.py),
-    LIVE (a backend.live.LiveService: typed prompts, `noisepath serve --live`; default None).
+    LIVE (a backend.live.LiveService: typed prompts, `noisepath serve --live`; default None),
+    SPEECH (with LIVE: a backend.speech.SpeechService, spoken prompts; default None).
     """
     from flask import Flask  # here, so that `noisepath` starts (and takes Ctrl+C) quickly
 

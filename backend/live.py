@@ -32,6 +32,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
 from backend.errors import error_response
+from backend.speech import speech_info
 
 bp = Blueprint("live", __name__, url_prefix="/api/live")
 log = logging.getLogger("noisepath.live")
@@ -366,6 +367,7 @@ def info():
         "max_guidance_scale": svc.max_guidance, "guidance_scales": svc.runner.base_scales,
         "queue": {"waiting": len(svc.queue), "max": svc.max_queue,
                   "per_client": svc.per_client},
+        "speech": speech_info(current_app),
     }))
 
 
@@ -488,6 +490,8 @@ class LiveMount:
 def init_app(app) -> None:
     """Register the live API and mount the live bundle (create_app, with LIVE set)."""
     app.register_blueprint(bp)
+    from backend import speech
+    speech.init_app(app)  # POST api/live/speech: a spoken prompt (backend/speech.py)
     app.wsgi_app = LiveMount(app.wsgi_app, app.config["LIVE"])
 
 

@@ -192,14 +192,15 @@ def run(args) -> int:
 def start(args):
     """The listening server, its URLs and the store; or an exit code after a message."""
     lan = lan_addresses() if args.host in ALL_INTERFACES else []
-    live = None
+    live = speech = None
     if getattr(args, "live", False):
         live = start_live(args)
         if isinstance(live, int):
             return live
+        speech = start_speech()
     try:
         app = create_app({"BUNDLE_DIR": args.bundle, "CHECKSUMS": args.checksums,
-                          "SKIP_INVALID": args.skip_invalid, "LIVE": live,
+                          "SKIP_INVALID": args.skip_invalid, "LIVE": live, "SPEECH": speech,
                           "ALLOWED_HOSTS": allowed_hosts(args.host, lan, args.allowed_host)})
     except BundleError as e:
         if not args.bundle.exists() and args.bundle.resolve() == DEFAULT_BUNDLE.resolve():
@@ -265,6 +266,18 @@ def start_live(args):
         print(f"noisepath serve: --live cannot load {args.model}: "
               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 1
+
+
+def start_speech():
+    """The spoken-prompt recognizer of --live (backend/speech.py), or None after a line
+    saying what to install (the page then says it too)."""
+    from backend.speech import make_speech, missing_library
+
+    problem = missing_library()
+    if problem:
+        print(f"note: {problem}", file=sys.stderr)
+        return None
+    return make_speech()
 
 
 def serve(server, addresses: list[str], store, open_browser: bool) -> int:

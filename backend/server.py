@@ -41,12 +41,13 @@ REQUEST_TIMEOUT = 20         # seconds from a request's first byte to its end
 IDLE_TIMEOUT = 30            # seconds a connection may wait without a request
 CLEANUP_INTERVAL = 1         # seconds between checks of the timeouts
 MAX_HEADER_BYTES = 64 << 10  # browsers send a few KiB
-MAX_BODY_BYTES = 64 << 10    # the app reads no request bodies
+MAX_BODY_BYTES = 2 << 20     # a spoken clip (backend/speech.py's MAX_UPLOAD); JSON bodies
+                             # are limited by the app (backend/live.py)
 log = logging.getLogger("noisepath.server")
 
 _HINTS = {
     400: "the request could not be read as HTTP/1.1",
-    413: "the app reads no request bodies",
+    413: "the app reads request bodies of at most 2 MB",
     431: "the request's headers are too large",
 }
 
