@@ -2,7 +2,8 @@
 
 `load_components` wraps `StableDiffusionPipeline.from_pretrained` (any SD 1.x / 2.x
 checkpoint, hub id or local folder, epsilon or v-prediction) and picks device and
-dtype; `make_scheduler` swaps in one of the schedulers the explainer supports, built
+dtype. It runs the checkpoint's own scheduler unless one is named (`checkpoint_scheduler`
+says which of ours that is); `make_scheduler` swaps in a named one, built
 from the checkpoint's own scheduler config so that `prediction_type`,
 `timestep_spacing`, `rescale_betas_zero_snr`, betas etc. carry over, exactly as
 `DDIMScheduler.from_config(pipe.scheduler.config)` does in diffusers: a key the config
@@ -12,27 +13,52 @@ schedule is refused, never silently changed.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import diffusers
 from diffusers import (
     DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2DiscreteScheduler,
     LMSDiscreteScheduler,
+    PNDMScheduler,
     StableDiffusionPipeline,
+    UniPCMultistepScheduler,
 )
 
-# name -> scheduler class. All three return `pred_original_sample` from `step()` and
-# need exactly one model call per step, which is what the per-step record assumes.
+# name -> (scheduler class, the config keys the name fixes). The loop records one entry per
+# UNet call (precompute/loop.py): heun, kdpm2 and pndm make more calls than steps.
 SCHEDULERS = {
-    "lms": LMSDiscreteScheduler,
-    "ddim": DDIMScheduler,
-    "euler": EulerDiscreteScheduler,
+    "pndm": (PNDMScheduler, {}),  # SD 1.x's own (PLMS; PRK warm-up unless skip_prk_steps)
+    "lms": (LMSDiscreteScheduler, {}),
+    "ddim": (DDIMScheduler, {}),  # eta > 0 (the "eta" setting) makes it stochastic
+    "ddpm": (DDPMScheduler, {}),  # stochastic
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),  # stochastic
+    "heun": (HeunDiscreteScheduler, {}),  # two UNet calls per step
+    "kdpm2": (KDPM2DiscreteScheduler, {}),  # two UNet calls per step
+    "dpmpp_2m": (DPMSolverMultistepScheduler,
+                 {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False}),
+    "dpmpp_2m_karras": (DPMSolverMultistepScheduler,
+                        {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                         "use_karras_sigmas": True}),
+    "unipc": (UniPCMultistepScheduler, {}),
 }
+# Schedulers whose latent is x0 + sigma * noise (Karras et al. 2022's parametrization; the
+# UNet sees it divided by sqrt(sigma^2 + 1)): the bundle records their sigmas. The others'
+# latent is sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise, as the UNet sees it.
+SIGMA_LATENTS = ("lms", "euler", "euler_a", "heun", "kdpm2")
 
 DTYPES = {
     "fp16": torch.float16, "float16": torch.float16,
@@ -64,28 +90,75 @@ def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
 
 
 def make_scheduler(name: str, base_config: dict):
-    """A fresh scheduler of kind `name` configured from the checkpoint's scheduler config."""
+    """A fresh scheduler of kind `name` configured from the checkpoint's scheduler config
+    (betas, prediction_type, timestep_spacing...), plus the keys the name fixes (dpmpp_2m's
+    solver)."""
     if name not in SCHEDULERS:
-        raise ValueError(
-            f"scheduler {name!r} is not supported; use one of {sorted(SCHEDULERS)}. The "
-            "precompute records one model call and one pred_original_sample per step, so "
-            "multi-call schedulers (pndm, heun, kdpm2) and multistep solvers that do not "
-            "return pred_original_sample (dpm++, unipc) are left out."
-        )
-    scheduler_class = SCHEDULERS[name]
+        raise ValueError(f"scheduler {name!r} is not supported; use one of "
+                         f"{', '.join(SCHEDULERS)}")
+    scheduler_class, fixed = SCHEDULERS[name]
     # As DDIMScheduler.from_config(pipe.scheduler.config) in diffusers: a key the checkpoint's
     # config file omits (diffusers lists those in `_use_default_values`) takes the class's
     # default, e.g. DDIM's clip_sample=True (SD checkpoints' own configs say False; clipping
     # x0 to [-1, 1] in latent space hurts their images, and the precompute says so).
     for key in SCHEDULE_KEYS:
         if base_config.get(key) and key not in _init_keys(scheduler_class):
-            able = sorted(n for n, c in SCHEDULERS.items() if key in _init_keys(c))
+            able = [n for n, (c, _) in SCHEDULERS.items() if key in _init_keys(c)]
             raise ValueError(
                 f"scheduler {name!r} cannot follow this checkpoint's scheduler config: it sets "
                 f"{key}={base_config[key]!r}, which diffusers' {scheduler_class.__name__} does "
                 f"not support, and dropping it would sample another noise schedule than the "
-                f"model's; use {' or '.join(able)}")
-    return scheduler_class.from_config(dict(base_config))
+                f"model's; use {', '.join(able[:-1])} or {able[-1]}")
+    with quiet_diffusers():
+        return scheduler_class.from_config({**base_config, **fixed})
+
+
+@contextlib.contextmanager
+def quiet_diffusers():
+    """KDPM2's set_timesteps calls np.interp on torch tensors, which NumPy 2 deprecates
+    (diffusers 0.42); the result is right, the warning is diffusers' to fix."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "__array_wrap__", DeprecationWarning)
+        yield
+
+
+def name_of(scheduler_class, config) -> str | None:
+    """Our name for a scheduler class with this config, or None when we have none."""
+    for name, (cls, fixed) in SCHEDULERS.items():
+        if cls is scheduler_class and all(config.get(k, _default(cls, k)) == v
+                                          for k, v in fixed.items()):
+            return name
+    return None
+
+
+def _default(scheduler_class, key):
+    """diffusers' default for a config key (what a config file that omits it gets)."""
+    return inspect.signature(scheduler_class.__init__).parameters[key].default
+
+
+def checkpoint_scheduler(model) -> str:
+    """The name of the checkpoint's own scheduler (model_index.json's class, its
+    scheduler/scheduler_config.json), read without loading the model; ValueError when the
+    precompute cannot record it."""
+    index = StableDiffusionPipeline.load_config(str(model))  # model_index.json
+    class_name = (index.get("scheduler") or [None, None])[1]
+    scheduler_class = getattr(diffusers, str(class_name), None)
+    config = scheduler_class.load_config(str(model), subfolder="scheduler") \
+        if scheduler_class is not None else {}
+    return _own_name(scheduler_class or class_name, config)
+
+
+def _own_name(scheduler_class, config) -> str:
+    name = name_of(scheduler_class, config)
+    if name is None:
+        solver = {k: config.get(k) for k in ("algorithm_type", "solver_order", "use_karras_sigmas")
+                  if k in config}
+        raise ValueError(
+            f"the checkpoint's own scheduler ({getattr(scheduler_class, '__name__', scheduler_class)}"
+            f"{' ' + str(solver) if solver else ''}) is not one the precompute can record; name "
+            f"one with --scheduler (or scheduler = \"...\" in the prompt file): "
+            f"{', '.join(SCHEDULERS)}")
+    return name
 
 
 # Scheduler config keys that change the noise schedule itself (the alphas_cumprod the model
@@ -114,10 +187,12 @@ def check_device(device: str) -> torch.device:
 
 
 def scheduler_name(scheduler) -> str:
-    for name, scheduler_class in SCHEDULERS.items():
-        if type(scheduler) is scheduler_class:
-            return name
-    raise ValueError(f"unsupported scheduler {type(scheduler).__name__}; use one of {sorted(SCHEDULERS)}")
+    """Our name for a scheduler object, or ValueError naming the supported ones."""
+    name = name_of(type(scheduler), scheduler.config)
+    if name is None:
+        raise ValueError(f"unsupported scheduler {type(scheduler).__name__}; use one of "
+                         f"{', '.join(SCHEDULERS)}")
+    return name
 
 
 @dataclass
@@ -192,8 +267,9 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
-def load_components(model: str, device="auto", dtype="auto", scheduler="lms") -> Components:
-    """Load any diffusers SD checkpoint (hub id or folder) and swap in `scheduler`."""
+def load_components(model: str, device="auto", dtype="auto", scheduler=None) -> Components:
+    """Load any diffusers SD checkpoint (hub id or folder) and swap in `scheduler` (None:
+    keep the checkpoint's own, if the precompute can record it)."""
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
     # The safety checker only looks at final images; the explainer shows every step
@@ -210,7 +286,8 @@ def load_components(model: str, device="auto", dtype="auto", scheduler="lms") ->
         text_encoder=pipe.text_encoder,
         unet=pipe.unet,
         vae=pipe.vae,
-        scheduler=make_scheduler(scheduler, pipe.scheduler.config),
+        scheduler=make_scheduler(scheduler or _own_name(type(pipe.scheduler), pipe.scheduler.config),
+                                 pipe.scheduler.config),
         device=device,
         dtype=dtype,
         model_id=str(model),
