@@ -12,9 +12,12 @@
  * A live/ URL of a typed prompt that the cache evicted is sent here by the server with
  * ?live_job=<id> (its job queued again): the box then watches that job as if typed.
  *
+ * The microphone button and clip picker beside the box are views/speech-input.js's.
+ *
  * Usage: livePrompt(d3.select("#live-prompt"), { seed, guidance, job })
  */
 import { urls, postJson } from "../api.js";
+import { speechInput } from "./speech-input.js";
 
 const POLL_MS = 200;
 
@@ -86,6 +89,7 @@ export async function livePrompt(host, { seed = 1, guidance = 7, job = null } = 
   const run = row.append("button").attr("type", "submit").attr("class", "button").text("Run");
   const status = host.append("p").attr("class", "live-status").attr("role", "status")
     .attr("aria-live", "polite");
+  const speechPanel = host.append("div").attr("class", "speech-panel").attr("hidden", true);
   const wordsLine = host.append("p").attr("class", "live-words").attr("hidden", true);
   const frames = host.append("div").attr("class", "live-frames").attr("hidden", true);
   const latent = frames.append("figure");
@@ -105,6 +109,9 @@ export async function livePrompt(host, { seed = 1, guidance = 7, job = null } = 
   });
 
   const say = (message, isError = false) => status.text(message).classed("error", isError);
+  // a spoken prompt fills the box and runs as typed (views/speech-input.js)
+  speechInput(row, speechPanel, { info: info.speech, text, say,
+    run: () => form.node().requestSubmit() });
 
   /** Which typed words the tokenizer has whole, and which it splits into pieces. */
   function showWords(words) {

@@ -1,0 +1,251 @@
+/**
+ * Say a prompt (`noisepath serve --live` with the [speech] extra): a microphone button
+ * and a file picker beside the live prompt box. The clip is recorded with Web Audio (or
+ * read from the picked file, in any format the browser decodes), resampled to 16 kHz
+ * mono and sent as WAV to api/live/speech (docs/api.md, "Spoken prompts"), so the server
+ * needs no ffmpeg. The page then shows what the recognizer worked on and what it chose:
+ * the waveform, its mel spectrogram, and the transcript with each word's confidence.
+ * An understood caption fills the prompt box and runs as if typed (when a word is
+ * uncertain the box waits for Enter, so it can be corrected first); a clip that is not
+ * understood offers the recognizer's hypotheses and the box, and runs nothing.
+ *
+ * Without the [speech] extra the row says in one line what to install.
+ *
+ * Usage: speechInput(row, panel, { info, text, run, say })
+ *   row: where the buttons go; panel: where the clip and transcript are drawn;
+ *   info: api/live/info.json's speech object; text: the prompt input (d3);
+ *   run(): submits the prompt box; say(message, isError): the box's status line.
+ */
+import { d3 } from "../lib.js";
+
+const SPEECH_URL = "api/live/speech";
+const RATE = 16000;
+const UNSURE = 0.6; // a word below this confidence waits for the user before running
+
+/** Samples (Float32Array, 16 kHz mono) as a 16-bit PCM WAV file. */
+export function wavBlob(samples, rate = RATE) {
+  const buffer = new ArrayBuffer(44 + samples.length * 2);
+  const view = new DataView(buffer);
+  const ascii = (offset, text) => [...text].forEach((c, i) => view.setUint8(offset + i, c.charCodeAt(0)));
+  ascii(0, "RIFF");
+  view.setUint32(4, 36 + samples.length * 2, true);
+  ascii(8, "WAVE");
+  ascii(12, "fmt ");
+  view.setUint32(16, 16, true);
+  view.setUint16(20, 1, true);          // PCM
+  view.setUint16(22, 1, true);          // mono
+  view.setUint32(24, rate, true);
+  view.setUint32(28, rate * 2, true);   // bytes per second
+  view.setUint16(32, 2, true);          // bytes per frame
+  view.setUint16(34, 16, true);         // bits per sample
+  ascii(36, "data");
+  view.setUint32(40, samples.length * 2, true);
+  samples.forEach((s, i) => view.setInt16(44 + i * 2, Math.max(-1, Math.min(1, s)) * 32767, true));
+  return new Blob([buffer], { type: "audio/wav" });
+}
+
+/** An AudioBuffer mixed to mono and resampled to 16 kHz (Web Audio renders it). */
+async function toMono16k(audio) {
+  const length = Math.max(1, Math.ceil(audio.duration * RATE));
+  const offline = new OfflineAudioContext(1, length, RATE);
+  const source = offline.createBufferSource();
+  source.buffer = audio;
+  source.connect(offline.destination); // channels are mixed down to the context's one
+  source.start();
+  return (await offline.startRendering()).getChannelData(0);
+}
+
+/** A picked file's audio, in any format the browser decodes, as 16 kHz mono samples. */
+async function decodeFile(file) {
+  const context = new OfflineAudioContext(1, 1, RATE);
+  let audio;
+  try {
+    audio = await context.decodeAudioData(await file.arrayBuffer());
+  } catch {
+    throw new Error(`the browser cannot decode ${file.name} as audio`);
+  }
+  return toMono16k(audio);
+}
+
+/** Microphone recording with Web Audio: start() asks for the microphone; stop()
+ * resolves to the 16 kHz mono samples. */
+function recorder() {
+  let context, stream, node, chunks;
+  return {
+    async start() {
+      if (!navigator.mediaDevices) {  // http:// from another machine: not a secure context
+        throw new Error("the browser lends the microphone only to https:// or localhost pages;"
+          + " pick a recorded clip instead");
+      }
+      stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      context = new AudioContext();
+      const source = context.createMediaStreamSource(stream);
+      node = context.createScriptProcessor(4096, 1, 1);
+      chunks = [];
+      node.onaudioprocess = (e) => chunks.push(new Float32Array(e.inputBuffer.getChannelData(0)));
+      source.connect(node);
+      node.connect(context.destination);
+    },
+    async stop() {
+      node.disconnect();
+      stream.getTracks().forEach((t) => t.stop());
+      const n = chunks.reduce((sum, c) => sum + c.length, 0);
+      const audio = context.createBuffer(1, Math.max(1, n), context.sampleRate);
+      let offset = 0;
+      chunks.forEach((c) => { audio.copyToChannel(c, 0, offset); offset += c.length; });
+      await context.close();
+      return toMono16k(audio);
+    },
+  };
+}
+
+/** The waveform (min/max per column) as an SVG area. */
+function drawWaveform(figure, wave) {
+  const width = wave.min.length, height = 48;
+  const svg = figure.append("svg").attr("class", "speech-wave")
+    .attr("viewBox", `0 0 ${width} ${height}`).attr("preserveAspectRatio", "none")
+    .attr("role", "img").attr("aria-label", `waveform of the ${wave.seconds} s clip`);
+  const y = d3.scaleLinear().domain([-1, 1]).range([height, 0]);
+  const area = d3.area().x((_, i) => i).y0((i) => y(wave.min[i])).y1((i) => y(wave.max[i]));
+  svg.append("path").attr("d", area(d3.range(width)));
+  figure.append("figcaption").text(`waveform, ${wave.seconds.toFixed(1)} s`);
+}
+
+function drawSpectrogram(figure, spec) {
+  figure.append("img").attr("class", "speech-spectrogram").attr("src", spec.png)
+    .attr("alt", `mel spectrogram: ${spec.mel_bins} frequency bands (low at the bottom) over ${spec.seconds} s`);
+  figure.append("figcaption")
+    .text(`spectrogram: ${spec.mel_bins} mel bands, low pitch at the bottom — what the recognizer listens to`);
+}
+
+/** The transcript, each word with its confidence (a bar under it and its percent). */
+function drawWords(host, result) {
+  const line = host.append("p").attr("class", "speech-words");
+  line.append("span").attr("class", "muted")
+    .text(result.understood ? "Heard: " : "Heard (not a caption the model knows): ");
+  result.words.forEach((w) => {
+    const known = w.confidence !== null && w.confidence !== undefined;
+    const percent = known ? Math.round(w.confidence * 100) : null;
+    const word = line.append("span").attr("class", "speech-word")
+      .classed("unsure", known && w.confidence < UNSURE)
+      .attr("title", known ? `confidence ${percent}%` : "no confidence (word loop)")
+      .attr("aria-label", known ? `${w.word}, confidence ${percent}%` : w.word);
+    word.append("span").text(w.word);
+    if (known) {
+      word.append("span").attr("class", "speech-bar").append("span")
+        .style("width", `${percent}%`);
+    }
+    line.append("span").text(" ");
+  });
+}
+
+/** Hypotheses of a clip that was not understood: buttons that fill the box (no run). */
+function offerHypotheses(host, result, text) {
+  const list = (result.nbest || []).filter((h) => h);
+  if (!list.length) return;
+  const p = host.append("p").attr("class", "speech-nbest");
+  p.append("span").attr("class", "muted").text("Put in the box: ");
+  list.forEach((h) => p.append("button").attr("type", "button").attr("class", "link-button")
+    .text(h).on("click", () => text.property("value", h).node().focus()));
+}
+
+export function speechInput(row, panel, { info, text, run, say }) {
+  if (!info || !info.available) {
+    const reason = (info && info.reason) || "speaking a prompt needs the [speech] extra";
+    row.append("span").attr("class", "speech-unavailable muted")
+      .text(`${reason[0].toUpperCase()}${reason.slice(1)}.`);
+    return;
+  }
+  const mic = row.append("button").attr("type", "button").attr("class", "button speech-mic")
+    .attr("aria-pressed", "false");
+  const label = (on) => mic.html(on
+    ? '<span aria-hidden="true">■</span> Stop' : '<span aria-hidden="true" class="speech-dot">●</span> Speak');
+  label(false);
+  const pickLabel = row.append("label").attr("class", "button speech-pick").attr("tabindex", 0)
+    .attr("role", "button").attr("for", "speech-file").text("Clip…");
+  const picker = row.append("input").attr("type", "file").attr("id", "speech-file")
+    .attr("accept", "audio/*,.wav").attr("class", "visually-hidden")
+    .attr("aria-label", "choose a recorded clip to recognize");
+  pickLabel.on("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      picker.node().click();
+    }
+  });
+
+  async function recognize(samples) {
+    panel.attr("hidden", null).selectAll("*").remove();
+    say("Recognizing the clip…");
+    const response = await fetch(SPEECH_URL, { method: "POST", body: wavBlob(samples),
+      headers: { "Content-Type": "audio/wav" } });
+    const data = await response.json().catch(() => null);
+    if (!response.ok) {
+      say(data && data.message ? data.message : `${response.status} ${response.statusText}`, true);
+      return;
+    }
+    const clip = panel.append("div").attr("class", "speech-clip");
+    drawWaveform(clip.append("figure"), data.waveform);
+    drawSpectrogram(clip.append("figure"), data.spectrogram);
+    drawWords(panel, data);
+    if (!data.understood) {
+      say(`${data.message}.`, true);
+      offerHypotheses(panel, data, text);
+      text.node().focus();
+      return;
+    }
+    text.property("value", data.text);
+    const unsure = data.words.filter((w) => w.confidence < UNSURE).map((w) => w.word);
+    if (unsure.length) {
+      say(`Not sure of ${unsure.map((w) => `“${w}”`).join(", ")}: correct the box if needed, then press Enter.`);
+      text.node().focus();
+      return;
+    }
+    say(`Understood in ${data.recognize_seconds.toFixed(2)} s: running it.`);
+    run();
+  }
+
+  const failed = (error) => say(`Could not recognize the clip: ${error.message}`, true);
+
+  let recording = null, timer = null;
+  async function stopRecording() {
+    clearTimeout(timer);
+    const r = recording;
+    recording = null;
+    mic.attr("aria-pressed", "false");
+    label(false);
+    await recognize(await r.stop());
+  }
+  mic.on("click", async () => {
+    try {
+      if (recording) {
+        await stopRecording();
+        return;
+      }
+      const r = recorder();
+      await r.start();
+      recording = r;
+      mic.attr("aria-pressed", "true");
+      label(true);
+      say(`Listening: say a prompt (at most ${info.max_seconds} s), then press Stop.`);
+      timer = setTimeout(() => stopRecording().catch(failed), info.max_seconds * 1000 - 200);
+    } catch (error) {
+      recording = null;
+      mic.attr("aria-pressed", "false");
+      label(false);
+      const words = { NotAllowedError: "the microphone is not allowed on this page",
+        NotFoundError: "no microphone was found; pick a recorded clip instead" };
+      failed(words[error.name] ? new Error(words[error.name]) : error);
+    }
+  });
+  picker.on("change", async () => {
+    const file = picker.node().files[0];
+    if (!file) return;
+    try {
+      await recognize(await decodeFile(file));
+    } catch (error) {
+      failed(error);
+    } finally {
+      picker.property("value", "");
+    }
+  });
+}

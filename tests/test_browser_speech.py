@@ -1,0 +1,197 @@
+"""Saying a prompt in a browser (Playwright driving Debian's chromium): a clip file
+spoken by espeak-ng in the test is picked beside the live prompt box; the page shows its
+waveform, spectrogram and transcript with confidences, fills the box and starts the run
+(the live queue's runner is a fake that streams steps: no model is needed). Screenshots
+at phone, laptop and projector widths go to NOISEPATH_SCREENSHOT_DIR or a temporary
+folder."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import pytest
+
+from backend import speech
+from tests.browser_helpers import SKIP_REASON, browser_available, wait_ready
+from tests.speech_helpers import ESPEAK, ESPEAK_SKIP, speak
+from tests.test_live import FakeRunner
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not browser_available(), reason=SKIP_REASON),
+              pytest.mark.skipif(ESPEAK is None, reason=ESPEAK_SKIP),
+              pytest.mark.skipif(speech.missing_library() is not None,
+                                 reason=speech.missing_library() or "")]
+
+CAPTION = "a yellow star at the top, on a green background"
+SIZES = {"phone": (390, 844), "laptop": (1366, 768), "projector": (1920, 1080)}
+
+
+def png(colour) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+class SteppingRunner(FakeRunner):
+    """FakeRunner whose frames are images, and which holds after its first step until
+    `release` (so the page is seen while the run streams)."""
+
+    def run(self, prompt, seed, g, on_frame=None, should_stop=None):
+        from precompute.live import Frame
+
+        self.prompts = [*getattr(self, "prompts", []), prompt]
+        self.started.set()
+        on_frame(0, self.steps, Frame(png((40, 40, 40)), png((240, 210, 40))))
+        assert self.release.wait(30)
+        for i in range(1, self.steps):
+            on_frame(i, self.steps, Frame(png((40, 40, 40)), png((240, 210, 40))))
+        return self.target(prompt, seed, g)
+
+
+@pytest.fixture(scope="module")
+def speech_server(synthetic_bundle_ro, tmp_path_factory):
+    """The synthetic bundle with --live (the stepping fake) and the demo recognizer."""
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    from backend import create_app
+    from backend.live import LiveService
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_request(self, *args, **kwargs):
+            pass
+
+    runner = SteppingRunner(tmp_path_factory.mktemp("live"))
+    svc = LiveService(runner, lambda root: None, info={"num_inference_steps": 3,
+                                                       "default_guidance_scale": 7.0})
+    app = create_app({"BUNDLE_DIR": synthetic_bundle_ro, "LIVE": svc,
+                      "SPEECH": speech.SpeechService(speech.DemoRecognizer())})
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/", runner
+    runner.release.set()
+    server.shutdown()
+    thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def context(browser):
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    yield context
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clips") / "prompt.wav"
+    path.write_bytes(speak(CAPTION, "en-us+f3"))
+    return path
+
+
+def test_a_spoken_clip_fills_the_box_and_starts_the_run(page, speech_server, clip, shots):
+    url, runner = speech_server
+    page.goto(url)
+    wait_ready(page)
+    page.locator(".speech-mic").wait_for()
+    page.set_input_files("#speech-file", str(clip))
+    words = page.locator(".speech-words .speech-word")
+    words.first.wait_for(timeout=30_000)
+    assert " ".join(words.all_inner_texts()).split() == CAPTION.replace(",", "").split()
+    label = words.first.get_attribute("aria-label")
+    assert label.startswith("a, confidence ") and label.endswith("%")
+    assert page.locator(".speech-wave path").get_attribute("d").startswith("M")
+    assert page.locator(".speech-spectrogram").get_attribute("src").startswith("data:image/png")
+    assert page.locator("#live-text").input_value() == CAPTION
+    # the run starts as if typed: its first step is on screen while it runs
+    page.locator(".live-frames img[src*='/frames/0/']").first.wait_for(timeout=30_000)
+    assert runner.prompts[-1] == CAPTION
+    assert "Step" in page.locator(".live-status").inner_text()
+    for name, (width, height) in SIZES.items():
+        page.set_viewport_size({"width": width, "height": height})
+        page.locator("#live-prompt").scroll_into_view_if_needed()
+        page.screenshot(path=str(shots / f"speech-{name}.png"))
+    runner.release.set()
+
+
+def test_a_clip_that_is_not_a_caption_offers_hypotheses_and_runs_nothing(
+        page, speech_server, tmp_path, shots):
+    url, runner = speech_server
+    before = list(getattr(runner, "prompts", []))
+    path = tmp_path / "weather.wav"
+    path.write_bytes(speak("hello, what is the weather like today"))
+    page.goto(url)
+    wait_ready(page)
+    page.set_input_files("#speech-file", str(path))
+    status = page.locator(".live-status.error")
+    status.wait_for(timeout=30_000)
+    assert status.inner_text().startswith("not understood")
+    hypothesis = page.locator(".speech-nbest .link-button").first
+    hypothesis.focus()
+    page.keyboard.press("Enter")  # keyboard: the hypothesis goes into the box, not run
+    assert page.locator("#live-text").input_value() == hypothesis.inner_text()
+    assert list(getattr(runner, "prompts", [])) == before
+    page.locator("#live-prompt").screenshot(path=str(shots / "speech-not-understood.png"))
+
+
+def test_a_file_that_is_no_audio_says_so_in_one_line(page, speech_server, tmp_path):
+    url, _ = speech_server
+    path = tmp_path / "notes.wav"
+    path.write_bytes(b"this is not audio")
+    page.goto(url)
+    wait_ready(page)
+    page.set_input_files("#speech-file", str(path))
+    status = page.locator(".live-status.error")
+    status.wait_for(timeout=30_000)
+    assert "cannot decode notes.wav" in status.inner_text()
+
+
+def test_the_clip_picker_and_microphone_are_reached_by_keyboard(page, speech_server):
+    url, _ = speech_server
+    page.goto(url)
+    wait_ready(page)
+    page.locator("#live-text").focus()
+    reached = []
+    for _ in range(8):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("() => document.activeElement.className"))
+    assert any("speech-mic" in c for c in reached) and any("speech-pick" in c for c in reached)
+
+
+def test_the_microphone_without_a_device_says_what_to_do(page, speech_server):
+    url, _ = speech_server
+    page.goto(url)
+    wait_ready(page)
+    page.locator(".speech-mic").click()
+    status = page.locator(".live-status.error")
+    status.wait_for(timeout=10_000)
+    assert "microphone" in status.inner_text()
+    assert page.locator(".speech-mic").get_attribute("aria-pressed") == "false"
+
+
+def test_without_the_speech_extra_the_row_says_what_to_install(page, synthetic_bundle_ro,
+                                                               tmp_path, monkeypatch):
+    from werkzeug.serving import make_server
+
+    from backend import create_app
+    from backend.live import LiveService
+
+    monkeypatch.setattr(speech, "missing_library", lambda: "speaking a prompt needs "
+                        "pocketsphinx: pip install 'noisepath[speech]'")
+    svc = LiveService(FakeRunner(tmp_path / "live"), lambda root: None)
+    app = create_app({"BUNDLE_DIR": synthetic_bundle_ro, "LIVE": svc})
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        page.goto(f"http://127.0.0.1:{server.server_port}/")
+        wait_ready(page)
+        note = page.locator(".speech-unavailable")
+        note.wait_for()
+        assert note.inner_text() == ("Speaking a prompt needs pocketsphinx: pip install "
+                                     "'noisepath[speech]'.")
+        assert page.locator(".speech-mic").count() == 0
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
