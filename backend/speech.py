@@ -549,9 +549,9 @@ def init_app(app) -> None:
         svc = current_app.config.get("SPEECH")
         if svc is None:
             refuse(404, "not_available", speech_info(current_app)["reason"])
-        if request.content_length is None:
+        if request.content_length is None and request.headers.get("Transfer-Encoding"):
             refuse(411, "length_required", "send the clip with a Content-Length")
-        if request.content_length > MAX_UPLOAD:
+        if (request.content_length or 0) > MAX_UPLOAD:
             refuse(413, "payload_too_large", f"the clip is larger than "
                    f"{MAX_UPLOAD // 2**20} MB; send at most {MAX_SECONDS:g} s of WAV")
         if request.mimetype not in CLIP_TYPES:

@@ -263,3 +263,38 @@ def test_clips_from_many_threads_each_get_an_answer(api):
     for t in threads:
         t.join(30)
     assert len(codes) == 8 and set(codes) <= {422, 503}
+
+
+@needs_espeak
+def test_speech_answers_match_their_declared_responses(api, tmp_path, synthetic_bundle_ro):
+    """docs/openapi.yaml: each answer's status is declared for POST api/live/speech and
+    its JSON has the declared schema (the test in tests/test_api.py checks the paths)."""
+    from tests.test_api import check_schema, declared
+
+    svc, client = api
+
+    def check(resp):
+        spec = declared("/api/live/speech", "post", resp.status_code)
+        assert check_schema(resp.get_json(), spec["content"]["application/json"]["schema"]) \
+            == [], resp.get_json()
+        return resp.status_code
+
+    rate = 16000
+    assert check(post_clip(client, speak(CAPTION))) == 200
+    assert check(post_clip(client, speak("hello, what is the weather like today"))) == 200
+    assert check(post_clip(client, b"")) == 400
+    assert check(post_clip(client, b"x", Origin="http://evil.example")) == 403
+    assert check(post_clip(client, wav_bytes(tone(16, rate), rate))) == 413
+    assert check(post_clip(client, b"OggS....")) == 415
+    assert check(post_clip(client, wav_bytes(np.zeros(rate), rate))) == 422
+    svc.enter("10.0.0.1")
+    try:
+        assert check(post_clip(client, b"x")) == 429
+    finally:
+        svc.leave("10.0.0.1")
+    live = LiveService(NoRunner(tmp_path), lambda root: None)
+    without = create_app({"BUNDLE_DIR": synthetic_bundle_ro, "LIVE": live}).test_client()
+    assert check(post_clip(without, b"x")) == 404
+    info = without.get("/api/live/info.json").get_json()
+    spec = declared("/api/live/info.json", "get", 200)["content"]["application/json"]["schema"]
+    assert check_schema(info, spec) == []
