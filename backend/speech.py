@@ -48,6 +48,11 @@ MAX_COLUMNS = 300         # spectrogram frames and waveform columns sent to the 
 VOICED_FLATNESS = 0.3
 MIN_VOICED_SECONDS = 0.15
 ASCALE = 20.0             # pocketsphinx's own acoustic scale for posteriors (its -ascale)
+# Digital silence (exact zeros, as synthesized or gated clips have) drives the features'
+# log energy to its floor and derails the search: on espeak-ng clips the grammar then
+# parsed 5 of 18 captions, with this microphone-like noise floor (about -70 dBFS,
+# 10 steps of 16-bit; seeded, so a clip is always heard the same) 17 of 18.
+DITHER = 3e-4
 SPEECH_EXTRA_HINT = "pip install 'noisepath[speech]'"
 
 
@@ -299,6 +304,17 @@ EXTRA_PRONUNCIATIONS = {
 }
 
 
+def is_caption(text: str) -> bool:
+    """Whether text is a whole caption of the demo world."""
+    from precompute.demo.world import parse_caption
+
+    try:
+        parse_caption(text)
+    except ValueError:
+        return False
+    return True
+
+
 def caption_text(words: list[str]) -> str:
     """The recognized words as the demo world writes captions (", on a ... background")."""
     text = " ".join(words)
@@ -343,10 +359,12 @@ class DemoRecognizer:
     def recognize(self, x: np.ndarray) -> dict:
         """What was heard in 16 kHz mono samples: {understood, text, words [{word,
         confidence, start, end}], nbest [text], recognizer}."""
+        x = x + np.random.default_rng(0).normal(0, DITHER, len(x)).astype(np.float32)
         pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
         with self.lock:
             words, nbest = self._decode("grammar", pcm)
-            understood = bool(words)
+            # the search's best path may stop short of the grammar's end: not a caption
+            understood = bool(words) and is_caption(caption_text([w["word"] for w in words]))
             if not understood:
                 words, nbest = self._decode("words", pcm)
         return {"understood": understood,
@@ -377,7 +395,7 @@ class DemoRecognizer:
         nbest = []
         for n in d.nbest():
             text = caption_text([base_word(w) for w in n.hypstr.split()])
-            if text and text not in nbest:
+            if is_caption(text) and text not in nbest:
                 nbest.append(text)
             if len(nbest) >= 5:
                 break
