@@ -1,10 +1,13 @@
 """`noisepath export OUT_DIR`: the app and a bundle as a fully static site.
 
-Writes the front end, every bundle file the API refers to (`bundle/...`), and every
-API response as a file at its own path (`api/index.json`, `api/runs/<id>/steps/3.json`,
-...), so the front end's relative URLs work unchanged from GitHub Pages, nginx or
-`python -m http.server`, at a domain's root or under a sub-path. The bodies are the
-live app's own (taken through its test client), so the two cannot drift apart.
+Writes the front end, every bundle file the API refers to (`bundle/...`, hard-linked
+where the file system allows, else copied), and the API's answers as files at their own
+paths (`api/index.json`, `api/runs/<id>.json`, ...), so the front end's relative URLs
+work unchanged from GitHub Pages, nginx or `python -m http.server`, at a domain's root
+or under a sub-path. What the server answers one step or one token at a time is packed
+into one file per run and kind (backend/export_pack.py, docs/api.md "Static export"),
+which the front end slices. The bodies are the live app's own (taken through its test
+client), so the two cannot drift apart.
 
 The site is built in a temporary folder next to OUT_DIR and renamed into place.
 """
@@ -17,7 +20,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from backend import DEFAULT_BUNDLE, REPO, create_app
+from backend import DEFAULT_BUNDLE, REPO, create_app, export_pack
 from backend.format import BundleError
 from backend.store import EXTENSION_KEY
 
@@ -76,7 +79,8 @@ def _inside(root: Path, rel: str) -> Path:
 
 
 def write_site(app, out: Path, force: bool = False) -> dict:
-    """Export `app` (its bundle and front end) into `out`, atomically. Returns counts."""
+    """Export `app` (its bundle and front end) into `out`, atomically. Returns counts:
+    files written per part, `files` and `bytes` in all."""
     store = app.extensions[EXTENSION_KEY]
     frontend = Path(app.config["FRONTEND_DIR"])
     # a symlinked OUT_DIR: the site replaces the folder it points to, and the link stays
@@ -85,39 +89,79 @@ def write_site(app, out: Path, force: bool = False) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
-    counts = {"frontend": 0, "bundle": 0, "api": 0, "bytes": 0}
+    counts = {"frontend": 0, "bundle": 0, "api": 0}
     try:
         if (frontend / "index.html").is_file():
             counts["frontend"] = _copy_frontend(frontend, staging)
         else:
             print(f"warning: no front end at {frontend} (index.html); exporting the data only",
                 file=sys.stderr)
-        for rel in store.files:
-            target = _inside(staging, f"bundle/{rel}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            source = store.bundle.file_path(rel)
-            if source is None:  # a symlink that leads out of the bundle, or a missing file
-                raise ExportError(f"bundle file {rel}: not a file inside the bundle "
-                                  f"{store.bundle.root} (a symlink out of it, or missing); "
-                                  "nothing is exported from outside the bundle")
-            shutil.copyfile(source, target)
-            counts["bundle"] += 1
-        client = app.test_client()
-        for rel in store.api_paths():
-            r = client.get("/" + rel)
-            if r.status_code != 200:
-                raise ExportError(f"{rel}: the app answered {r.status_code}")
-            target = _inside(staging, rel)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(r.data)
-            counts["api"] += 1
+        counts["bundle"] = _write_bundle_files(store, staging)
+        counts["api"] = _write_api(app, store, staging)
         (staging / ".nojekyll").write_bytes(b"")  # GitHub Pages: serve files as they are
-        counts["bytes"] = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+        files = [p for p in staging.rglob("*") if p.is_file()]
+        counts["files"] = len(files)
+        counts["bytes"] = sum(p.stat().st_size for p in files)
         _replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return counts
+
+
+def _write_bundle_files(store, staging: Path) -> int:
+    """The bundle files the API refers to, hard-linked (else copied) under bundle/."""
+    for rel in store.files:
+        target = _inside(staging, f"bundle/{rel}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = store.bundle.file_path(rel)
+        if source is None:  # a symlink that leads out of the bundle, or a missing file
+            raise ExportError(f"bundle file {rel}: not a file inside the bundle "
+                              f"{store.bundle.root} (a symlink out of it, or missing); "
+                              "nothing is exported from outside the bundle")
+        try:
+            os.link(source, target)
+        except OSError:  # another file system, or links not allowed: a copy
+            shutil.copyfile(source, target)
+    return len(store.files)
+
+
+def _write_api(app, store, staging: Path) -> int:
+    """The API's documents, the runs' packed steps and arrays (backend/export_pack.py)."""
+    client = app.test_client()
+
+    def body(rel: str) -> bytes:
+        r = client.get("/" + rel)
+        if r.status_code != 200:
+            raise ExportError(f"{rel}: the app answered {r.status_code}")
+        return r.data
+
+    def write(rel: str, data: bytes) -> None:
+        target = _inside(staging, rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+    n = 0
+    for rel in export_pack.documents(store):
+        data = body(rel)
+        if rel == "api/index.json":
+            data = export_pack.index_document(data)
+        elif rel.startswith("api/runs/") and rel.count("/") == 2:  # api/runs/<id>.json
+            data = export_pack.run_document(store, rel[len("api/runs/"):-len(".json")], data)
+        write(rel, data)
+        n += 1
+    for rid in store.runs:
+        steps = [body(f"api/runs/{rid}/steps/{i}.json") for i in range(store.steps)]
+        write(f"api/runs/{rid}/steps.json", export_pack.steps_document(steps))
+        n += 1
+        for name in export_pack.packed_arrays(store, rid):
+            try:
+                data = export_pack.packed_array(store, rid, name)
+            except export_pack.PackError as e:
+                raise ExportError(str(e)) from e
+            write(f"api/runs/{rid}/arrays/{name}.q8.npz", data)
+            n += 1
+    return n
 
 
 def _replace(staging: Path, out: Path) -> None:
@@ -144,6 +188,7 @@ def run(args) -> int:
         print(f"noisepath export: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.out}: {counts['api']} API files, {counts['bundle']} bundle files, "
-          f"{counts['frontend']} front-end files, {counts['bytes'] / 1e6:.1f} MB")
+          f"{counts['frontend']} front-end files; {counts['files']} files, "
+          f"{counts['bytes'] / 1e6:.1f} MB")
     print(f"try it: python -m http.server --directory {args.out} 8000")
     return 0

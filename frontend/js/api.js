@@ -5,8 +5,12 @@
  * `noisepath serve` and a static `noisepath export` under any sub-path. Each URL is
  * fetched at most once; `peek` returns what is already in memory so views can draw
  * synchronously, and `load` returns a promise for what is not.
+ *
+ * A static export says so in its api/index.json (`export`); from then on the per-step and
+ * per-token URLs are cut from the export's per-run files (js/packed.js), under the same URLs.
  */
 import { parseNpy } from "./npy.js";
+import { packedSource } from "./packed.js";
 
 const enc = encodeURIComponent;
 
@@ -65,6 +69,9 @@ const readers = {
   async npy(response) {
     return parseNpy(await response.arrayBuffer());
   },
+  async buffer(response) {
+    return response.arrayBuffer();
+  },
 };
 
 async function loadImage(url) {
@@ -81,6 +88,7 @@ async function loadImage(url) {
  */
 export function createApi(hooks = {}) {
   const entries = new Map(); // url -> {promise, value, error}
+  let packed = false;        // a static export's layout (api/index.json's `export`)
 
   function load(url, kind = "json") {
     let entry = entries.get(url);
@@ -88,9 +96,13 @@ export function createApi(hooks = {}) {
     entry = { value: undefined, error: undefined };
     entry.promise = (async () => {
       if (kind === "image") return loadImage(url);
+      const source = packed ? packedSource(url) : null;
+      if (source) return source(load);
       const response = await fetch(url);
       if (!response.ok) throw await failure(response, url);
-      return readers[kind](response);
+      const value = await readers[kind](response);
+      if (url === urls.index() && value.export) packed = value.export.layout === "packed";
+      return value;
     })().then(
       (value) => {
         entry.value = value;

@@ -2,7 +2,8 @@
  * Reads NumPy .npy files (format 1.0/2.0, little-endian, C order) into Float32Arrays.
  *
  * The bundle stores arrays as '<f2' (float16); they are widened once through a
- * 65,536-entry lookup table. '<f4' is accepted too.
+ * 65,536-entry lookup table. '<f4' is accepted too; parseNpyRaw also reads '|u1'
+ * (the static export's packed arrays, js/packed.js).
  */
 
 let HALF_TABLE = null;
@@ -36,11 +37,14 @@ function parseHeader(text) {
   };
 }
 
+const TYPED = { "<f2": Uint16Array, "<f4": Float32Array, "|u1": Uint8Array };
+
 /**
+ * The array of a .npy as it is stored: {descr, shape, data} with data a Uint16Array
+ * ('<f2' bits), Float32Array ('<f4') or Uint8Array ('|u1').
  * @param {ArrayBuffer} buffer the file's bytes
- * @returns {{data: Float32Array, shape: number[]}}
  */
-export function parseNpy(buffer) {
+export function parseNpyRaw(buffer) {
   const bytes = new Uint8Array(buffer);
   const magic = String.fromCharCode(...bytes.subarray(1, 6));
   if (bytes[0] !== 0x93 || magic !== "NUMPY") throw new Error("npy: not a .npy file");
@@ -50,18 +54,29 @@ export function parseNpy(buffer) {
   const offset = major === 1 ? 10 : 12;
   const header = parseHeader(new TextDecoder("latin1").decode(bytes.subarray(offset, offset + headerLen)));
   if (header.fortranOrder) throw new Error("npy: Fortran order is not supported");
+  const Typed = TYPED[header.descr];
+  if (!Typed) throw new Error(`npy: dtype ${header.descr} is not supported`);
   const start = offset + headerLen;
   const count = header.shape.reduce((a, b) => a * b, 1);
-  let data;
-  if (header.descr === "<f2") {
-    const halves = new Uint16Array(buffer.slice(start, start + count * 2));
-    const table = halfTable();
-    data = new Float32Array(count);
-    for (let i = 0; i < count; i++) data[i] = table[halves[i]];
-  } else if (header.descr === "<f4") {
-    data = new Float32Array(buffer.slice(start, start + count * 4));
-  } else {
-    throw new Error(`npy: dtype ${header.descr} is not supported`);
-  }
-  return { data, shape: header.shape };
+  const data = new Typed(buffer.slice(start, start + count * Typed.BYTES_PER_ELEMENT));
+  return { descr: header.descr, shape: header.shape, data };
+}
+
+/** float16 bits widened to float32 values. */
+export function toFloat32(halves) {
+  const table = halfTable();
+  const data = new Float32Array(halves.length);
+  for (let i = 0; i < halves.length; i++) data[i] = table[halves[i]];
+  return data;
+}
+
+/**
+ * @param {ArrayBuffer} buffer the file's bytes ('<f2' or '<f4')
+ * @returns {{data: Float32Array, shape: number[]}}
+ */
+export function parseNpy(buffer) {
+  const { descr, shape, data } = parseNpyRaw(buffer);
+  if (descr === "<f2") return { data: toFloat32(data), shape };
+  if (descr === "<f4") return { data, shape };
+  throw new Error(`npy: dtype ${descr} is not supported`);
 }
