@@ -88,7 +88,8 @@ class Client:
             self.reader = self.writer = None
 
 
-async def student(host, port, base, run_ids, steps, think, ramp, deadline, results):
+async def student(host, port, base, run_ids, steps, think, ramp, deadline, results,
+                  packed=False):
     await asyncio.sleep(random.uniform(0, ramp))
     client = Client(host, port)
     rid = random.choice(run_ids)
@@ -117,7 +118,9 @@ async def student(host, port, base, run_ids, steps, think, ramp, deadline, resul
             images = []
         for url in images:
             await fetch(url)
-        for i in range(steps):
+        if packed:  # a static export holds a run's steps in one file (docs/api.md)
+            await fetch(f"api/runs/{rid}/steps.json")
+        for i in range(0 if packed else steps):
             await fetch(f"api/runs/{rid}/steps/{i}.json")
             if think:
                 await asyncio.sleep(think)
@@ -141,10 +144,11 @@ async def load_test(host, port, *, base, clients, think, ramp, max_s) -> dict:
     index = _json(body)
     run_ids = sorted(r for r, v in index["runs"].items() if v["guidance_scale"] > 0)
     steps = index["config"]["num_inference_steps"]
+    packed = "export" in index   # noisepath export's layout: steps.json per run
     results: list[tuple[float, bool, str]] = []
     t0 = time.monotonic()
     await asyncio.gather(*(student(host, port, base, run_ids, steps, think, ramp,
-                                   t0 + max_s, results) for _ in range(clients)))
+                                   t0 + max_s, results, packed) for _ in range(clients)))
     wall = time.monotonic() - t0
     lat = sorted(r[0] for r in results)
 
