@@ -42,7 +42,7 @@ def array_values(folder: Path, arrays: dict, name: str, guidance_scale: float) -
     with reading(folder, entry, name):
         if entry.get("encoding") == codec.ENCODING:
             return codec.load(inside(folder, entry["file"]), codec.step_axis(name),
-                              entry["shape"])
+                              entry["shape"], entry.get("stored_shape"))
         return np.load(inside(folder, entry["file"]), allow_pickle=False).astype(np.float32)
 
 

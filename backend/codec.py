@@ -14,6 +14,10 @@ Two ideas, numpy only, shared by the writer (precompute/writer.py) and the reade
   each LZMA-compressed (a standard zip method that numpy's np.load and Python's zipfile
   read; 20% smaller than deflate on the demo bundle). Files with deflated members, as
   earlier writers made them, read the same.
+- resized attention: compact storage keeps an attention level no larger than the app
+  draws it (ATTENTION_STORED_SIDE; docs/bundle-format.md), averaged over f x f blocks,
+  and the reader upsamples it back to the level's shape bilinearly (`stored_shape` in
+  the manifest entry: the q member's shape).
 - derived arrays, not stored at all, recomputed exactly as the precompute defines them:
   the guided noise prediction (classifier-free guidance) and the combined attention map
   (the per-resolution maps upsampled bilinearly like torch's F.interpolate, averaged).
@@ -31,6 +35,11 @@ ENCODING = "q8-delta"
 MEMBERS = ("q", "lo", "scale")
 DERIVED_KINDS = ("guidance", "attention_mean")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so identical arrays give identical files
+# The largest side compact storage keeps an attention map at. The app lays a map over the
+# decoded image, drawn at most 16-17rem (256-272 CSS px) wide and smoothed by the browser:
+# a 32 x 32 map is 8 CSS px a cell there, and averaged 2 x 2 then upsampled bilinearly a
+# 64 x 64 level of smooth maps stays within about 1% of its range (docs/performance.md).
+ATTENTION_STORED_SIDE = 32
 
 
 def step_axis(name: str) -> int:
@@ -178,13 +187,56 @@ def _read_member(f, size: int, header_only: bool):
     return array.reshape(shape[::-1]).T if fortran_order else array.reshape(shape)
 
 
-def load(path, axis: int, shape=None) -> np.ndarray:
+def load(path, axis: int, shape=None, stored_shape=None) -> np.ndarray:
     """A .q8.npz file -> float32 values. shape: the manifest's (decoded) shape; given, no
-    member is inflated beyond what it implies (member_limits)."""
-    members = read_npz(path, limits=None if shape is None else member_limits(shape))
-    if shape is not None:
-        check_members(members, shape)
-    return decode(members, axis)
+    member is inflated beyond what it implies (member_limits). stored_shape: the members'
+    shape when the maps were stored smaller (resized attention): decoded, then upsampled
+    bilinearly to shape."""
+    stored = stored_shape if stored_shape is not None else shape
+    members = read_npz(path, limits=None if stored is None else member_limits(stored))
+    if stored is not None:
+        check_members(members, stored)
+    values = decode(members, axis)
+    if shape is not None and list(values.shape) != list(shape):
+        values = upsample_bilinear(values, list(shape)[-2:])
+    return values
+
+
+# ------------------------------------------------------------------ resized maps
+
+def stored_factor(shape, largest: int | None = None) -> int:
+    """The block side f a map of `shape` (..., h, w) is averaged over to be stored no larger
+    than `largest` (default ATTENTION_STORED_SIDE) on a side: the smallest f that divides h
+    and w with both sides <= largest and neither below largest / 2; 1 (kept as it is) when
+    the map is that small already or no such f exists."""
+    largest = ATTENTION_STORED_SIDE if largest is None else largest
+    h, w = int(shape[-2]), int(shape[-1])
+    if max(h, w) <= largest:
+        return 1
+    for f in range(2, max(h, w) + 1):
+        small = (h // f, w // f)
+        if h % f == 0 and w % f == 0 and max(small) <= largest and min(small) >= largest // 2:
+            return f
+    return 1
+
+
+def downsample_area(x: np.ndarray, f: int) -> np.ndarray:
+    """Each f x f block of the last two axes averaged (float32): (..., h, w) -> (..., h/f, w/f)."""
+    x = np.asarray(x, np.float32)
+    if f == 1:
+        return x
+    *lead, h, w = x.shape
+    return x.reshape(*lead, h // f, f, w // f, f).mean(axis=(-3, -1), dtype=np.float32)
+
+
+def encode_resized(x: np.ndarray, axis: int, f: int) -> tuple[bytes, np.ndarray, list[int]]:
+    """encode() of the maps averaged over f x f blocks: (file bytes, the float32 values a
+    reader gets back at x's shape, the stored shape)."""
+    small = downsample_area(x, f)
+    data, values = encode(small, axis)
+    if f > 1:
+        values = upsample_bilinear(values, x.shape[-2:])
+    return data, values, list(small.shape)
 
 
 def check_members(members: dict[str, np.ndarray], shape) -> None:

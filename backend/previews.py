@@ -33,11 +33,12 @@ FORMATS = {  # sprite format -> (file extension, mime, Pillow options)
 
 # -------------------------------------------------------------------------- sprites
 
-def sprite(frames: np.ndarray, fmt: str) -> tuple[bytes, dict]:
+def sprite(frames: np.ndarray, fmt: str, quality: int | None = None) -> tuple[bytes, dict]:
     """Pack frames (N, H, W, 3) uint8 into one grid image, row-major: (file bytes, entry).
 
     One request loads every frame of a kind; the client crops frame i at column
     i % columns, row i // columns. entry: mime, count, frame_width, frame_height, columns.
+    quality: a lossy format's quality (1-100) in place of FORMATS' default.
     """
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected frames (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
@@ -49,6 +50,8 @@ def sprite(frames: np.ndarray, fmt: str) -> tuple[bytes, dict]:
         r, c = divmod(i, columns)
         sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = frame
     _, mime, options = FORMATS[fmt]
+    if quality is not None and "quality" in options:
+        options = {**options, "quality": int(quality)}
     buf = io.BytesIO()
     Image.fromarray(sheet).save(buf, format=fmt.upper(), **options)
     return buf.getvalue(), {"mime": mime, "count": n, "frame_width": w, "frame_height": h,
@@ -56,6 +59,15 @@ def sprite(frames: np.ndarray, fmt: str) -> tuple[bytes, dict]:
 
 
 # ------------------------------------------------------------------------- previews
+
+def crop_frames(data: bytes, entry: dict) -> np.ndarray:
+    """A sprite file's frames back as (N, H, W, 3) uint8: the inverse of sprite()."""
+    n, w, h, cols = (entry[k] for k in ("count", "frame_width", "frame_height", "columns"))
+    with Image.open(io.BytesIO(data)) as im:
+        sheet = np.asarray(im.convert("RGB"))
+    return np.stack([sheet[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w]
+                     for i in range(n)])
+
 
 def latent_preview(latents, matrix, bias) -> np.ndarray:
     """The cheap latent -> RGB preview: (N, C, h, w) -> uint8 (N, h, w, 3)."""
