@@ -15,12 +15,14 @@ READABLE_VERSIONS = (1, 2)   # 1: every array a .npy, every image a file (storag
 STORAGES = ("full", "compact")
 MAX_TOKENS = 77
 
-# images a run must have, and how many frames each holds (T = num_inference_steps)
+# images a run must have, and how many frames each holds (T = recorded_steps(config))
 REQUIRED_IMAGES = {"decoded": 1, "pred_original_sample": 0, "latents": 1}
 OPTIONAL_IMAGES = {"noise_pred_uncond": 0, "noise_pred_text": 0, "noise_pred": 0}
 # arrays: name -> extra frames beyond T (latents hold x_T too)
 STEP_ARRAYS = {"latents": 1, "noise_pred": 0, "pred_original_sample": 0,
-               "noise_pred_uncond": 0, "noise_pred_text": 0}
+               "noise_pred_uncond": 0, "noise_pred_text": 0, "variance_noise": 0}
+# where a run's pred_original_sample comes from (run.json scheduler.pred_original_sample)
+X0_SOURCES = ("step", "model_outputs", "formula")
 ATTENTION_ARRAY = re.compile(r"attention(_res[1-9][0-9]{0,4}|_mid)?")  # (K, T, H, W) maps
 IMAGE_MIMES = {"image/png": (".png",), "image/webp": (".webp",), "image/jpeg": (".jpg", ".jpeg")}
 
@@ -83,3 +85,9 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def recorded_steps(config: dict) -> int:
+    """T, the steps a run records: one per UNet call (config.json's num_timesteps, more than
+    num_inference_steps for heun, kdpm2 and pndm; bundles made before it: the same)."""
+    return config.get("num_timesteps", config["num_inference_steps"])

@@ -112,17 +112,23 @@ def index(b: Bundle) -> dict:
 
 
 def run_lookup(b: Bundle) -> dict:
-    """prompt_id -> seed -> guidance -> run_id; guidance 0 is every prompt's shared run."""
+    """prompt_id -> seed -> guidance -> run_id; guidance 0 is the shared run of the prompt's
+    negative prompt (its guided runs' negative_prompt_id; the empty prompt's without one)."""
     lookup: dict[str, dict[str, dict[str, str]]] = {}
-    shared = {}  # seed -> the guidance-0 run
+    shared = {}  # (negative prompt id, seed) -> the guidance-0 run (its prompt_id)
+    negative = {}  # prompt id -> its negative prompt's id
     for rid, r in b.runs.items():
         if float(r["guidance_scale"]) == 0.0:
-            shared[num_key(r["seed"])] = rid
+            shared[r["prompt_id"], num_key(r["seed"])] = rid
+        else:
+            negative[r["prompt_id"]] = b.runs[rid].get("negative_prompt_id", EMPTY_PROMPT_ID)
         lookup.setdefault(r["prompt_id"], {}).setdefault(num_key(r["seed"]), {})[
             num_key(r["guidance_scale"])] = rid
     for pid in b.index["prompts"]:
-        for seed, rid in shared.items():
-            lookup.setdefault(pid, {}).setdefault(seed, {})["0"] = rid
+        nid = negative.get(pid, EMPTY_PROMPT_ID)
+        for (owner, seed), rid in shared.items():
+            if owner == nid:
+                lookup.setdefault(pid, {}).setdefault(seed, {})["0"] = rid
     return lookup
 
 

@@ -26,6 +26,7 @@ from flask import Flask, current_app
 
 from backend import payloads
 from backend.bundle import LRU, Bundle
+from backend.format import recorded_steps
 from backend.resource import MIME, NPY, Resource, json_resource, make_resource
 
 EXTENSION_KEY = "noisepath.store"
@@ -84,7 +85,7 @@ class Store:
     def __init__(self, bundle: Bundle, frontend: Path, cache_bytes: int = 256 << 20):
         self.bundle = b = bundle
         self.frontend = frontend.resolve()
-        self.steps = b.config["num_inference_steps"]
+        self.steps = recorded_steps(b.config)  # one per UNet call
         self._cache = LRU(cache_bytes, _size)
         self._frontend_cache = LRU(64 << 20, _size)
 

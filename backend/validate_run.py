@@ -15,7 +15,7 @@ from PIL import Image
 from backend import codec, previews
 from backend.format import (ATTENTION_ARRAY, FILE_NAME, IMAGE_MIMES, MAX_ARRAY_BYTES,
                             MAX_GUIDANCE, MAX_SEED, OPTIONAL_IMAGES, REQUIRED_IMAGES,
-                            STEP_ARRAYS)
+                            STEP_ARRAYS, X0_SOURCES, recorded_steps)
 from backend.validator import (Checker, brief, describe, is_int, is_name, is_number, is_numbers,
                                is_sha256, is_side_pair, listed_document, shown)
 
@@ -42,7 +42,8 @@ class _Run:
     def __init__(self, c: Checker, rid: str, m: dict, config: dict, prompts: dict):
         self.c, self.rid, self.m = c, rid, m
         self.rel, self.folder = f"runs/{rid}/run.json", f"runs/{rid}"
-        self.steps = config["num_inference_steps"]
+        self.steps = recorded_steps(config)                              # T: UNet calls
+        self.num_inference_steps = config["num_inference_steps"]
         self.latent = config["latent_shape"]                             # [C, h, w]
         pid = m.get("prompt_id")
         self.prompt = prompts.get(pid) if isinstance(pid, str) else None
@@ -68,9 +69,10 @@ class _Run:
         self.need(m, "seed", lambda v: is_int(v, 0, MAX_SEED), f"an integer from 0 to {MAX_SEED}")
         self.need(m, "guidance_scale", lambda v: is_number(v, 0, MAX_GUIDANCE),
                   f"a number from 0 to {MAX_GUIDANCE}")
-        if m.get("num_inference_steps") != steps or type(m.get("num_inference_steps")) is not int:
+        n = self.num_inference_steps
+        if m.get("num_inference_steps") != n or type(m.get("num_inference_steps")) is not int:
             self.add("num_inference_steps", f"is {describe(m.get('num_inference_steps'))}, the "
-                     f"bundle has {steps}")
+                     f"bundle has {n}")
         for key in ("prompt_id", "seed", "guidance_scale"):
             if entry.get(key) != m.get(key):
                 self.c.add("bundle.json", f"runs.{self.rid}.{key}", f"is {describe(entry.get(key))}"
@@ -81,11 +83,44 @@ class _Run:
                       "scheduler.")
         self.need(sched, "sigmas", lambda v: v is None or is_numbers(v, steps),
                   f"null or an array of {steps} numbers", "scheduler.")
+        self.check_sampler_fields(sched, listed_prompts)
         if m.get("latent_preview") is not None:
             self.need(m, "latent_preview", lambda v: isinstance(v, dict) and _matrix(
                 v.get("matrix"), self.latent[0], 3) and _matrix([v.get("bias")], 1, 3),
                 f"null or an object with matrix ({self.latent[0]} x 3 numbers) and bias (3)")
         self.check_attention()
+
+    def check_sampler_fields(self, sched: dict, listed_prompts: dict) -> None:
+        """The optional fields of other schedulers, negative prompts and guidance_rescale."""
+        m, steps, p = self.m, self.steps, "scheduler."
+        if "step_index" in sched:  # each UNet call's scheduler step: 0, ..., steps - 1 in order
+            n = self.num_inference_steps
+            self.need(sched, "step_index", lambda v: isinstance(v, list) and len(v) == steps
+                      and all(is_int(x, 0, n - 1) for x in v) and v[0] == 0 and v[-1] == n - 1
+                      and all(0 <= b - a <= 1 for a, b in zip(v, v[1:])),
+                      f"{steps} integers rising by 0 or 1 from 0 to {n - 1}", p)
+        if "pred_original_sample" in sched:
+            self.need(sched, "pred_original_sample", lambda v: v in X0_SOURCES,
+                      f"one of {', '.join(X0_SOURCES)}", p)
+        arrays = m.get("arrays") if isinstance(m.get("arrays"), dict) else {}
+        if "noise_scale" in sched or "variance_noise" in arrays:
+            self.need(sched, "noise_scale", lambda v: is_numbers(v, steps) and min(v) >= 0,
+                      f"an array of {steps} numbers >= 0 (variance_noise's factors)", p)
+            if "variance_noise" not in arrays:
+                self.add("arrays.variance_noise", "is missing though scheduler.noise_scale is "
+                         "there")
+        if "negative_prompt_id" in m:
+            nid = m["negative_prompt_id"]
+            if not (isinstance(nid, str) and nid in listed_prompts):
+                self.add("negative_prompt_id", f"is {describe(nid)}, not a prompt of the bundle")
+        if "guidance_rescale" in m or "guidance_rescale_std_ratio" in m:
+            self.need(m, "guidance_rescale", lambda v: is_number(v, 0, 1) and v > 0,
+                      "a number above 0, at most 1", "")
+            self.need(m, "guidance_rescale_std_ratio", lambda v: is_numbers(v, steps),
+                      f"an array of {steps} numbers", "")
+            if isinstance(arrays.get("noise_pred"), dict) and "derived" in arrays["noise_pred"]:
+                self.add("arrays.noise_pred.derived", "a guidance_rescale run's noise_pred is "
+                         "not the guidance formula of its branches: it must be stored")
 
     def check_attention(self) -> None:
         """`attention`: null, or tokens, resolutions and combined (what the API reads)."""
@@ -198,20 +233,7 @@ class _Run:
                 self.add(f"{f}.encoding", f"is {brief(e['encoding'])}; this noisepath reads "
                          f"{codec.ENCODING!r}")
             self.error_bound(f, e)
-            if "stored_shape" in e:
-                self.stored_shape(f, e)
         return self.c.errors() == errors
-
-    def stored_shape(self, f: str, e: dict) -> None:
-        """A resized array's stored maps: the same leading axes, maps no larger than the
-        array's (the reader upsamples them to its shape)."""
-        stored, shape = e["stored_shape"], e["shape"]
-        if not (isinstance(stored, list) and len(stored) == 4
-                and all(is_int(x, 1, 1 << 20) for x in stored)
-                and stored[:2] == shape[:2] and all(a <= b for a, b in zip(stored[2:], shape[2:]))):
-            self.add(f"{f}.stored_shape", f"must be 4 positive integers, the first two the "
-                     f"shape's {shape[:2]}, the maps no larger than {shape[2:]}; is "
-                     f"{describe(stored)}")
 
     def error_bound(self, f: str, e: dict) -> None:
         if not is_number(e.get("max_abs_error"), 0):
@@ -266,26 +288,12 @@ class _Run:
             ok = False
         if e.get("derived") is True:
             return self.derived_image(name, e) and ok
-        ok = self.frame_error(f, e) and ok
         mime, file = e.get("mime"), e.get("file")
         if not (isinstance(mime, str) and mime in IMAGE_MIMES and is_name(file, FILE_NAME)
                 and file.lower().endswith(IMAGE_MIMES[mime]) and is_sha256(e.get("sha256"))):
             self.add(f, f"must have mime (one of {', '.join(IMAGE_MIMES)}), file (a file name "
                      "with its extension) and sha256 (64 hex digits)")
             return False
-        return ok
-
-    def frame_error(self, f: str, e: dict) -> bool:
-        """A lossy sprite's quality (1-100) and measured errors (0-255 levels), if recorded."""
-        ok = True
-        if "quality" in e and not is_int(e["quality"], 1, 100):
-            self.add(f"{f}.quality", f"must be an integer 1 to 100, is {describe(e['quality'])}")
-            ok = False
-        for key in ("mean_abs_error", "max_frame_mean_abs_error", "final_mean_abs_error"):
-            if key in e and not is_number(e[key], 0, 255):
-                self.add(f"{f}.{key}", f"must be a number 0 to 255 (levels of a channel), is "
-                         f"{describe(e[key])}")
-                ok = False
         return ok
 
     def derived_image(self, name: str, e: dict) -> bool:
@@ -333,7 +341,7 @@ class _Run:
         shape) and the others' declared sizes; in decode mode every member in full (lo
         and scale float32, the map axes reduced to 1, finite, scale >= 0), as the server
         checks them when it first decodes the array (codec.check_members)."""
-        c, shape = self.c, e.get("stored_shape", e["shape"])  # the members' shape
+        c, shape = self.c, e["shape"]
         try:
             members = codec.read_npz(path, header_only=() if c.decode else ("q",),
                                      limits=codec.member_limits(shape),

@@ -26,7 +26,8 @@ import numpy as np
 
 from backend.format import (FILE_NAME, FORMAT, FORMAT_VERSION, ID, MAX_LATENT_CHANNELS,
                             MAX_LATENT_SIDE, MAX_STEPS, MAX_TOKENS, READABLE_VERSIONS,
-                            SEED_KEY, SHA256, STORAGES, Problem, sha256_file)
+                            SEED_KEY, SHA256, STORAGES, Problem, recorded_steps,
+                            sha256_file)
 
 _TRAJECTORY_FILE = re.compile(r"trajectories/[A-Za-z0-9][A-Za-z0-9_.-]{0,199}\.json")
 
@@ -292,7 +293,7 @@ def check_bundle(root, checksums: bool = True, decode: bool = False) -> Checked:
         manifest = check_run(c, rid, entry, config, index["prompts"], out.prompts)
         if manifest is not None:
             out.runs[rid] = manifest
-    out.trajectories = _check_trajectories(c, index, config["num_inference_steps"])
+    out.trajectories = _check_trajectories(c, index, recorded_steps(config))
     check_unlisted_runs(c, set(index["runs"]))
     return out
 
@@ -325,6 +326,13 @@ def _check_config(c: Checker, cfg: dict | None) -> bool:
               f"{', '.join(STORAGES)}")
     c.need(cfg, rel, "num_inference_steps", lambda v: is_int(v, 1, MAX_STEPS),
            f"an integer from 1 to {MAX_STEPS}", p)
+    if "num_timesteps" in cfg:  # UNet calls: at least one per step, at most four (PNDM's PRK)
+        steps = cfg.get("num_inference_steps")
+        c.need(cfg, rel, "num_timesteps", lambda v: is_int(steps, 1, MAX_STEPS) and is_int(
+            v, steps, 4 * steps), "an integer from num_inference_steps to 4 x that", p)
+    for key in ("eta", "guidance_rescale"):
+        if key in cfg:
+            c.need(cfg, rel, key, lambda v: is_number(v, 0, 1), "a number from 0 to 1", p)
     c.need(cfg, rel, "latent_shape", lambda v: isinstance(v, list) and len(v) == 3 and is_int(
         v[0], 1, MAX_LATENT_CHANNELS) and all(is_int(x, 1, MAX_LATENT_SIDE) for x in v[1:]),
         f"[C, h, w] (C from 1 to {MAX_LATENT_CHANNELS}, h and w from 1 to {MAX_LATENT_SIDE})", p)

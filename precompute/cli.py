@@ -23,7 +23,8 @@ examples:
 Re-running the same command resumes: finished runs are kept and skipped. Two processes
 (or one per GPU under `accelerate launch`) can fill one bundle together.
 Flags override the prompt file's [settings]; unset ones fall back to the file, then to
-the defaults (SD 1.5, LMS, 50 steps, 512x512, seeds 1 2 3, guidance 0 1 7 20).
+the defaults (SD 1.5 with its own scheduler, 50 steps, 512x512, seeds 1 2 3, guidance
+0 1 7 20).
 """
 
 
@@ -41,7 +42,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("settings (override the prompt file's [settings])")
     s.add_argument("--model", help="a diffusers Stable Diffusion checkpoint: hub id or local "
                    "folder (default: stable-diffusion-v1-5/stable-diffusion-v1-5)")
-    s.add_argument("--scheduler", choices=SCHEDULERS, help="default: lms")
+    s.add_argument("--scheduler", choices=SCHEDULERS, metavar="NAME",
+                   help=f"one of {', '.join(SCHEDULERS)} (default: the checkpoint's own, "
+                   "e.g. pndm for SD 1.5; a named one keeps the checkpoint's betas and "
+                   "prediction type). heun and kdpm2 make two UNet calls per step, pndm more "
+                   "in its first steps: the bundle records every call; euler_a, ddpm and "
+                   "ddim with --eta add noise at each step, which the bundle records")
+    s.add_argument("--eta", type=float, metavar="ETA",
+                   help="DDIM's eta from 0 (default, deterministic) to 1 (with --scheduler ddim)")
+    s.add_argument("--guidance-rescale", type=float, dest="guidance_rescale", metavar="PHI",
+                   help="guidance_rescale from 0 (default) to 1: Lin et al. 2023's fix of "
+                   "over-exposure at high guidance, recommended for zero-terminal-SNR and "
+                   "v-prediction models (0.7)")
+    s.add_argument("--negative-prompt", dest="negative_prompt", metavar="TEXT",
+                   help="the prompt of classifier-free guidance's unconditional row instead "
+                   "of the empty prompt (a prompt file's groups may set their own)")
     s.add_argument("--steps", type=int, dest="num_inference_steps", metavar="N",
                    help="num_inference_steps (default: 50)")
     s.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="default: 1 2 3")
@@ -120,7 +135,8 @@ def run(args) -> int:
                       else single_prompt_set(args.prompt, args.variant))
         settings = {k: getattr(args, k) for k in
                     ("model", "scheduler", "num_inference_steps", "seeds", "guidance_scales",
-                     "height", "width", "image_size", "storage", "attention_levels")
+                     "height", "width", "image_size", "storage", "attention_levels", "eta",
+                     "guidance_rescale", "negative_prompt")
                     if getattr(args, k) is not None}
 
         def bad_flag(key, message):

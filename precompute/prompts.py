@@ -4,7 +4,12 @@
     default_guidance_scale = 7     # optional: the scale the app opens on
     [settings]                     # every key optional; command-line flags win
     model = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    scheduler = "lms"              # lms | ddim | euler
+    scheduler = "pndm"             # optional: default the checkpoint's own; one of
+                                   # pndm lms ddim ddpm euler euler_a heun kdpm2
+                                   # dpmpp_2m dpmpp_2m_karras unipc
+    eta = 0.0                      # optional: DDIM's eta (0: deterministic, 1: DDPM-like)
+    guidance_rescale = 0.0         # optional: Lin et al. 2023's phi (0.7 for zero-SNR models)
+    negative_prompt = "blurry"     # optional: the unconditional row's prompt (default "")
     num_inference_steps = 50
     height = 512
     width = 512
@@ -18,6 +23,7 @@
     prompt = "a cute panda playing the guitar in a bamboo forest"
     variants = ["a cute panda playing the guitar"]
     keyword = "in a bamboo forest"  # optional: the words to highlight; default: the words that differ
+    negative_prompt = "low quality"  # optional: this group's, instead of settings.negative_prompt
 
 A bad file raises PromptFileError naming the file, line and field.
 """
@@ -32,10 +38,13 @@ from pathlib import Path
 
 from precompute.writer import STORAGES, prompt_id, slugify
 
-SCHEDULERS = ("lms", "ddim", "euler")
+# precompute/model.py's SCHEDULERS (named here too, so the CLI's --help needs no torch)
+SCHEDULERS = ("pndm", "lms", "ddim", "ddpm", "euler", "euler_a", "heun", "kdpm2", "dpmpp_2m",
+              "dpmpp_2m_karras", "unipc")
 SETTINGS_KEYS = {"model", "scheduler", "num_inference_steps", "height", "width", "seeds",
-                 "guidance_scales", "image_size", "storage", "attention_levels"}
-GROUP_KEYS = {"id", "title", "prompt", "variants", "keyword"}
+                 "guidance_scales", "image_size", "storage", "attention_levels", "eta",
+                 "guidance_rescale", "negative_prompt"}
+GROUP_KEYS = {"id", "title", "prompt", "variants", "keyword", "negative_prompt"}
 TOP_KEYS = {"title", "description", "default_guidance_scale", "settings", "groups"}
 
 
@@ -52,6 +61,7 @@ class PromptGroup:
     title: str
     prompts: list[str]                  # main prompt first, then variants
     highlights: dict[str, list[list[int]]] = field(default_factory=dict)  # text -> char spans
+    negative_prompt: str | None = None  # None: the file's (settings.negative_prompt, or "")
 
     def as_bundle_group(self) -> dict:
         return {"id": self.id, "title": self.title,
@@ -71,6 +81,13 @@ class PromptSet:
     def texts(self) -> list[str]:
         """Every distinct prompt, in file order."""
         return list(dict.fromkeys(t for g in self.groups for t in g.prompts))
+
+    def negative_prompt(self, text: str, default: str = "") -> str:
+        """The negative prompt of `text`: its group's, else `default` (the settings')."""
+        for g in self.groups:
+            if text in g.prompts and g.negative_prompt is not None:
+                return g.negative_prompt
+        return default
 
 
 # ------------------------------------------------------------------- highlighting
@@ -144,8 +161,16 @@ def check_settings(s: dict, err) -> dict:
     if "model" in s and not (isinstance(s["model"], str) and s["model"].strip()):
         err("model", "must be a hub id or a folder path")
     if "scheduler" in s and s["scheduler"] not in SCHEDULERS:
-        err("scheduler", f"must be one of {', '.join(SCHEDULERS)} (schedulers with one model "
-            "call per step that report pred_original_sample)")
+        err("scheduler", f"must be one of {', '.join(SCHEDULERS)} (leave it out to use the "
+            "checkpoint's own)")
+    for key, what in (("eta", "DDIM's eta"), ("guidance_rescale", "Lin et al. 2023's phi")):
+        v = s.get(key)
+        if v is not None and not (type(v) in (int, float) and 0 <= v <= 1):
+            err(key, f"must be a number from 0 to 1 ({what})")
+    if "eta" in s and s["eta"] and s.get("scheduler") not in (None, "ddim"):
+        err("eta", "is DDIM's noise setting; use it with scheduler \"ddim\"")
+    if "negative_prompt" in s and not isinstance(s["negative_prompt"], str):
+        err("negative_prompt", "must be a string (\"\": none)")
     n = s.get("num_inference_steps")
     if n is not None and not (type(n) is int and 1 <= n <= 1000):
         err("num_inference_steps", "must be an integer from 1 to 1000")
@@ -237,6 +262,12 @@ def parse_prompt_set(data: dict, path="<prompts>", text: str = "") -> PromptSet:
         if groups[-1].id in ids:
             fail("id", f"duplicate group id {groups[-1].id!r}", group=i, label=f"groups[{i}].id")
         ids.add(groups[-1].id)
+        negatives = {t: g.negative_prompt for g in groups[:-1] for t in g.prompts}
+        for prompt in groups[-1].prompts:  # the app finds a prompt's runs by prompt and seed
+            if prompt in negatives and negatives[prompt] != groups[-1].negative_prompt:
+                fail("negative_prompt", f"prompt {prompt!r} is in an earlier group with another "
+                     "negative prompt; a prompt has one negative prompt per bundle", group=i,
+                     label=f"groups[{i}].negative_prompt")
     return PromptSet(title=data.get("title", "Noisepath bundle"),
                      description=data.get("description", ""),
                      default_guidance_scale=None if default_g is None else float(default_g),
@@ -273,14 +304,17 @@ def _parse_group(g: dict, i: int, fail) -> PromptGroup:
     title = g.get("title", main)
     if not isinstance(title, str):
         fail("title", "must be a string")
+    negative = g.get("negative_prompt")
+    if negative is not None and not isinstance(negative, str):
+        fail("negative_prompt", "must be a string (\"\": none)")
     gid = g.get("id", f"{slugify(main, 32)}-{i + 1}")
     if not (isinstance(gid, str) and re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", gid)):
         fail("id", "must be lowercase letters, digits and dashes (at most 64)")
     return PromptGroup(id=gid, title=title, prompts=[main, *variants],
-                       highlights=highlights)
+                       highlights=highlights, negative_prompt=negative)
 
 
 def single_prompt_set(prompt: str, variants: list[str]) -> PromptSet:
-    """The quick form: `--prompt "..." --variant "..."`."""
+    """The quick form: `--prompt "..." --variant "..."` (`--negative-prompt` is a setting)."""
     return parse_prompt_set({"groups": [{"prompt": prompt, "variants": variants}]},
                             "--prompt/--variant")

@@ -35,7 +35,8 @@ from precompute.writer import (EMPTY_PROMPT_ID, SHOWN_KEYS, BundleConfigMismatch
                                DamagedBundleFile, prompt_id, read_bundle_json, read_config,
                                recompute_remedy, run_id)
 
-DEFAULTS = {"model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "scheduler": "lms",
+# no scheduler: the checkpoint's own (precompute/model.py's checkpoint_scheduler)
+DEFAULTS = {"model": "stable-diffusion-v1-5/stable-diffusion-v1-5",
             "num_inference_steps": 50, "height": 512, "width": 512,
             "seeds": [1, 2, 3], "guidance_scales": [0, 1, 7, 20], "storage": "full"}
 
@@ -62,20 +63,28 @@ class Job:
     seed: int
     guidance_scales: list[float]
     run_ids: list[str]
+    negative_prompt: str = ""        # the unconditional row's prompt ("": none)
 
 
 def plan_jobs(prompt_set: PromptSet, settings: dict) -> list[Job]:
     """The guided jobs, then the seeds' shared guidance-0 jobs (see `shared_job`)."""
     seeds, scales = settings["seeds"], [float(g) for g in settings["guidance_scales"]]
+    negatives = {t: prompt_set.negative_prompt(t, settings.get("negative_prompt") or "")
+                 for t in prompt_set.texts}
     jobs = []
     guided = [g for g in scales if g != 0.0]
     if guided:
-        for text in prompt_set.texts:
-            pid = prompt_id(text)
-            jobs += [Job(f"{pid}--s{s}", text, s, guided, [run_id(pid, s, g) for g in guided])
-                     for s in seeds]
-    if 0.0 in scales:
-        jobs += [Job(f"s{s}-g0", None, s, [0.0], [run_id(EMPTY_PROMPT_ID, s, 0)]) for s in seeds]
+        for text, negative in negatives.items():
+            pid, nid = prompt_id(text), prompt_id(negative)
+            key = pid if not negative else f"{pid}--neg-{nid}"
+            jobs += [Job(f"{key}--s{s}", text, s, guided, [run_id(pid, s, g, nid) for g in guided],
+                         negative) for s in seeds]
+    if 0.0 in scales:  # one shared run per seed and negative prompt
+        for negative in dict.fromkeys(negatives.values()) or [""]:
+            nid = prompt_id(negative)
+            key = "" if not negative else f"{nid}--"
+            jobs += [Job(f"{key}s{s}-g0", None, s, [0.0], [run_id(EMPTY_PROMPT_ID, s, 0, nid)],
+                         negative) for s in seeds]
     return jobs
 
 
@@ -83,7 +92,8 @@ def shared_job(job: Job, jobs: list[Job]) -> Job | None:
     """The seed's shared guidance-0 job that guided `job` can take into its own sweep."""
     if job.prompt is None:
         return None
-    return next((j for j in jobs if j.prompt is None and j.seed == job.seed), None)
+    return next((j for j in jobs if j.prompt is None and j.seed == job.seed
+                 and j.negative_prompt == job.negative_prompt), None)
 
 
 def _say(opts: Options, message: str) -> None:
@@ -106,6 +116,7 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
         torch.set_num_threads(opts.threads)
 
     settings = {**DEFAULTS, **prompt_set.settings, **settings}
+    resolve_scheduler(settings, opts)
     settings.setdefault("image_size", min(256, settings["height"], settings["width"]))
     if settings.get("attention_levels") is not None:
         settings["attention_levels"] = sorted({int(h) for h in settings["attention_levels"]}, reverse=True)
@@ -142,6 +153,10 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
         **shown_settings(prompt_set),
         "model": settings["model"], "scheduler": settings["scheduler"],
         "num_inference_steps": settings["num_inference_steps"],
+        # UNet calls, the steps a run records (more than num_inference_steps for heun, kdpm2
+        # and pndm); eta and guidance_rescale: None (left out) when 0
+        "num_timesteps": num_timesteps(components.scheduler, settings["num_inference_steps"]),
+        "eta": settings["eta"], "guidance_rescale": settings["guidance_rescale"],
         "height": settings["height"], "width": settings["width"],
         "image_size": settings["image_size"], "dtype": str(components.dtype).replace("torch.", ""),
         "storage": settings["storage"],
@@ -158,7 +173,8 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
     writer.clean_stale_staging()
 
     # 1. the prompts: real tokens and text-encoder vectors (cheap, idempotent)
-    for text in ["", *prompt_set.texts]:
+    negatives = [j.negative_prompt for j in jobs]  # the unconditional rows' prompts
+    for text in dict.fromkeys(["", *negatives, *prompt_set.texts]):
         if not writer.has_prompt(prompt_id(text)):
             tokens = loop.encode_prompt_tokens(components, text)
             writer.write_prompt(text, tokens, tokens["embeddings"])
@@ -191,7 +207,8 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
                 components, job.prompt, job.seed, scales,
                 settings["num_inference_steps"], settings["height"], settings["width"],
                 capture_attention=True, attention_levels=settings.get("attention_levels"),
-                progress=steps, on_step=opts.on_step)
+                progress=steps, on_step=opts.on_step, negative_prompt=job.negative_prompt,
+                eta=settings["eta"], guidance_rescale=settings["guidance_rescale"])
             steps.close()
             # the guidance-0 run uses the unconditional branch only: it is the seed's
             # shared run whichever prompt's sweep computed it
@@ -219,6 +236,31 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
          f"{len(index['runs'])} runs" + (f"; {skipped_busy} jobs were being computed by "
                                           "another process" if skipped_busy else ""))
     return summary
+
+
+def resolve_scheduler(settings: dict, opts: Options) -> None:
+    """Name the scheduler when the settings do not: the checkpoint's own (read from its
+    config files, before the model loads, so a bundle's settings are checked first), or the
+    live server's loaded one. eta and guidance_rescale of 0 are None (not recorded)."""
+    from precompute.model import checkpoint_scheduler, scheduler_name
+
+    if not settings.get("scheduler"):
+        settings["scheduler"] = (scheduler_name(opts.components.scheduler) if opts.components
+                                 else checkpoint_scheduler(settings["model"]))
+    for key in ("eta", "guidance_rescale"):
+        settings[key] = float(settings[key]) if settings.get(key) else None
+
+
+def num_timesteps(scheduler, num_inference_steps: int) -> int:
+    """len(scheduler.timesteps): the UNet calls of a run, as the pipeline's loop makes them."""
+    import copy
+
+    from precompute.model import quiet_diffusers
+
+    scheduler = copy.deepcopy(scheduler)
+    with quiet_diffusers():
+        scheduler.set_timesteps(num_inference_steps)
+    return len(scheduler.timesteps)
 
 
 def _public(value):
@@ -309,7 +351,7 @@ def _stage_result(writer, components, r, rid, settings, opts):
               "pred_original_sample": r.pred_original_sample}
     images = {"decoded": (_resize(decoded, size), "webp"),
               "pred_original_sample": (_resize(x0_images, size), "webp")}
-    for name in ("noise_pred_uncond", "noise_pred_text"):
+    for name in ("noise_pred_uncond", "noise_pred_text", "variance_noise"):
         value = getattr(r, name)
         if value is not None:
             arrays[name] = value
@@ -319,16 +361,40 @@ def _stage_result(writer, components, r, rid, settings, opts):
         for key, maps in r.attention.items():
             arrays[names[key]] = maps
     return writer.stage_run({
-        "run_id": rid, "prompt_id": prompt_id(r.prompt or ""), "seed": r.seed,
+        "run_id": rid, "seed": r.seed, **run_prompts(r),
         "guidance_scale": float(r.guidance_scale),
         "num_inference_steps": settings["num_inference_steps"],
         "scheduler": {"name": settings["scheduler"], "timesteps": [float(t) for t in r.timesteps],
                       "sigmas": None if r.sigmas is None else [float(s) for s in r.sigmas],
                       "alphas_cumprod": [float(a) for a in r.alphas_cumprod],
-                      "weaken": [float(x) for x in r.weaken]},
+                      "weaken": [float(x) for x in r.weaken], **scheduler_record(r)},
         "latent_preview": preview,
         "attention": attention,
     }, arrays, images)
+
+
+def run_prompts(r) -> dict:
+    """run.json's prompt fields: prompt_id (a guidance-0 run's is its negative prompt's:
+    the unconditional branch is all it ran), negative_prompt_id when the unconditional row
+    was a negative prompt, and guidance_rescale with each step's std ratio where applied."""
+    fields = {"prompt_id": prompt_id(r.prompt if r.prompt is not None else r.negative_prompt)}
+    if r.negative_prompt:
+        fields["negative_prompt_id"] = prompt_id(r.negative_prompt)
+    if r.guidance_rescale:
+        fields["guidance_rescale"] = float(r.guidance_rescale)
+        fields["guidance_rescale_std_ratio"] = [float(x) for x in r.guidance_rescale_std_ratio]
+    return fields
+
+
+def scheduler_record(r) -> dict:
+    """run.json's scheduler fields beyond the per-call numbers: step_index (each UNet call's
+    scheduler step), where pred_original_sample comes from, and a stochastic run's
+    noise_scale (its variance_noise array holds the draws)."""
+    fields = {"step_index": [int(k) for k in r.step_index],
+              "pred_original_sample": r.pred_original_sample_from}
+    if r.noise_scale is not None:
+        fields["noise_scale"] = [float(x) for x in r.noise_scale]
+    return fields
 
 
 def bundle_attention(meta: dict) -> tuple[dict, dict[str, str]]:

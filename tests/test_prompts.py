@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from precompute.prompts import (GROUP_KEYS, SETTINGS_KEYS, TOP_KEYS, PromptFileError,
                                 differing_words, load_prompt_file, parse_prompt_set,
                                 single_prompt_set)
-from precompute.run import plan_jobs
+from precompute.run import plan_jobs, shared_job
+from precompute.writer import prompt_id
 
 SHIPPED = Path(__file__).parent.parent / "precompute" / "prompts" / "diffusion-explainer.toml"
 
@@ -53,6 +54,59 @@ def test_one_job_per_prompt_and_seed_plus_a_shared_guidance_zero_job(tmp_path):
     assert [j.key for j in jobs if j.prompt is None] == ["s1-g0", "s2-g0"]
     assert len([j for j in jobs if j.prompt]) == 3 * 2
     assert all(j.guidance_scales == [1.0, 7.0] for j in jobs if j.prompt)
+
+
+def test_negative_prompts_split_the_shared_guidance_zero_run_and_name_the_runs(tmp_path):
+    """A group's negative prompt wins over the file's; each negative prompt has its own
+    shared guidance-0 run per seed (its unconditional branch), and a guided run's id names
+    the negative prompt it used."""
+    text = GOOD.replace('guidance_scales = [0, 1, 7]', 'guidance_scales = [0, 1, 7]\n'
+                        'negative_prompt = "blurry"')
+    (tmp_path / "p.toml").write_text(text + 'negative_prompt = ""\n')
+    ps = load_prompt_file(tmp_path / "p.toml")
+    assert ps.negative_prompt("a big square", "blurry") == ""
+    assert ps.negative_prompt("a red circle", "blurry") == "blurry"
+    jobs = plan_jobs(ps, {**ps.settings})
+    blurry = prompt_id("blurry")
+    assert [(j.key, j.negative_prompt) for j in jobs if j.prompt is None] == [
+        (f"{blurry}--s1-g0", "blurry"), (f"{blurry}--s2-g0", "blurry"),
+        ("s1-g0", ""), ("s2-g0", "")]
+    assert [j.run_ids for j in jobs if j.prompt is None][0] == [f"{blurry}--s1-g0"]
+    red = next(j for j in jobs if j.prompt == "a red circle" and j.seed == 1)
+    assert red.run_ids == [f"{prompt_id('a red circle')}--neg-{blurry}--s1-g{g}" for g in (1, 7)]
+    square = next(j for j in jobs if j.prompt == "a big square" and j.seed == 1)
+    assert square.run_ids == [f"{prompt_id('a big square')}--s1-g{g}" for g in (1, 7)]
+    assert shared_job(red, jobs).negative_prompt == "blurry"
+    assert shared_job(square, jobs).key == "s1-g0"
+
+
+def test_a_prompt_with_two_negative_prompts_is_a_located_error(tmp_path):
+    text = GOOD + 'negative_prompt = "dark"\n\n[[groups]]\nprompt = "a big square"\nid = "again"\n'
+    (tmp_path / "p.toml").write_text(text)
+    with pytest.raises(PromptFileError, match=r":14: groups\[2\].negative_prompt: prompt 'a big "
+                       r"square' is in an earlier group with another negative prompt"):
+        load_prompt_file(tmp_path / "p.toml")
+
+
+@pytest.mark.parametrize("setting, words", [
+    ('scheduler = "dpm++"', "must be one of pndm, lms, ddim, ddpm, euler, euler_a, heun, kdpm2, "
+                            "dpmpp_2m, dpmpp_2m_karras, unipc"),
+    ('eta = 1.5', "must be a number from 0 to 1"),
+    ('scheduler = "euler"\neta = 0.5', "DDIM's noise setting"),
+    ('guidance_rescale = -0.1', "must be a number from 0 to 1"),
+    ('negative_prompt = 3', "must be a string"),
+])
+def test_sampler_settings_are_checked(tmp_path, setting, words):
+    (tmp_path / "p.toml").write_text(GOOD.replace("seeds = [1, 2]", f"seeds = [1, 2]\n{setting}"))
+    with pytest.raises(PromptFileError, match=words):
+        load_prompt_file(tmp_path / "p.toml")
+
+
+def test_the_prompt_files_scheduler_names_are_the_precomputes():
+    from precompute.model import SCHEDULERS as MODEL_SCHEDULERS
+    from precompute.prompts import SCHEDULERS
+
+    assert SCHEDULERS == tuple(MODEL_SCHEDULERS)
 
 
 @pytest.mark.parametrize("replace, line, field, words", [
