@@ -233,7 +233,20 @@ class _Run:
                 self.add(f"{f}.encoding", f"is {brief(e['encoding'])}; this noisepath reads "
                          f"{codec.ENCODING!r}")
             self.error_bound(f, e)
+            if "stored_shape" in e:
+                self.stored_shape(f, e)
         return self.c.errors() == errors
+
+    def stored_shape(self, f: str, e: dict) -> None:
+        """A resized array's stored maps: the same leading axes, maps no larger than the
+        array's (the reader upsamples them to its shape)."""
+        stored, shape = e["stored_shape"], e["shape"]
+        if not (isinstance(stored, list) and len(stored) == 4
+                and all(is_int(x, 1, 1 << 20) for x in stored)
+                and stored[:2] == shape[:2] and all(a <= b for a, b in zip(stored[2:], shape[2:]))):
+            self.add(f"{f}.stored_shape", f"must be 4 positive integers, the first two the "
+                     f"shape's {shape[:2]}, the maps no larger than {shape[2:]}; is "
+                     f"{describe(stored)}")
 
     def error_bound(self, f: str, e: dict) -> None:
         if not is_number(e.get("max_abs_error"), 0):
@@ -288,12 +301,26 @@ class _Run:
             ok = False
         if e.get("derived") is True:
             return self.derived_image(name, e) and ok
+        ok = self.frame_error(f, e) and ok
         mime, file = e.get("mime"), e.get("file")
         if not (isinstance(mime, str) and mime in IMAGE_MIMES and is_name(file, FILE_NAME)
                 and file.lower().endswith(IMAGE_MIMES[mime]) and is_sha256(e.get("sha256"))):
             self.add(f, f"must have mime (one of {', '.join(IMAGE_MIMES)}), file (a file name "
                      "with its extension) and sha256 (64 hex digits)")
             return False
+        return ok
+
+    def frame_error(self, f: str, e: dict) -> bool:
+        """A lossy sprite's quality (1-100) and measured errors (0-255 levels), if recorded."""
+        ok = True
+        if "quality" in e and not is_int(e["quality"], 1, 100):
+            self.add(f"{f}.quality", f"must be an integer 1 to 100, is {describe(e['quality'])}")
+            ok = False
+        for key in ("mean_abs_error", "max_frame_mean_abs_error", "final_mean_abs_error"):
+            if key in e and not is_number(e[key], 0, 255):
+                self.add(f"{f}.{key}", f"must be a number 0 to 255 (levels of a channel), is "
+                         f"{describe(e[key])}")
+                ok = False
         return ok
 
     def derived_image(self, name: str, e: dict) -> bool:
@@ -341,7 +368,7 @@ class _Run:
         shape) and the others' declared sizes; in decode mode every member in full (lo
         and scale float32, the map axes reduced to 1, finite, scale >= 0), as the server
         checks them when it first decodes the array (codec.check_members)."""
-        c, shape = self.c, e["shape"]
+        c, shape = self.c, e.get("stored_shape", e["shape"])  # the members' shape
         try:
             members = codec.read_npz(path, header_only=() if c.decode else ("q",),
                                      limits=codec.member_limits(shape),

@@ -112,22 +112,30 @@ def save_array(folder: Path, name: str, array: np.ndarray, dtype: str) -> dict:
 
 def save_encoded(folder: Path, name: str, array: np.ndarray) -> tuple[dict, np.ndarray]:
     """Save one run array as q8-delta `<name>.q8.npz`: (manifest entry, the float32 values
-    a reader decodes). max_abs_error: the largest |decoded float16 - original| here."""
+    a reader decodes). max_abs_error: the largest |decoded float16 - original| here.
+
+    An attention level larger than the app draws it (codec.ATTENTION_STORED_SIDE) is
+    stored averaged over f x f blocks, with `stored_shape`; the reader upsamples it back,
+    and max_abs_error measures what comes back against the original at its full size."""
     x = np.asarray(array, np.float32)
     if x.ndim != 4:
         raise ValueError(f"array {name!r}: compact storage takes (T, C, h, w) or (K, T, H, W) "
                          f"arrays, got shape {x.shape}")
     if not np.isfinite(x).all():
         raise ValueError(f"array {name!r} has non-finite values")
-    data, values = codec.encode(x, codec.step_axis(name))
+    factor = codec.stored_factor(x.shape) if name.startswith("attention") else 1
+    data, values, stored = codec.encode_resized(x, codec.step_axis(name), factor)
     served = values.astype(np.float16)
     if not np.isfinite(served).all():
         raise ValueError(f"array {name!r} does not fit in float16")
     path = folder / f"{name}.q8.npz"
     _fsync_write(path, data)
-    return {"file": path.name, "dtype": "float16", "shape": list(x.shape),
-            "sha256": sha256_file(path), "encoding": codec.ENCODING,
-            "max_abs_error": _max_abs(served, x)}, values
+    entry = {"file": path.name, "dtype": "float16", "shape": list(x.shape),
+             "sha256": sha256_file(path), "encoding": codec.ENCODING,
+             "max_abs_error": _max_abs(served, x)}
+    if factor > 1:
+        entry["stored_shape"] = stored
+    return entry, values
 
 
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
@@ -185,14 +193,38 @@ class EncodedSprite:
     entry: dict  # mime, count, frame_width, frame_height, columns
 
 
-def save_sprite(folder: Path, name: str, frames: np.ndarray, fmt: str) -> dict:
+# Compact storage's WebP quality per VAE sprite, chosen by measurement on an SD-sized
+# stand-in (docs/performance.md, "Bundle size at Stable Diffusion's size"): x_t frames are
+# mostly noise for most of the steps, which no quality keeps exactly and which costs the
+# bytes; predicted x0 frames are smooth and cheap at the full bundle's quality.
+COMPACT_FRAME_QUALITY = {"decoded": 50, "pred_original_sample": 82}
+
+
+def save_sprite(folder: Path, name: str, frames: np.ndarray, fmt: str,
+                quality: int | None = None) -> dict:
     """Pack frames (N, H, W, 3) uint8 into one grid image (backend/previews.py) and return
-    its entry."""
+    its entry. A lossy sprite's entry records `quality` and its measured error against
+    `frames` (frame_errors)."""
     try:
-        data, entry = previews.sprite(frames, fmt)
+        data, entry = previews.sprite(frames, fmt, quality)
     except ValueError as e:
         raise ValueError(f"sprite {name!r}: {e}") from None
+    options = previews.FORMATS[fmt][2]
+    if "quality" in options:
+        entry = {**entry, "quality": int(quality or options["quality"]),
+                 **frame_errors(frames, previews.crop_frames(data, entry))}
     return _write_sprite(folder, name, EncodedSprite(data, previews.FORMATS[fmt][0], entry))
+
+
+def frame_errors(original: np.ndarray, decoded: np.ndarray) -> dict:
+    """How far a lossy sprite's frames are from what the VAE gave, in 0-255 levels per
+    channel: the mean |difference| over every frame, the largest frame's mean, and the
+    final frame's (the run's image)."""
+    diff = np.abs(decoded.astype(np.int16) - original.astype(np.int16))   # (N, H, W, 3)
+    per_frame = diff.reshape(len(diff), -1).mean(axis=1)
+    return {"mean_abs_error": round(float(per_frame.mean()), 3),
+            "max_frame_mean_abs_error": round(float(per_frame.max()), 3),
+            "final_mean_abs_error": round(float(per_frame[-1]), 3)}
 
 
 def _write_sprite(folder: Path, name: str, sprite: EncodedSprite) -> dict:
@@ -379,8 +411,10 @@ class BundleWriter:
         else:
             entries = {n: save_array(folder, n, a, "float16") for n, a in arrays.items()}
             values = arrays
+        quality = COMPACT_FRAME_QUALITY if self.storage == "compact" else {}
         image_entries = {n: _write_sprite(folder, n, v) if isinstance(v, EncodedSprite)
-                         else save_sprite(folder, n, *v) for n, v in images.items()}
+                         else save_sprite(folder, n, *v, quality=quality.get(n))
+                         for n, v in images.items()}
         for name in previews.PREVIEWS:
             if name in values:
                 data, entry = previews.preview_png(name, values[name], manifest["latent_preview"],
