@@ -204,6 +204,19 @@ def test_without_a_name_the_checkpoints_own_scheduler_is_used_and_named():
     assert checkpoint_scheduler("static/demo-model") == "ddim"
 
 
+def test_precompute_settings_name_the_checkpoints_scheduler_and_keep_a_named_one():
+    """What config.json records: the concrete name, never a placeholder."""
+    from precompute.run import Options, resolve_scheduler
+
+    path = str(tiny_pipeline_path("sd15"))
+    settings = {"model": path, "eta": 0, "guidance_rescale": 0.7}
+    resolve_scheduler(settings, Options())
+    assert settings == {"model": path, "scheduler": "lms", "eta": None, "guidance_rescale": 0.7}
+    named = {"model": path, "scheduler": "ddim", "eta": 0.3}
+    resolve_scheduler(named, Options())
+    assert (named["scheduler"], named["eta"]) == ("ddim", 0.3)
+
+
 def test_a_checkpoints_dpm_solver_is_named_by_its_config_and_other_solvers_are_refused(tmp_path):
     import shutil
 
@@ -231,3 +244,122 @@ def test_a_named_dpm_solver_keeps_the_checkpoints_betas_and_prediction_type():
     assert plain.config.prediction_type == "v_prediction" and plain.config.rescale_betas_zero_snr
     assert plain.config.use_karras_sigmas is False  # the name fixes the solver
     assert make_scheduler("dpmpp_2m_karras", base).config.use_karras_sigmas is True
+
+
+# -- the bundle ------------------------------------------------------------------------
+
+BUNDLE_PROMPTS = """\
+[settings]
+num_inference_steps = 3
+height = 16
+width = 16
+seeds = [1]
+guidance_scales = [0, 1, 5]
+guidance_rescale = 0.7
+storage = "compact"
+
+[[groups]]
+prompt = "a red circle"
+negative_prompt = "blue"
+"""
+
+
+def _precompute(out, prompts, scheduler):
+    import io
+
+    from precompute.prompts import parse_prompt_set
+    from precompute.run import Options, precompute
+
+    import tomllib
+    prompt_set = parse_prompt_set(tomllib.loads(prompts))
+    opts = Options(device="cpu", projection="pca", progress=False, log=io.StringIO(),
+                   components=tiny_components("sd15", scheduler))
+    precompute(prompt_set, out, {}, opts)
+    return out
+
+
+@pytest.fixture(scope="module")
+def heun_bundle(tmp_path_factory):
+    """Heun (two UNet calls per step), a negative prompt, guidance_rescale, compact storage;
+    no scheduler setting: the loaded model's own is named."""
+    return _precompute(tmp_path_factory.mktemp("heun") / "b", BUNDLE_PROMPTS, "heun")
+
+
+def _errors(root):
+    from backend.validator import validate_bundle
+
+    return [(p.file, p.field, p.message) for p in validate_bundle(root) if p.severity == "error"]
+
+
+@pytest.mark.slow
+def test_a_heun_bundle_with_a_negative_prompt_and_guidance_rescale_validates(heun_bundle):
+    import json
+
+    from backend import payloads
+    from backend.bundle import Bundle
+    from precompute.writer import prompt_id
+
+    assert _errors(heun_bundle) == []
+    config = json.loads((heun_bundle / "config.json").read_text())
+    assert (config["scheduler"], config["num_inference_steps"], config["num_timesteps"]) == ("heun", 3, 5)
+    assert config["guidance_rescale"] == 0.7 and "eta" not in config
+    pid, nid = prompt_id("a red circle"), prompt_id("blue")
+    index = json.loads((heun_bundle / "bundle.json").read_text())
+    assert sorted(index["runs"]) == [f"{pid}--neg-{nid}--s1-g1", f"{pid}--neg-{nid}--s1-g5",
+                                     f"{nid}--s1-g0"]
+    assert {"empty", pid, nid} <= set(index["prompts"])  # the negative prompt's tokens too
+    guided = json.loads((heun_bundle / "runs" / f"{pid}--neg-{nid}--s1-g5" / "run.json").read_text())
+    assert guided["negative_prompt_id"] == nid and guided["guidance_rescale"] == 0.7
+    assert len(guided["guidance_rescale_std_ratio"]) == 5
+    assert guided["scheduler"]["step_index"] == [0, 0, 1, 1, 2]
+    assert "derived" not in guided["arrays"]["noise_pred"]  # rescaled: not the guidance formula
+    assert guided["arrays"]["latents"]["shape"][0] == 6
+    shared = json.loads((heun_bundle / "runs" / f"{nid}--s1-g0" / "run.json").read_text())
+    assert shared["prompt_id"] == nid and "guidance_rescale" not in shared
+    lookup = payloads.run_lookup(Bundle(heun_bundle))
+    assert lookup[pid]["1"] == {"0": f"{nid}--s1-g0", "1": f"{pid}--neg-{nid}--s1-g1",
+                                "5": f"{pid}--neg-{nid}--s1-g5"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change, field, words", [
+    (lambda m: m["scheduler"].update(step_index=[0, 2, 2, 2, 2]), "scheduler.step_index",
+     "rising by 0 or 1"),
+    (lambda m: m["scheduler"].update(step_index=[0, 0, 1, 1]), "scheduler.step_index", "5 integers"),
+    (lambda m: m.update(negative_prompt_id="nowhere"), "negative_prompt_id", "not a prompt"),
+    (lambda m: m.pop("guidance_rescale_std_ratio"), "guidance_rescale_std_ratio", "5 numbers"),
+    (lambda m: m.update(guidance_rescale=2), "guidance_rescale", "at most 1"),
+    (lambda m: m["scheduler"].update(noise_scale=[0.1] * 5), "arrays.variance_noise", "missing"),
+    (lambda m: m["scheduler"].update(pred_original_sample="guess"),
+     "scheduler.pred_original_sample", "one of step, model_outputs, formula"),
+])
+def test_validate_rejects_broken_sampler_fields(heun_bundle, tmp_path, change, field, words):
+    import json
+    import shutil
+
+    from precompute.writer import build_index, prompt_id, write_json_atomic
+
+    root = tmp_path / "b"
+    shutil.copytree(heun_bundle, root)
+    rid = f"{prompt_id('a red circle')}--neg-{prompt_id('blue')}--s1-g5"
+    path = root / "runs" / rid / "run.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    write_json_atomic(path, manifest)
+    write_json_atomic(root / "bundle.json", build_index(root))  # the run's new checksum
+    assert any(f == f"runs/{rid}/run.json" and fld == field and words in msg
+               for f, fld, msg in _errors(root)), _errors(root)
+
+
+@pytest.mark.slow
+def test_a_ddpm_bundle_records_each_steps_noise_and_validates(tmp_path):
+    import json
+
+    prompts = BUNDLE_PROMPTS.replace('guidance_rescale = 0.7\nstorage = "compact"\n', "")
+    root = _precompute(tmp_path / "b", prompts, "ddpm")
+    assert _errors(root) == []
+    runs = [json.loads(p.read_text()) for p in sorted((root / "runs").glob("*/run.json"))]
+    for m in runs:
+        assert m["arrays"]["variance_noise"]["shape"] == [3, 4, 8, 8]
+        assert len(m["scheduler"]["noise_scale"]) == 3 and m["scheduler"]["noise_scale"][-1] == 0
+    assert json.loads((root / "config.json").read_text())["scheduler"] == "ddpm"
