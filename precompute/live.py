@@ -348,9 +348,10 @@ def latent_rgb(latent: np.ndarray, preview: dict, scheduler: str) -> np.ndarray:
     divided by its RMS when that is above 1 (the RMS of x0 + sigma noise is about
     sqrt(1 + sigma^2) for unit-scale latents), as backend/previews.py shows it with sigma."""
     from backend.previews import latent_preview
+    from precompute.model import SIGMA_LATENTS
 
     latent = np.asarray(latent, np.float32)
-    if scheduler != "ddim":
+    if scheduler in SIGMA_LATENTS:  # the others' latents are sqrt(a) x0 + sqrt(1 - a) noise
         latent = latent / max(1.0, float(np.sqrt((latent ** 2).mean())))
     matrix = np.asarray(preview["matrix"], np.float32)
     bias = np.asarray(preview["bias"], np.float32)

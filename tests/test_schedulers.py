@@ -363,3 +363,17 @@ def test_a_ddpm_bundle_records_each_steps_noise_and_validates(tmp_path):
         assert m["arrays"]["variance_noise"]["shape"] == [3, 4, 8, 8]
         assert len(m["scheduler"]["noise_scale"]) == 3 and m["scheduler"]["noise_scale"][-1] == 0
     assert json.loads((root / "config.json").read_text())["scheduler"] == "ddpm"
+
+
+def test_live_frames_scale_only_sigma_schedulers_latents():
+    """A live frame divides a sigma scheduler's latent (x0 + sigma noise) by its RMS; the
+    latent of ddim, pndm, dpmpp or unipc is already at unit scale and is shown as it is."""
+    from precompute.live import latent_rgb
+
+    preview = {"matrix": [[0.1, 0.0, 0.0], [0.0, 0.1, 0.0], [0.0, 0.0, 0.1], [0.0, 0.0, 0.0]],
+               "bias": [0.5, 0.5, 0.5]}
+    latent = np.full((4, 2, 2), 3.0, np.float32)  # RMS 3
+    for name in ("ddim", "pndm", "dpmpp_2m", "unipc", "ddpm"):
+        assert latent_rgb(latent, preview, name)[0, 0, 0] == round(255 * 0.8)
+    for name in ("lms", "euler", "euler_a", "heun", "kdpm2"):
+        assert latent_rgb(latent, preview, name)[0, 0, 0] == round(255 * 0.6)
