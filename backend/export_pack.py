@@ -92,7 +92,8 @@ def run_document(store, rid: str, body: bytes) -> bytes:
             arrays[name] = entry
         elif name in app:
             how = ({"derived": m["derived"], "from": list(m["from"])} if "derived" in m
-                   else {"url": packed_url(store, rid, name), "encoding": m["encoding"]})
+                   else {"url": packed_url(store, rid, name), "encoding": m["encoding"],
+                         **({"stored_shape": m["stored_shape"]} if "stored_shape" in m else {})})
             arrays[name] = {**entry, "packed": how}
     return json_bytes({**doc, "arrays": arrays})
 
@@ -108,8 +109,9 @@ def packed_array(store, rid: str, name: str) -> bytes:
     entry = store.bundle.runs[rid]["arrays"][name]
     try:
         path = inside(store.bundle.root / "runs" / rid, entry["file"])
-        members = codec.read_npz(path, limits=codec.member_limits(entry["shape"]))
-        codec.check_members(members, entry["shape"])
+        stored = entry.get("stored_shape", entry["shape"])  # resized attention: smaller maps
+        members = codec.read_npz(path, limits=codec.member_limits(stored))
+        codec.check_members(members, stored)
     except UNREADABLE as e:
         raise PackError(f"bundle file runs/{rid}/{entry['file']}: cannot be packed ({e})") from e
     return codec.npz_bytes(members, zipfile.ZIP_DEFLATED)

@@ -288,8 +288,8 @@ def test_packed_arrays_decode_to_the_arrays_the_server_sends(compact_site, compa
             if "derived" in how:
                 return codec.derive(how["derived"], [decode(n) for n in how["from"]],
                                     run["arrays"][name]["shape"], run["guidance_scale"])
-            members = codec.read_npz(compact_site / how["url"].split("?")[0])
-            return codec.decode(members, codec.step_axis(name))
+            return codec.load(compact_site / how["url"].split("?")[0], codec.step_axis(name),
+                              run["arrays"][name]["shape"], how.get("stored_shape"))
 
         for name, entry in run["arrays"].items():
             values[name] = decode(name).astype(np.float16)
@@ -396,15 +396,29 @@ def cut_urls(store) -> list[dict]:
     return cases
 
 
+@pytest.fixture
+def resized(tmp_path, monkeypatch, frontend):
+    """(app, its export) of a compact bundle whose 8x8 attention level is stored 4x4
+    (`stored_shape`; codec.ATTENTION_STORED_SIDE lowered as tests/test_compact_encodings.py
+    does)."""
+    monkeypatch.setattr(codec, "ATTENTION_STORED_SIDE", 4)
+    bundle = make_bundle(tmp_path / "b", storage="compact", seeds=(1,), guidance_scales=(0, 7))
+    app = create_app({"BUNDLE_DIR": bundle, "FRONTEND_DIR": frontend})
+    write_site(app, tmp_path / "site")
+    return app, tmp_path / "site"
+
+
 @needs_node
-@pytest.mark.parametrize("storage", ["full", "compact"])
+@pytest.mark.parametrize("storage", ["full", "compact", "resized"])
 def test_the_front_end_cuts_the_servers_answers_out_of_the_packed_files(
-        storage, app, www, compact_app, compact_site, tmp_path):
+        storage, app, www, compact_app, compact_site, request, tmp_path):
     """js/api.js over the export (switched to the packed layout by api/index.json) answers
     every step, token and step-of-attention URL, and each array URL of the run documents,
-    with exactly the server's values: float16 after the same float32 decoding."""
-    app, root = {"full": (app, www / "course" / "noisepath"),
-                 "compact": (compact_app, compact_site)}[storage]
+    with exactly the server's values: float16 after the same float32 decoding (and, for
+    attention stored smaller, the same upsampling)."""
+    app, root = {"full": lambda: (app, www / "course" / "noisepath"),
+                 "compact": lambda: (compact_app, compact_site),
+                 "resized": lambda: request.getfixturevalue("resized")}[storage]()
     store = app.extensions["noisepath.store"]
     cases = cut_urls(store)
     for rid in store.runs:
@@ -425,6 +439,9 @@ def test_the_front_end_cuts_the_servers_answers_out_of_the_packed_files(
     assert any("/attention/combined/steps/" in c["url"] for c in cases)
     assert storage == "full" or any(".npy?v=" in c["url"] and c["url"].startswith("api/")
                                     for c in cases)
+    assert storage != "resized" or any("stored_shape" in e.get("packed", {}) for rid in store.runs
+                                       for e in json.loads((root / f"api/runs/{rid}.json")
+                                                           .read_bytes())["arrays"].values())
 
 
 @needs_node

@@ -8,7 +8,8 @@
  *                                     -> a slice of the run's attention array
  * - api/runs/<id>/arrays/<name>.npy   -> decoded from the run document's `packed` entry:
  *   a q8-delta .npz with deflated members (browsers inflate deflate natively, not the
- *   bundle's LZMA), or derived from other arrays (the combined attention map).
+ *   bundle's LZMA), upsampled when its maps were stored smaller (`stored_shape`), or
+ *   derived from other arrays (the combined attention map).
  *
  * Decoded arrays equal the server's bodies value for value: the same float32 arithmetic
  * as backend/codec.py, then rounded to float16 as the server sends them.
@@ -81,7 +82,9 @@ async function arrayValues(run, name, load) {
   }
   if (packed.encoding !== "q8-delta") throw new Error(`${name}: unknown encoding ${packed.encoding}`);
   const members = await readNpz(await load(packed.url, "buffer"));
-  return decodeQ8(members, entry.shape, name.startsWith("attention") ? 1 : 0);
+  const stored = packed.stored_shape || entry.shape;  // resized attention: maps stored smaller
+  const values = decodeQ8(members, stored, name.startsWith("attention") ? 1 : 0);
+  return stored.join() === entry.shape.join() ? values : upsampleBilinear(values, entry.shape.slice(-2));
 }
 
 // ------------------------------------------------------------------------- q8-delta
