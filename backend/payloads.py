@@ -23,6 +23,7 @@ STATS = {  # stats name -> (array, reduction)
     "noise_pred_uncond_norm": ("noise_pred_uncond", "norm"),
     "noise_pred_text_norm": ("noise_pred_text", "norm"),
     "pred_original_sample_std": ("pred_original_sample", "std"),
+    "variance_noise_norm": ("variance_noise", "norm"),  # |z| of a stochastic step's draw
 }
 # per-step vectors: API name -> (array, frame offset from the step index)
 CENTRE = {
@@ -32,7 +33,13 @@ CENTRE = {
     "noise_pred": ("noise_pred", 0),
     "latents_next": ("latents", 1),
     "pred_original_sample": ("pred_original_sample", 0),
+    "variance_noise": ("variance_noise", 0),
 }
+# config.json keys the app reads when a bundle has them: UNet calls per run (heun, kdpm2,
+# pndm make more than num_inference_steps), DDIM's eta, guidance_rescale's phi
+SAMPLER_CONFIG = ("num_timesteps", "eta", "guidance_rescale")
+# run.json keys of a run made with a negative prompt or guidance_rescale
+RUN_SAMPLER = ("negative_prompt_id", "guidance_rescale", "guidance_rescale_std_ratio")
 
 
 def num_key(x) -> str:
@@ -90,6 +97,7 @@ def index(b: Bundle) -> dict:
             "image_size": cfg.get("image_size"), "latent_shape": cfg["latent_shape"],
             "storage": cfg.get("storage", "full"),
             "prediction_type": cfg.get("prediction_type", model_info.get("prediction_type")),
+            **{k: cfg[k] for k in SAMPLER_CONFIG if cfg.get(k) is not None},
         },
         "seeds": sorted({r["seed"] for r in runs.values()}),
         "guidance_scales": sorted({r["guidance_scale"] for r in runs.values()}),
@@ -186,6 +194,7 @@ def run(b: Bundle, rid: str, stats: dict) -> dict:
                           "shape": e["shape"]}
                    for name, e in m["arrays"].items()},
         "stats": stats,
+        **{k: m[k] for k in RUN_SAMPLER if k in m},
     }
 
 
@@ -211,7 +220,10 @@ def step(b: Bundle, rid: str, i: int, centre: dict) -> dict:
     out = {"run_id": rid, "step": i, "timestep": sched["timesteps"][i],
            "sigma": sigmas[i] if sigmas is not None else None,
            "alpha_cumprod": sched["alphas_cumprod"][i], "weaken": sched["weaken"][i],
-           "guidance_scale": m["guidance_scale"]}
+           "guidance_scale": m["guidance_scale"],
+           # the call's scheduler step and a stochastic step's noise factor, where recorded
+           "step_index": sched["step_index"][i] if "step_index" in sched else None,
+           "noise_scale": sched["noise_scale"][i] if "noise_scale" in sched else None}
     for name, (array, offset) in CENTRE.items():
         values = centre.get(array)
         out[name] = None if values is None else [float(x) for x in values[i + offset]]

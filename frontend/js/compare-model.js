@@ -8,7 +8,7 @@
  * fetches) and computes distances once per pair of runs.
  */
 import { urls } from "./api.js";
-import { alignTokens, callIndex, fmt, runIdFor, splitRanges, wordDiff } from "./data.js";
+import { alignTokens, callIndex, fmt, recordedSteps, runIdFor, splitRanges, wordDiff } from "./data.js";
 import { differenceFrame, imageDistance, latentDistance, spritePixels } from "./difference.js";
 
 const LANE_NAMES = ["Prompt 1", "Prompt 2"];
@@ -18,7 +18,7 @@ const LANE_NAMES = ["Prompt 1", "Prompt 2"];
  *                 promptData(promptId)} from model.js
  */
 export function createCompareModel(index, api, { picture, runOf, promptData }) {
-  const T = index.config.num_inference_steps;
+  const T = recordedSteps(index);
   const pairs = new WeakMap();   // object a -> Map(object b -> value): per-pair results
   const cache = new Map();       // string key -> small per-step results (maps, difference images)
 

@@ -24,6 +24,12 @@ export function runIdFor(index, promptId, seed, guidance) {
   return found ? found[0] : null;
 }
 
+/** T, the steps a run records: one per UNet call (config.num_timesteps, more than
+ * num_inference_steps for heun, kdpm2 and pndm; bundles without it: the same). */
+export function recordedSteps(index) {
+  return index.config.num_timesteps || index.config.num_inference_steps;
+}
+
 /** The UNet call that produced step s, or null at step 0. */
 export function callIndex(step) {
   return step > 0 ? step - 1 : null;

@@ -7,7 +7,7 @@ import { d3 } from "./lib.js";
 import { createApi, urls } from "./api.js";
 import { createStore } from "./state.js";
 import { createModel } from "./model.js";
-import { compareCandidate } from "./data.js";
+import { compareCandidate, recordedSteps } from "./data.js";
 import { createPlayer } from "./player.js";
 import { bindKeyboard } from "./keyboard.js";
 import { applyWording, bindArticleLinks, renderMath } from "./article.js";
@@ -79,7 +79,7 @@ async function start() {
 
   const togglePlay = () => {
     const s = store.committed();
-    if (!store.playing() && s.step >= index.config.num_inference_steps) store.commit({ step: 0 });
+    if (!store.playing() && s.step >= recordedSteps(index)) store.commit({ step: 0 });
     store.setPlaying(!store.playing());
   };
   const goTo = (step) => {
@@ -324,9 +324,9 @@ async function start() {
 
   bindKeyboard({
     togglePlay,
-    step: (delta) => goTo(Math.max(0, Math.min(index.config.num_inference_steps, store.committed().step + delta))),
+    step: (delta) => goTo(Math.max(0, Math.min(recordedSteps(index), store.committed().step + delta))),
     first: () => goTo(0),
-    last: () => goTo(index.config.num_inference_steps),
+    last: () => goTo(recordedSteps(index)),
     present: togglePresent,
     escape: () => {
       const s = store.committed();

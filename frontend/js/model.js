@@ -9,11 +9,15 @@
 import { d3 } from "./lib.js";
 import { urls } from "./api.js";
 import {
-  alignTokens, callIndex, compareCandidate, fmt, fmtTimestep, groupOf, markHighlights, meanOverSteps, runIdFor, sliceFirst, tokenList,
+  alignTokens, callIndex, compareCandidate, fmt, fmtTimestep, groupOf, markHighlights, meanOverSteps, recordedSteps, runIdFor,
+  sliceFirst, tokenList,
 } from "./data.js";
 import { SPEEDS } from "./state.js";
 import { createCompareModel } from "./compare-model.js";
-import { factorsSentence, outputOf, paddingWords, remainderLabel, rescaleFactor, wording } from "./wording.js";
+import {
+  callWords, factorsSentence, guidanceRescaleAt, outputOf, paddingWords, remainderLabel, rescaleFactor, schedulerTitle,
+  stepNumbersText, uncondWords, wording,
+} from "./wording.js";
 
 /** Robust colour range for vectors: the 99th percentile of |value|. */
 function robustMax(values) {
@@ -34,7 +38,7 @@ function cosine(a, b) {
 }
 
 export function createModel(index, api) {
-  const T = index.config.num_inference_steps;
+  const T = recordedSteps(index); // one recorded step per UNet call
   const C = index.config.latent_shape ? index.config.latent_shape[0] : 4;
   const { facts } = wording(index);
   const out = outputOf(facts); // what the UNet predicts: noise, v or the clean latent
@@ -181,14 +185,19 @@ export function createModel(index, api) {
     if (!step) return null;
     const weaken = step.weaken ?? run.scheduler.weaken[i];
     const ch = (name) => step[name] || null;
-    const expected = step.latents && step.noise_pred ? step.latents.map((x, c) => x - weaken * step.noise_pred[c]) : null;
+    // a stochastic step also added noise_scale x its N(0, I) draw z
+    const scale = step.noise_scale ?? null;
+    const noise = scale !== null && step.variance_noise ? step.variance_noise.map((z) => scale * z) : null;
+    const expected = step.latents && step.noise_pred
+      ? step.latents.map((x, c) => x - weaken * step.noise_pred[c] + (noise ? noise[c] : 0)) : null;
     const rows = [
       { key: "latents", label: `latent before (step ${i})`, values: ch("latents") },
-      { key: "uncond", label: `${out.name}, empty prompt`, values: ch("noise_pred_uncond") },
+      { key: "uncond", label: `${out.name}, ${uncondLabel(uncondWords(index, run))}`, values: ch("noise_pred_uncond") },
       { key: "text", label: `${out.name}, your prompt`, values: ch("noise_pred_text") },
       { key: "guided", label: `guided ${out.name} (g = ${fmt(state.guidance)})`, values: ch("noise_pred") },
       { key: "weakened", label: `× weaken ${fmt(weaken)}`, values: step.noise_pred ? step.noise_pred.map((v) => v * weaken) : null },
-      { key: "expected", label: `latent − weakened ${out.name}`, values: expected },
+      ...(scale === null ? [] : [{ key: "noise", label: `+ noise added: ${fmt(scale)} × z`, values: noise }]),
+      { key: "expected", label: `latent − weakened ${out.name}${scale === null ? "" : " + noise"}`, values: expected },
       { key: "next", label: `latent after (step ${i + 1}, stored)`, values: ch("latents_next") },
     ];
     // DDIM and v-prediction steps also rescale the latent: x_{i+1} = c x_i - w out_i
@@ -213,10 +222,12 @@ export function createModel(index, api) {
     const group = groupOf(index, state.prompt);
     const variant = group ? group.prompts.find((p) => p !== state.prompt) : null;
 
+    const place = callWords(facts, run && run.scheduler, s); // multi-call schedulers: "UNet call s of T (...)"
+    const uncond = uncondWords(index, run);
     const frames = {
       noise: picture("noise", run, "latents", 0, `Random noise for seed ${state.seed} (latent preview)`),
-      latent: picture("latent", run, "latents", s, `Latent at step ${s} of ${T} (colour preview of its channels)`),
-      decoded: picture("decoded", run, "decoded", s, `Decoded image at step ${s} of ${T}`),
+      latent: picture("latent", run, "latents", s, `Latent at ${place || `step ${s} of ${T}`} (colour preview of its channels)`),
+      decoded: picture("decoded", run, "decoded", s, `Decoded image at ${place || `step ${s} of ${T}`}`),
       pred: picture("pred", run, "pred_original_sample", i, i === null ? "No prediction at step 0"
         : `The model's predicted final image at step ${s}`),
     };
@@ -233,6 +244,7 @@ export function createModel(index, api) {
       architecture: { open: state.open, playing: state.playing, compare: state.compare, frames, predAtStart: i === null },
       controller: {
         step: s, T, playing: state.playing, speed: state.speed, speeds: SPEEDS,
+        stepLabel: place ? `call ${s} / ${T} · step ${run.scheduler.step_index[s - 1] + 1} / ${facts.steps}` : null,
         timestep: run && i !== null ? run.scheduler.timesteps[i] : null,
         sigma: run && i !== null && run.scheduler.sigmas ? run.scheduler.sigmas[i] : null,
       },
@@ -274,7 +286,14 @@ export function createModel(index, api) {
         model: index.config.model,
         "bundle-title": index.title || index.config.model,
         "bundle-description": index.description || "",
-        scheduler: String(index.config.scheduler).toUpperCase(),
+        scheduler: schedulerTitle(String(index.config.scheduler)),
+        "call-note": place ? `${place}.` : "",
+        "step-noun": facts.multiCall ? "UNet call" : "step",
+        "uncond-name": uncond.name,
+        "scheduler-numbers": run && i !== null ? stepNumbersText(facts, run.scheduler, i, noiseSize(run, i)) : "",
+        "noise-scale": run && i !== null && run.scheduler.noise_scale ? fmt(run.scheduler.noise_scale[i]) : "–",
+        "uncond-phrase": uncond.short === "empty" ? "an empty prompt" : `the ${uncond.name.replace(":", "")}`,
+        "rescale-note": rescaleNote(facts, guidanceRescaleAt(run, i), state.guidance),
         "prediction-note": predictionNote(facts.prediction),
         "factors-trend": run ? factorsSentence(run.scheduler.weaken) : "",
         "embed-dim": String(prompt && prompt.json.text_embeddings.shape ? prompt.json.text_embeddings.shape[1]
@@ -295,7 +314,7 @@ export function createModel(index, api) {
         },
         frames: {
           prev: picture("prev", run, "latents", i === null ? 0 : i, `Latent before the step, step ${i === null ? 0 : i}`),
-          uncond: i === null ? none : picture("uncond", run, "noise_pred_uncond", i, `${out.Name} predicted for the empty prompt at step ${s}`),
+          uncond: i === null ? none : picture("uncond", run, "noise_pred_uncond", i, `${out.Name} predicted for the ${uncond.name} at step ${s}`),
           text: i === null ? none : picture("text", run, "noise_pred_text", i, `${out.Name} predicted for your prompt at step ${s}`),
           guided: i === null ? none : picture("guided", run, "noise_pred", i, `${out.guided} at step ${s}`),
           next: i === null ? none : picture("next", run, "latents", s, `Latent after the step, step ${s}`),
@@ -303,12 +322,12 @@ export function createModel(index, api) {
         table: numbers ? numbers.table : null,
       };
     }
-    if (open.has("guidance")) model.guidancePanel = guidancePanel(state, numbers, s);
+    if (open.has("guidance")) model.guidancePanel = guidancePanel(state, numbers, s, run, i);
     if (state.compare) model.compare = compare(state);
     return model;
   }
 
-  function guidancePanel(state, numbers, s) {
+  function guidancePanel(state, numbers, s, run, i) {
     const c = state.channel;
     const step = numbers ? numbers.step : null;
     const pick = (name) => (step && step[name] ? step[name][c] : null);
@@ -319,6 +338,8 @@ export function createModel(index, api) {
       text: pick("noise_pred_text"),
       guided: pick("noise_pred"),
       missing: !step.noise_pred_text ? "text" : !step.noise_pred_uncond ? "uncond" : null,
+      uncondTex: uncondWords(index, run).tex,
+      rescale: guidanceRescaleAt(run, i),
     } : null;
     const sweepJson = api.peek(urls.sweep(state.prompt, state.seed));
     const items = sweepJson ? sweepJson.runs.map((r) => {
@@ -345,6 +366,30 @@ export function createModel(index, api) {
   }
 
   return { derive };
+}
+
+/** The table's short name of the unconditional branch ("empty prompt", "negative prompt"). */
+function uncondLabel(uncond) {
+  return uncond.short === "empty" ? uncond.name : uncond.short;
+}
+
+/** |noise_scale z| of call i: the size of the noise a stochastic step added, or null. */
+function noiseSize(run, i) {
+  const norms = run.stats && run.stats.variance_noise_norm;
+  const scale = run.scheduler.noise_scale;
+  return norms && scale && norms[i] !== null ? Math.abs(scale[i]) * norms[i] : null;
+}
+
+/** The guidance view's sentence on guidance_rescale at this step, or "" where not applied. */
+function rescaleNote(facts, r, g) {
+  if (!facts.guidanceRescale) return "";
+  if (!r) {
+    return `guidance_rescale φ = ${fmt(facts.guidanceRescale)} (Lin et al. 2023) applies only where the pipeline guides, above g = 1: `
+      + (g > 1 ? "step forward to see its factor." : `at g = ${fmt(g)} the guided prediction is not rescaled.`);
+  }
+  return `guidance_rescale φ = ${fmt(r.phi)} (Lin et al. 2023): at this step the prompt's prediction has ${fmt(r.ratio)} times `
+    + `the spread of the guided one, so the guided prediction is scaled by φ × ${fmt(r.ratio)} + (1 − φ) = ${fmt(r.factor)} `
+    + "(the stored value below), keeping its direction but not the spread that large scales add.";
 }
 
 /** The prompt picker's groups: the bundle's groups, then any prompt not in one. */

@@ -3,6 +3,7 @@
  * animation frames, hold the last step for a moment, then start again from step 0.
  * Frames come from sprites already in memory, so a tick is only a state change and a draw.
  */
+import { recordedSteps } from "./data.js";
 
 const HOLD_AT_END_MS = 1200;
 
@@ -18,7 +19,7 @@ export function createPlayer(store) {
     waited += now - last;
     last = now;
     const s = store.committed();
-    const T = store.index.config.num_inference_steps;
+    const T = recordedSteps(store.index);
     const interval = 1000 / s.speed;
     if (s.step >= T) {
       if (waited >= HOLD_AT_END_MS) {

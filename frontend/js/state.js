@@ -13,6 +13,7 @@
  * other guidance scales' paths on its Trajectory Map.
  */
 import { d3 } from "./lib.js";
+import { recordedSteps } from "./data.js";
 
 /** Panels that can be open, and the level-2 panel each deeper one belongs to. */
 export const PANELS = { text: null, clip: "text", image: null, guidance: null };
@@ -57,7 +58,7 @@ export function defaults(index) {
 export function normalize(index, raw) {
   const base = defaults(index);
   const s = { ...base, ...raw };
-  const T = index.config.num_inference_steps;
+  const T = recordedSteps(index); // one step per UNet call
   if (!index.prompts[s.prompt] || s.prompt === "empty") s.prompt = base.prompt;
   if (!index.seeds.includes(s.seed)) s.seed = base.seed;
   const g = index.guidance_scales.find((x) => sameNumber(x, s.guidance));

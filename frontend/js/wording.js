@@ -11,9 +11,17 @@
  * article.js's applyWording() puts them in place once, when the index has loaded.
  *
  * Facts read: index.config (scheduler, prediction_type, image_size, height, width,
- * storage) and index.about.model_info (scheduler class and config, tokenizer,
- * noisepath_demo), as precompute/model.py's describe() records them.
+ * storage, num_inference_steps, num_timesteps, eta, guidance_rescale),
+ * index.about.scheduler_config and index.about.model_info (scheduler class and config,
+ * tokenizer, noisepath_demo), as precompute/model.py's describe() records them. The
+ * scheduler families' formulas and per-step numbers are in scheduler-words.js; the words
+ * that depend on one run (its negative prompt, its calls) take the run's document.
  */
+import {
+  FAMILIES, MULTI_CALL, SIGMA_LATENTS, familyRescale, familyStep, schedulerTitle, x0Source,
+} from "./scheduler-words.js";
+
+export { schedulerTitle, stepNumbersText } from "./scheduler-words.js";
 
 /** What the UNet outputs, by prediction type: words and a TeX symbol. */
 const OUTPUTS = {
@@ -30,12 +38,23 @@ export function modelFacts(index) {
   const tokenizer = info.tokenizer || {};
   const prediction = config.prediction_type || info.prediction_type || "epsilon";
   const name = String(config.scheduler || scheduler.name || "").toLowerCase();
+  const schedulerConfig = (index.about && index.about.scheduler_config) || scheduler.config || {};
+  const eta = Number(config.eta) || 0;
+  const steps = config.num_inference_steps || null;
   return {
     prediction: OUTPUTS[prediction] ? prediction : "epsilon",
     scheduler: name,
+    family: FAMILIES[name] || null,
     schedulerClass: scheduler.class || null,
-    sigmaScaled: name === "lms" || name === "euler",
-    multistep: name === "lms",
+    sigmaScaled: SIGMA_LATENTS.includes(name),
+    multiCall: MULTI_CALL.includes(name),
+    stochastic: name === "euler_a" || name === "ddpm" || (name === "ddim" && eta > 0),
+    eta,
+    guidanceRescale: Number(config.guidance_rescale) || 0,
+    steps,
+    calls: config.num_timesteps || steps,
+    skipPrk: schedulerConfig.skip_prk_steps === undefined ? null : Boolean(schedulerConfig.skip_prk_steps),
+    varianceType: schedulerConfig.variance_type || "fixed_small",
     zeroSnr: Boolean(scheduler.config && scheduler.config.rescale_betas_zero_snr),
     vocabSize: Number.isFinite(tokenizer.vocab_size) ? tokenizer.vocab_size : null,
     padToken: typeof tokenizer.pad_token === "string" ? tokenizer.pad_token : null,
@@ -61,6 +80,8 @@ export function outputOf(facts) {
 export function schedulerStep(facts) {
   const o = outputOf(facts).symbol;
   const { scheduler, prediction } = facts;
+  const family = familyStep(facts, o);
+  if (family) return family;
   if (scheduler === "euler" && prediction === "epsilon") {
     return { step: `x_{s+1} = x_s - w\\,\\hat{${o}}`, weaken: "w = \\sigma_s - \\sigma_{s+1}", remainder: "none",
       text: "Euler with noise prediction moves the latent along the predicted noise by the fall in sigma: nothing else changes." };
@@ -99,6 +120,8 @@ export function schedulerStep(facts) {
 /** The rescaling factor c of step i (x_{i+1} = c x_i - w out_i), or null when unknown. */
 export function rescaleFactor(facts, scheduler, i) {
   const { prediction } = facts;
+  const known = familyRescale(facts, scheduler, i);
+  if (known !== undefined) return known;
   const w = scheduler.weaken ? scheduler.weaken[i] : null;
   if (facts.scheduler === "ddim" && prediction === "v_prediction" && w !== null) return Math.sqrt(Math.max(0, 1 - w * w));
   if (facts.scheduler === "ddim" && prediction === "epsilon") {
@@ -167,6 +190,49 @@ export function paddingWords(padPiece, endPiece) {
   return { label: `“${shown}”`, what: `“${shown}”, this tokenizer's padding token` };
 }
 
+/**
+ * Where a step of this run is, for the multi-call schedulers (heun, kdpm2, pndm): "UNet
+ * call 7 of 99 (scheduler step 4 of 50, its 1st call of 2)". s: the slider's position
+ * (the latent after s calls); null at s = 0, for one-call schedulers and runs without
+ * step_index, where "step s of T" is the truth.
+ */
+export function callWords(facts, scheduler, s) {
+  const steps = scheduler && scheduler.step_index;
+  if (!facts.multiCall || !steps || !s) return null;
+  const i = s - 1;
+  const k = steps[i];
+  const first = steps.indexOf(k);
+  const count = steps.lastIndexOf(k) - first + 1;
+  const n = facts.steps || steps[steps.length - 1] + 1;
+  const which = count > 1 ? `, its ${ORDINALS[i - first] || `${i - first + 1}th`} call of ${count}` : "";
+  return `UNet call ${s} of ${steps.length} (scheduler step ${k + 1} of ${n}${which})`;
+}
+
+const ORDINALS = ["1st", "2nd", "3rd", "4th"];
+
+/**
+ * How the page names a run's unconditional branch: {name, short, tex}. A run made with
+ * a negative prompt names it ("negative prompt: “blurry”"); else the empty prompt.
+ */
+export function uncondWords(index, run) {
+  const id = run && run.negative_prompt_id;
+  const prompt = id && index.prompts ? index.prompts[id] : null;
+  if (!id || id === "empty" || !prompt) return { name: "empty prompt", short: "empty", tex: "\\text{empty}" };
+  return { name: `negative prompt: “${prompt.text}”`, short: "negative prompt", tex: "\\text{negative}" };
+}
+
+/**
+ * guidance_rescale as applied at call i of a run (Lin et al. 2023): {phi, ratio, factor},
+ * factor = phi * ratio + 1 - phi, the number the guided output was multiplied by; null
+ * when the run was not rescaled.
+ */
+export function guidanceRescaleAt(run, i) {
+  const phi = run && Number(run.guidance_rescale);
+  const ratios = run && run.guidance_rescale_std_ratio;
+  if (!phi || !ratios || i === null || ratios[i] === undefined) return null;
+  return { phi, ratio: ratios[i], factor: phi * ratios[i] + 1 - phi };
+}
+
 function withCommas(n) {
   return String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
 }
@@ -180,6 +246,7 @@ export function wording(index) {
   const o = out.symbol;
   const size = facts.imageSize;
   const downscaled = size && facts.height && Math.max(facts.height, facts.width || 0) > size;
+  const phi = facts.guidanceRescale;
   const texts = {
     "output-name": out.name,
     "output-cap": out.Name,
@@ -208,6 +275,19 @@ export function wording(index) {
       facts.storage === "compact" ? "the numbers in 8 bits (within about 0.2% of each map's range)"
         : facts.storage === "full" ? "the numbers as 16-bit floats" : null,
     ].filter(Boolean).join(", and ") + ".",
+    "x0-source": x0Source(facts),
+    "noise-text": facts.stochastic ? `The ${schedulerTitle(facts.scheduler)} sampler is stochastic: every step adds fresh Gaussian noise z_s, `
+      + "drawn from the seed's generator, times the factor in the formula (σ↑ or σ_s). The refiner view shows the factor, the size of the noise "
+      + "it added and, in the table, the noise at the centre pixel, so what the step did still adds up." : "",
+    "calls-text": facts.multiCall ? `${schedulerTitle(facts.scheduler)} makes more UNet calls than scheduler steps: `
+      + `${facts.calls} calls for ${facts.steps} steps in this bundle. Every recorded step on this page is one UNet call, `
+      + "as the pipeline's loop makes them (one entry of scheduler.timesteps); the controller and the refiner view say which "
+      + "scheduler step each call belongs to." : "",
+    "rescale-formula": "\\hat{" + o + "}_{\\text{rescaled}} = \\varphi\\,\\frac{\\operatorname{std}(" + o + "_\\theta(x_t, t, c))}{\\operatorname{std}(\\hat{" + o + "})}\\,\\hat{" + o + "} + (1-\\varphi)\\,\\hat{" + o + "}",
+    "rescale-text": phi ? `This bundle was made with guidance_rescale φ = ${phi} (Lin et al. 2023, “Common Diffusion Noise Schedules and Sample Steps are Flawed”, eq. 15-16): `
+      + "at every scale above 1 the guided prediction is scaled to the spread (standard deviation) of the prompt's own prediction and mixed back "
+      + "with weight φ. Large scales inflate the guided prediction's spread, which overexposes the image, most of all in zero-SNR and "
+      + "v-prediction models; the rescaling undoes that while keeping the direction guidance chose. The guidance view shows the factor of each step." : "",
   };
   return {
     facts,
@@ -221,6 +301,10 @@ export function wording(index) {
       "zero-snr": facts.zeroSnr && facts.prediction === "v_prediction",
       "remainder-rescale": step.remainder.includes("rescale"),
       "remainder-earlier": step.remainder.includes("earlier"),
+      "x0-source": texts["x0-source"] !== "",
+      stochastic: facts.stochastic,
+      "multi-call": facts.multiCall,
+      "guidance-rescale": phi > 0,
     },
   };
 }

@@ -85,15 +85,22 @@ export function guidanceFormula() {
     const d = selection.datum();
     let source;
     const o = d && d.symbol ? d.symbol : "\\epsilon";
+    const u = d && d.uncondTex ? d.uncondTex : "\\text{empty}"; // or \text{negative}: the run's negative prompt
     if (!d) source = "\\text{(this step's numbers are loading, or step 0 has none)}";
     else if (d.missing === "text") {
-      source = `\\hat{${o}} = ${o}_{\\text{empty}} = ${tex(d.uncond)} \\quad (g = 0:\\ \\text{the prompt's branch is not run})`;
+      source = `\\hat{${o}} = ${o}_{${u}} = ${tex(d.uncond)} \\quad (g = 0:\\ \\text{the prompt's branch is not run})`;
     } else if (d.missing === "uncond") {
-      source = `\\hat{${o}} = ${o}_{\\text{prompt}} = ${tex(d.text)} \\quad (g = 1:\\ \\text{the empty branch cancels out})`;
+      source = `\\hat{${o}} = ${o}_{\\text{prompt}} = ${tex(d.text)} \\quad (g = 1:\\ \\text{the ${u === "\\text{empty}" ? "empty" : "negative"} branch cancels out})`;
     } else {
       const computed = d.uncond + d.g * (d.text - d.uncond);
-      source = `\\begin{aligned}\\hat{${o}} &= ${tex(d.uncond)} + ${tex(d.g)} \\times (${tex(d.text)} - ${paren(d.uncond)})`
+      // a negative prompt: say which branch is which before the numbers
+      const named = u === "\\text{empty}" ? ""
+        : `\\hat{${o}} &= ${o}_{${u}} + g\\,(${o}_{\\text{prompt}} - ${o}_{${u}}) \\\\ `;
+      source = `\\begin{aligned}${named}${named ? "" : `\\hat{${o}} `}&= ${tex(d.uncond)} + ${tex(d.g)} \\times (${tex(d.text)} - ${paren(d.uncond)})`
         + ` \\\\ &= ${tex(computed)}`
+        // guidance_rescale (Lin et al. 2023) scales the result by phi * ratio + 1 - phi
+        + (d.rescale ? ` \\\\ &\\to ${tex(d.rescale.factor)} \\times ${paren(computed)} = ${tex(d.rescale.factor * computed)}`
+          + `\\quad(\\varphi = ${tex(d.rescale.phi)})` : "")
         + (d.guided === null ? "" : `\\quad\\text{(stored: ${tex(d.guided)})}`)
         + "\\end{aligned}";
     }

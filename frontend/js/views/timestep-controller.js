@@ -1,7 +1,8 @@
 /**
  * The timestep controller: back, play/pause, forward, a scrub slider and a speed choice.
  *
- * Usage: d3.select(host).datum({step, T, playing, speed, speeds, timestep, sigma})
+ * Usage: d3.select(host).datum({step, T, playing, speed, speeds, timestep, sigma, stepLabel})
+ * (stepLabel: the readout for schedulers with more UNet calls than steps, "call 7 / 99 · step 4 / 50")
  *          .call(timestepController().on("step", s => ...).on("play", bool => ...).on("speed", v => ...))
  * Stepping or dragging pauses playback (the app decides that; this view only reports intent).
  */
@@ -70,9 +71,9 @@ export function timestepController() {
     root.select(".tc-forward").property("disabled", d.step >= d.T);
     const slider = root.select(".tc-slider")
       .attr("max", d.T)
-      .attr("aria-valuetext", `step ${d.step} of ${d.T}`);
+      .attr("aria-valuetext", d.stepLabel || `step ${d.step} of ${d.T}`);
     if (Number(slider.property("value")) !== d.step) slider.property("value", d.step);
-    root.select(".tc-step").text(`step ${d.step} / ${d.T}`);
+    root.select(".tc-step").text(d.stepLabel || `step ${d.step} / ${d.T}`);
     root.select(".tc-timestep").text(d.timestep === null ? "pure noise" : `timestep ${fmtTimestep(d.timestep)}${d.sigma === null || d.sigma === undefined ? "" : `, σ ${fmt(d.sigma)}`}`);
     root.select(".tc-speed-select").selectAll("option")
       .data(d.speeds, (v) => v)

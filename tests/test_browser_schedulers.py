@@ -1,0 +1,162 @@
+"""The page explains the scheduler a bundle was made with (issue 19), Playwright driving
+Debian's chromium on two small bundles written by the real writer (random arrays, as
+tests/synthetic_bundle.py does): Euler ancestral with a negative prompt and
+guidance_rescale (stochastic: each step's noise draw and factor recorded), and Heun
+(5 UNet calls for 3 scheduler steps). Screenshots go to NOISEPATH_SCREENSHOT_DIR, or to
+a pytest temporary folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from precompute.writer import BundleWriter, prompt_id, run_id
+from tests.browser_helpers import SKIP_REASON, browser_available, serve_bundle, wait_ready
+from tests.synthetic_bundle import _frames, _tokens
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not browser_available(), reason=SKIP_REASON)]
+
+PROMPTS = ("a red circle on the left", "a red square on the left")
+NEGATIVE = "blurry, low quality"
+LATENT, IMAGE, C, SEED = 8, 16, 4, 1
+HEUN_STEP_INDEX = [0, 0, 1, 1, 2]  # two calls per step, the last step one (it ends at sigma 0)
+
+
+def make_scheduler_bundle(root: Path, scheduler: str) -> Path:
+    """A bundle of one prompt pair at guidance 0 and 7, made with `scheduler`: "euler_a"
+    (4 steps, noise_scale and variance_noise, negative prompt, guidance_rescale 0.7) or
+    "heun" (3 steps, 5 calls, step_index)."""
+    rng = np.random.default_rng(0)
+    heun = scheduler == "heun"
+    steps, calls = (3, 5) if heun else (4, 4)
+    config = {"storage": "full", "title": f"{scheduler} test bundle", "description": "random arrays",
+              "model": "synthetic", "scheduler": scheduler, "num_inference_steps": steps,
+              "height": LATENT * 8, "width": LATENT * 8, "dtype": "float32", "image_size": IMAGE,
+              "latent_shape": [C, LATENT, LATENT], "prediction_type": "epsilon",
+              "model_info": {"cross_attention_dim": 8}, "scheduler_config": {}}
+    if heun:
+        config["num_timesteps"] = calls
+    else:
+        config["guidance_rescale"] = 0.7
+    writer = BundleWriter(root, config)
+    negative = "" if heun else NEGATIVE
+    for text in dict.fromkeys(["", negative, *PROMPTS]):
+        writer.write_prompt(text, _tokens(text), rng.standard_normal((77, 8)))
+    writer.write_group({"id": "group-0", "title": PROMPTS[0], "prompts": [prompt_id(t) for t in PROMPTS],
+                        "highlights": {}})
+    nid = prompt_id(negative)
+    for g in (0, 7):
+        for text in ([negative] if g == 0 else PROMPTS):
+            _write_run(writer, rng, text, g, nid, calls, heun)
+    coords = {rid: rng.standard_normal((calls + 1, 2)) for rid in writer.rebuild_index()["runs"]}
+    writer.write_trajectories(SEED, "pca", coords)
+    writer.rebuild_index()
+    return root
+
+
+def _write_run(writer, rng, text, g, nid, calls, heun):
+    draw = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    arrays = {"latents": draw(calls + 1, C, LATENT, LATENT), "pred_original_sample": draw(calls, C, LATENT, LATENT),
+              "noise_pred_uncond": draw(calls, C, LATENT, LATENT)}
+    if g:
+        arrays["noise_pred_text"] = draw(calls, C, LATENT, LATENT)
+    arrays["noise_pred"] = arrays["noise_pred_uncond"] if not g else draw(calls, C, LATENT, LATENT)
+    sigmas = [14.6, 3.0, 3.0, 0.5, 0.5] if heun else [14.6, 4.0, 1.2, 0.3]
+    sched = {"name": "heun" if heun else "euler_a", "timesteps": np.linspace(999, 0, calls).tolist(),
+             "sigmas": sigmas, "alphas_cumprod": [1 / (1 + s * s) for s in sigmas],
+             "weaken": np.linspace(2.0, 0.2, calls).tolist(),
+             "step_index": HEUN_STEP_INDEX if heun else list(range(calls)),
+             "pred_original_sample": "step"}
+    manifest = {"run_id": run_id(prompt_id(text) if g else "empty", SEED, g, nid), "prompt_id": prompt_id(text),
+                "seed": SEED, "guidance_scale": float(g), "num_inference_steps": 3 if heun else calls,
+                "scheduler": sched, "attention": None,
+                "latent_preview": {"matrix": rng.standard_normal((C, 3)).round(6).tolist(), "bias": [0.5] * 3}}
+    if not heun:
+        sched["noise_scale"] = [3.9, 1.15, 0.29, 0.0]
+        arrays["variance_noise"] = draw(calls, C, LATENT, LATENT)
+        manifest["negative_prompt_id"] = nid
+        if g > 1:
+            manifest["guidance_rescale"] = 0.7
+            manifest["guidance_rescale_std_ratio"] = np.linspace(0.9, 0.6, calls).tolist()
+    images = {"decoded": (_frames(rng, calls + 1, IMAGE), "webp"),
+              "pred_original_sample": (_frames(rng, calls, IMAGE), "webp")}
+    writer.write_run(manifest, arrays, images)
+
+
+@pytest.fixture(scope="module")
+def urls(tmp_path_factory):
+    root = tmp_path_factory.mktemp("schedulers")
+    with serve_bundle(make_scheduler_bundle(root / "euler_a", "euler_a")) as euler_a, \
+            serve_bundle(make_scheduler_bundle(root / "heun", "heun")) as heun:
+        yield {"euler_a": euler_a, "heun": heun}
+
+
+@pytest.fixture(scope="module")
+def context(browser):
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    yield context
+    context.close()
+
+
+def tex(page, key: str) -> str:
+    return page.locator(f'[data-wording="{key}"]').first.get_attribute("data-tex")
+
+
+def typeset(page) -> None:
+    page.wait_for_function("() => document.querySelectorAll('.article .katex').length >= 5")
+
+
+def test_euler_a_page_shows_the_ancestral_step_its_noise_and_the_negative_prompt(page, urls, shots):
+    page.goto(f"{urls['euler_a']}?step=2&guidance=7&open=image,guidance")
+    wait_ready(page)
+    typeset(page)
+    assert "\\sigma_{\\uparrow}\\,z_s" in tex(page, "scheduler-step")
+    article = page.locator("#article-scheduler").inner_text()
+    assert "Euler ancestral" in article and "stochastic" in article
+    # the step's numbers: sigma_up from sigmas 4.0 -> 1.2, and the noise factor it recorded
+    numbers = page.locator(".scheduler-numbers").inner_text()
+    assert "σ_s = 4.000" in numbers and "σ↑ = 1.145" in numbers and "noise added: σ↑ × z with σ↑ = 1.150" in numbers
+    assert "size |σ↑ z|" in numbers
+    assert page.locator("#pixel-table .row-noise").count() == 1
+    assert page.locator("#step-uncond + figcaption").inner_text().startswith(f"Noise predicted for the negative prompt: “{NEGATIVE}”")
+    # guidance_rescale: named with phi in the article and the guidance view, with this step's factor
+    assert "guidance_rescale φ = 0.7 (Lin et al. 2023" in page.locator("#article-guidance").inner_text()
+    note = page.locator("#panel-guidance [data-field='rescale-note']").inner_text()
+    assert note.startswith("guidance_rescale φ = 0.7") and "scaled by φ × 0.8 + (1 − φ) = 0.86" in note
+    assert "negative prompt" in page.locator("#panel-guidance").inner_text()
+    page.screenshot(path=str(shots / "schedulers-euler-a-1366.png"), full_page=True)
+
+
+def test_heun_page_counts_unet_calls_and_scheduler_steps(page, urls, shots):
+    page.goto(f"{urls['heun']}?step=2&guidance=7&open=image")
+    wait_ready(page)
+    typeset(page)
+    assert "\\text{call 2: }" in tex(page, "scheduler-step")
+    assert page.locator(".tc-step").inner_text() == "call 2 / 5 · step 1 / 3"
+    note = page.locator("#panel-image .call-note")
+    assert note.is_visible() and note.inner_text().startswith("UNet call 2 of 5 (scheduler step 1 of 3, its 2nd call of 2).")
+    assert "5 calls for 3 steps" in page.locator("#article-scheduler").inner_text()
+    page.keyboard.press("End")
+    page.wait_for_function("() => document.querySelector('.tc-step').textContent === 'call 5 / 5 · step 3 / 3'")
+    assert page.locator("#panel-image .call-note").inner_text().startswith("UNet call 5 of 5 (scheduler step 3 of 3).")
+    page.screenshot(path=str(shots / "schedulers-heun-1366.png"), full_page=True)
+
+
+@pytest.mark.parametrize("width,height", [(390, 844), (1920, 1080)])
+def test_scheduler_texts_fit_phone_and_projector(browser, urls, shots, width, height):
+    """The new notes wrap inside the panel at phone and projector widths (no sideways scroll)."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    try:
+        page.goto(f"{urls['heun']}?step=3&guidance=7&open=image")
+        wait_ready(page)
+        assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1")
+        page.locator("#panel-image").screenshot(path=str(shots / f"schedulers-heun-{width}.png"))
+        page.goto(f"{urls['euler_a']}?step=2&guidance=7&open=image")
+        wait_ready(page)
+        assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1")
+        page.locator("#panel-image").screenshot(path=str(shots / f"schedulers-euler-a-{width}.png"))
+    finally:
+        context.close()
