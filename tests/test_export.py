@@ -5,6 +5,7 @@ import functools
 import http.server
 import io
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -186,6 +187,24 @@ def test_export_holds_only_the_referenced_bundle_files(app, www):
                     for p in (out / "bundle").rglob("*") if p.is_file()}
     assert bundle_files == set(app.extensions["noisepath.store"].files)
     assert not any(f.endswith(".json") for f in bundle_files)
+
+
+def test_bundle_files_are_hard_linked_where_the_file_system_allows_else_copied(
+        tiny_app, tmp_path, monkeypatch):
+    store = tiny_app.extensions["noisepath.store"]
+    rel = next(iter(store.files))
+    write_site(tiny_app, tmp_path / "linked")
+    if os.stat(store.bundle.root).st_dev == os.stat(tmp_path).st_dev:
+        assert os.path.samefile(store.bundle.file_path(rel), tmp_path / "linked" / "bundle" / rel)
+
+    def refuse(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(export_cli.os, "link", refuse)
+    write_site(tiny_app, tmp_path / "copied")
+    copy = tmp_path / "copied" / "bundle" / rel
+    assert not os.path.samefile(store.bundle.file_path(rel), copy)
+    assert copy.read_bytes() == store.bundle.file_path(rel).read_bytes()
 
 
 def test_refuses_a_non_empty_folder_unless_forced(tiny_app, tmp_path):
