@@ -34,7 +34,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     ALLOWED_HOSTS (the Host names answered, with any port; others get 400 JSON against
     DNS rebinding; default the loopback names, "*" answers any; see backend/hosts.py),
     LIVE (a backend.live.LiveService: typed prompts, `noisepath serve --live`; default None),
-    SPEECH (with LIVE: a backend.speech.SpeechService, spoken prompts; default None).
+    SPEECH (with LIVE: a backend.speech.SpeechService, spoken prompts; default None) and
+    SPEECH_UNAVAILABLE (without it: the one line the page shows, e.g. what to install).
     """
     from flask import Flask  # here, so that `noisepath` starts (and takes Ctrl+C) quickly
 

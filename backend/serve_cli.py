@@ -64,6 +64,10 @@ def add_arguments(p) -> None:
                       "id (default: the shipped demo model)")
     live.add_argument("--device", default="cpu", choices=["auto", "cuda", "mps", "cpu"],
                       help="where --live runs the model (default: cpu)")
+    live.add_argument("--asr-model", metavar="MODEL",
+                      help="speech recognizer for spoken prompts: a Whisper folder or hub "
+                      "id, run on --device (default: the demo model's own recognizer, with "
+                      "the [speech] extra; another --model needs this)")
     live.add_argument("--live-dir", type=Path, metavar="DIR",
                       help="the live bundle folder (default: under the user's cache folder)")
     live.add_argument("--live-steps", type=lambda t: whole_number(t, 1, 1000, "--live-steps"),
@@ -197,10 +201,14 @@ def start(args):
         live = start_live(args)
         if isinstance(live, int):
             return live
-        speech = start_speech()
+        speech = start_speech(args, live.info.get("demo_model", False))
+        if isinstance(speech, int):
+            return speech
     try:
         app = create_app({"BUNDLE_DIR": args.bundle, "CHECKSUMS": args.checksums,
-                          "SKIP_INVALID": args.skip_invalid, "LIVE": live, "SPEECH": speech,
+                          "SKIP_INVALID": args.skip_invalid, "LIVE": live,
+                          "SPEECH": speech[0] if speech else None,
+                          "SPEECH_UNAVAILABLE": speech[1] if speech else None,
                           "ALLOWED_HOSTS": allowed_hosts(args.host, lan, args.allowed_host)})
     except BundleError as e:
         if not args.bundle.exists() and args.bundle.resolve() == DEFAULT_BUNDLE.resolve():
@@ -268,16 +276,26 @@ def start_live(args):
         return 1
 
 
-def start_speech():
-    """The spoken-prompt recognizer of --live (backend/speech.py), or None after a line
-    saying what to install (the page then says it too)."""
-    from backend.speech import make_speech, missing_library
+def start_speech(args, demo_model: bool):
+    """(the spoken-prompt service of --live, None) (backend/speech.py), or (None, why)
+    after printing why in one line (what to install, or --asr-model; the page says it
+    too), or exit code 1 when the --asr-model does not load (as --model stops it)."""
+    from backend.speech import make_speech, unavailable
 
-    problem = missing_library()
+    asr_model = getattr(args, "asr_model", None)
+    problem = unavailable(asr_model, demo_model)
     if problem:
         print(f"note: {problem}", file=sys.stderr)
-        return None
-    return make_speech()
+        return None, problem
+    if asr_model:
+        print(f"loading {asr_model} for spoken prompts on {args.device} ...", file=sys.stderr,
+              flush=True)
+    try:
+        return make_speech(asr_model, args.device, demo_model), None
+    except Exception as e:  # a missing model, a folder that is not Whisper
+        print(f"noisepath serve: --asr-model cannot load {asr_model}: "
+              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 1
 
 
 def serve(server, addresses: list[str], store, open_browser: bool) -> int:

@@ -328,6 +328,7 @@ class DemoRecognizer:
     One decode at a time (a lock): a 5 s clip takes a fraction of a second."""
 
     name = "pocketsphinx, demo-world grammar"
+    not_understood = "that is not a caption the demo model knows"
 
     def __init__(self, extra_pronunciations: bool = True):
         from pocketsphinx import Config, Decoder
@@ -527,7 +528,7 @@ class SpeechService:
         spec = mel_spectrogram(x)
         png = base64.b64encode(spectrogram_png(spec)).decode("ascii")
         message = None if result["understood"] else (
-            "not understood: that is not a caption the demo model knows" +
+            f"not understood: {getattr(self.recognizer, 'not_understood', 'no words heard')}" +
             (f" (heard: {result['heard']!r})" if result["heard"] else "") +
             "; pick a hypothesis or type the prompt")
         return {**result, "message": message, "recognize_seconds": round(seconds, 3),
@@ -537,19 +538,38 @@ class SpeechService:
                                 "seconds": round(len(x) / SAMPLE_RATE, 3)}}
 
 
-def make_speech():
-    """The speech service for `serve --live`, or None (the reason printed by the caller:
-    `missing_library()`)."""
-    if missing_library():
+def unavailable(asr_model: str | None, demo_model: bool) -> str | None:
+    """Why `serve --live` (with these settings) cannot recognize speech, or None."""
+    import importlib.util
+
+    if asr_model:
+        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+        return (f"--asr-model needs {', '.join(missing)}: pip install 'noisepath[precompute]'"
+                if missing else None)
+    if not demo_model:
+        return ("speaking a prompt to this model needs a speech recognizer: --asr-model "
+                "(a Whisper folder or hub id); the built-in one knows only demo captions")
+    return missing_library()
+
+
+def make_speech(asr_model: str | None = None, device: str = "cpu", demo_model: bool = True):
+    """The speech service of `serve --live`: Whisper with --asr-model (loaded here, on
+    the image model's device; precompute/asr.py), else the demo recognizer for the demo
+    model. None when `unavailable` says why (the caller prints it)."""
+    if unavailable(asr_model, demo_model):
         return None
+    if asr_model:
+        from precompute.asr import WhisperRecognizer  # torch: only with --asr-model
+
+        return SpeechService(WhisperRecognizer(asr_model, device))
     return SpeechService(DemoRecognizer())
 
 
 def speech_info(app) -> dict:
     svc = app.config.get("SPEECH")
     if svc is None:
-        return {"available": False, "reason": missing_library() or
-                "speaking a prompt is off on this server"}
+        return {"available": False, "reason": app.config.get("SPEECH_UNAVAILABLE")
+                or missing_library() or "speaking a prompt is off on this server"}
     return svc.info()
 
 

@@ -59,3 +59,39 @@ def add_noise(clip: bytes, snr_db: float, seed: int = 0) -> bytes:
     power = np.mean(x ** 2)
     noise = np.random.default_rng(seed).normal(0, np.sqrt(power / 10 ** (snr_db / 10)), len(x))
     return wav_bytes(np.clip(x + noise, -1, 1), rate)
+
+
+def tiny_whisper(folder) -> str:
+    """A randomly initialised Whisper (d_model 16, 2 layers, 4 heads, 80 mel bins) with a
+    letters-only tokenizer, saved to folder, all built offline: for plumbing tests only
+    (what it says is noise)."""
+    import json
+    from pathlib import Path
+
+    from transformers import (WhisperConfig, WhisperFeatureExtractor,
+                              WhisperForConditionalGeneration, WhisperTokenizer)
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["Ġ"]  # Ġ: a space
+    (folder / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(letters)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    specials = ["<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>",
+                "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+    end = "<|endoftext|>"
+    tokenizer = WhisperTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                                 additional_special_tokens=specials, eos_token=end,
+                                 bos_token=end, unk_token=end, pad_token=end)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in [end, *specials]}
+    config = WhisperConfig(
+        vocab_size=len(tokenizer), d_model=16, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=32,
+        decoder_ffn_dim=32, num_mel_bins=80, max_source_positions=1500,
+        max_target_positions=128, decoder_start_token_id=ids["<|startoftranscript|>"],
+        eos_token_id=ids[end], pad_token_id=ids[end], bos_token_id=ids[end])
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config.forced_decoder_ids = None
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    return str(folder)

@@ -5,6 +5,7 @@ every bad input answered by a 4xx JSON line."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import re
 import threading
@@ -313,3 +314,66 @@ def test_speech_answers_match_their_declared_responses(api, tmp_path, synthetic_
     info = without.get("/api/live/info.json").get_json()
     spec = declared("/api/live/info.json", "get", 200)["content"]["application/json"]["schema"]
     assert check_schema(info, spec) == []
+
+
+# ------------------------------------------------- Whisper for real models (plumbing)
+
+needs_transformers = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("torch", "transformers")),
+    reason="needs the [precompute] extra (torch, transformers)")
+
+
+@pytest.fixture(scope="module")
+def whisper(tmp_path_factory):
+    import torch
+
+    from precompute.asr import WhisperRecognizer
+    from tests.speech_helpers import tiny_whisper
+
+    torch.manual_seed(0)
+    folder = tiny_whisper(tmp_path_factory.mktemp("whisper") / "tiny")
+    return WhisperRecognizer(folder, "cpu", max_new_tokens=4)  # a random model never stops
+
+
+@pytest.mark.slow
+@needs_transformers
+def test_a_tiny_random_whisper_answers_through_the_api(whisper, tmp_path, synthetic_bundle_ro):
+    """Plumbing, not accuracy: transformers' pipeline runs offline on a tiny random
+    Whisper, and its answer has the API's form (its words have no confidence)."""
+    from tests.test_api import check_schema, declared
+
+    live = LiveService(NoRunner(tmp_path), lambda root: None)
+    app = create_app({"BUNDLE_DIR": synthetic_bundle_ro, "LIVE": live,
+                      "SPEECH": speech.SpeechService(whisper)})
+    client = app.test_client()
+    resp = post_clip(client, wav_bytes(tone(2.0, 22050, hz=300), 22050))
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert isinstance(body["heard"], str) and body["understood"] == bool(body["heard"])
+    assert [w["word"] for w in body["words"]] == body["heard"].split()
+    assert body["recognizer"].startswith("whisper (") and body["recognizer"].endswith("tiny)")
+    schema = declared("/api/live/speech", "post", 200)["content"]["application/json"]["schema"]
+    assert check_schema(body, schema) == []
+    info = client.get("/api/live/info.json").get_json()["speech"]
+    assert info["available"] and info["recognizer"] == whisper.name
+
+
+def test_without_a_recognizer_for_the_model_the_reason_is_one_line(monkeypatch):
+    assert "--asr-model" in speech.unavailable(None, demo_model=False)
+    assert speech.unavailable(None, demo_model=True) == speech.missing_library()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert speech.unavailable("openai/whisper-tiny", demo_model=False) == (
+        "--asr-model needs torch, transformers: pip install 'noisepath[precompute]'")
+    assert speech.make_speech(None, demo_model=False) is None
+
+
+@needs_transformers
+def test_serve_with_an_asr_model_that_does_not_load_says_so_in_one_line(tmp_path, capsys):
+    from argparse import Namespace
+
+    from backend.serve_cli import start_speech
+
+    args = Namespace(asr_model=str(tmp_path / "no-such-whisper"), device="cpu")
+    assert start_speech(args, demo_model=False) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("noisepath serve: --asr-model cannot load ")
