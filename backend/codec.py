@@ -37,8 +37,10 @@ DERIVED_KINDS = ("guidance", "attention_mean")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so identical arrays give identical files
 # The largest side compact storage keeps an attention map at. The app lays a map over the
 # decoded image, drawn at most 16-17rem (256-272 CSS px) wide and smoothed by the browser:
-# a 32 x 32 map is 8 CSS px a cell there, and averaged 2 x 2 then upsampled bilinearly a
-# 64 x 64 level of smooth maps stays within about 1% of its range (docs/performance.md).
+# a 32 x 32 map is 8 CSS px a cell there. Averaged 2 x 2 and upsampled back bilinearly,
+# an SD-sized stand-in's 64 x 64 level came back within 3.1% of its range (at blob peaks)
+# and localized as well as before (docs/performance.md, "Bundle size at Stable
+# Diffusion's size").
 ATTENTION_STORED_SIDE = 32
 
 
