@@ -3,8 +3,10 @@
 Every run goes through the writer a precompute uses (precompute/writer.py) with
 storage = "compact": its arrays (the full bundle's float16 values) are quantized to
 q8-delta files, its guided noise prediction and combined attention map are derived
-(and checked against the stored ones), its previews are left to the server. The VAE's
-sprites, the prompts, groups and trajectories are copied unchanged. The new bundle is
+(and checked against the stored ones), its previews are left to the server; its VAE
+sprites are encoded again at compact storage's quality (precompute/writer.py,
+COMPACT_FRAME_QUALITY), their errors measured against the full bundle's frames. The
+prompts, groups and trajectories are copied unchanged. The new bundle is
 validated with checksums before the command reports success.
 """
 
@@ -19,7 +21,7 @@ from backend import previews
 from backend.bundle import Bundle
 from backend.format import BundleError
 from backend.validator import validate_bundle
-from precompute.writer import BundleWriter, EncodedSprite
+from precompute.writer import BundleWriter
 
 
 def add_arguments(p) -> None:
@@ -31,6 +33,15 @@ def add_arguments(p) -> None:
 def _size(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*")
                if p.is_file() and p.relative_to(root).parts[0] not in (".work", ".tmp"))
+
+
+FORMAT_OF_MIME = {"image/webp": "webp", "image/jpeg": "jpeg", "image/png": "png"}
+
+
+def sprite_frames(path: Path, entry: dict) -> tuple[np.ndarray, str]:
+    """A full bundle's VAE sprite as its frames, for the writer to encode as compact storage
+    does (WebP at COMPACT_FRAME_QUALITY, its error measured against these frames)."""
+    return previews.crop_frames(path.read_bytes(), entry), FORMAT_OF_MIME[entry["mime"]]
 
 
 def compact_bundle(src: Path, dst: Path) -> dict:
@@ -51,10 +62,7 @@ def compact_bundle(src: Path, dst: Path) -> dict:
     for rid, m in b.runs.items():
         folder = b.root / "runs" / rid
         arrays = {name: np.asarray(b.array(rid, name), np.float32) for name in m["arrays"]}
-        images = {name: EncodedSprite((folder / e["file"]).read_bytes(),
-                                      e["file"].rsplit(".", 1)[1],
-                                      {k: e[k] for k in ("mime", "count", "frame_width",
-                                                         "frame_height", "columns")})
+        images = {name: sprite_frames(folder / e["file"], e)
                   for name, e in m["images"].items() if name not in previews.PREVIEWS}
         manifest = {k: v for k, v in m.items() if k not in ("format_version", "arrays", "images")}
         writer.write_run(manifest, arrays, images)

@@ -5,8 +5,10 @@ import argparse
 import numpy as np
 import pytest
 
+from backend import previews
 from backend.bundle import Bundle
 from precompute import compact
+from precompute.writer import COMPACT_FRAME_QUALITY
 
 
 def parse(*argv):
@@ -28,9 +30,15 @@ def test_compacting_keeps_every_run_within_its_recorded_error(synthetic_bundle_r
         for name, e in m["arrays"].items():
             a = np.asarray(full.array(rid, name), np.float32)
             assert (np.abs(small.array(rid, name) - a) <= e["max_abs_error"] + 1e-7).all()
-        for name in ("decoded", "pred_original_sample"):
-            assert (out / "runs" / rid / m["images"][name]["file"]).read_bytes() == \
-                (full.root / "runs" / rid / full.runs[rid]["images"][name]["file"]).read_bytes()
+        for name in ("decoded", "pred_original_sample"):  # encoded again, error recorded
+            e, f = m["images"][name], full.runs[rid]["images"][name]
+            frames = [previews.crop_frames((b.root / "runs" / rid / x["file"]).read_bytes(), x)
+                      for b, x in ((small, e), (full, f))]
+            assert e["quality"] == COMPACT_FRAME_QUALITY[name]
+            assert {k: e[k] for k in ("count", "frame_width", "frame_height", "columns")} == \
+                {k: f[k] for k in ("count", "frame_width", "frame_height", "columns")}
+            assert np.abs(frames[0].astype(int) - frames[1]).mean() == \
+                pytest.approx(e["mean_abs_error"], abs=1e-3)  # recorded rounded to 0.001
         assert {k: m[k] for k in ("scheduler", "latent_preview", "attention")} == \
             {k: full.runs[rid][k] for k in ("scheduler", "latent_preview", "attention")}
     for pid in full.prompts:
