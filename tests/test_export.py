@@ -230,9 +230,8 @@ def test_a_failed_export_leaves_the_old_site_and_no_temporary_folder(tiny_app, t
     out = tmp_path / "out"
     write_site(tiny_app, out)
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
-    store = tiny_app.extensions["noisepath.store"]
     monkeypatch.setattr(export_pack, "documents", lambda store: iter(["api/index.json",
-                                                                         "api/nope.json"]))
+                                                                       "api/nope.json"]))
     with pytest.raises(ExportError, match="api/nope.json"):
         write_site(tiny_app, out, force=True)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
@@ -384,7 +383,8 @@ NUMBERS_DRIVER = """
 import { attentionMean, halfBits } from "./packed.js";
 import { readFileSync } from "node:fs";
 const { values, levels, size } = JSON.parse(readFileSync(process.argv[2], "utf8"));
-const mean = attentionMean(levels.map((l) => ({ data: Float32Array.from(l.data), shape: l.shape })), size);
+const arrays = levels.map((l) => ({ data: Float32Array.from(l.data), shape: l.shape }));
+const mean = attentionMean(arrays, size);
 process.stdout.write(JSON.stringify({ half: values.map(halfBits), mean: Array.from(mean.data) }));
 """
 
@@ -530,8 +530,8 @@ def test_the_exported_site_plays_a_run_shows_a_words_attention_and_compares_two_
     page.locator(".tc-play").click()  # plays the 5 steps to the end
     page.wait_for_function("() => document.querySelector('.tc-slider').value === '5'")
     # the guidance formula with the step's numbers (steps.json, cut per step)
-    page.wait_for_function("() => { const t = document.querySelector('#guidance-formula').innerText;"
-                           " return t.includes('×') && !t.includes('loading'); }")
+    page.wait_for_function("() => { const t = document.querySelector('#guidance-formula')"
+                           ".innerText; return t.includes('×') && !t.includes('loading'); }")
     page.locator("#prompt-words .token-word", has_text="circle").click()
     page.locator("#decoded-frame.has-attention").wait_for()
     page.keyboard.press("ArrowLeft")
