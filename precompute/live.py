@@ -70,6 +70,9 @@ def live_settings(model: str, shipped_config: dict | None, steps: int | None = N
     base = shipped_config if same else DEFAULTS
     settings = {k: base.get(k) for k in SETTING_KEYS if k != "model"}
     settings.update(model=str(model), storage=base.get("storage") or "full")
+    if not settings.get("scheduler"):  # the defaults name none: the checkpoint's own
+        from precompute.model import checkpoint_scheduler
+        settings["scheduler"] = checkpoint_scheduler(model)
     settings.setdefault("image_size", None)
     if settings["image_size"] is None:
         settings["image_size"] = min(256, settings["height"], settings["width"])

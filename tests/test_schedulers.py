@@ -377,3 +377,16 @@ def test_live_frames_scale_only_sigma_schedulers_latents():
         assert latent_rgb(latent, preview, name)[0, 0, 0] == round(255 * 0.8)
     for name in ("lms", "euler", "euler_a", "heun", "kdpm2"):
         assert latent_rgb(latent, preview, name)[0, 0, 0] == round(255 * 0.6)
+
+
+def test_live_settings_of_another_model_name_its_own_scheduler():
+    """serve --live with a model the shipped bundle was not made by: the precompute's
+    defaults, whose scheduler is the checkpoint's own, named (the app and the live folder's
+    key show it)."""
+    from precompute.live import live_settings
+
+    path = str(tiny_pipeline_path("sd15"))
+    assert live_settings(path, {"model": "static/demo-model", "scheduler": "ddim"})["scheduler"] == "lms"
+    shipped = {"model": path, "scheduler": "euler", "num_inference_steps": 5, "height": 16,
+               "width": 16}
+    assert live_settings(path, shipped)["scheduler"] == "euler"
