@@ -84,8 +84,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: float16 on cuda, float32 elsewhere")
     r.add_argument("--projection", default="umap", choices=["umap", "pca"],
                    help="how trajectories are projected to 2-D")
-    r.add_argument("--decode-batch-size", type=int, default=8, metavar="N",
-                   help="latents decoded by the VAE at once (lower it if memory runs out)")
+    r.add_argument("--decode-batch-size", type=int, default=0, metavar="N",
+                   help="latents decoded by the VAE at once; a job's frames are decoded "
+                   "together (default 0: as many as half the GPU's free memory holds, 8 on "
+                   "a CPU; lower it if memory runs out)")
+    r.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes that encode and write the files while the model computes "
+                   "the next job (default: a quarter of the cores, 1 to 4; 0: write in this "
+                   "process, waiting for each run)")
+    r.add_argument("--preview-decoder", metavar="PATH_OR_ID", dest="preview_decoder",
+                   help="a diffusers AutoencoderTiny (e.g. madebyollin/taesd for SD 1.x) that "
+                   "decodes the in-between frames, far cheaper than the full VAE; each run's "
+                   "final image still comes from the full VAE, and the app labels the other "
+                   "frames approximate with their measured difference (default: full VAE)")
+    r.add_argument("--channels-last", action="store_true", dest="channels_last",
+                   help="run the UNet and VAE in channels_last memory format (can be faster "
+                   "on GPUs; measure with benchmarks/gpu_check.sh)")
     r.add_argument("--threads", type=int, default=0, metavar="N",
                    help="CPU threads for torch (default: torch's choice, one per core). On a "
                    "CPU that is busy with other work, 1 can be many times faster; to use "
@@ -115,8 +129,11 @@ def check_how_to_run(args) -> str | None:
     """The first problem with the flags that say how to run, or None."""
     if args.threads < 0:
         return "--threads must be 0 (torch's default) or more"
-    if args.decode_batch_size < 1:
-        return "--decode-batch-size must be 1 or more (latents the VAE decodes at once)"
+    if args.decode_batch_size < 0:
+        return ("--decode-batch-size must be 0 (by the device's memory) or more (latents the "
+                "VAE decodes at once)")
+    if args.workers is not None and args.workers < 0:
+        return "--workers must be 0 (write in this process) or more"
     return out_problem(args.out)
 
 
@@ -152,6 +169,8 @@ def run(args) -> int:
         return 2
     opts = Options(device=args.device, dtype=args.dtype, projection=args.projection,
                    decode_batch_size=args.decode_batch_size, threads=args.threads,
+                   workers=args.workers, preview_decoder=args.preview_decoder,
+                   channels_last=args.channels_last,
                    progress=not args.no_progress, log=sys.stderr)
     try:
         precompute(prompt_set, args.out, settings, opts)

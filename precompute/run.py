@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from backend.bundle import load_array
 from backend.format import ArrayReadError
+from precompute import pipeline_io
 from precompute.prompts import PromptSet
 from precompute.writer import (EMPTY_PROMPT_ID, SHOWN_KEYS, BundleConfigMismatch, BundleWriter,
                                DamagedBundleFile, prompt_id, read_bundle_json, read_config,
@@ -47,7 +47,10 @@ class Options:
     device: str = "auto"
     dtype: str = "auto"
     projection: str = "umap"          # umap | pca
-    decode_batch_size: int = 8
+    decode_batch_size: int = 0        # latents the VAE decodes at once; 0: by device memory
+    workers: int | None = None        # writer processes (pipeline_io); 0: write in this one
+    preview_decoder: object = None    # AutoencoderTiny path / hub id (or a PreviewDecoder)
+    channels_last: bool = False       # UNet and VAE in channels_last memory format
     threads: int = 0                  # CPU threads for torch; 0: torch's default
     progress: bool = True
     log: object = field(default=sys.stderr, repr=False)
@@ -171,6 +174,7 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
     }
     writer = BundleWriter(out, config)
     writer.clean_stale_staging()
+    writers, decode_batch, preview = _output_stages(writer, components, settings, opts, jobs)
 
     # 1. the prompts: real tokens and text-encoder vectors (cheap, idempotent)
     negatives = [j.negative_prompt for j in jobs]  # the unconditional rows' prompts
@@ -182,11 +186,11 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
         writer.write_group({**group.as_bundle_group(), "order": order})
 
     # 2. the runs, one claimed job at a time
-    computed, skipped_busy = 0, 0
+    published, skipped_busy, compute_seconds = [], 0, 0.0
     bar = tqdm(total=total, initial=done_before, unit="run", desc="runs",
                disable=not opts.progress, file=opts.log)
     for job in jobs:
-        if all(writer.has_run(r) for r in job.run_ids):
+        if all(writer.has_run(r) or writers.writing(r) for r in job.run_ids):
             continue
         with contextlib.ExitStack() as claims:
             if not claims.enter_context(writer.claim(job.key)):
@@ -194,6 +198,7 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
                 continue
             if all(writer.has_run(r) for r in job.run_ids):  # finished while we waited
                 continue
+            job_start = time.perf_counter()
             scales, rids = job.guidance_scales, job.run_ids
             shared = shared_job(job, jobs)
             if shared is not None and not writer.has_run(shared.run_ids[0]) \
@@ -214,24 +219,32 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
             # shared run whichever prompt's sweep computed it
             results = [dataclasses.replace(r, prompt=None) if r.guidance_scale == 0.0 else r
                        for r in results]
-            # stage every run of the job, then publish them back to back: a kill
-            # almost never splits a job, and a finished run is never replaced
-            staged = [_stage_result(writer, components, result, rid, settings, opts)
-                      for result, rid in zip(results, rids) if not writer.has_run(rid)]
-            for folder, target in staged:
-                if writer.publish([(folder, target)]):
-                    computed += 1
-                    bar.update(1)
-                    _say_run(opts, target.name, bar)
+            # one batched decode of the job's frames; the writer pool (pipeline_io) encodes
+            # and writes its runs while the next job computes, each run landing whole
+            todo = [(r, rid) for r, rid in zip(results, rids) if not writer.has_run(rid)]
+            frames = pipeline_io.decode_job(components, [r for r, _ in todo], decode_batch,
+                                            preview)
+            tasks = [_run_task(writer, r, rid, f, settings) for (r, rid), f in zip(todo, frames)]
+            compute_seconds += time.perf_counter() - job_start
+            # the job's claims stay held until its runs are written: another process
+            # would otherwise compute them again meanwhile
+            writers.submit(tasks, _on_written(claims.pop_all(), published, bar, opts))
         writer.rebuild_index()
+    writers.drain()
+    writers.close()
     bar.close()
+    computed = len(published)
 
     # 3. trajectories: one 2-D map per seed over every run of that seed
     fit_trajectories(writer, settings["seeds"], opts)
     index = writer.rebuild_index()
     elapsed = time.perf_counter() - t0
     summary = {"computed": computed, "already_done": done_before, "busy_elsewhere": skipped_busy,
-               "total": total, "in_bundle": len(index["runs"]), "seconds": round(elapsed, 1)}
+               "total": total, "in_bundle": len(index["runs"]), "seconds": round(elapsed, 1),
+               # the model's work, and how long it waited on writers (pipeline_io)
+               "compute_seconds": round(compute_seconds, 2),
+               "write_wait_seconds": round(writers.waited, 2),
+               "write_seconds": round(writers.write_seconds, 2), "workers": writers.workers}
     _say(opts, f"computed {computed} runs in {elapsed:.1f} s; the bundle has "
          f"{len(index['runs'])} runs" + (f"; {skipped_busy} jobs were being computed by "
                                           "another process" if skipped_busy else ""))
@@ -261,6 +274,41 @@ def num_timesteps(scheduler, num_inference_steps: int) -> int:
     with quiet_diffusers():
         scheduler.set_timesteps(num_inference_steps)
     return len(scheduler.timesteps)
+
+
+def _output_stages(writer, components, settings, opts, jobs):
+    """The writer pool, the decode batch size and the preview decoder (or None) of a
+    precompute (precompute/pipeline_io.py, precompute/preview_decoder.py)."""
+    from precompute.preview_decoder import PreviewDecoder
+
+    if opts.channels_last:
+        pipeline_io.use_channels_last(components)
+    preview = opts.preview_decoder
+    if isinstance(preview, (str, os.PathLike)):
+        preview = PreviewDecoder.load(preview, components.device, components.dtype)
+    if preview is not None:
+        preview.check(components)
+    batch = opts.decode_batch_size or pipeline_io.auto_decode_batch_size(
+        components, settings["height"], settings["width"])
+    # a single job has no next job to overlap its writing with: it writes in this process
+    todo = [j for j in jobs if not all(writer.has_run(r) for r in j.run_ids)]
+    sweeps = len([j for j in todo if j.prompt is not None]) or len(todo)  # guidance 0 rides along
+    workers = opts.workers if opts.workers is not None else \
+        min(pipeline_io.default_workers(), max(0, sweeps - 1))
+    return pipeline_io.RunWriters(writer.root, writer.config, workers), batch, preview
+
+
+def _on_written(claims, published: list, bar, opts):
+    """What the writer pool calls once a job's runs are written: release the job's claims,
+    count and report the runs that are new."""
+    def done(finished):
+        claims.close()
+        for rid, new in finished:
+            if new:
+                published.append(rid)
+                bar.update(1)
+                _say_run(opts, rid, bar)
+    return done
 
 
 def _public(value):
@@ -327,31 +375,17 @@ def _device_for_rank(device: str) -> str:
 
 # ------------------------------------------------------------------- one run's files
 
-def _resize(frames: np.ndarray, size: int) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, size, size', 3), keeping the aspect ratio."""
-    n, h, w, _ = frames.shape
-    if max(h, w) == size:
-        return frames
-    nh, nw = (size, round(w * size / h)) if h >= w else (round(h * size / w), size)
-    return np.stack([np.asarray(Image.fromarray(f).resize((nw, nh), Image.LANCZOS))
-                     for f in frames])
-
-
-def _stage_result(writer, components, r, rid, settings, opts):
-    from precompute import loop
+def _run_task(writer, r, rid, frames, settings):
+    """What a writer process needs to write one run (precompute/pipeline_io.py): its
+    manifest, arrays, and the VAE's frames (`frames`: a pipeline_io.DecodedRun)."""
     from precompute.latent_preview import bundle_latent_preview
+    from precompute.pipeline_io import RunTask
 
-    size = settings["image_size"]
-    decoded = loop.decode_latents(components, r.latents, opts.decode_batch_size)   # (T+1, H, W, 3)
-    x0_images = loop.decode_latents(components, r.pred_original_sample, opts.decode_batch_size)
     preview = bundle_latent_preview(writer.root)  # the model's one map, the same for every run
-
     # the writer makes the previews of latents and noise predictions from these arrays
     arrays = {"latents": r.latents, "noise_pred": r.noise_pred,
               "pred_original_sample": r.pred_original_sample}
-    images = {"decoded": (_resize(decoded, size), "webp"),
-              "pred_original_sample": (_resize(x0_images, size), "webp")}
-    for name in ("noise_pred_uncond", "noise_pred_text", "variance_noise"):
+    for name in ("noise_pred_uncond", "noise_pred_text"):
         value = getattr(r, name)
         if value is not None:
             arrays[name] = value
@@ -360,41 +394,19 @@ def _stage_result(writer, components, r, rid, settings, opts):
         attention, names = bundle_attention(r.attention_meta)
         for key, maps in r.attention.items():
             arrays[names[key]] = maps
-    return writer.stage_run({
-        "run_id": rid, "seed": r.seed, **run_prompts(r),
+    return RunTask({
+        "run_id": rid, "prompt_id": prompt_id(r.prompt or ""), "seed": r.seed,
         "guidance_scale": float(r.guidance_scale),
         "num_inference_steps": settings["num_inference_steps"],
         "scheduler": {"name": settings["scheduler"], "timesteps": [float(t) for t in r.timesteps],
                       "sigmas": None if r.sigmas is None else [float(s) for s in r.sigmas],
                       "alphas_cumprod": [float(a) for a in r.alphas_cumprod],
-                      "weaken": [float(x) for x in r.weaken], **scheduler_record(r)},
+                      "weaken": [float(x) for x in r.weaken]},
         "latent_preview": preview,
         "attention": attention,
-    }, arrays, images)
-
-
-def run_prompts(r) -> dict:
-    """run.json's prompt fields: prompt_id (a guidance-0 run's is its negative prompt's:
-    the unconditional branch is all it ran), negative_prompt_id when the unconditional row
-    was a negative prompt, and guidance_rescale with each step's std ratio where applied."""
-    fields = {"prompt_id": prompt_id(r.prompt if r.prompt is not None else r.negative_prompt)}
-    if r.negative_prompt:
-        fields["negative_prompt_id"] = prompt_id(r.negative_prompt)
-    if r.guidance_rescale:
-        fields["guidance_rescale"] = float(r.guidance_rescale)
-        fields["guidance_rescale_std_ratio"] = [float(x) for x in r.guidance_rescale_std_ratio]
-    return fields
-
-
-def scheduler_record(r) -> dict:
-    """run.json's scheduler fields beyond the per-call numbers: step_index (each UNet call's
-    scheduler step), where pred_original_sample comes from, and a stochastic run's
-    noise_scale (its variance_noise array holds the draws)."""
-    fields = {"step_index": [int(k) for k in r.step_index],
-              "pred_original_sample": r.pred_original_sample_from}
-    if r.noise_scale is not None:
-        fields["noise_scale"] = [float(x) for x in r.noise_scale]
-    return fields
+    }, arrays, {"decoded": (frames.decoded, "webp"),
+                "pred_original_sample": (frames.pred_original_sample, "webp")},
+        settings["image_size"], frames.approximate or {})
 
 
 def bundle_attention(meta: dict) -> tuple[dict, dict[str, str]]:

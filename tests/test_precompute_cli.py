@@ -316,10 +316,9 @@ def said(capsys) -> list[str]:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--decode-batch-size", "0"], "--decode-batch-size must be 1 or more (latents the VAE "
-                                   "decodes at once)"),
-    (["--decode-batch-size", "-3"], "--decode-batch-size must be 1 or more (latents the VAE "
-                                    "decodes at once)"),
+    (["--decode-batch-size", "-3"], "--decode-batch-size must be 0 (by the device's memory) "
+                                    "or more (latents the VAE decodes at once)"),
+    (["--workers", "-1"], "--workers must be 0 (write in this process) or more"),
     (["--steps", "0"], "command line: --steps: must be an integer from 1 to 1000"),
     (["--out", "{file}"], "--out {file}: exists and is not a folder"),
     (["--out", "{file}/b"], "--out {file}/b: {file} is a file, so no folder can be made inside it"),
