@@ -288,7 +288,7 @@ def run_guidance_sweep(
             if takes_generator and not torch.equal(rows["generator"][0].get_state(), state):
                 z = randn_tensor(latent_shape, generator=_generator(state), device=device,
                                  dtype=noise_pred.dtype)  # (1, C, h, w)
-                other_state = _generator(state).manual_seed(seed + i + 1).get_state()
+                other_state = torch.Generator("cpu").manual_seed(seed + i + 1).get_state()
                 z_other = randn_tensor(latent_shape, generator=_generator(other_state), device=device,
                                        dtype=noise_pred.dtype)
                 changed = latents - other.step(noise_pred, t, x_t, **step_kwargs, **_generators(
