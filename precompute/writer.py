@@ -395,7 +395,8 @@ class BundleWriter:
         arrays: name -> array, every one the run has (full: stored as float16 .npy;
           compact: stored as q8-delta .npz, or derived and not stored).
         images: the VAE's sprites, name -> (frames (N, H, W, 3) uint8, "webp" | "png" |
-          "jpeg") or an EncodedSprite. The previews of latents and noise predictions are
+          "jpeg"[, more entry fields, e.g. {"approximate": ...}]) or an EncodedSprite.
+          Frames are encoded at the storage's quality, with their measured error. The previews of latents and noise predictions are
           made here from the arrays as stored (backend/previews.py).
         """
         rid = manifest["run_id"]
@@ -413,7 +414,8 @@ class BundleWriter:
             values = arrays
         quality = COMPACT_FRAME_QUALITY if self.storage == "compact" else {}
         image_entries = {n: _write_sprite(folder, n, v) if isinstance(v, EncodedSprite)
-                         else save_sprite(folder, n, *v, quality=quality.get(n))
+                         else {**save_sprite(folder, n, *v[:2], quality=quality.get(n)),
+                               **(v[2] if len(v) > 2 else {})}
                          for n, v in images.items()}
         for name in previews.PREVIEWS:
             if name in values:

@@ -177,3 +177,20 @@ def test_compact_and_full_serve_the_same_views(tmp_path, small_side):
                 seen[url] = len(r.data)  # float16 .npy: its size is its shape
         shapes.append(seen)
     assert shapes[0] == shapes[1]
+
+
+def test_a_sprite_given_with_more_entry_fields_keeps_them_and_gets_quality_and_error(
+        tmp_path, monkeypatch):
+    """(frames, fmt, fields): e.g. a preview decoder's `approximate` note, merged into the
+    entry of a sprite the writer still encodes at its storage's quality."""
+    stage = writer.BundleWriter.stage_run
+
+    def with_fields(self, manifest, arrays, images):
+        return stage(self, manifest, arrays,
+                     {n: (*v, {"approximate": {"by": n}}) for n, v in images.items()})
+
+    monkeypatch.setattr(writer.BundleWriter, "stage_run", with_fields)
+    root = _bundle(tmp_path / "b", "compact")
+    e = json.loads((root / "runs" / _g7(root) / "run.json").read_text())["images"]["decoded"]
+    assert e["approximate"] == {"by": "decoded"}
+    assert e["quality"] == writer.COMPACT_FRAME_QUALITY["decoded"] and "mean_abs_error" in e
