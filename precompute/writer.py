@@ -396,8 +396,9 @@ class BundleWriter:
           compact: stored as q8-delta .npz, or derived and not stored).
         images: the VAE's sprites, name -> (frames (N, H, W, 3) uint8, "webp" | "png" |
           "jpeg"[, more entry fields, e.g. {"approximate": ...}]) or an EncodedSprite.
-          Frames are encoded at the storage's quality, with their measured error. The previews of latents and noise predictions are
-          made here from the arrays as stored (backend/previews.py).
+          Frames are encoded at the storage's quality, with their measured error. The
+          previews of latents and noise predictions are made here from the arrays as
+          stored (backend/previews.py).
         """
         rid = manifest["run_id"]
         clash = sorted(set(images) & set(previews.PREVIEWS))
