@@ -210,7 +210,8 @@ def image_entry(b: Bundle, rid: str, name: str) -> dict:
     url = (f"api/runs/{rid}/images/{name}.png?v={run_version(b, rid)}" if e.get("derived") is True
            else bundle_url(f"runs/{rid}/{e['file']}", e.get("sha256")))
     return {"url": url, "mime": e["mime"],
-            **{k: e[k] for k in ("count", "frame_width", "frame_height", "columns")}}
+            **{k: e[k] for k in ("count", "frame_width", "frame_height", "columns",
+                                 "approximate") if k in e}}
 
 
 def step(b: Bundle, rid: str, i: int, centre: dict) -> dict:
