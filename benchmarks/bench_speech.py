@@ -24,7 +24,7 @@ Reported per condition (clean, noisy), per voice and per speed:
   api/live/speech (reading, checks, spectrogram, recognizer) the same way.
 
     .venv/bin/python benchmarks/bench_speech.py                   # 200 captions, full grid
-    .venv/bin/python benchmarks/bench_speech.py --captions 50 --workers 2
+    .venv/bin/python benchmarks/bench_speech.py --rotate-speeds --workers 2  # a third
 """
 
 from __future__ import annotations
@@ -134,10 +134,18 @@ def main() -> None:
                         help="espeak-ng words per minute")
     parser.add_argument("--voices", nargs="+", default=list(VOICES))
     parser.add_argument("--workers", type=int, default=1, help="processes (one decoder each)")
+    parser.add_argument("--rotate-speeds", action="store_true",
+                        help="each caption in each voice at one speed, the speeds taken in "
+                        "turn (a third of the grid: every voice and speed still has a third "
+                        "of the captions)")
     args = parser.parse_args()
 
     captions = held_out_captions(args.captions, args.seed)
-    jobs = [(c, v, s) for c in captions for v in args.voices for s in args.speeds]
+    if args.rotate_speeds:
+        jobs = [(c, v, args.speeds[(i + j) % len(args.speeds)])
+                for i, c in enumerate(captions) for j, v in enumerate(args.voices)]
+    else:
+        jobs = [(c, v, s) for c in captions for v in args.voices for s in args.speeds]
     print(f"{len(captions)} held-out captions (seed {args.seed}) x {len(args.voices)} voices x "
           f"{len(args.speeds)} speeds {args.speeds} wpm x clean/noisy ({SNR_DB:g} dB SNR); "
           f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
