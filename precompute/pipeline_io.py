@@ -167,18 +167,9 @@ def write_run(root: str, config: dict, task: RunTask) -> tuple[str, bool, float]
 
 
 def _sprite(name: str, frames: np.ndarray, fmt: str, approximate: dict | None):
-    """writer.stage_run's image: (frames, fmt), or, with approximate frames, the sprite
-    encoded here so that its entry carries `approximate`."""
-    if approximate is None:
-        return frames, fmt
-    from backend import previews
-    from precompute.writer import EncodedSprite
-
-    try:
-        data, entry = previews.sprite(frames, fmt)
-    except ValueError as e:
-        raise ValueError(f"sprite {name!r}: {e}") from None
-    return EncodedSprite(data, previews.FORMATS[fmt][0], {**entry, "approximate": approximate})
+    """writer.stage_run's image: (frames, fmt), with the entry field `approximate` when a
+    preview decoder made some of the frames."""
+    return (frames, fmt) if approximate is None else (frames, fmt, {"approximate": approximate})
 
 
 def _exit_with_parent(parent: int) -> None:
