@@ -5,8 +5,9 @@
 
 Runs = prompts x seeds x guidance scales. Variants, all over the same runs:
   (a) our loop with every capture (attention) and every step decoded (x_t and the
-      predicted x0, full VAE), plus the latent-preview fit: the real precompute's model
-      work, without writing files;
+      predicted x0, full VAE, one batched decode per job: precompute/pipeline_io.py),
+      plus the latent-preview fit: the real precompute's model work, without writing
+      files (benchmarks/gpu_check.py times the whole precompute, files included);
   (a') the same loop with attention capture only (measures the capture overhead);
   (b) the same loop with neither captures nor decodes;
   (c) plain StableDiffusionPipeline making only final images, one call per
@@ -44,7 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--prompts", type=int, default=2, help="how many prompts (max %d)" % len(PROMPTS))
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     p.add_argument("--guidance-scales", type=float, nargs="+", default=[0.0, 1.0, 7.0, 20.0])
-    p.add_argument("--decode-batch-size", type=int, default=8)
+    p.add_argument("--decode-batch-size", type=int, default=0,
+                   help="0: as the precompute picks it (pipeline_io.auto_decode_batch_size)")
     p.add_argument("--repeat", type=int, default=1, help="rounds over all variants; each keeps its best time")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; use 1 on a busy machine)")
@@ -84,7 +86,8 @@ def synchronize(components):
 
 def precompute(components, args, prompts, steps, size, capture, decode):
     """Our loop over all runs; returns the number of UNet rows it ran per step, summed."""
-    from precompute.loop import decode_latents, latent_rgb_factors, run_guidance_sweep
+    from precompute.loop import latent_rgb_factors, run_guidance_sweep
+    from precompute.pipeline_io import auto_decode_batch_size, decode_job
 
     scales = args.guidance_scales
     rows = 0
@@ -97,11 +100,10 @@ def precompute(components, args, prompts, steps, size, capture, decode):
             rows += sum(s != 1 for s in job_scales) + sum(s != 0 for s in job_scales)
             results = run_guidance_sweep(components, prompt, seed, job_scales, steps, size, size,
                                          capture_attention=capture)
-            if decode:
-                for r in results:
-                    decoded = decode_latents(components, r.latents, args.decode_batch_size)  # (T+1, H, W, 3)
-                    decode_latents(components, r.pred_original_sample, args.decode_batch_size)  # (T, H, W, 3)
-                    latent_rgb_factors(r.latents[-1], decoded[-1])
+            if decode:  # one batched decode of the job's x_t and x0, as the precompute does
+                batch = args.decode_batch_size or auto_decode_batch_size(components, size, size)
+                for r, frames in zip(results, decode_job(components, results, batch)):
+                    latent_rgb_factors(r.latents[-1], frames.decoded[-1])
     synchronize(components)
     return rows
 
