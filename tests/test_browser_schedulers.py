@@ -160,3 +160,61 @@ def test_scheduler_texts_fit_phone_and_projector(browser, urls, shots, width, he
         page.locator("#panel-image").screenshot(path=str(shots / f"schedulers-euler-a-{width}.png"))
     finally:
         context.close()
+
+
+# -- a real precomputed bundle (the tiny random SD pipeline of tests/tiny_sd.py) ------------
+
+@pytest.fixture(scope="module")
+def precomputed(tmp_path_factory):
+    """Tiny SD 1.5-shaped bundles precomputed with euler_a (a negative prompt,
+    guidance_rescale 0.7) and heun, 3 steps at 16 x 16 px on the CPU; served."""
+    pytest.importorskip("diffusers", reason="needs the [precompute] extra")
+    import io
+
+    from precompute.prompts import single_prompt_set
+    from precompute.run import Options, precompute
+    from tests.tiny_sd import tiny_pipeline_path
+
+    root = tmp_path_factory.mktemp("precomputed")
+    base = {"model": str(tiny_pipeline_path("sd15")), "num_inference_steps": 3, "height": 16,
+            "width": 16, "seeds": [1], "guidance_scales": [0, 5]}
+    made = {}
+    for name, extra in (("euler_a", {"negative_prompt": NEGATIVE, "guidance_rescale": 0.7}), ("heun", {})):
+        precompute(single_prompt_set(*PROMPTS[:1], list(PROMPTS[1:])), root / name, {**base, "scheduler": name, **extra},
+                   Options(device="cpu", projection="pca", progress=False, workers=0, log=io.StringIO()))
+        made[name] = root / name
+    with serve_bundle(made["euler_a"]) as euler_a, serve_bundle(made["heun"]) as heun:
+        yield {"euler_a": euler_a, "heun": heun}
+
+
+def table_row(page, key: str) -> list[float]:
+    cells = page.locator(f"#pixel-table .row-{key} td").all_inner_texts()
+    return [float(c.replace("\u2212", "-")) for c in cells]
+
+
+@pytest.mark.slow
+def test_a_precomputed_euler_a_step_adds_up_with_its_recorded_noise(page, precomputed):
+    """Euler ancestral with noise prediction: x_{s+1} = x_s - w eps + sigma_up z, so the
+    table's left-over row (stored next latent minus latent - w eps + noise) is only
+    rounding: the float16 storage (2^-11 relative) of four terms and the 3 digits shown,
+    within 1% of the latent's largest |value| (float16's ulp there is 2^-6 of 2^4..2^5).
+    The first step's noise (sigma_up = 1.6 here) is ten times that: without the noise row
+    the left-over would be the noise itself."""
+    page.goto(f"{precomputed['euler_a']}?step=1&guidance=5&open=image")
+    wait_ready(page, 60_000)
+    page.locator("#pixel-table .row-leftover td").first.wait_for()
+    before, after, noise = table_row(page, "latents"), table_row(page, "next"), table_row(page, "noise")
+    leftover = max(map(abs, table_row(page, "leftover")))
+    assert leftover < 0.01 * max(map(abs, before + after))
+    assert max(map(abs, noise)) > 10 * leftover
+    assert page.locator("#step-uncond + figcaption").inner_text().startswith(f"Noise predicted for the negative prompt: “{NEGATIVE}”")
+    assert "σ↑ = " in page.locator(".scheduler-numbers").inner_text()
+
+
+@pytest.mark.slow
+def test_a_precomputed_heun_run_counts_its_real_calls(page, precomputed):
+    page.goto(f"{precomputed['heun']}?step=4&guidance=5&open=image")
+    wait_ready(page, 60_000)
+    assert page.locator(".tc-step").inner_text() == "call 4 / 5 · step 2 / 3"  # 2 + 2 + 1 calls
+    assert page.locator("#panel-image .call-note").inner_text().startswith(
+        "UNet call 4 of 5 (scheduler step 2 of 3, its 2nd call of 2).")
