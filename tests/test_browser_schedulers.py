@@ -126,6 +126,8 @@ def test_euler_a_page_shows_the_ancestral_step_its_noise_and_the_negative_prompt
     note = page.locator("#panel-guidance [data-field='rescale-note']").inner_text()
     assert note.startswith("guidance_rescale φ = 0.7") and "scaled by φ × 0.8 + (1 − φ) = 0.86" in note
     assert "negative prompt" in page.locator("#panel-guidance").inner_text()
+    assert page.locator("#guidance-formula-negative").is_visible() and not page.locator("#guidance-formula-empty").is_visible()
+    assert "\\text{negative}" in tex(page, "guidance-panel-formula-negative")
     page.screenshot(path=str(shots / "schedulers-euler-a-1366.png"), full_page=True)
 
 

@@ -222,6 +222,8 @@ async function start() {
       d3.select("#guidance-formula").datum(g.formula).call(views.formula);
       d3.select("#guidance-note-0").property("hidden", !g.notes.zero);
       d3.select("#guidance-note-1").property("hidden", !g.notes.one);
+      d3.select("#guidance-formula-empty").property("hidden", g.notes.negative); // a run's negative prompt
+      d3.select("#guidance-formula-negative").property("hidden", !g.notes.negative);
       d3.select("#guidance-sweep").datum(g.sweep).call(views.sweep);
     }
     viz.classed("is-comparing", Boolean(m.compare))

@@ -360,7 +360,7 @@ export function createModel(index, api) {
       },
       channels: { options: d3.range(C).map((v) => ({ value: v, label: String(v), name: `Channel ${v}` })), selected: c },
       formula,
-      notes: { zero: state.guidance === 0, one: state.guidance === 1 },
+      notes: { zero: state.guidance === 0, one: state.guidance === 1, negative: uncondWords(index, run).short !== "empty" },
       sweep: { items },
     };
   }

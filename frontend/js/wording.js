@@ -265,6 +265,7 @@ export function wording(index) {
         : "to predict the clean latent itself",
     "guidance-formula": `\\hat{${o}} = ${o}_\\theta(x_t, t, \\varnothing) + g\\,\\big(${o}_\\theta(x_t, t, c) - ${o}_\\theta(x_t, t, \\varnothing)\\big)`,
     "guidance-panel-formula": `\\hat{${o}} = ${o}_{\\text{empty}} + g\\,(${o}_{\\text{prompt}} - ${o}_{\\text{empty}})`,
+    "guidance-panel-formula-negative": `\\hat{${o}} = ${o}_{\\text{negative}} + g\\,(${o}_{\\text{prompt}} - ${o}_{\\text{negative}})`,
     "remainder-label": remainderLabel(facts),
     vocab: facts.vocabSize ? `${withCommas(facts.vocabSize)} byte-pair pieces` : "byte-pair pieces",
     padding: pad ? (pad.label === "end" ? "end tokens" : `${pad.label} tokens (its padding token)`) : "a padding token",
