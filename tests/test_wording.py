@@ -330,3 +330,13 @@ def test_negative_prompt_and_guidance_rescale_are_named(tmp_path):
     t = with_negative["texts"]
     assert with_negative["show"]["guidance-rescale"] and "guidance_rescale φ = 0.7 (Lin et al. 2023" in t["rescale-text"]
     assert "\\varphi" in t["rescale-formula"] and "\\operatorname{std}" in t["rescale-formula"]
+
+
+def test_pndm_names_its_warm_up_from_the_scheduler_config(tmp_path):
+    """SD 1.x's config sets skip_prk_steps (PLMS from the start: two calls in its first
+    step); diffusers' default, without it, is three pseudo Runge-Kutta steps of four calls."""
+    plms, prk = sd_index("pndm"), sd_index("pndm")
+    prk["about"]["scheduler_config"] = {}
+    plms_words, prk_words = run_wording(tmp_path, [{"index": plms}, {"index": prk}], FAMILY_DRIVER)
+    assert "first step takes two UNet calls" in plms_words["texts"]["scheduler-text"]
+    assert "pseudo Runge-Kutta warm-up (PRK) of four UNet calls" in prk_words["texts"]["scheduler-text"]

@@ -77,7 +77,7 @@ function ddimEta(eps, o, eta) {
 
 function pndm(eps, o, facts) {
   const e = "\\hat\\epsilon";
-  const warmup = facts.skipPrk === false
+  const warmup = facts.skipPrk !== true  // diffusers' default: PRK unless skip_prk_steps (SD 1.x sets it)
     ? " Its first three steps are a pseudo Runge-Kutta warm-up (PRK) of four UNet calls each."
     : " Its first step takes two UNet calls (the two predictions averaged, a second-order start).";
   return { step: `x_{s+1} = \\sqrt{\\tfrac{${A("s+1")}}{${A("s")}}}\\,x_s - \\frac{${A("s+1")} - ${A("s")}}{${A("s")}\\sqrt{1-${A("s+1")}} + \\sqrt{${A("s")}(1-${A("s")})${A("s+1")}}}\\;${e}'_s`,
