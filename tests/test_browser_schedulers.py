@@ -140,6 +140,7 @@ def test_heun_page_counts_unet_calls_and_scheduler_steps(page, urls, shots):
     note = page.locator("#panel-image .call-note")
     assert note.is_visible() and note.inner_text().startswith("UNet call 2 of 5 (scheduler step 1 of 3, its 2nd call of 2).")
     assert "5 calls for 3 steps" in page.locator("#article-scheduler").inner_text()
+    assert "the Heun scheduler and 3 steps" in page.locator("#article-what").inner_text()
     page.keyboard.press("End")
     page.wait_for_function("() => document.querySelector('.tc-step').textContent === 'call 5 / 5 · step 3 / 3'")
     assert page.locator("#panel-image .call-note").inner_text().startswith("UNet call 5 of 5 (scheduler step 3 of 3).")

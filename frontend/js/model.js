@@ -272,7 +272,7 @@ export function createModel(index, api) {
       compareFallback: compareCandidate(index, state.prompt, state.seed, state.guidance),
       fields: {
         step: String(s),
-        "steps-total": String(T),
+        "steps-total": String(facts.steps || T), // scheduler steps (T counts UNet calls)
         "call-from": String(i === null ? 0 : i),
         timestep: run && i !== null ? fmtTimestep(run.scheduler.timesteps[i]) : "–",
         weaken: run && i !== null ? fmt(run.scheduler.weaken[i]) : "–",
