@@ -16,7 +16,9 @@ Reported per condition (clean, noisy), per voice and per speed:
   page, but what the recognizer said);
 - sentence accuracy: the transcript is the caption exactly (understood and right);
 - parsed: the grammar found a caption (`understood`); wrong: parsed but not the caption
-  (the page would run a wrong prompt, unless a word is under 0.6 confidence: `caught`);
+  (the page would run a wrong prompt, unless a word is under 0.8 confidence: `caught`);
+- the page's confidence threshold: for several thresholds, how many wrong parsed
+  captions it would catch and how many right ones it would stop;
 - time: the recognizer's seconds from the end of the clip (the whole clip is decoded
   when it ends) to the transcript, scaled to a 5 s clip (seconds x 5 / clip length),
   median and 95th percentile; the recognizer's CPU seconds (this process's, which a
@@ -46,6 +48,7 @@ from backend import speech  # noqa: E402
 from tests.speech_helpers import VOICES, add_noise, speak  # noqa: E402
 
 SNR_DB = 20.0
+UNSURE = 0.8  # frontend/js/views/speech-input.js: a parsed clip with a word under it waits
 
 
 def held_out_captions(n: int, seed: int) -> list[str]:
@@ -104,7 +107,8 @@ def measure(job: tuple[str, str, int]) -> list[dict]:
             "condition": condition, "voice": voice, "wpm": wpm, "words": len(reference),
             "errors": word_errors(reference, hypothesis), "parsed": out["understood"],
             "correct": out["understood"] and out["text"] == caption,
-            "caught": bool(confidences) and min(confidences) < 0.6,
+            "caught": bool(confidences) and min(confidences) < UNSURE,
+            "min_confidence": min(confidences) if confidences else None,
             "recognize_5s": (recognized - decoded) * 5 / seconds, "cpu_5s": cpu * 5 / seconds,
             "answer_5s": (answered - started) * 5 / seconds, "seconds": seconds})
     return rows
@@ -167,6 +171,13 @@ def main() -> None:
             print(f"{'':6s} {voice:12s} {summary([r for r in mine if r['voice'] == voice])}")
         for wpm in args.speeds:
             print(f"{'':6s} {wpm:3d} wpm      {summary([r for r in mine if r['wpm'] == wpm])}")
+    print("\nthe page's threshold: parsed clips with a word under it wait for Enter")
+    parsed = [r for r in rows if r["parsed"]]
+    for threshold in (0.6, 0.7, 0.8, 0.9, 0.95):
+        stopped = [r for r in parsed if r["min_confidence"] < threshold]
+        print(f"  {threshold:.2f}: wrong ones caught {sum(not r['correct'] for r in stopped)} of "
+              f"{sum(not r['correct'] for r in parsed)}, right ones stopped "
+              f"{sum(r['correct'] for r in stopped)} of {sum(r['correct'] for r in parsed)}")
     seconds = [r["seconds"] for r in rows]
     print(f"\nclip length: median {statistics.median(seconds):.1f} s, "
           f"max {max(seconds):.1f} s")

@@ -195,3 +195,32 @@ def test_without_the_speech_extra_the_row_says_what_to_install(page, synthetic_b
     finally:
         server.shutdown()
         thread.join(timeout=5)
+
+
+def test_an_uncertain_word_waits_for_enter_before_running(page, speech_server, clip):
+    """The recognizer's answer with one word under the page's threshold (0.8): the box
+    is filled and waits; Enter runs it."""
+    url, runner = speech_server
+    runner.release.set()  # the fake runner streams every step at once
+
+    def unsure(route):
+        body = route.fetch().json()
+        body["words"][2]["confidence"] = 0.55  # "star"
+        route.fulfill(json=body)
+
+    page.route("**/api/live/speech", unsure)
+    page.goto(url)
+    wait_ready(page)
+    before = len(getattr(runner, "prompts", []))
+    page.set_input_files("#speech-file", str(clip))
+    page.locator(".speech-word.unsure").wait_for(timeout=30_000)
+    assert page.locator(".speech-word.unsure").get_attribute("aria-label") == \
+        "star, confidence 55%"
+    status = page.locator(".live-status").inner_text()
+    assert "Not sure of “star”" in status and "press Enter" in status
+    assert page.locator("#live-text").input_value() == CAPTION
+    assert len(getattr(runner, "prompts", [])) == before  # nothing run yet
+    page.locator("#live-text").press("Enter")
+    page.wait_for_function("() => /Step|job failed|does not load/.test("
+                           "document.querySelector('.live-status').textContent)")
+    assert runner.prompts[-1] == CAPTION and len(runner.prompts) == before + 1

@@ -20,7 +20,11 @@ import { d3 } from "../lib.js";
 
 const SPEECH_URL = "api/live/speech";
 const RATE = 16000;
-const UNSURE = 0.6; // a word below this confidence waits for the user before running
+// A word below this confidence makes the box wait for Enter. On 180 espeak-ng clips
+// (benchmarks/bench_speech.py, docs/performance.md) 0.8 held back 12 of 20 wrong
+// captions and 29 of 152 right ones (0.6: 6 of 20 and 5 of 152); a held-back right
+// caption costs one key, a wrong one a wrong picture.
+const UNSURE = 0.8;
 
 /** Samples (Float32Array, 16 kHz mono) as a 16-bit PCM WAV file. */
 export function wavBlob(samples, rate = RATE) {
