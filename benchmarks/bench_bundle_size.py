@@ -218,6 +218,29 @@ def frame_study(sd) -> list[str]:
                 lines.append(f"| {name} | {px} | {q} | {len(data) / 1024:,.1f} | "
                              f"{e['mean_abs_error']:.2f} | {e['max_frame_mean_abs_error']:.2f} | "
                              f"{e['final_mean_abs_error']:.2f} |")
+    return lines + [""] + split_study(sd, frames["decoded"])
+
+
+def split_study(sd, f: np.ndarray) -> list[str]:
+    """The x_t sprite split in two files: the frames whose noise share sqrt(1 - alpha-bar)
+    exceeds a threshold at a low quality, the rest at a higher one (not implemented: it
+    needs the front end to read two files per sprite)."""
+    from backend import previews
+    from precompute.writer import frame_errors
+
+    _, a = sd.schedule()
+    noise = np.sqrt(1 - np.r_[a, 1.0])                                  # per frame (T+1,)
+    lines = ["| x_t frames split (256 px) | KiB | mean error | worst frame | final frame |",
+             "|---|---|---|---|---|"]
+    for threshold, low, high in ((0.3, 30, 82), (0.5, 30, 82), (0.5, 40, 70)):
+        n = int((noise > threshold).sum())
+        parts = [previews.sprite(x, "webp", q) for x, q in ((f[:n], low), (f[n:], high))]
+        back = np.concatenate([previews.crop_frames(d, e) for d, e in parts])
+        e = frame_errors(f, back)
+        lines.append(f"| {n} frames of noise share > {threshold} at {low}, {len(f) - n} at "
+                     f"{high} | {sum(len(d) for d, _ in parts) / 1024:,.1f} | "
+                     f"{e['mean_abs_error']:.2f} | {e['max_frame_mean_abs_error']:.2f} | "
+                     f"{e['final_mean_abs_error']:.2f} |")
     return lines + [""]
 
 
