@@ -78,7 +78,9 @@ def _blur(x: np.ndarray, radius: float) -> np.ndarray:
     """Gaussian blur of (H, W, C) float values, per channel."""
     from scipy.ndimage import gaussian_filter
 
-    return gaussian_filter(x, (float(radius), float(radius), 0), mode="nearest") if radius > 0.05 else x
+    if radius <= 0.05:
+        return x
+    return gaussian_filter(x, (float(radius), float(radius), 0), mode="nearest")
 
 
 def _resize(x: np.ndarray, n: int, method=Image.BICUBIC) -> np.ndarray:
