@@ -120,6 +120,11 @@ def test_euler_a_page_shows_the_ancestral_step_its_noise_and_the_negative_prompt
     assert "σ_s = 4.000" in numbers and "σ↑ = 1.145" in numbers and "noise added: σ↑ × z with σ↑ = 1.150" in numbers
     assert "size |σ↑ z|" in numbers
     assert page.locator("#pixel-table .row-noise").count() == 1
+    # the added noise drawn from the run's variance_noise: a picture, not a blank canvas
+    page.wait_for_function("() => document.querySelector('#step-noise canvas')")
+    pixels = page.evaluate("""() => { const c = document.querySelector('#step-noise canvas');
+        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); }""")
+    assert len(pixels) == 4 * LATENT * LATENT and len(set(pixels)) > 20
     assert page.locator("#step-uncond + figcaption").inner_text().startswith(f"Noise predicted for the negative prompt: “{NEGATIVE}”")
     # guidance_rescale: named with phi in the article and the guidance view, with this step's factor
     assert "guidance_rescale φ = 0.7 (Lin et al. 2023" in page.locator("#article-guidance").inner_text()

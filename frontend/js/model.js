@@ -288,7 +288,7 @@ export function createModel(index, api) {
         "bundle-description": index.description || "",
         scheduler: schedulerTitle(String(index.config.scheduler)),
         "call-note": place ? `${place}.` : "",
-        "step-noun": facts.multiCall ? "UNet call" : "step",
+        "call-noun": facts.multiCall ? "UNet call" : "step",
         "uncond-name": uncond.name,
         "scheduler-numbers": run && i !== null ? stepNumbersText(facts, run.scheduler, i, noiseSize(run, i)) : "",
         "noise-scale": run && i !== null && run.scheduler.noise_scale ? fmt(run.scheduler.noise_scale[i]) : "–",
@@ -320,11 +320,27 @@ export function createModel(index, api) {
           next: i === null ? none : picture("next", run, "latents", s, `Latent after the step, step ${s}`),
         },
         table: numbers ? numbers.table : null,
+        noise: addedNoise(run, i),
       };
     }
     if (open.has("guidance")) model.guidancePanel = guidancePanel(state, numbers, s, run, i);
     if (state.compare) model.compare = compare(state);
     return model;
+  }
+
+  /** A stochastic call's added noise, noise_scale x z (its variance_noise array), for the refiner. */
+  function addedNoise(run, i) {
+    const entry = run && run.arrays && run.arrays.variance_noise;
+    if (!entry || i === null || !run.scheduler.noise_scale || !run.latent_preview) return null;
+    const z = api.peek(entry.url, "npy"); // (T, C, h, w)
+    if (!z) return null;
+    const { data, shape } = sliceFirst(z, i);
+    const scale = run.scheduler.noise_scale[i];
+    const matrix = run.latent_preview.matrix;
+    return {
+      values: memo(z, `added${i}`, () => Float32Array.from(data, (x) => x * scale)), shape, matrix,
+      scale: memo(z, "previewScale", () => noisePreviewScale(matrix)),
+    };
   }
 
   function guidancePanel(state, numbers, s, run, i) {
@@ -366,6 +382,14 @@ export function createModel(index, api) {
   }
 
   return { derive };
+}
+
+/** backend/previews.py noise_scale: 2.5 x the spread of unit noise through the colour map. */
+function noisePreviewScale(matrix) {
+  const k = matrix[0].length;
+  let sum = 0;
+  for (let j = 0; j < k; j++) for (const row of matrix) sum += row[j] * row[j];
+  return 2.5 * Math.sqrt(sum / k) || 1;
 }
 
 /** The table's short name of the unconditional branch ("empty prompt", "negative prompt"). */

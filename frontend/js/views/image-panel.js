@@ -5,7 +5,9 @@
  * this step and subtracts it, giving the latent after the step.
  *
  * Usage: d3.select(panel).datum({atStart, frames: {prev, uncond, text, guided, next},
- *          missing: {uncond, text}, table: {rows, channels} | null}).call(imagePanel())
+ *          missing: {uncond, text}, table: {rows, channels} | null, noise}).call(imagePanel())
+ * noise: a stochastic step's added noise {values (C*h*w), shape [C, h, w], matrix (C x 3),
+ * scale} drawn into #step-noise, or null.
  * The frames are `frame()` data; the prose and numbers around them live in index.html.
  */
 import { d3 } from "../lib.js";
@@ -34,9 +36,38 @@ export function pixelTable() {
   };
 }
 
+/**
+ * The noise a stochastic step added (noise_scale x z), drawn as the server draws noise
+ * predictions (backend/previews.py noise_frames): grey at 0, the bundle's colour map, on
+ * the model's fixed noise scale, so it reads against the predictions beside it.
+ */
+export function noiseCanvas() {
+  return function view(selection) {
+    const d = selection.datum();
+    const canvas = selection.selectAll("canvas").data(d ? [d] : []).join("canvas").node();
+    if (!canvas) return;
+    const [C, h, w] = d.shape;
+    canvas.width = w;
+    canvas.height = h;
+    const ctx = canvas.getContext("2d");
+    const image = ctx.createImageData(w, h);
+    const plane = h * w;
+    for (let p = 0; p < plane; p++) {
+      for (let k = 0; k < 3; k++) {
+        let v = 0;
+        for (let c = 0; c < C; c++) v += d.values[c * plane + p] * d.matrix[c][k];
+        image.data[4 * p + k] = Math.round(255 * Math.min(1, Math.max(0, 0.5 + (0.5 * v) / d.scale)));
+      }
+      image.data[4 * p + 3] = 255;
+    }
+    ctx.putImageData(image, 0, 0);
+  };
+}
+
 export function imagePanel() {
   const draw = frame();
   const table = pixelTable();
+  const noise = noiseCanvas();
 
   return function view(selection) {
     const d = selection.datum();
@@ -53,5 +84,6 @@ export function imagePanel() {
     selection.select("#missing-text").property("hidden", !d.missing.text);
     selection.select("#pixel-numbers-note").property("hidden", Boolean(d.table));
     selection.select("#pixel-table").datum(d.table).call(table);
+    selection.select("#step-noise").datum(d.noise || null).call(noise);
   };
 }
