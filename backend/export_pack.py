@@ -31,7 +31,9 @@ from backend.payloads import run_version
 from backend.resource import json_bytes
 
 LAYOUT = {"layout": "packed", "version": 1}
-APP_ARRAYS = ("latents",)   # read by the comparison view (js/compare-model.js), besides attention
+# read by the comparison view (js/compare-model.js) and the refiner's added noise of a
+# stochastic run (js/model.js addedNoise), besides attention
+APP_ARRAYS = ("latents", "variance_noise")
 
 
 class PackError(Exception):
