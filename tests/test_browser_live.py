@@ -140,6 +140,8 @@ def test_a_typed_prompt_streams_its_steps_then_opens_as_a_run(page, live_url, sh
     compared = page.evaluate("() => new URLSearchParams(location.search).get('compare')")
     shipped = json.loads((DEMO / "bundle.json").read_text())["prompts"]
     assert compared in shipped
+    for n in (1, 2):  # both lanes' frames drawn before the screenshot
+        page.locator(f"#compare-lanes .lane-{n} .lane-decoded[data-frame]").wait_for()
     page.screenshot(path=str(shots / "live-compare.png"))
 
 
