@@ -263,7 +263,9 @@ class LiveService:
             "id": job.id, "state": job.state, "prompt": job.prompt, "seed": job.seed,
             "guidance_scale": job.guidance_scale, "run_id": job.run_id, "cached": job.cached,
             "ahead": self.ahead(job), "steps_done": job.steps_done,
-            "num_inference_steps": job.total or self.info.get("num_inference_steps"),
+            "num_inference_steps": self.info.get("num_inference_steps"),
+            # steps_done counts UNet calls: Heun and KDPM2 make two a step, PNDM more
+            "unet_calls": job.total or self.info.get("unet_calls") or self.info.get("num_inference_steps"),
             "error": job.error, "words": job.words,
             # the typed prompt's id even at guidance 0, so the page shows that prompt and
             # the URL can compute it again from its text
@@ -546,6 +548,7 @@ def make_service(model, device: str, live_dir, shipped_config: dict, shipped_sca
     return LiveService(runner, make_app, max_queue=max_queue, per_client=per_client,
                        info={"model": settings["model"], "device": device,
                              "num_inference_steps": settings["num_inference_steps"],
+                             "unet_calls": runner.unet_calls(),
                              "scheduler": settings["scheduler"],
                              "demo_model": same_model and settings["model"] == "static/demo-model",
                              "default_guidance_scale": default_g if default_g is not None else 7.0,

@@ -116,6 +116,18 @@ class LiveRunner:
         self.components = load_components(self.model_path, device=device,
                                           dtype=self.dtype, scheduler=self.settings["scheduler"])
 
+    def unet_calls(self) -> int:
+        """UNet calls a run makes: the steps streamed. num_inference_steps for one-call
+        schedulers; Heun and KDPM2 call twice a step, PNDM more in its warm-up."""
+        import copy
+
+        from precompute.model import quiet_diffusers
+
+        scheduler = copy.deepcopy(self.components.scheduler)
+        with quiet_diffusers():
+            scheduler.set_timesteps(self.settings["num_inference_steps"])
+        return len(scheduler.timesteps)
+
     # -- what a job computes
     def scales(self, guidance_scale: float) -> list[float]:
         """The guidance scales a job runs: the asked-for one and the base ones, so the
@@ -156,7 +168,7 @@ class LiveRunner:
     def run(self, prompt: str, seed: int, guidance_scale: float, on_frame=None,
             should_stop=None) -> str:
         """Compute the job into the live bundle (a precompute of one prompt and seed) and
-        return the asked-for run's id. on_frame(i, total, Frame) after each step of the
+        return the asked-for run's id. on_frame(i, total, Frame) after each UNet call of the
         asked-for scale; should_stop() is asked before the work starts and after every
         step, and when it is true the job stops there with JobCancelled. On any failure or
         cancellation the job's staging folders are removed, so the bundle holds only
@@ -195,7 +207,7 @@ class LiveRunner:
         streams only when that is the asked-for scale)."""
         from precompute import loop
 
-        total = self.settings["num_inference_steps"]
+        total = self.unet_calls()  # one streamed step per UNet call
         preview = {}
 
         def on_step(i, scales, latents, pred_original_sample):

@@ -359,6 +359,7 @@ def test_a_typed_prompt_becomes_an_ordinary_run_and_then_a_cache_hit(live):
     done = wait_state(client, first.get_json()["id"])
     assert done["state"] == "done", done
     assert done["steps_done"] == STEPS and done["num_inference_steps"] == STEPS
+    assert done["unet_calls"] == STEPS  # DDIM: one call a step
     for i in range(STEPS):
         for kind in ("latent", "predicted"):
             png = client.get(f"/api/live/jobs/{done['id']}/frames/{i}/{kind}.png")
@@ -663,3 +664,23 @@ def test_a_typed_prompt_joins_the_shipped_runs_of_its_seed(tmp_path):
     lookup = client.get("/api/index.json").get_json()["run_lookup"]
     assert status["run_id"] in runs and lookup[shipped]["1"]["3"] in runs
     check_valid(tmp_path / "live")
+
+
+
+@pytest.mark.slow
+def test_a_two_call_scheduler_streams_one_frame_per_unet_call(tmp_path):
+    """Heun calls the UNet twice a step (once in its last): a live job streams every call,
+    and its total says so (the page shows "UNet call i of N")."""
+    from precompute.live import LiveRunner
+    from tests.tiny_sd import tiny_pipeline_path
+
+    # the tiny SD 1.x config: the demo model's zero-SNR schedule is not Heun's
+    settings = {"model": str(tiny_pipeline_path("sd15")), "scheduler": "heun",
+                "num_inference_steps": 3, "height": 16, "width": 16, "image_size": 16,
+                "storage": "compact", "attention_levels": None}
+    runner = LiveRunner(settings, tmp_path / "live", [1.0], threads=1)
+    runner.load()
+    assert runner.unet_calls() == 2 * 3 - 1
+    frames = []
+    runner.run("a red circle on the left", 1, 1.0, on_frame=lambda i, n, f: frames.append((i, n)))
+    assert frames == [(i, 5) for i in range(5)]

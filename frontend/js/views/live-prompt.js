@@ -135,11 +135,13 @@ export async function livePrompt(host, { seed = 1, guidance = 7, job = null } = 
   function show(job) {
     if (!current || current.id !== job.id) showWords(job.words);
     current = job;
-    const total = job.num_inference_steps || 0;
+    const total = job.unet_calls || job.num_inference_steps || 0;
+    const calls = total !== job.num_inference_steps;  // Heun, KDPM2, PNDM: calls, not steps
     if (job.state === "queued") {
       say(job.ahead ? `Busy: ${job.ahead} ahead of you.` : "Starting…");
     } else if (job.state === "running") {
-      say(`Step ${job.steps_done} of ${total}: the model is computing it now.`);
+      say(`${calls ? "UNet call" : "Step"} ${job.steps_done} of ${total}`
+        + `${calls ? ` (${job.num_inference_steps} scheduler steps)` : ""}: the model is computing it now.`);
     }
     if (job.steps_done > 0) {
       const i = job.steps_done - 1;
