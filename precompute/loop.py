@@ -201,6 +201,7 @@ def run_guidance_sweep(
     with quiet_diffusers():
         scheduler.set_timesteps(num_inference_steps, device=device)
     timesteps = scheduler.timesteps  # one entry per UNet call
+    _check_timesteps(name, timesteps, num_inference_steps)
     if hasattr(scheduler, "get_lms_coefficient"):
         # LMS integrates its coefficients numerically (scipy) at every step; cache them so
         # the zero-output copy in 5.4 (a deepcopy shares the cache) does not redo it
@@ -363,6 +364,20 @@ def run_guidance_sweep(
 
 
 # -- what each UNet call and scheduler step are ------------------------------------
+
+def _check_timesteps(name: str, timesteps, num_inference_steps: int) -> None:
+    """Refuse repeated timesteps where a scheduler does not mean them (heun, kdpm2 and pndm
+    do): diffusers' step() finds its place by the timestep, so a repeat makes it step from
+    the wrong index and fail (Karras sigmas on a zero-terminal-SNR schedule round several
+    huge sigmas to timestep 999)."""
+    values = timesteps.tolist()
+    if name not in ("heun", "kdpm2", "pndm") and len(set(values)) < len(values):
+        raise ValueError(
+            f"scheduler {name!r} repeats timesteps at {num_inference_steps} steps on this "
+            f"checkpoint ({len(values) - len(set(values))} repeats, e.g. {values[:4]}), which "
+            "diffusers' scheduler cannot step (Karras sigmas on a zero-terminal-SNR schedule "
+            "do this); use fewer steps or another scheduler (dpmpp_2m)")
+
 
 def _starts_step(scheduler) -> bool:
     """Whether the next UNet call begins a scheduler step (else it finishes one)."""

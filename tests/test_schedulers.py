@@ -185,6 +185,21 @@ def test_negative_prompt_replaces_the_empty_prompt_in_the_unconditional_row():
     assert_close_to_scale(shared.latents[-1], negative.latents[-1], PIPELINE_RTOL)
 
 
+def test_repeated_timesteps_are_refused_with_the_reason():
+    """DPM-Solver++ with Karras sigmas on a zero-terminal-SNR model (the demo's schedule)
+    rounds several sigmas to timestep 999 at 25 steps; diffusers' step() then indexes past
+    its sigmas (IndexError in the pipeline too). The loop says why instead."""
+    from dataclasses import replace
+
+    base = tiny_components("sd15", "lms")
+    config = {**base.scheduler.config, "rescale_betas_zero_snr": True,
+              "timestep_spacing": "trailing", "prediction_type": "v_prediction"}
+    c = replace(base, scheduler=make_scheduler("dpmpp_2m_karras", config))
+    with pytest.raises(ValueError, match=r"scheduler 'dpmpp_2m_karras' repeats timesteps at 25 "
+                       r"steps.*use fewer steps or another scheduler"):
+        run_guidance_sweep(c, PROMPT, SEED, [7.5], 25, SIZE, SIZE)
+
+
 @pytest.mark.parametrize("kw, match", [
     ({"eta": 0.5}, "eta is DDIM's"),
     ({"guidance_rescale": 1.5}, "guidance_rescale must be from 0 to 1"),
