@@ -385,7 +385,7 @@ def _run_task(writer, r, rid, frames, settings):
     # the writer makes the previews of latents and noise predictions from these arrays
     arrays = {"latents": r.latents, "noise_pred": r.noise_pred,
               "pred_original_sample": r.pred_original_sample}
-    for name in ("noise_pred_uncond", "noise_pred_text"):
+    for name in ("noise_pred_uncond", "noise_pred_text", "variance_noise"):
         value = getattr(r, name)
         if value is not None:
             arrays[name] = value
@@ -395,18 +395,42 @@ def _run_task(writer, r, rid, frames, settings):
         for key, maps in r.attention.items():
             arrays[names[key]] = maps
     return RunTask({
-        "run_id": rid, "prompt_id": prompt_id(r.prompt or ""), "seed": r.seed,
+        "run_id": rid, "seed": r.seed, **run_prompts(r),
         "guidance_scale": float(r.guidance_scale),
         "num_inference_steps": settings["num_inference_steps"],
         "scheduler": {"name": settings["scheduler"], "timesteps": [float(t) for t in r.timesteps],
                       "sigmas": None if r.sigmas is None else [float(s) for s in r.sigmas],
                       "alphas_cumprod": [float(a) for a in r.alphas_cumprod],
-                      "weaken": [float(x) for x in r.weaken]},
+                      "weaken": [float(x) for x in r.weaken], **scheduler_record(r)},
         "latent_preview": preview,
         "attention": attention,
     }, arrays, {"decoded": (frames.decoded, "webp"),
                 "pred_original_sample": (frames.pred_original_sample, "webp")},
         settings["image_size"], frames.approximate or {})
+
+
+def run_prompts(r) -> dict:
+    """run.json's prompt fields: prompt_id (a guidance-0 run's is its negative prompt's:
+    the unconditional branch is all it ran), negative_prompt_id when the unconditional row
+    was a negative prompt, and guidance_rescale with each step's std ratio where applied."""
+    fields = {"prompt_id": prompt_id(r.prompt if r.prompt is not None else r.negative_prompt)}
+    if r.negative_prompt:
+        fields["negative_prompt_id"] = prompt_id(r.negative_prompt)
+    if r.guidance_rescale:
+        fields["guidance_rescale"] = float(r.guidance_rescale)
+        fields["guidance_rescale_std_ratio"] = [float(x) for x in r.guidance_rescale_std_ratio]
+    return fields
+
+
+def scheduler_record(r) -> dict:
+    """run.json's scheduler fields beyond the per-call numbers: step_index (each UNet call's
+    scheduler step), where pred_original_sample comes from, and a stochastic run's
+    noise_scale (its variance_noise array holds the draws)."""
+    fields = {"step_index": [int(k) for k in r.step_index],
+              "pred_original_sample": r.pred_original_sample_from}
+    if r.noise_scale is not None:
+        fields["noise_scale"] = [float(x) for x in r.noise_scale]
+    return fields
 
 
 def bundle_attention(meta: dict) -> tuple[dict, dict[str, str]]:

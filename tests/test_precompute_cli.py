@@ -449,6 +449,7 @@ def test_rerunning_the_demo_precompute_on_the_shipped_bundle_refuses_and_compute
     assert summary["computed"] == 0 and summary["already_done"] == summary["total"] == 237
     assert differing(out, ROOT / "static" / "demo-bundle") in ([], ["bundle.json"])  # the
     # index is rebuilt from the files; every run, prompt and config.json is left as it was
+    run.check_existing_noise(out, torch.device("cpu"))  # a new run would be accepted on a CPU
 
 
 def _precompute_in_process(out, seeds, scales, hold=None):
@@ -506,4 +507,3 @@ def test_a_shared_run_claimed_elsewhere_is_left_to_its_own_job(tmp_path):
         ("a red circle", 1, [1.0, 5.0])]
     assert _precompute_in_process(out, [1], [0, 1, 5]) == [(None, 1, [0.0])]
     assert len(json.loads((out / "bundle.json").read_text())["runs"]) == 3
-    run.check_existing_noise(out, torch.device("cpu"))  # a new run would be accepted on a CPU
