@@ -189,49 +189,18 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
     published, skipped_busy, compute_seconds = [], 0, 0.0
     bar = tqdm(total=total, initial=done_before, unit="run", desc="runs",
                disable=not opts.progress, file=opts.log)
-    for job in jobs:
-        if all(writer.has_run(r) or writers.writing(r) for r in job.run_ids):
-            continue
-        with contextlib.ExitStack() as claims:
-            if not claims.enter_context(writer.claim(job.key)):
-                skipped_busy += 1
-                continue
-            if all(writer.has_run(r) for r in job.run_ids):  # finished while we waited
-                continue
-            job_start = time.perf_counter()
-            scales, rids = job.guidance_scales, job.run_ids
-            shared = shared_job(job, jobs)
-            if shared is not None and not writer.has_run(shared.run_ids[0]) \
-                    and claims.enter_context(writer.claim(shared.key)) \
-                    and not writer.has_run(shared.run_ids[0]):
-                scales, rids = [0.0, *scales], [*shared.run_ids, *rids]
-            steps = tqdm(total=settings["num_inference_steps"], unit="step", leave=False,
-                         desc=f"seed {job.seed}: {(job.prompt or '(empty prompt)')[:40]}",
-                         disable=not opts.progress, file=opts.log)
-            results = loop.run_guidance_sweep(
-                components, job.prompt, job.seed, scales,
-                settings["num_inference_steps"], settings["height"], settings["width"],
-                capture_attention=True, attention_levels=settings.get("attention_levels"),
-                progress=steps, on_step=opts.on_step, negative_prompt=job.negative_prompt,
-                eta=settings["eta"], guidance_rescale=settings["guidance_rescale"])
-            steps.close()
-            # the guidance-0 run uses the unconditional branch only: it is the seed's
-            # shared run whichever prompt's sweep computed it
-            results = [dataclasses.replace(r, prompt=None) if r.guidance_scale == 0.0 else r
-                       for r in results]
-            # one batched decode of the job's frames; the writer pool (pipeline_io) encodes
-            # and writes its runs while the next job computes, each run landing whole
-            todo = [(r, rid) for r, rid in zip(results, rids) if not writer.has_run(rid)]
-            frames = pipeline_io.decode_job(components, [r for r, _ in todo], decode_batch,
-                                            preview)
-            tasks = [_run_task(writer, r, rid, f, settings) for (r, rid), f in zip(todo, frames)]
-            compute_seconds += time.perf_counter() - job_start
-            # the job's claims stay held until its runs are written: another process
-            # would otherwise compute them again meanwhile
-            writers.submit(tasks, _on_written(claims.pop_all(), published, bar, opts))
-        writer.rebuild_index()
-    writers.drain()
-    writers.close()
+    writing = []  # the claims of jobs whose runs the writers hold (each closed once written)
+    try:
+        skipped_busy, compute_seconds = _compute_jobs(
+            jobs, writer, writers, components, settings, decode_batch, preview, opts,
+            writing, published, bar)
+        writers.drain()
+    finally:
+        # a job that failed before its runs were written must not keep its claims: a live
+        # server, which outlives the failure, could never compute that job again
+        for claims in writing:
+            claims.close()
+        writers.close()
     bar.close()
     computed = len(published)
 
@@ -296,6 +265,62 @@ def _output_stages(writer, components, settings, opts, jobs):
     workers = opts.workers if opts.workers is not None else \
         min(pipeline_io.default_workers(), max(0, sweeps - 1))
     return pipeline_io.RunWriters(writer.root, writer.config, workers), batch, preview
+
+
+def _compute_jobs(jobs, writer, writers, components, settings, decode_batch, preview, opts,
+                  writing, published, bar) -> tuple[int, float]:
+    """Compute every job not yet in the bundle, one claimed job at a time, handing its runs
+    to the writers; each job's claims go to `writing` until they are written. Returns
+    (jobs skipped as claimed elsewhere, seconds of the model's work)."""
+    from tqdm.auto import tqdm
+
+    from precompute import loop, pipeline_io
+
+    skipped_busy, compute_seconds = 0, 0.0
+    for job in jobs:
+        if all(writer.has_run(r) or writers.writing(r) for r in job.run_ids):
+            continue
+        with contextlib.ExitStack() as claims:
+            if not claims.enter_context(writer.claim(job.key)):
+                skipped_busy += 1
+                continue
+            if all(writer.has_run(r) for r in job.run_ids):  # finished while we waited
+                continue
+            job_start = time.perf_counter()
+            scales, rids = job.guidance_scales, job.run_ids
+            shared = shared_job(job, jobs)
+            if shared is not None and not writer.has_run(shared.run_ids[0]) \
+                    and claims.enter_context(writer.claim(shared.key)) \
+                    and not writer.has_run(shared.run_ids[0]):
+                scales, rids = [0.0, *scales], [*shared.run_ids, *rids]
+            steps = tqdm(total=settings["num_inference_steps"], unit="step", leave=False,
+                         desc=f"seed {job.seed}: {(job.prompt or '(empty prompt)')[:40]}",
+                         disable=not opts.progress, file=opts.log)
+            results = loop.run_guidance_sweep(
+                components, job.prompt, job.seed, scales,
+                settings["num_inference_steps"], settings["height"], settings["width"],
+                capture_attention=True, attention_levels=settings.get("attention_levels"),
+                progress=steps, on_step=opts.on_step, negative_prompt=job.negative_prompt,
+                eta=settings["eta"], guidance_rescale=settings["guidance_rescale"])
+            steps.close()
+            # the guidance-0 run uses the unconditional branch only: it is the seed's
+            # shared run whichever prompt's sweep computed it
+            results = [dataclasses.replace(r, prompt=None) if r.guidance_scale == 0.0 else r
+                       for r in results]
+            # one batched decode of the job's frames; the writer pool (pipeline_io) encodes
+            # and writes its runs while the next job computes, each run landing whole
+            todo = [(r, rid) for r, rid in zip(results, rids) if not writer.has_run(rid)]
+            frames = pipeline_io.decode_job(components, [r for r, _ in todo], decode_batch,
+                                            preview)
+            tasks = [_run_task(writer, r, rid, f, settings) for (r, rid), f in zip(todo, frames)]
+            compute_seconds += time.perf_counter() - job_start
+            # the job's claims stay held until its runs are written: another process
+            # would otherwise compute them again meanwhile
+            held = claims.pop_all()
+            writing.append(held)
+            writers.submit(tasks, _on_written(held, published, bar, opts))
+        writer.rebuild_index()
+    return skipped_busy, compute_seconds
 
 
 def _on_written(claims, published: list, bar, opts):
