@@ -13,7 +13,8 @@
 # and name .whl in the device run's carry; this script installs it into /tmp/site.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=${PYTHON:-python3}; fi
+# $PYTHON when set (the test passes its own interpreter), else the project's venv, else python3
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 if ! "$PY" -c "import diffusers" 2>/dev/null; then
   if ls .whl/*.whl >/dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

@@ -61,6 +61,29 @@ def serve_bundle(bundle_dir: str | Path):
 
 
 @contextlib.contextmanager
+def serve_folder(root: str | Path):
+    """A plain static file server (what a static host is) on a loopback port, serving
+    root; yields its base URL (ending in /). For `noisepath export`'s sites."""
+    import functools
+    import http.server
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@contextlib.contextmanager
 def launch_chromium():
     """A headless chromium driven by Playwright; yields the Browser."""
     from playwright.sync_api import sync_playwright

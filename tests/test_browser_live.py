@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser_helpers import SKIP_REASON, browser_available, wait_ready
+from tests.browser_helpers import SKIP_REASON, browser_available, serve_folder, wait_ready
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not browser_available(), reason=SKIP_REASON)]
 
@@ -70,27 +70,13 @@ def test_without_live_the_box_says_what_it_needs(page, base_url):
 def exported_url(synthetic_bundle_ro, tmp_path_factory):
     """`noisepath export` of the synthetic bundle with the real front end, served by a
     plain static file server under a sub-path (as tests/test_export.py serves one)."""
-    import functools
-    import http.server
-
     from backend import create_app
     from backend.export_cli import write_site
 
     www = tmp_path_factory.mktemp("www")
     write_site(create_app({"BUNDLE_DIR": synthetic_bundle_ro}), www / "course")
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(Quiet, directory=str(www)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/course/"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with serve_folder(www) as url:
+        yield url + "course/"
 
 
 def test_an_exported_site_says_typing_needs_live_and_asks_for_no_live_api(page, exported_url):

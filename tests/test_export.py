@@ -1,14 +1,11 @@
 """`noisepath export`: a static site that answers every URL the front end requests."""
 
 import argparse
-import functools
-import http.server
 import io
 import json
 import os
 import shutil
 import subprocess
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,7 +16,7 @@ import pytest
 
 from backend import codec, create_app, export_cli, export_pack
 from backend.export_cli import ExportError, write_site
-from tests.browser_helpers import SKIP_REASON, browser_available, wait_ready
+from tests.browser_helpers import SKIP_REASON, browser_available, serve_folder, wait_ready
 from tests.synthetic_bundle import PROMPTS, make_bundle
 
 JS = Path(__file__).resolve().parent.parent / "frontend" / "js"
@@ -65,20 +62,8 @@ def www(app, tmp_path_factory):
 @pytest.fixture(scope="module")
 def site(www):
     """The export under a sub-path (/course/noisepath/) of a real HTTP server."""
-    root = www
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/course/noisepath/"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serve_folder(www) as url:
+        yield url + "course/noisepath/"
 
 
 def fetch(base: str, url: str) -> bytes:
@@ -493,19 +478,8 @@ def compact_site_url(compact_bundle_ro, tmp_path_factory):
     static file server under a sub-path."""
     www = tmp_path_factory.mktemp("compact-real-www")
     write_site(create_app({"BUNDLE_DIR": compact_bundle_ro}), www / "course")
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(Quiet, directory=str(www)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/course/"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with serve_folder(www) as url:
+        yield url + "course/"
 
 
 @pytest.fixture(scope="module")

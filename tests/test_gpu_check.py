@@ -4,6 +4,7 @@ SD-1.5-shaped random model, 64 px, 2 steps, CPU) runs every part and writes its 
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_the_gpu_check_runs_in_quick_mode_and_writes_its_results(tmp_path):
-    env = {**os.environ, "OUT": str(tmp_path), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OUT": str(tmp_path), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHON": sys.executable}  # the interpreter running the tests, wherever its venv is
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--quick", "--prompts", "1",
                            "--guidance-scales", "0", "7"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
