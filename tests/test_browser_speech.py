@@ -193,7 +193,11 @@ def test_without_the_speech_extra_the_row_says_what_to_install(page, synthetic_b
                                      "'noisepath[speech]'.")
         assert page.locator(".speech-mic").count() == 0
     finally:
+        # the page first: its requests still in flight would be reset by the server's
+        # shutdown and logged as console errors (a flaky teardown error)
+        page.close()
         server.shutdown()
+        server.server_close()
         thread.join(timeout=5)
 
 
