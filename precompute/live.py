@@ -119,14 +119,9 @@ class LiveRunner:
     def unet_calls(self) -> int:
         """UNet calls a run makes: the steps streamed. num_inference_steps for one-call
         schedulers; Heun and KDPM2 call twice a step, PNDM more in its warm-up."""
-        import copy
+        from precompute.run import num_timesteps
 
-        from precompute.model import quiet_diffusers
-
-        scheduler = copy.deepcopy(self.components.scheduler)
-        with quiet_diffusers():
-            scheduler.set_timesteps(self.settings["num_inference_steps"])
-        return len(scheduler.timesteps)
+        return num_timesteps(self.components.scheduler, self.settings["num_inference_steps"])
 
     # -- what a job computes
     def scales(self, guidance_scale: float) -> list[float]:
