@@ -50,14 +50,9 @@ def serve_bundle(bundle_dir: str | Path):
             pass
 
     app = create_app({"BUNDLE_DIR": Path(bundle_dir)})
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/"
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
+    with _serving(make_server("127.0.0.1", 0, app, threaded=True,
+                              request_handler=QuietHandler)) as url:
+        yield url
 
 
 @contextlib.contextmanager
@@ -71,8 +66,15 @@ def serve_folder(root: str | Path):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(Quiet, directory=str(root)))
+    with _serving(http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _serving(server):
+    """Run an http.server-style server (werkzeug's too) on a daemon thread; yields its
+    base URL and shuts it down after."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -92,14 +92,19 @@ def test_an_exported_site_says_typing_needs_live_and_asks_for_no_live_api(page, 
     # the page fixture fails the test on any console error or uncaught exception
 
 
+def type_prompt(page, url: str, text: str, seed: int, guidance: float) -> None:
+    """Open the page, type a prompt with its seed and guidance scale, press Enter."""
+    page.goto(url)
+    wait_ready(page)
+    page.locator("#live-text").fill(text)
+    page.locator("#live-seed").fill(str(seed))
+    page.locator("#live-guidance").fill(str(guidance))
+    page.locator("#live-text").press("Enter")
+
+
 @pytest.mark.slow
 def test_a_typed_prompt_streams_its_steps_then_opens_as_a_run(page, live_url, shots):
-    page.goto(live_url)
-    wait_ready(page)
-    page.locator("#live-text").fill("a yellow star on a green background")
-    page.locator("#live-seed").fill("2")
-    page.locator("#live-guidance").fill("3")
-    page.locator("#live-text").press("Enter")
+    type_prompt(page, live_url, "a yellow star on a green background", seed=2, guidance=3)
     # a step on screen while the job still runs (the page has not moved to the run yet)
     page.locator(".live-frames img[src*='/frames/']").first.wait_for(timeout=120_000)
     assert "/live/" not in page.url
@@ -208,12 +213,7 @@ def test_leaving_the_page_cancels_its_running_job(page, live_server):
     import time
 
     url, svc = live_server
-    page.goto(url)
-    wait_ready(page)
-    page.locator("#live-text").fill("a purple circle on a white background")
-    page.locator("#live-seed").fill("4")
-    page.locator("#live-guidance").fill("3")
-    page.locator("#live-text").press("Enter")
+    type_prompt(page, url, "a purple circle on a white background", seed=4, guidance=3)
     page.locator(".live-frames img[src*='/frames/']").first.wait_for(timeout=120_000)
     job = next(j for j in svc.jobs.values() if j.prompt.startswith("a purple circle"))
     assert job.state == "running"
