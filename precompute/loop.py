@@ -40,6 +40,7 @@ from diffusers import PNDMScheduler
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.utils.torch_utils import randn_tensor
 
+from precompute import sdxl
 from precompute.attention import CrossAttentionCapture
 from precompute.model import SIGMA_LATENTS, Components, quiet_diffusers, scheduler_name
 
@@ -85,8 +86,10 @@ def encode_prompt_tokens(components: Components, prompt: str) -> dict:
 
     Tokenized exactly as StableDiffusionPipeline.encode_prompt does (pad to 77, truncate),
     plus what truncation dropped. n_real counts start token .. first end token inclusive;
-    the rest is padding.
+    the rest is padding. SDXL (two text encoders): precompute/sdxl.py's.
     """
+    if sdxl.is_sdxl(components):
+        return sdxl.encode_prompt_tokens(components, prompt)
     tokenizer = components.tokenizer
     max_length = tokenizer.model_max_length
     input_ids = tokenizer(
@@ -185,8 +188,9 @@ def run_guidance_sweep(
     #    the CLIP text encoder (Ho & Salimans 2022, "Classifier-Free Diffusion Guidance",
     #    drop the condition for the unconditional branch)
     negative_prompt = negative_prompt or ""
-    uncond_embeds = torch.from_numpy(encode_prompt_tokens(components, negative_prompt)["embeddings"])
-    prompt_embeds = n_real = None
+    negative = encode_prompt_tokens(components, negative_prompt)
+    uncond_embeds = torch.from_numpy(negative["embeddings"])
+    prompt_embeds = n_real = tokens = None
     if text_runs:
         tokens = encode_prompt_tokens(components, prompt)
         prompt_embeds, n_real = torch.from_numpy(tokens["embeddings"]), tokens["n_real"]
@@ -194,6 +198,9 @@ def run_guidance_sweep(
         [uncond_embeds] * len(uncond_runs) + [prompt_embeds] * len(text_runs)
     ).to(device, dtype)  # (Gu + Gt, 77, D)
     s = torch.tensor(guidance_scales, device=device, dtype=torch.float32).view(-1, 1, 1, 1)  # (G, 1, 1, 1)
+    # 2b. SDXL only (else None): pooled text embeddings and size/crop conditioning per row
+    added_cond_kwargs = sdxl.added_cond_kwargs(components, negative, tokens, len(uncond_runs),
+                                               len(text_runs), height, width)
 
     # 3. Prepare timesteps (a private copy: the scheduler keeps per-run state)
     scheduler = copy.deepcopy(components.scheduler)
@@ -244,6 +251,7 @@ def run_guidance_sweep(
             latent_model_input = scheduler.scale_model_input(latent_model_input, t)
             sigma, alpha_cumprod = _noise_level(scheduler, name, i, t)  # what the UNet saw
             model_output = unet(latent_model_input, t, encoder_hidden_states=encoder_hidden_states,
+                                added_cond_kwargs=added_cond_kwargs,
                                 return_dict=False)[0]  # (Gu + Gt, C, h, w)
 
             # 5.2 Classifier-free guidance (Ho & Salimans 2022, eq. 6 with s = 1 + w),

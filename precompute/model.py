@@ -1,8 +1,9 @@
 """Loads a Stable Diffusion checkpoint into the parts our loop drives.
 
 `load_components` wraps `StableDiffusionPipeline.from_pretrained` (any SD 1.x / 2.x
-checkpoint, hub id or local folder, epsilon or v-prediction) and picks device and
-dtype. It runs the checkpoint's own scheduler unless one is named (`checkpoint_scheduler`
+checkpoint, hub id or local folder, epsilon or v-prediction; SDXL's
+`StableDiffusionXLPipeline` when the folder has a second text encoder, precompute/sdxl.py)
+and picks device and dtype. It runs the checkpoint's own scheduler unless one is named (`checkpoint_scheduler`
 says which of ours that is); `make_scheduler` swaps in a named one, built
 from the checkpoint's own scheduler config so that `prediction_type`,
 `timestep_spacing`, `rescale_betas_zero_snr`, betas etc. carry over, exactly as
@@ -36,6 +37,8 @@ from diffusers import (
     StableDiffusionPipeline,
     UniPCMultistepScheduler,
 )
+
+from precompute import sdxl
 
 # name -> (scheduler class, the config keys the name fixes). The loop records one entry per
 # UNet call (precompute/loop.py): heun, kdpm2 and pndm make more calls than steps.
@@ -207,6 +210,11 @@ class Components:
     device: torch.device
     dtype: torch.dtype
     model_id: str
+    # SDXL's second tokenizer and text encoder, and whether its unconditional row without a
+    # negative prompt is zeros (precompute/sdxl.py); None / False for SD 1.x and 2.x
+    tokenizer_2: Any = None
+    text_encoder_2: Any = None
+    force_zeros_for_empty_prompt: bool = False
 
     @property
     def vae_scale_factor(self) -> int:
@@ -216,7 +224,10 @@ class Components:
         """A plain StableDiffusionPipeline sharing these modules (for comparisons), running
         `scheduler` (default: ours) as it is: it is set after construction, as diffusers'
         documented `pipe.scheduler = DDIMScheduler.from_config(...)` does, because the
-        constructor rewrites a DDIM clip_sample=True to False (deprecated in diffusers)."""
+        constructor rewrites a DDIM clip_sample=True to False (deprecated in diffusers).
+        SDXL: a StableDiffusionXLPipeline."""
+        if sdxl.is_sdxl(self):
+            return sdxl.pipeline(self, scheduler)
         pipe = StableDiffusionPipeline(
             vae=self.vae,
             text_encoder=self.text_encoder,
@@ -244,6 +255,7 @@ class Components:
             "sample_size": unet.sample_size,
             "text_max_length": int(self.tokenizer.model_max_length),
             "tokenizer": self._tokenizer_facts(),
+            **sdxl.describe(self),  # SDXL: tokenizer_2, text_encoder_2
             # trained by `noisepath train-demo` (its export writes training_state.json): the
             # app then says what the demo model is (frontend/js/wording.js)
             "noisepath_demo": (Path(self.model_id) / "training_state.json").is_file(),
@@ -274,13 +286,18 @@ def load_components(model: str, device="auto", dtype="auto", scheduler=None) -> 
     dtype = pick_dtype(dtype, device)
     # The safety checker only looks at final images; the explainer shows every step
     # and the checkpoint may not ship one (or a feature extractor) at all.
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(model), dtype=dtype, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    if sdxl.is_sdxl_checkpoint(model):  # model_index.json names tokenizer_2 / text_encoder_2
+        pipe = sdxl.from_pretrained(model, dtype)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(model), dtype=dtype, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipe.to(device)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-        module.eval().requires_grad_(False)
+    text_encoder_2 = getattr(pipe, "text_encoder_2", None)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, text_encoder_2):
+        if module is not None:
+            module.eval().requires_grad_(False)
     return Components(
         tokenizer=pipe.tokenizer,
         text_encoder=pipe.text_encoder,
@@ -291,4 +308,7 @@ def load_components(model: str, device="auto", dtype="auto", scheduler=None) -> 
         device=device,
         dtype=dtype,
         model_id=str(model),
+        tokenizer_2=getattr(pipe, "tokenizer_2", None),
+        text_encoder_2=text_encoder_2,
+        force_zeros_for_empty_prompt=bool(pipe.config.get("force_zeros_for_empty_prompt", False)),
     )

@@ -112,6 +112,7 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
     from precompute import loop
     from precompute.attention import check_levels, level_heights
     from precompute.latent_preview import fit_latent_preview
+    from precompute.sdxl import conditioning
     from precompute.model import check_device, load_components
 
     device = check_device(_device_for_rank(opts.device))  # before any model loads
@@ -167,6 +168,8 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
         "latent_shape": [components.unet.config.in_channels, h, w],
         "prediction_type": components.scheduler.config.get("prediction_type", "epsilon"),
         "noise": loop.NOISE,
+        # SDXL's size and crop conditioning (precompute/sdxl.py); None (dropped) for SD
+        "conditioning": conditioning(components, settings["height"], settings["width"]),
         "model_info": _public(info),
         # the latent -> RGB preview map of the model, shared by every run (kept from the
         # bundle's config.json when it has one: precompute/latent_preview.py)

@@ -361,14 +361,17 @@ class BundleWriter:
 
     # -- prompts and groups
     def write_prompt(self, text: str, tokens: dict, embeddings: np.ndarray) -> str:
-        """tokens: input_ids (77), pieces (77), n_real, truncated, dropped_pieces."""
+        """tokens: input_ids (77), pieces (77), n_real, truncated, dropped_pieces; SDXL's
+        also tokens_2 (its second tokenizer's, the same keys) and zeroed (precompute/sdxl.py)."""
         pid = prompt_id(text)
         folder = self._stage()
         entry = save_array(folder, "text_embeddings", embeddings, "float16")
+        keys = ("input_ids", "pieces", "n_real", "truncated", "dropped_pieces")
+        sdxl = {"tokens_2": {k: tokens["tokens_2"][k] for k in keys},
+                "zeroed": bool(tokens["zeroed"])} if "tokens_2" in tokens else {}
         write_json_atomic(folder / "prompt.json", {
             "format_version": FORMAT_VERSION, "prompt_id": pid, "text": text,
-            "tokens": {k: tokens[k] for k in
-                       ("input_ids", "pieces", "n_real", "truncated", "dropped_pieces")},
+            "tokens": {k: tokens[k] for k in keys}, **sdxl,
             "arrays": {"text_embeddings": entry},
         })
         self._publish(folder, self.root / "prompts" / pid)
