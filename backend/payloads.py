@@ -38,6 +38,8 @@ CENTRE = {
 # config.json keys the app reads when a bundle has them: UNet calls per run (heun, kdpm2,
 # pndm make more than num_inference_steps), DDIM's eta, guidance_rescale's phi
 SAMPLER_CONFIG = ("num_timesteps", "eta", "guidance_rescale")
+# config.json keys of an SDXL bundle the text level shows: size and crop conditioning
+MODEL_CONFIG = ("conditioning",)
 # run.json keys of a run made with a negative prompt or guidance_rescale
 RUN_SAMPLER = ("negative_prompt_id", "guidance_rescale", "guidance_rescale_std_ratio")
 
@@ -98,6 +100,7 @@ def index(b: Bundle) -> dict:
             "storage": cfg.get("storage", "full"),
             "prediction_type": cfg.get("prediction_type", model_info.get("prediction_type")),
             **{k: cfg[k] for k in SAMPLER_CONFIG if cfg.get(k) is not None},
+            **{k: cfg[k] for k in MODEL_CONFIG if cfg.get(k) is not None},
         },
         "seeds": sorted({r["seed"] for r in runs.values()}),
         "guidance_scales": sorted({r["guidance_scale"] for r in runs.values()}),
@@ -142,14 +145,19 @@ def run_lookup(b: Bundle) -> dict:
 
 # ------------------------------------------------------------------------ prompts
 
+TOKEN_KEYS = ("input_ids", "pieces", "n_real", "truncated", "dropped_pieces")
+
+
 def prompt(b: Bundle, pid: str) -> dict:
     p = b.prompts[pid]
     emb = p["arrays"]["text_embeddings"]
     tokens = p["tokens"]
     return {
         "prompt_id": pid, "text": p["text"],
-        "tokens": {k: tokens.get(k) for k in
-                   ("input_ids", "pieces", "n_real", "truncated", "dropped_pieces")},
+        "tokens": {k: tokens.get(k) for k in TOKEN_KEYS},
+        # SDXL: the second tokenizer's tokens; zeroed: the vectors are zeros (precompute/sdxl.py)
+        **({"tokens_2": {k: p["tokens_2"].get(k) for k in TOKEN_KEYS}} if "tokens_2" in p else {}),
+        **({"zeroed": p["zeroed"]} if "zeroed" in p else {}),
         "text_embeddings": {"url": bundle_url(f"prompts/{pid}/{emb['file']}", emb.get("sha256")),
                             "dtype": emb["dtype"], "shape": emb["shape"]},
         "empty_prompt_id": EMPTY_PROMPT_ID if EMPTY_PROMPT_ID in b.prompts else None,

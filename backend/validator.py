@@ -344,10 +344,28 @@ def _check_config(c: Checker, cfg: dict | None) -> bool:
     for key in ("model_info", "scheduler_config"):
         if key in cfg:
             c.need(cfg, rel, key, lambda v: v is None or isinstance(v, dict), "an object", p)
+    if "conditioning" in cfg:  # SDXL's size and crop conditioning (precompute/sdxl.py)
+        _check_conditioning(c, cfg["conditioning"], rel, p + "conditioning")
     if "default_guidance_scale" in cfg:
         c.need(cfg, rel, "default_guidance_scale", lambda v: v is None or is_number(v, 0, 100),
                "null or a number from 0 to 100", p)
     return c.errors() == errors
+
+
+def _check_conditioning(c: Checker, cond, rel: str, p: str) -> None:
+    """original_size and target_size [h, w] (1 to 2^16 px), crops_coords_top_left [y, x]
+    (0 to 2^16), force_zeros_for_empty_prompt true or false."""
+    if not isinstance(cond, dict):
+        c.add(rel, p, f"must be an object, is {describe(cond)}")
+        return
+    def pair(lo):
+        return lambda v: isinstance(v, list) and len(v) == 2 and all(is_int(x, lo, 1 << 16) for x in v)
+
+    for key in ("original_size", "target_size"):
+        c.need(cond, rel, key, pair(1), "[height, width] in pixels", p + ".")
+    c.need(cond, rel, "crops_coords_top_left", pair(0), "[top, left] in pixels", p + ".")
+    c.need(cond, rel, "force_zeros_for_empty_prompt", lambda v: isinstance(v, bool),
+           "true or false", p + ".")
 
 
 def _check_groups(c: Checker, groups: list, prompts: dict) -> None:
@@ -416,13 +434,11 @@ def _check_prompt(c: Checker, pid: str, entry) -> dict | None:
     if p.get("prompt_id") != pid:
         c.add(rel, "prompt_id", f"is {describe(p.get('prompt_id'))}, folder is {pid!r}")
     c.need(p, rel, "text", lambda v: isinstance(v, str), "a string")
-    tokens = c.need(p, rel, "tokens", lambda v: isinstance(v, dict), "an object") or {}
-    c.need(tokens, rel, "input_ids", lambda v: isinstance(v, list) and len(v) == MAX_TOKENS and
-           all(is_int(x, 0, 2**31) for x in v), f"an array of {MAX_TOKENS} token ids", "tokens.")
-    c.need(tokens, rel, "pieces", lambda v: isinstance(v, list) and len(v) == MAX_TOKENS and all(
-        isinstance(x, str) for x in v), f"an array of {MAX_TOKENS} strings", "tokens.")
-    c.need(tokens, rel, "n_real", lambda v: is_int(v, 2, MAX_TOKENS),
-           f"an integer from 2 to {MAX_TOKENS}", "tokens.")
+    _check_tokens(c, p, rel, "tokens")
+    if "tokens_2" in p:  # SDXL's second tokenizer (precompute/sdxl.py)
+        _check_tokens(c, p, rel, "tokens_2")
+    if "zeroed" in p:
+        c.need(p, rel, "zeroed", lambda v: isinstance(v, bool), "true or false")
     arrays = c.need(p, rel, "arrays", lambda v: isinstance(v, dict), "an object") or {}
     emb = c.need(arrays, rel, "text_embeddings", lambda v: isinstance(v, dict) and is_name(
         v.get("file"), FILE_NAME) and v["file"].endswith(".npy") and is_sha256(v.get("sha256"))
@@ -437,6 +453,17 @@ def _check_prompt(c: Checker, pid: str, entry) -> dict | None:
         if path is not None:
             c.npy(file_rel, path, emb["dtype"], emb["shape"])
     return p
+
+
+def _check_tokens(c: Checker, p: dict, rel: str, key: str) -> None:
+    """A tokenizer's record: input_ids and pieces (77 each), n_real."""
+    tokens = c.need(p, rel, key, lambda v: isinstance(v, dict), "an object") or {}
+    c.need(tokens, rel, "input_ids", lambda v: isinstance(v, list) and len(v) == MAX_TOKENS and
+           all(is_int(x, 0, 2**31) for x in v), f"an array of {MAX_TOKENS} token ids", f"{key}.")
+    c.need(tokens, rel, "pieces", lambda v: isinstance(v, list) and len(v) == MAX_TOKENS and all(
+        isinstance(x, str) for x in v), f"an array of {MAX_TOKENS} strings", f"{key}.")
+    c.need(tokens, rel, "n_real", lambda v: is_int(v, 2, MAX_TOKENS),
+           f"an integer from 2 to {MAX_TOKENS}", f"{key}.")
 
 
 # ----------------------------------------------------------------------- trajectories
