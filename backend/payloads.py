@@ -87,7 +87,8 @@ def index(b: Bundle) -> dict:
         for pid in g.get("prompts", []):
             groups_of.setdefault(pid, []).append(g["id"])
     runs = {rid: {"prompt_id": r["prompt_id"], "seed": r["seed"],
-                  "guidance_scale": r["guidance_scale"]} for rid, r in b.runs.items()}
+                  "guidance_scale": r["guidance_scale"], **control_entry(r)}
+            for rid, r in b.runs.items()}
     return {
         "title": cfg.get("title", "Noisepath"),
         "description": cfg.get("description", ""),
@@ -111,6 +112,7 @@ def index(b: Bundle) -> dict:
                     for pid, p in b.index["prompts"].items()},
         "runs": runs,
         "run_lookup": run_lookup(b),
+        "control_lookup": control_lookup(b),
         "trajectories": sorted(int(s) for s in b.trajectories),
         "skipped_runs": list(b.skipped_runs),
         "about": {
@@ -129,6 +131,8 @@ def run_lookup(b: Bundle) -> dict:
     shared = {}  # (negative prompt id, seed) -> the guidance-0 run (its prompt_id)
     negative = {}  # prompt id -> its negative prompt's id
     for rid, r in b.runs.items():
+        if "controlnet" in r:  # a ControlNet run: control_lookup
+            continue
         if float(r["guidance_scale"]) == 0.0:
             shared[r["prompt_id"], num_key(r["seed"])] = rid
         else:
@@ -140,6 +144,30 @@ def run_lookup(b: Bundle) -> dict:
         for (owner, seed), rid in shared.items():
             if owner == nid:
                 lookup.setdefault(pid, {}).setdefault(seed, {})["0"] = rid
+    return lookup
+
+
+def control_entry(m: dict) -> dict:
+    """index.runs' fields of a ControlNet run: its control_id and conditioning scale."""
+    cn = m.get("controlnet")
+    return {} if cn is None else {"control_id": cn["control_id"],
+                                  "controlnet_conditioning_scale": cn["conditioning_scale"]}
+
+
+def control_lookup(b: Bundle) -> dict:
+    """prompt_id -> seed -> guidance -> control_id -> conditioning scale -> run_id, for the
+    ControlNet runs; scale "0" is the run without control from the same noise (its
+    uncontrolled_run_id, when that run is in the bundle)."""
+    lookup: dict = {}
+    for rid, r in b.runs.items():
+        cn = r.get("controlnet")
+        if cn is None:
+            continue
+        by_scale = lookup.setdefault(r["prompt_id"], {}).setdefault(num_key(r["seed"]), {}) \
+            .setdefault(num_key(r["guidance_scale"]), {}).setdefault(cn["control_id"], {})
+        by_scale[num_key(cn["conditioning_scale"])] = rid
+        if cn["uncontrolled_run_id"] in b.runs:
+            by_scale["0"] = cn["uncontrolled_run_id"]
     return lookup
 
 
@@ -203,6 +231,7 @@ def run(b: Bundle, rid: str, stats: dict) -> dict:
                    for name, e in m["arrays"].items()},
         "stats": stats,
         **{k: m[k] for k in RUN_SAMPLER if k in m},
+        **({"controlnet": m["controlnet"]} if "controlnet" in m else {}),
     }
 
 

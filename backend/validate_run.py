@@ -16,6 +16,8 @@ from backend import codec, previews
 from backend.format import (ATTENTION_ARRAY, FILE_NAME, IMAGE_MIMES, MAX_ARRAY_BYTES,
                             MAX_GUIDANCE, MAX_SEED, OPTIONAL_IMAGES, REQUIRED_IMAGES,
                             STEP_ARRAYS, X0_SOURCES, recorded_steps)
+from backend.validate_control import CONTROL_ARRAY, CONTROL_IMAGE, check_controlnet
+from backend.validate_control import expected_shape as control_shape
 from backend.validator import (Checker, brief, describe, is_int, is_name, is_number, is_numbers,
                                is_sha256, is_side_pair, listed_document, shown)
 
@@ -89,6 +91,7 @@ class _Run:
                 v.get("matrix"), self.latent[0], 3) and _matrix([v.get("bias")], 1, 3),
                 f"null or an object with matrix ({self.latent[0]} x 3 numbers) and bias (3)")
         self.check_attention()
+        check_controlnet(self)  # a ControlNet run's record (backend/validate_control.py)
 
     def check_sampler_fields(self, sched: dict, listed_prompts: dict) -> None:
         """The optional fields of other schedulers, negative prompts and guidance_rescale."""
@@ -155,6 +158,8 @@ class _Run:
         """The shape an array must have; None where a field it depends on is invalid."""
         if name in STEP_ARRAYS:
             return [self.steps + STEP_ARRAYS[name], *self.latent]
+        if CONTROL_ARRAY.fullmatch(name):
+            return control_shape(name, self.steps)
         att = self.m.get("attention")
         if self.prompt is None or not isinstance(att, dict):
             return None
@@ -192,9 +197,10 @@ class _Run:
 
     def array_entry(self, name: str, e) -> bool:
         f = f"arrays.{shown(name)}"
-        if name not in STEP_ARRAYS and not ATTENTION_ARRAY.fullmatch(name):
+        if name not in STEP_ARRAYS and not ATTENTION_ARRAY.fullmatch(name) \
+                and not CONTROL_ARRAY.fullmatch(name):
             self.add(f, f"is not an array of the format ({', '.join(STEP_ARRAYS)}, attention, "
-                     "attention_res<r>, attention_mid)")
+                     "attention_res<r>, attention_mid, controlnet_res<h>, controlnet_mid)")
             return False
         if not isinstance(e, dict):
             self.add(f, f"must be an object, is {describe(e)}")
@@ -284,7 +290,7 @@ class _Run:
 
     def image_entry(self, name: str, e) -> bool:
         f = f"images.{shown(name)}"
-        expected = {**REQUIRED_IMAGES, **OPTIONAL_IMAGES}
+        expected = {**REQUIRED_IMAGES, **OPTIONAL_IMAGES, CONTROL_IMAGE: 1 - self.steps}
         if name not in expected:
             self.add(f, f"is not an image of the format ({', '.join(expected)})")
             return False

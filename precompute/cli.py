@@ -7,13 +7,19 @@ import os
 import sys
 from pathlib import Path
 
-from precompute.prompts import (SCHEDULERS, STORAGES, PromptFileError, check_settings,
-                                load_prompt_file, single_prompt_set)
+from precompute.prompts import (SCHEDULERS, STORAGES, PromptFileError, check_control,
+                                check_settings, load_prompt_file, single_prompt_set)
 
 EXAMPLES = """
 examples:
   # the reference product's 26 prompts on SD 1.5 (a GPU, and the model from the hub)
   noisepath precompute --prompts precompute/prompts/diffusion-explainer.toml --out sd15-bundle
+
+  # a sketch says where, the prompt says what: a ControlNet at two conditioning scales
+  # (each run is also there without control, from the same noise; docs/bundle-format.md)
+  noisepath precompute --prompt "a red house by a lake" --control-image edges.png \
+      --controlnet lllyasviel/sd-controlnet-canny --controlnet-conditioning-scales 0.5 1 \
+      --guidance-scales 7.5 --out house-bundle
 
   # one prompt and a variant, quickly, on any diffusers SD checkpoint (hub id or folder)
   noisepath precompute --prompt "a castle by a sea, trending on artstation" \\
@@ -77,6 +83,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "averages: SD 1.x at 512x512 has 64, 32 and 16, the demo model 16 and 8 "
                    "(default: every level but the mid block; the bundle keeps each level's "
                    "own map either way)")
+    cn = p.add_argument_group("ControlNet (a control image says where, the prompt says what)")
+    cn.add_argument("--controlnet", metavar="PATH_OR_ID",
+                    help="a diffusers ControlNetModel for the model (e.g. "
+                    "lllyasviel/sd-controlnet-canny or lllyasviel/control_v11p_sd15_scribble "
+                    "for SD 1.5); the prompts with a control image run with it")
+    cn.add_argument("--control-image", type=Path, dest="control_image", metavar="IMAGE",
+                    help="the control image of --prompt and its variants (a prompt file's "
+                    "groups name theirs: control_image = \"...\"); README: how to make one")
+    cn.add_argument("--controlnet-conditioning-scales", type=float, nargs="+", metavar="S",
+                    dest="controlnet_conditioning_scales",
+                    help="controlnet_conditioning_scale, swept like the guidance scale "
+                    "(default: 1); the run without control (scale 0) is always recorded")
+    cn.add_argument("--control-guidance-start", type=float, dest="control_guidance_start",
+                    metavar="F", help="the fraction of the steps where control starts (default 0)")
+    cn.add_argument("--control-guidance-end", type=float, dest="control_guidance_end",
+                    metavar="F", help="the fraction of the steps where control ends (default 1)")
     r = p.add_argument_group("how to run")
     r.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
                    help="auto: cuda, then mps, then cpu")
@@ -147,19 +169,27 @@ def run(args) -> int:
     if args.variant and not args.prompt:
         print("noisepath precompute: --variant needs --prompt", file=sys.stderr)
         return 2
+    if args.control_image and not args.prompt:
+        print("noisepath precompute: --control-image goes with --prompt (a prompt file's groups "
+              "name theirs: control_image = \"...\")", file=sys.stderr)
+        return 2
     try:
         prompt_set = (load_prompt_file(args.prompts) if args.prompts
-                      else single_prompt_set(args.prompt, args.variant))
+                      else single_prompt_set(args.prompt, args.variant, args.control_image))
         settings = {k: getattr(args, k) for k in
                     ("model", "scheduler", "num_inference_steps", "seeds", "guidance_scales",
                      "height", "width", "image_size", "storage", "attention_levels", "eta",
-                     "guidance_rescale", "negative_prompt")
+                     "guidance_rescale", "negative_prompt", "controlnet",
+                     "controlnet_conditioning_scales", "control_guidance_start",
+                     "control_guidance_end")
                     if getattr(args, k) is not None}
 
         def bad_flag(key, message):
             flag = FLAGS.get(key, f"--{key.replace('_', '-')}")
             raise PromptFileError("command line", None, flag, message)
         check_settings(settings, bad_flag)
+        check_settings({**prompt_set.settings, **settings}, bad_flag)  # start < end across both
+        check_control(prompt_set, {**prompt_set.settings, **settings}, bad_flag)
     except PromptFileError as e:
         print(f"noisepath precompute: {e}", file=sys.stderr)
         return 2

@@ -76,6 +76,7 @@ class RunResult:
     guidance_rescale_std_ratio: np.ndarray | None  # (T,) std(noise_pred_text) / std(cfg)
     attention: dict[str, np.ndarray] | None  # "combined": (K, T, h, w), "res16": (K, T, 16, 16), ...
     attention_meta: dict | None
+    control: object = None  # ControlNet: precompute/controlnet.py's ControlRecord; None: none
 
 
 # -- text ---------------------------------------------------------------------
@@ -119,13 +120,14 @@ def encode_prompt_tokens(components: Components, prompt: str) -> dict:
 # -- the loop -------------------------------------------------------------------
 
 def check_inputs(components, prompt, guidance_scales, num_inference_steps, height, width,
-                 eta=0.0, guidance_rescale=0.0):
+                 eta=0.0, guidance_rescale=0.0, run_keys=None):
     scheduler = components.scheduler
     name = scheduler_name(scheduler)  # raises for unsupported schedulers
     if len(guidance_scales) == 0:
         raise ValueError("guidance_scales is empty")
-    if len(set(guidance_scales)) != len(guidance_scales):
-        raise ValueError(f"guidance_scales has duplicates: {guidance_scales}")
+    keys = guidance_scales if run_keys is None else run_keys  # ControlNet: (g, its scale)
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"guidance_scales has duplicates: {keys}")
     if any(s < 0 for s in guidance_scales):
         raise ValueError(f"guidance_scales must be >= 0, got {guidance_scales}")
     if prompt is None and any(s != 0 for s in guidance_scales):
@@ -160,6 +162,7 @@ def run_guidance_sweep(
     negative_prompt: str = "",
     eta: float = 0.0,
     guidance_rescale: float = 0.0,
+    control=None,
 ) -> list[RunResult]:
     """Denoise one (prompt, seed) at every guidance scale at once; one RunResult per scale.
 
@@ -177,7 +180,7 @@ def run_guidance_sweep(
     guidance_scales = [float(s) for s in guidance_scales]
     eta, guidance_rescale = float(eta or 0), float(guidance_rescale or 0)
     check_inputs(components, prompt, guidance_scales, num_inference_steps, height, width,
-                 eta, guidance_rescale)
+                 eta, guidance_rescale, control and list(zip(guidance_scales, control.scales)))
     runs = range(len(guidance_scales))
     uncond_runs = [g for g in runs if guidance_scales[g] != 1]  # need eps(x_t, t, negative)
     text_runs = [g for g in runs if guidance_scales[g] != 0]  # need eps(x_t, t, prompt)
@@ -250,8 +253,11 @@ def run_guidance_sweep(
             latent_model_input = torch.cat([x_t[uncond_runs], x_t[text_runs]])  # (Gu + Gt, C, h, w)
             latent_model_input = scheduler.scale_model_input(latent_model_input, t)
             sigma, alpha_cumprod = _noise_level(scheduler, name, i, t)  # what the UNet saw
+            # 5.1b ControlNet (precompute/controlnet.py): its residuals for each row's run
+            control_kwargs = {} if control is None else control.unet_kwargs(
+                i, len(timesteps), latent_model_input, t, encoder_hidden_states, uncond_runs, text_runs)
             model_output = unet(latent_model_input, t, encoder_hidden_states=encoder_hidden_states,
-                                added_cond_kwargs=added_cond_kwargs,
+                                added_cond_kwargs=added_cond_kwargs, **control_kwargs,
                                 return_dict=False)[0]  # (Gu + Gt, C, h, w)
 
             # 5.2 Classifier-free guidance (Ho & Salimans 2022, eq. 6 with s = 1 + w),
@@ -366,6 +372,7 @@ def run_guidance_sweep(
             guidance_rescale_std_ratio=host["std_ratio"][g] if g in rescaled else None,
             attention={k: v[text_runs.index(g)] for k, v in attention.items()} if attention and in_text else None,
             attention_meta=capture.meta if capture is not None and in_text else None,
+            control=None if control is None else control.record(g),
             **common,
         ))
     return results

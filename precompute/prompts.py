@@ -18,12 +18,20 @@
     storage = "full"               # full | compact (8-bit arrays, ~5x smaller; docs/bundle-format.md)
     attention_levels = [16]        # optional: the levels (map heights) the combined
                                    # attention map averages; default: all but the mid block
+    controlnet = "lllyasviel/sd-controlnet-canny"  # optional: a diffusers ControlNetModel
+                                   # (folder or hub id) for the groups with a control_image
+    controlnet_conditioning_scales = [0.5, 1.0]  # optional (default [1.0]): swept like
+                                   # guidance_scales; the run without control is always there
+    control_guidance_start = 0.0   # optional: the fraction of the steps where control starts
+    control_guidance_end = 1.0     # optional: ... and where it ends
 
     [[groups]]
     prompt = "a cute panda playing the guitar in a bamboo forest"
     variants = ["a cute panda playing the guitar"]
     keyword = "in a bamboo forest"  # optional: the words to highlight; default: the words that differ
     negative_prompt = "low quality"  # optional: this group's, instead of settings.negative_prompt
+    control_image = "sketches/panda.png"  # optional: the ControlNet's image for these prompts
+                                          # (relative to this file; needs settings.controlnet)
 
 A bad file raises PromptFileError naming the file, line and field.
 """
@@ -43,8 +51,11 @@ SCHEDULERS = ("pndm", "lms", "ddim", "ddpm", "euler", "euler_a", "heun", "kdpm2"
               "dpmpp_2m_karras", "unipc")
 SETTINGS_KEYS = {"model", "scheduler", "num_inference_steps", "height", "width", "seeds",
                  "guidance_scales", "image_size", "storage", "attention_levels", "eta",
-                 "guidance_rescale", "negative_prompt"}
-GROUP_KEYS = {"id", "title", "prompt", "variants", "keyword", "negative_prompt"}
+                 "guidance_rescale", "negative_prompt",
+                 # ControlNet (precompute/controlnet.py)
+                 "controlnet", "controlnet_conditioning_scales", "control_guidance_start",
+                 "control_guidance_end"}
+GROUP_KEYS = {"id", "title", "prompt", "variants", "keyword", "negative_prompt", "control_image"}
 TOP_KEYS = {"title", "description", "default_guidance_scale", "settings", "groups"}
 
 
@@ -62,6 +73,7 @@ class PromptGroup:
     prompts: list[str]                  # main prompt first, then variants
     highlights: dict[str, list[list[int]]] = field(default_factory=dict)  # text -> char spans
     negative_prompt: str | None = None  # None: the file's (settings.negative_prompt, or "")
+    control_image: str | None = None    # the ControlNet's image (a path), None: no control
 
     def as_bundle_group(self) -> dict:
         return {"id": self.id, "title": self.title,
@@ -81,6 +93,17 @@ class PromptSet:
     def texts(self) -> list[str]:
         """Every distinct prompt, in file order."""
         return list(dict.fromkeys(t for g in self.groups for t in g.prompts))
+
+    @property
+    def control_images(self) -> dict[str, list[str]]:
+        """Prompt text -> the control images its groups name (in file order)."""
+        images: dict[str, list[str]] = {}
+        for g in self.groups:
+            for text in g.prompts if g.control_image else ():
+                images.setdefault(text, [])
+                if g.control_image not in images[text]:
+                    images[text].append(g.control_image)
+        return images
 
     def negative_prompt(self, text: str, default: str = "") -> str:
         """The negative prompt of `text`: its group's, else `default` (the settings')."""
@@ -200,10 +223,64 @@ def check_settings(s: dict, err) -> dict:
             "(the combined attention map averages those cross-attention levels)")
     if levels is not None and len(set(levels)) != len(levels):
         err("attention_levels", "has duplicates")
+    check_control_settings(s, err)
     if "storage" in s and s["storage"] not in STORAGES:
         err("storage", f"must be one of {', '.join(STORAGES)} (compact: 8-bit arrays, "
             "derived arrays and previews left out; docs/bundle-format.md)")
     return s
+
+
+def check_control_settings(s: dict, err) -> None:
+    """The ControlNet settings (diffusers' bounds for start and end)."""
+    if "controlnet" in s and not (isinstance(s["controlnet"], str) and s["controlnet"].strip()):
+        err("controlnet", "must be a ControlNet's hub id or folder path (a diffusers "
+            "ControlNetModel, e.g. lllyasviel/sd-controlnet-canny)")
+    scales = s.get("controlnet_conditioning_scales")
+    if scales is not None and not (isinstance(scales, list) and scales and all(
+            type(x) in (int, float) and 0 <= x <= 10 for x in scales)):
+        err("controlnet_conditioning_scales", "must be a non-empty list of numbers from 0 to 10")
+    if scales is not None and len({float(x) for x in scales}) != len(scales):
+        err("controlnet_conditioning_scales", "has duplicates")
+    for key in ("control_guidance_start", "control_guidance_end"):
+        v = s.get(key)
+        if v is not None and not (type(v) in (int, float) and 0 <= v <= 1):
+            err(key, "must be a number from 0 to 1 (a fraction of the steps)")
+    start, end = s.get("control_guidance_start", 0), s.get("control_guidance_end", 1)
+    if type(start) in (int, float) and type(end) in (int, float) and start >= end:
+        err("control_guidance_end", f"must be above control_guidance_start ({start})")
+
+
+def check_control(prompt_set: "PromptSet", settings: dict, err) -> None:
+    """A ControlNet needs control images and the images a ControlNet; err(key, message)."""
+    controlnet = settings.get("controlnet")
+    if controlnet and not prompt_set.control_images:
+        err("controlnet", "is set, but no group names a control_image: give one (a group's "
+            "control_image, or --control-image)")
+    if prompt_set.control_images and not controlnet:
+        err("controlnet", "is missing: a group names a control_image, which needs a ControlNet "
+            "(settings.controlnet, or --controlnet)")
+    if controlnet and not any(float(g) != 0 for g in settings.get("guidance_scales") or [1]):
+        err("guidance_scales", "has only 0: ControlNet runs need a guidance scale above 0 "
+            "(guidance 0 is the prompt-free run, which runs without control)")
+
+
+def _control_image(value, base: Path, fail) -> str | None:
+    """A group's control_image as a path (relative to the prompt file), checked readable."""
+    if value is None:
+        return None
+    if not (isinstance(value, str) and value.strip()):
+        fail("control_image", "must be an image file's path (relative to the prompt file)")
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else base / path
+    try:
+        from PIL import Image
+        with Image.open(path) as im:
+            im.verify()
+    except FileNotFoundError:
+        fail("control_image", f"{path}: no such file")
+    except Exception as e:  # PIL's errors for a file that is not an image vary
+        fail("control_image", f"{path}: not a readable image ({type(e).__name__}: {e})")
+    return str(path)
 
 
 def load_prompt_file(path: str | Path) -> PromptSet:
@@ -257,8 +334,10 @@ def parse_prompt_set(data: dict, path="<prompts>", text: str = "") -> PromptSet:
         if not isinstance(g, dict):
             fail("groups", f"entry {i + 1} is not a table ({type(g).__name__}); each group "
                  "must be a table with a prompt: [[groups]] then prompt = \"...\"")
-        groups.append(_parse_group(g, i, lambda k, msg, i=i: fail(
-            k, msg, group=i, label=f"groups[{i}].{k}")))
+        group_fail = (lambda k, msg, i=i: fail(k, msg, group=i, label=f"groups[{i}].{k}"))
+        groups.append(_parse_group(g, i, group_fail))
+        groups[-1].control_image = _control_image(g.get("control_image"), Path(path).parent,
+                                                  group_fail)
         if groups[-1].id in ids:
             fail("id", f"duplicate group id {groups[-1].id!r}", group=i, label=f"groups[{i}].id")
         ids.add(groups[-1].id)
@@ -314,7 +393,10 @@ def _parse_group(g: dict, i: int, fail) -> PromptGroup:
                        highlights=highlights, negative_prompt=negative)
 
 
-def single_prompt_set(prompt: str, variants: list[str]) -> PromptSet:
-    """The quick form: `--prompt "..." --variant "..."` (`--negative-prompt` is a setting)."""
-    return parse_prompt_set({"groups": [{"prompt": prompt, "variants": variants}]},
-                            "--prompt/--variant")
+def single_prompt_set(prompt: str, variants: list[str], control_image=None) -> PromptSet:
+    """The quick form: `--prompt "..." --variant "..."` (`--negative-prompt` is a setting;
+    `--control-image`: the ControlNet's image for the prompt and its variants)."""
+    group = {"prompt": prompt, "variants": variants}
+    if control_image is not None:
+        group["control_image"] = str(Path(control_image).resolve())
+    return parse_prompt_set({"groups": [group]}, "--prompt/--variant")

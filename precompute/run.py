@@ -67,6 +67,10 @@ class Job:
     guidance_scales: list[float]
     run_ids: list[str]
     negative_prompt: str = ""        # the unconditional row's prompt ("": none)
+    # ControlNet (precompute/controlnet.py): each run's controlnet_conditioning_scale, one
+    # per guidance scale (None: no control), and the control image
+    control_scales: list[float] | None = None
+    control_image: str | None = None
 
 
 def plan_jobs(prompt_set: PromptSet, settings: dict) -> list[Job]:
@@ -88,7 +92,45 @@ def plan_jobs(prompt_set: PromptSet, settings: dict) -> list[Job]:
             key = "" if not negative else f"{nid}--"
             jobs += [Job(f"{key}s{s}-g0", None, s, [0.0], [run_id(EMPTY_PROMPT_ID, s, 0, nid)],
                          negative) for s in seeds]
+    return control_jobs(prompt_set, settings, negatives) + jobs
+
+
+def control_jobs(prompt_set: PromptSet, settings: dict, negatives: dict) -> list[Job]:
+    """A prompt's runs with a control image: one job per (image, seed) for every guided
+    scale x conditioning scale above 0 (scale 0 is the prompt's own uncontrolled run, which
+    the job takes into its sweep when it is not in the bundle yet: `partner_job`). First in
+    the plan, so that they can."""
+    if not settings.get("controlnet"):
+        return []
+    from precompute.controlnet import control_id, window
+    from precompute.writer import format_guidance
+
+    guided = [float(g) for g in settings["guidance_scales"] if float(g) != 0.0]
+    scales = [float(c) for c in settings.get("controlnet_conditioning_scales") or [1.0] if c]
+    start, end = window(settings)
+    jobs = []
+    for text, images in prompt_set.control_images.items():
+        negative = negatives[text]
+        pid, nid = prompt_id(text), prompt_id(negative)
+        for image in images:
+            cid = control_id(image, settings["controlnet"], start, end)
+            pairs = [(g, c) for g in guided for c in scales]
+            for s in settings["seeds"]:
+                rids = [run_id(f"{pid}--ctl-{cid}-c{format_guidance(c)}", s, g, nid)
+                        for g, c in pairs]
+                jobs.append(Job(f"{pid}--ctl-{cid}--s{s}" + (f"--neg-{nid}" if negative else ""),
+                                text, s, [g for g, _ in pairs], rids, negative,
+                                [c for _, c in pairs], image))
     return jobs
+
+
+def partner_job(job: Job, jobs: list[Job]) -> Job | None:
+    """The uncontrolled job of a controlled job's prompt and seed (its runs without control,
+    from the same noise), which the controlled job can take into its own sweep."""
+    if job.control_image is None:
+        return None
+    return next((j for j in jobs if j.control_image is None and j.prompt == job.prompt
+                 and j.seed == job.seed and j.negative_prompt == job.negative_prompt), None)
 
 
 def shared_job(job: Job, jobs: list[Job]) -> Job | None:
@@ -145,6 +187,9 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
     components = opts.components or load_components(settings["model"], device=device,
                                                     dtype=opts.dtype, scheduler=settings["scheduler"])
     info = components.describe()
+    if settings.get("controlnet"):  # loaded and checked against the UNet before any run
+        from precompute.controlnet import load_controlnet
+        load_controlnet(settings["controlnet"], components)
     if getattr(components.scheduler.config, "clip_sample", False):
         _say(opts, "note: this DDIM scheduler clips the predicted x_0 to [-1, 1] at every step "
              "(clip_sample=True: the checkpoint's scheduler config says so, or does not say and "
@@ -291,11 +336,20 @@ def _compute_jobs(jobs, writer, writers, components, settings, decode_batch, pre
                 continue
             job_start = time.perf_counter()
             scales, rids = job.guidance_scales, job.run_ids
+            controls = job.control_scales or [0.0] * len(scales)  # ControlNet's, per run
+            partner = partner_job(job, jobs)
+            if partner is not None and not any(writer.has_run(r) or writers.writing(r)
+                                               for r in partner.run_ids) \
+                    and claims.enter_context(writer.claim(partner.key)) \
+                    and not any(writer.has_run(r) for r in partner.run_ids):
+                scales, rids = [*partner.guidance_scales, *scales], [*partner.run_ids, *rids]
+                controls = [0.0] * len(partner.run_ids) + controls
             shared = shared_job(job, jobs)
             if shared is not None and not writer.has_run(shared.run_ids[0]) \
                     and claims.enter_context(writer.claim(shared.key)) \
                     and not writer.has_run(shared.run_ids[0]):
                 scales, rids = [0.0, *scales], [*shared.run_ids, *rids]
+                controls = [0.0, *controls]
             steps = tqdm(total=settings["num_inference_steps"], unit="step", leave=False,
                          desc=f"seed {job.seed}: {(job.prompt or '(empty prompt)')[:40]}",
                          disable=not opts.progress, file=opts.log)
@@ -304,7 +358,8 @@ def _compute_jobs(jobs, writer, writers, components, settings, decode_batch, pre
                 settings["num_inference_steps"], settings["height"], settings["width"],
                 capture_attention=True, attention_levels=settings.get("attention_levels"),
                 progress=steps, on_step=opts.on_step, negative_prompt=job.negative_prompt,
-                eta=settings["eta"], guidance_rescale=settings["guidance_rescale"])
+                eta=settings["eta"], guidance_rescale=settings["guidance_rescale"],
+                control=control_sweep(job, controls, components, settings))
             steps.close()
             # the guidance-0 run uses the unconditional branch only: it is the seed's
             # shared run whichever prompt's sweep computed it
@@ -422,8 +477,9 @@ def _run_task(writer, r, rid, frames, settings):
         attention, names = bundle_attention(r.attention_meta)
         for key, maps in r.attention.items():
             arrays[names[key]] = maps
+    control, control_image = control_record(r, arrays)  # ControlNet: run.json, maps, image
     return RunTask({
-        "run_id": rid, "seed": r.seed, **run_prompts(r),
+        "run_id": rid, "seed": r.seed, **run_prompts(r), **control,
         "guidance_scale": float(r.guidance_scale),
         "num_inference_steps": settings["num_inference_steps"],
         "scheduler": {"name": settings["scheduler"], "timesteps": [float(t) for t in r.timesteps],
@@ -433,8 +489,29 @@ def _run_task(writer, r, rid, frames, settings):
         "latent_preview": preview,
         "attention": attention,
     }, arrays, {"decoded": (frames.decoded, "webp"),
-                "pred_original_sample": (frames.pred_original_sample, "webp")},
+                "pred_original_sample": (frames.pred_original_sample, "webp"), **control_image},
         settings["image_size"], frames.approximate or {})
+
+
+def control_sweep(job: Job, controls: list[float], components, settings: dict):
+    """The ControlNet of a job's sweep (precompute/controlnet.py), or None without one."""
+    if job.control_image is None:
+        return None
+    from precompute import controlnet
+    return controlnet.sweep_for(settings, job.control_image, controls, components)
+
+
+def control_record(r, arrays: dict) -> tuple[dict, dict]:
+    """A controlled run's run.json field `controlnet` and its control image; its maps join
+    `arrays` (docs/bundle-format.md, "ControlNet"). ({}, {}) for a run without control."""
+    if r.control is None:
+        return {}, {}
+    from precompute.controlnet import bundle_record
+    uncontrolled = run_id(prompt_id(r.prompt), r.seed, r.guidance_scale,
+                          prompt_id(r.negative_prompt))
+    manifest, maps, image = bundle_record(r.control, uncontrolled)
+    arrays.update(maps)
+    return {"controlnet": manifest}, image
 
 
 def run_prompts(r) -> dict:

@@ -1,0 +1,241 @@
+"""ControlNet (precompute/controlnet.py): the loop reproduces StableDiffusionControlNetPipeline,
+records how strongly the control acts, and the precompute writes it into a bundle the
+validator, the API and the export take.
+
+Tiny random pipeline (tests/tiny_sd.py) and a tiny ControlNet made from its UNet
+(ControlNetModel.from_unet), fp32 on CPU, offline. A fresh ControlNet's zero convolutions
+make it a no-op, so the test sets them to random non-zero weights as diffusers' own tests
+do (tests/pipelines/controlnet/test_controlnet.py: normal weights, bias 1), and asserts
+that control changes the output. Tolerances as tests/test_loop.py gives them, relative to
+the compared tensor's scale (its largest |value|): 1e-6 for a run swept alone (the loop and
+the pipeline do the same float32 operations), 5e-5 for runs batched with others (float32
+summation order of batched convolutions; observed 4e-6 here). A wrong scale, window or
+image would be off by a good fraction of the scale.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from precompute.controlnet import (ControlSweep, block_names, control_id,  # noqa: E402
+                                   load_controlnet, prepare_image, read_control_image)
+from precompute.loop import run_guidance_sweep  # noqa: E402
+from tests.test_loop import BATCH_RTOL, PIPELINE_RTOL, assert_close_to_scale  # noqa: E402
+from tests.tiny_sd import tiny_components  # noqa: E402
+
+torch.set_num_threads(1)
+
+PROMPT = "a red circle on a blue background"
+STEPS, SIZE, SEED = 4, 16, 3
+START, END = 0.0, 0.75  # the last of 4 calls runs without control (controlnet_keep 0)
+
+
+def write_tiny_controlnet(folder, unet, seed=0):
+    """A ControlNet for the tiny UNet, its zero convolutions made non-zero, saved as a
+    diffusers folder (what the precompute loads)."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    # the tiny VAE downsamples by 2: the control image's embedding must too (16 -> 32)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+
+    def init_weights(m):
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.normal_(m.weight)
+            m.bias.data.fill_(1.0)
+    controlnet.controlnet_down_blocks.apply(init_weights)
+    controlnet.controlnet_mid_block.apply(init_weights)
+    controlnet.save_pretrained(folder)
+    return folder
+
+
+def write_control_image(path, size=SIZE):
+    """A sketch: a white filled square on black, off centre (what a scribble looks like)."""
+    from PIL import Image
+
+    a = np.zeros((size, size, 3), np.uint8)
+    a[2:9, 7:14] = 255
+    Image.fromarray(a).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    c = tiny_components("sd15", "lms")
+    base = tmp_path_factory.mktemp("controlnet")
+    folder = write_tiny_controlnet(base / "controlnet", c.unet)
+    image = write_control_image(base / "sketch.png")
+    return c, str(folder), image
+
+
+def sweep(c, folder, image_path, guidance_scales, scales, start=START, end=END):
+    controlnet = load_controlnet(folder, c)
+    image = prepare_image(read_control_image(image_path), c, SIZE, SIZE)
+    control = ControlSweep(controlnet, image, scales, folder,
+                           control_id(image_path, folder, start, end), start, end)
+    return run_guidance_sweep(c, PROMPT, SEED, guidance_scales, STEPS, SIZE, SIZE,
+                              capture_attention=False, control=control)
+
+
+def pipeline_latent(c, folder, image_path, guidance_scale, scale):
+    from diffusers import StableDiffusionControlNetPipeline
+    from PIL import Image
+
+    pipe = StableDiffusionControlNetPipeline(
+        vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+        controlnet=load_controlnet(folder, c), scheduler=c.scheduler, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(PROMPT, Image.open(image_path), guidance_scale=guidance_scale,
+               controlnet_conditioning_scale=scale, control_guidance_start=START,
+               control_guidance_end=END, num_inference_steps=STEPS, height=SIZE, width=SIZE,
+               generator=torch.Generator("cpu").manual_seed(SEED), output_type="latent")
+    return out.images[0].numpy()
+
+
+def test_final_latent_matches_the_controlnet_pipeline_and_control_changes_it(tiny):
+    c, folder, image = tiny
+    (alone,) = sweep(c, folder, image, [7.5], [0.8])
+    expected = pipeline_latent(c, folder, image, 7.5, 0.8)
+    assert_close_to_scale(alone.latents[-1], expected, PIPELINE_RTOL)
+    # one batched sweep: two scales at guidance 7.5, one at guidance 1, and the run
+    # without control (scale 0) of the same noise
+    runs = sweep(c, folder, image, [7.5, 7.5, 7.5, 1.0], [0.0, 0.8, 1.5, 0.8])
+    plain, controlled, strong, unguided = runs
+    assert_close_to_scale(controlled.latents[-1], expected, BATCH_RTOL)
+    for run, g, scale in ((strong, 7.5, 1.5), (unguided, 1.0, 0.8)):
+        assert_close_to_scale(run.latents[-1], pipeline_latent(c, folder, image, g, scale),
+                              BATCH_RTOL, err_msg=f"guidance {g}, scale {scale}")
+    # the scale-0 run is the plain run of the same prompt, seed and guidance (batched with
+    # the controlled rows, so within float32 summation order)
+    (alone,) = run_guidance_sweep(c, PROMPT, SEED, [7.5], STEPS, SIZE, SIZE,
+                                  capture_attention=False)
+    assert_close_to_scale(plain.latents, alone.latents, BATCH_RTOL)
+    assert plain.control is None
+    # control acts: the final latent moves by a good fraction of its scale
+    moved = np.abs(controlled.latents[-1] - plain.latents[-1]).max()
+    assert moved > 0.05 * np.abs(plain.latents[-1]).max()
+
+
+def test_residual_norms_and_maps_per_step_and_block(tiny):
+    c, folder, image = tiny
+    weak, strong = sweep(c, folder, image, [7.5, 7.5], [0.5, 1.0])
+    record = strong.control
+    names = block_names(load_controlnet(folder, c))
+    assert [b["name"] for b in record.blocks] == names
+    assert names[0] == "conv_in" and names[-1] == "mid_block"
+    assert record.residual_norms.shape == (STEPS, len(names))
+    assert (record.residual_norms[:3] > 0).all()
+    assert (record.residual_norms[3] == 0).all()  # control_guidance_end 0.75: off at call 4
+    # the maps: one per resolution of the skips (8 and 4 here) and the mid block
+    assert sorted(record.maps) == ["mid", "res4", "res8"]
+    assert record.maps["res8"].shape == (STEPS, 1, 8, 8)
+    # the map's energy is the sum of its blocks' squared norms
+    at8 = [k for k, b in enumerate(record.blocks) if b["resolution"] == [8, 8]
+           and b["name"] != "mid_block"]
+    np.testing.assert_allclose(np.square(record.maps["res8"][0]).sum(),
+                               np.square(record.residual_norms[0, at8]).sum(), rtol=1e-5)
+    # the text row's residuals of the first call scale with the conditioning scale (same
+    # x_T, same text row); later calls differ because the latents do
+    np.testing.assert_allclose(weak.control.residual_norms[0] * 2, record.residual_norms[0],
+                               rtol=1e-5)
+    assert record.image.shape == (SIZE, SIZE, 3) and record.image.max() == 255
+
+
+# -- the bundle -------------------------------------------------------------------------
+
+PROMPT_FILE = """\
+[settings]
+scheduler = "euler"
+num_inference_steps = 3
+height = 16
+width = 16
+seeds = [1]
+guidance_scales = [0, 5]
+controlnet = "{controlnet}"
+controlnet_conditioning_scales = [0.5, 1]
+control_guidance_end = 0.7
+
+[[groups]]
+prompt = "a red circle"
+control_image = "sketch.png"
+"""
+
+
+def _precompute(folder, image, out, storage="full"):
+    """Precompute PROMPT_FILE (beside the image) in this process, counting the loop's passes."""
+    import io
+
+    from precompute import loop
+    from precompute.prompts import load_prompt_file
+    from precompute.run import Options, precompute
+    from tests.tiny_sd import tiny_pipeline_path
+
+    prompts = image.parent / "prompts.toml"
+    prompts.write_text(PROMPT_FILE.format(controlnet=folder))
+    passes, sweep = [], loop.run_guidance_sweep
+
+    def counting(components, prompt, seed, guidance_scales, *args, control=None, **kwargs):
+        passes.append((prompt, list(guidance_scales), control and control.scales))
+        return sweep(components, prompt, seed, guidance_scales, *args, control=control, **kwargs)
+    loop.run_guidance_sweep = counting
+    try:
+        precompute(load_prompt_file(prompts), out,
+                   {"model": str(tiny_pipeline_path("sd15")), "storage": storage},
+                   Options(device="cpu", projection="pca", progress=False, workers=0,
+                           log=io.StringIO()))
+    finally:
+        loop.run_guidance_sweep = sweep
+    return passes
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny, tmp_path_factory):
+    c, folder, image = tiny
+    out = tmp_path_factory.mktemp("cn-bundle") / "b"
+    return out, _precompute(folder, image, out), folder, image
+
+
+def test_one_sweep_computes_the_controlled_runs_with_the_uncontrolled_and_it_validates(bundle):
+    from backend.validator import validate_bundle
+
+    out, passes = bundle[:2]
+    # one pass: the shared guidance-0 run, the plain run at 5 and two controlled runs
+    assert passes == [("a red circle", [0.0, 5.0, 5.0, 5.0], [0.0, 0.0, 0.5, 1.0])]
+    assert validate_bundle(out, checksums=True, decode=True) == []
+    runs = {p.parent.name: json.loads(p.read_text()) for p in out.glob("runs/*/run.json")}
+    controlled = {r: m for r, m in runs.items() if "controlnet" in m}
+    assert len(runs) == 4 and len(controlled) == 2
+    for rid, m in controlled.items():
+        cn = m["controlnet"]
+        assert cn["uncontrolled_run_id"] in runs and "controlnet" not in runs[cn["uncontrolled_run_id"]]
+        assert cn["control_guidance_end"] == 0.7 and len(cn["residual_norms"]) == 3
+        assert all(v == 0 for v in cn["residual_norms"][-1])  # call 3 of 3 lies past 0.7
+        assert cn["maps"] == ["controlnet_res8", "controlnet_res4", "controlnet_mid"]
+        assert m["arrays"]["controlnet_res8"]["shape"] == [3, 1, 8, 8]
+        assert m["images"]["control_image"]["count"] == 1
+    # a rerun of the same file computes nothing
+    folder, image = bundle[2:]
+    assert _precompute(folder, image, out) == []
+
+
+def test_the_api_serves_the_control_record_lookup_and_image(bundle):
+    from backend import create_app
+
+    client = create_app({"BUNDLE_DIR": bundle[0]}).test_client()
+    index = client.get("/api/index.json").get_json()
+    (pid,) = [p for p in index["control_lookup"]]
+    by_scale = next(iter(index["control_lookup"][pid]["1"]["5"].values()))
+    assert sorted(by_scale) == ["0", "0.5", "1"]
+    assert index["run_lookup"][pid]["1"]["5"] == by_scale["0"]  # the plain run stays the plain
+    assert index["runs"][by_scale["1"]]["controlnet_conditioning_scale"] == 1
+    doc = client.get(f"/api/runs/{by_scale['1']}.json").get_json()
+    assert doc["controlnet"]["conditioning_scale"] == 1
+    assert client.get("/" + doc["images"]["control_image"]["url"]).status_code == 200
+    assert client.get("/" + doc["arrays"]["controlnet_res8"]["url"]).status_code == 200
