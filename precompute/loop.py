@@ -40,6 +40,7 @@ from diffusers import PNDMScheduler
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.utils.torch_utils import randn_tensor
 
+from precompute import multistep
 from precompute import sdxl
 from precompute.attention import CrossAttentionCapture
 from precompute.model import SIGMA_LATENTS, Components, quiet_diffusers, scheduler_name
@@ -74,6 +75,7 @@ class RunResult:
     noise_scale: np.ndarray | None  # (T,) the factor each step added variance_noise with
     guidance_rescale: float  # phi of rescale_noise_cfg, 0 where not applied (guidance <= 1)
     guidance_rescale_std_ratio: np.ndarray | None  # (T,) std(noise_pred_text) / std(cfg)
+    multistep: dict | None  # multistep solvers: each call's and earlier calls' shares (multistep.py)
     attention: dict[str, np.ndarray] | None  # "combined": (K, T, h, w), "res16": (K, T, 16, 16), ...
     attention_meta: dict | None
     control: object = None  # ControlNet: precompute/controlnet.py's ControlRecord; None: none
@@ -236,6 +238,7 @@ def run_guidance_sweep(
                               "noise_scale", "std_ratio")}
     record["latents"].append(latents)
     sigmas, alphas_cumprod, starts = [], [], []
+    history = multistep.Tracker()  # multistep solvers: each call's and earlier calls' parts
     x0_from = "step"
 
     capture = None
@@ -257,7 +260,7 @@ def run_guidance_sweep(
             control_kwargs = {} if control is None else control.unet_kwargs(
                 i, len(timesteps), latent_model_input, t, encoder_hidden_states, uncond_runs, text_runs)
             model_output = unet(latent_model_input, t, encoder_hidden_states=encoder_hidden_states,
-                                added_cond_kwargs=added_cond_kwargs, **control_kwargs,
+                                added_cond_kwargs=added_cond_kwargs, **control_kwargs, **few_kwargs,
                                 return_dict=False)[0]  # (Gu + Gt, C, h, w)
 
             # 5.2 Classifier-free guidance (Ho & Salimans 2022, eq. 6 with s = 1 + w),
@@ -288,6 +291,10 @@ def run_guidance_sweep(
             pred_original_sample = getattr(step, "pred_original_sample", None)
             if pred_original_sample is None:
                 pred_original_sample, x0_from = _x0(scheduler, noise_pred, x_t, alpha_cumprod)
+            # 5.3b A multistep solver's step split into this call's and earlier calls' parts,
+            #      measured by stepping copies as weaken is (precompute/multistep.py)
+            history.step(shadow, noise_pred, latents, lambda copy_, out: copy_.step(
+                out, t, x_t, **step_kwargs, **_generators(takes_generator, state, len(guidance_scales))).prev_sample)
 
             # 5.4 weaken: step a copy with a zero model output (and the same noise); what
             #     differs is the part of x_{t-1} that noise_pred moved, projected on
@@ -370,6 +377,7 @@ def run_guidance_sweep(
             noise_scale=host["noise_scale"][g] if stochastic else None,
             guidance_rescale=guidance_rescale if g in rescaled else 0.0,
             guidance_rescale_std_ratio=host["std_ratio"][g] if g in rescaled else None,
+            multistep=history.run_record(g),
             attention={k: v[text_runs.index(g)] for k, v in attention.items()} if attention and in_text else None,
             attention_meta=capture.meta if capture is not None and in_text else None,
             control=None if control is None else control.record(g),

@@ -1,0 +1,132 @@
+"""What a multistep solver's step takes from this UNet call and from earlier calls
+(precompute/multistep.py, run.json's `scheduler.multistep`, issue 19).
+
+Tiny random pipelines (tests/tiny_sd.py), fp32 on CPU, offline. The split is checked
+two ways: it adds up to the scheduler's own prev_sample (replaying the recorded run with
+a fresh scheduler), and its shares equal the ones the solvers' published weights give
+(PLMS's Adams-Bashforth 55, -59, 37, -9 over 24; PRK's Runge-Kutta 1, 2, 2, 1 over 6;
+LMS's coefficients from diffusers' get_lms_coefficient) applied to the recorded outputs.
+"""
+
+import copy
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from precompute.loop import run_guidance_sweep  # noqa: E402
+from precompute.multistep import Tracker  # noqa: E402
+from tests.tiny_sd import tiny_components  # noqa: E402
+
+torch.set_num_threads(1)
+
+PROMPT, STEPS, SIZE, SEED = "a red circle on the left", 5, 16, 3
+MULTISTEP = ["lms", "pndm", "dpmpp_2m", "unipc"]
+# Reconstruction: rest + current + history_k are differences of a few float32 scheduler
+# steps on values of the latent's size, so their sum is off from prev_sample by float32
+# rounding of that size: 1e-5 of max|x_{t-1}| (about 100 ulps) is ample; a dropped or
+# double-counted stored output is off by a good fraction of the step's move (>= 1e-2 here).
+RECONSTRUCT_RTOL = 1e-5
+# Shares are ratios of sums over the latent of float32 parts: 1e-4 absolute (shares are
+# of order 1) allows the cancellation in x_{t-1} - rest (the move is ~1/10 of the latent).
+SHARE_ATOL = 1e-4
+
+
+def sweep(kind, name, scales=(0, 7.5)):
+    c = tiny_components(kind, name)
+    return c, run_guidance_sweep(c, PROMPT, SEED, list(scales), STEPS, SIZE, SIZE,
+                                 capture_attention=False)
+
+
+@pytest.mark.parametrize("kind, name", [("sd15", n) for n in MULTISTEP]
+                         + [("sd2v", n) for n in ("dpmpp_2m", "unipc")])
+def test_the_split_adds_up_to_the_schedulers_step_and_is_what_the_run_recorded(kind, name):
+    """Replay the recorded guided run with a fresh scheduler: at every call rest + current
+    + sum(history) equals the step's prev_sample, and the shares are the recorded ones."""
+    c, (_, run) = sweep(kind, name)
+    scheduler = copy.deepcopy(c.scheduler)
+    scheduler.set_timesteps(STEPS)
+    tracker, rec = Tracker(), run.multistep
+    assert len(rec["current"]) == len(rec["history"]) == len(run.timesteps)
+    for i, t in enumerate(scheduler.timesteps):
+        x_t, out = torch.from_numpy(run.latents[i][None]), torch.from_numpy(run.noise_pred[i][None])
+        before = copy.deepcopy(scheduler)
+        prev = scheduler.step(out, t, x_t).prev_sample
+        parts = tracker.step(before, out, prev, lambda s, o: s.step(o, t, x_t).prev_sample)
+        scale = float(prev.abs().max())
+        total = parts.rest + parts.current + sum(parts.history, torch.zeros_like(prev))
+        np.testing.assert_allclose(total.numpy(), prev.numpy(), rtol=0, atol=RECONSTRUCT_RTOL * scale,
+                                   err_msg=f"{name} call {i}")
+        np.testing.assert_allclose(prev[0].numpy(), run.latents[i + 1], rtol=0, atol=1e-6 * scale)
+        assert len(parts.history) == len(rec["history"][i]) and parts.history_calls == rec["history_calls"][i]
+        np.testing.assert_allclose([float(parts.current_share[0]), *parts.history_shares[0].tolist()],
+                                   [rec["current"][i], *rec["history"][i]], rtol=0, atol=SHARE_ATOL)
+    # a multistep solver uses earlier calls after its first step
+    assert rec["history_calls"][0] == 0 and max(rec["history_calls"]) >= 1
+
+
+@pytest.mark.parametrize("name", ["ddim", "euler", "heun"])
+def test_single_step_schedulers_record_no_history(name):
+    _, runs = sweep("sd15", name)
+    assert all(r.multistep is None for r in runs)
+
+
+def _shares(weighted):
+    """Per term, <w_k e_k, M> / <M, M> with M = sum_k w_k e_k: its share of the move."""
+    move = sum(w * e.astype(np.float64) for w, e in weighted)
+    return [float(w * (e * move).sum() / (move * move).sum()) for w, e in weighted]
+
+
+def test_pndm_shares_are_the_runge_kutta_and_adams_bashforth_weights_of_the_outputs():
+    """PNDM with PRK warm-up (4 calls per step for 3 steps, then PLMS). Its 4th Runge-Kutta
+    call moves by (e0 + 2 e1 + 2 e2 + e3) / 6 of its step's calls; the first PLMS call
+    with three stored outputs (the PRK steps' first calls, 0, 4, 8) by
+    (55 e12 - 59 e8 + 37 e4 - 9 e0) / 24; both through DDIM's transfer, which scales the
+    combination by one factor (epsilon prediction), so the shares are the weights'."""
+    _, (_, run) = sweep("sd15", "pndm")
+    rec, e = run.multistep, run.noise_pred
+    rk = _shares([(1, e[3]), (2, e[2]), (2, e[1]), (1, e[0])])
+    assert rec["history_calls"][3] == 3 and len(rec["history"][3]) == 1  # summed in cur_model_output
+    np.testing.assert_allclose([rec["current"][3], rec["history"][3][0]], [rk[0], sum(rk[1:])],
+                               rtol=0, atol=SHARE_ATOL)
+    assert rec["history_calls"][:3] == [0, 0, 0] and rec["current"][:3] == pytest.approx([1, 1, 1])
+    ab4 = _shares([(55, e[12]), (-59, e[8]), (37, e[4]), (-9, e[0])])
+    assert rec["history_calls"][12] == 3
+    np.testing.assert_allclose([rec["current"][12], *rec["history"][12]], ab4, rtol=0, atol=SHARE_ATOL)
+    assert ab4[0] > 1 and ab4[1] < 0  # an extrapolation: more than all of this call's output
+
+
+def test_lms_shares_are_its_coefficients_applied_to_the_stored_outputs():
+    """LMS with epsilon prediction: each stored derivative is the call's noise prediction,
+    x_{t-1} = x_t + sum_k c_k eps_k with diffusers' get_lms_coefficient."""
+    c, (_, run) = sweep("sd15", "lms")
+    scheduler = copy.deepcopy(c.scheduler)
+    scheduler.set_timesteps(STEPS)
+    for i in range(STEPS):
+        order = min(i + 1, 4)
+        weighted = [(scheduler.get_lms_coefficient(order, i, k), run.noise_pred[i - k]) for k in range(order)]
+        expected = _shares(weighted)
+        got = [run.multistep["current"][i], *run.multistep["history"][i]]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=SHARE_ATOL, err_msg=f"call {i}")
+
+
+def test_dpm_solver_shares_are_its_2m_weights_on_what_each_call_predicted():
+    """DPM-Solver++ 2M, epsilon prediction: x_{t-1} = (s_{t-1}/s_t) x_t + a_{t-1}(1 - e^-h)
+    ((1 + 1/2r) m_0 - 1/2r m_1), each m_k = x0 of call k = (x_k - sigma_k eps_k) / alpha_k.
+    What call k's UNet output moved is its -sigma_k/alpha_k eps_k (diffusers' sigmas are
+    that ratio); the x_k / alpha_k part is the latent's, in the rest, as for the current
+    call. The last step is first order (lower_order_final below 15 steps)."""
+    c, (_, run) = sweep("sd15", "dpmpp_2m")
+    scheduler = copy.deepcopy(c.scheduler)
+    scheduler.set_timesteps(STEPS)
+    sigma, e = scheduler.sigmas.double().numpy(), run.noise_pred
+    lam = -np.log(sigma[:-1])  # lambda = log(alpha / sigma_t) = -log(sigma)
+    for i in range(1, STEPS - 1):
+        r = (lam[i] - lam[i - 1]) / (lam[i + 1] - lam[i])
+        expected = _shares([((1 + 0.5 / r) * -sigma[i], e[i]), (-0.5 / r * -sigma[i - 1], e[i - 1])])
+        got = [run.multistep["current"][i], *run.multistep["history"][i]]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=SHARE_ATOL, err_msg=f"call {i}")
+    assert run.multistep["history"][0] == [] and run.multistep["history"][STEPS - 1] == []
