@@ -260,7 +260,7 @@ def run_guidance_sweep(
             control_kwargs = {} if control is None else control.unet_kwargs(
                 i, len(timesteps), latent_model_input, t, encoder_hidden_states, uncond_runs, text_runs)
             model_output = unet(latent_model_input, t, encoder_hidden_states=encoder_hidden_states,
-                                added_cond_kwargs=added_cond_kwargs, **control_kwargs, **few_kwargs,
+                                added_cond_kwargs=added_cond_kwargs, **control_kwargs,
                                 return_dict=False)[0]  # (Gu + Gt, C, h, w)
 
             # 5.2 Classifier-free guidance (Ho & Salimans 2022, eq. 6 with s = 1 + w),
