@@ -22,7 +22,11 @@ OPTIONAL_IMAGES = {"noise_pred_uncond": 0, "noise_pred_text": 0, "noise_pred": 0
 STEP_ARRAYS = {"latents": 1, "noise_pred": 0, "pred_original_sample": 0,
                "noise_pred_uncond": 0, "noise_pred_text": 0, "variance_noise": 0}
 # where a run's pred_original_sample comes from (run.json scheduler.pred_original_sample)
-X0_SOURCES = ("step", "model_outputs", "formula")
+X0_SOURCES = ("step", "model_outputs", "formula", "denoised", "flow")
+# config.guidance_mode (absent: classifier_free): "none", every run the prompt's prediction
+# alone (guidance 1; SD-Turbo's way); "embedding", an LCM UNet given w = g - 1 as an
+# embedding, no unconditional row (precompute/fewstep.py)
+GUIDANCE_MODES = ("classifier_free", "none", "embedding")
 ATTENTION_ARRAY = re.compile(r"attention(_res[1-9][0-9]{0,4}|_mid)?")  # (K, T, H, W) maps
 IMAGE_MIMES = {"image/png": (".png",), "image/webp": (".webp",), "image/jpeg": (".jpg", ".jpeg")}
 

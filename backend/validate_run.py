@@ -46,6 +46,7 @@ class _Run:
         self.rel, self.folder = f"runs/{rid}/run.json", f"runs/{rid}"
         self.steps = recorded_steps(config)                              # T: UNet calls
         self.num_inference_steps = config["num_inference_steps"]
+        self.guidance_mode = config.get("guidance_mode", "classifier_free")
         self.latent = config["latent_shape"]                             # [C, h, w]
         pid = m.get("prompt_id")
         self.prompt = prompts.get(pid) if isinstance(pid, str) else None
@@ -112,6 +113,10 @@ class _Run:
             if "variance_noise" not in arrays:
                 self.add("arrays.variance_noise", "is missing though scheduler.noise_scale is "
                          "there")
+        if "flow_time" in sched:  # a flow model's t = 1 - sigma of each call (fewstep.py)
+            self.need(sched, "flow_time", lambda v: is_numbers(v, steps) and 0 <= min(v)
+                      and max(v) <= 1, f"an array of {steps} numbers from 0 to 1", p)
+        self.check_guidance_mode()
         if "negative_prompt_id" in m:
             nid = m["negative_prompt_id"]
             if not (isinstance(nid, str) and nid in listed_prompts):
@@ -124,6 +129,15 @@ class _Run:
             if isinstance(arrays.get("noise_pred"), dict) and "derived" in arrays["noise_pred"]:
                 self.add("arrays.noise_pred.derived", "a guidance_rescale run's noise_pred is "
                          "not the guidance formula of its branches: it must be stored")
+
+    def check_guidance_mode(self) -> None:
+        """run.json's guidance_mode is the bundle's; a "none" run is at guidance 1."""
+        m, mode = self.m, self.guidance_mode
+        if "guidance_mode" in m and m["guidance_mode"] != mode:
+            self.add("guidance_mode", f"is {describe(m['guidance_mode'])}, the bundle's is {mode!r}")
+        if mode == "none" and is_number(self.g) and self.g != 1:
+            self.add("guidance_scale", f"is {self.g}; a bundle without classifier-free guidance "
+                     "(guidance_mode none: the prompt's prediction alone) has runs at 1 only")
 
     def check_attention(self) -> None:
         """`attention`: null, or tokens, resolutions and combined (what the API reads)."""
@@ -176,8 +190,8 @@ class _Run:
     def check_entries(self) -> None:
         arrays = self.need(self.m, "arrays", lambda v: isinstance(v, dict), "an object") or {}
         required = {"latents", "noise_pred", "pred_original_sample"}
-        if is_number(self.g) and self.g != 1:
-            required.add("noise_pred_uncond")
+        if is_number(self.g) and self.g != 1 and self.guidance_mode != "embedding":
+            required.add("noise_pred_uncond")  # an LCM's guidance is an embedding: no such row
         if is_number(self.g) and self.g != 0:
             required.add("noise_pred_text")
         for name in sorted(required - set(arrays)):

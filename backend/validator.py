@@ -27,7 +27,7 @@ import numpy as np
 from backend.format import (FILE_NAME, FORMAT, FORMAT_VERSION, ID, MAX_LATENT_CHANNELS,
                             MAX_LATENT_SIDE, MAX_STEPS, MAX_TOKENS, READABLE_VERSIONS,
                             SEED_KEY, SHA256, STORAGES, Problem, recorded_steps,
-                            sha256_file)
+                            sha256_file, GUIDANCE_MODES)
 
 _TRAJECTORY_FILE = re.compile(r"trajectories/[A-Za-z0-9][A-Za-z0-9_.-]{0,199}\.json")
 
@@ -344,6 +344,9 @@ def _check_config(c: Checker, cfg: dict | None) -> bool:
     for key in ("model_info", "scheduler_config"):
         if key in cfg:
             c.need(cfg, rel, key, lambda v: v is None or isinstance(v, dict), "an object", p)
+    if "guidance_mode" in cfg:  # few-step models (precompute/fewstep.py)
+        c.need(cfg, rel, "guidance_mode", lambda v: v in GUIDANCE_MODES,
+               f"one of {', '.join(GUIDANCE_MODES)}", p)
     if "conditioning" in cfg:  # SDXL's size and crop conditioning (precompute/sdxl.py)
         _check_conditioning(c, cfg["conditioning"], rel, p + "conditioning")
     if "default_guidance_scale" in cfg:

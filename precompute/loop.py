@@ -42,6 +42,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from precompute import multistep
 from precompute import sdxl
+from precompute import fewstep
 from precompute.attention import CrossAttentionCapture
 from precompute.model import SIGMA_LATENTS, Components, quiet_diffusers, scheduler_name
 
@@ -79,6 +80,7 @@ class RunResult:
     attention: dict[str, np.ndarray] | None  # "combined": (K, T, h, w), "res16": (K, T, 16, 16), ...
     attention_meta: dict | None
     control: object = None  # ControlNet: precompute/controlnet.py's ControlRecord; None: none
+    flow_time: np.ndarray | None = None  # (T,) flow models: t = 1 - sigma of each call (fewstep.py)
 
 
 # -- text ---------------------------------------------------------------------
@@ -146,6 +148,7 @@ def check_inputs(components, prompt, guidance_scales, num_inference_steps, heigh
                          f"{name!r} does not take it: use ddim, or no eta")
     if not 0 <= guidance_rescale <= 1:
         raise ValueError(f"guidance_rescale must be from 0 to 1, got {guidance_rescale}")
+    fewstep.check_inputs(components, name, guidance_scales, guidance_rescale)  # LCM's limits
 
 
 @torch.no_grad()
@@ -186,6 +189,7 @@ def run_guidance_sweep(
     runs = range(len(guidance_scales))
     uncond_runs = [g for g in runs if guidance_scales[g] != 1]  # need eps(x_t, t, negative)
     text_runs = [g for g in runs if guidance_scales[g] != 0]  # need eps(x_t, t, prompt)
+    uncond_runs, text_runs = fewstep.branch_rows(unet, runs, uncond_runs, text_runs)  # LCM: prompt rows only
     # the pipeline rescales only where it guides (do_classifier_free_guidance: scale > 1)
     rescaled = [g for g in runs if guidance_scales[g] > 1] if guidance_rescale > 0 else []
 
@@ -203,6 +207,7 @@ def run_guidance_sweep(
         [uncond_embeds] * len(uncond_runs) + [prompt_embeds] * len(text_runs)
     ).to(device, dtype)  # (Gu + Gt, 77, D)
     s = torch.tensor(guidance_scales, device=device, dtype=torch.float32).view(-1, 1, 1, 1)  # (G, 1, 1, 1)
+    few_kwargs = fewstep.unet_kwargs(unet, guidance_scales, text_runs, device, dtype)  # LCM: timestep_cond
     # 2b. SDXL only (else None): pooled text embeddings and size/crop conditioning per row
     added_cond_kwargs = sdxl.added_cond_kwargs(components, negative, tokens, len(uncond_runs),
                                                len(text_runs), height, width)
@@ -260,7 +265,7 @@ def run_guidance_sweep(
             control_kwargs = {} if control is None else control.unet_kwargs(
                 i, len(timesteps), latent_model_input, t, encoder_hidden_states, uncond_runs, text_runs)
             model_output = unet(latent_model_input, t, encoder_hidden_states=encoder_hidden_states,
-                                added_cond_kwargs=added_cond_kwargs, **control_kwargs,
+                                added_cond_kwargs=added_cond_kwargs, **control_kwargs, **few_kwargs,
                                 return_dict=False)[0]  # (Gu + Gt, C, h, w)
 
             # 5.2 Classifier-free guidance (Ho & Salimans 2022, eq. 6 with s = 1 + w),
@@ -288,7 +293,7 @@ def run_guidance_sweep(
             rows = _generators(takes_generator, state, len(guidance_scales))
             step = scheduler.step(noise_pred, t, x_t, **step_kwargs, **rows)
             latents = step.prev_sample
-            pred_original_sample = getattr(step, "pred_original_sample", None)
+            pred_original_sample, x0_from = fewstep.step_x0(step, scheduler, name, noise_pred, x_t, x0_from)
             if pred_original_sample is None:
                 pred_original_sample, x0_from = _x0(scheduler, noise_pred, x_t, alpha_cumprod)
             # 5.3b A multistep solver's step split into this call's and earlier calls' parts,
@@ -360,6 +365,7 @@ def run_guidance_sweep(
         alphas_cumprod=np.asarray(alphas_cumprod, np.float32),
         step_index=np.cumsum(starts) - 1,
         pred_original_sample_from=x0_from,
+        **fewstep.run_fields(scheduler, name),
     )
     results = []
     for g, guidance_scale in enumerate(guidance_scales):
@@ -417,6 +423,8 @@ def _starts_step(scheduler) -> bool:
 def _noise_level(scheduler, name: str, i: int, t) -> tuple[float | None, float]:
     """(sigma, alpha_bar) of the latent the UNet sees at call i (after scale_model_input).
     sigma only for SIGMA_LATENTS schedulers: their latent is x0 + sigma noise."""
+    if fewstep.is_flow(name):  # (1 - sigma) x0 + sigma noise: precompute/fewstep.py
+        return fewstep.noise_level(scheduler, i)
     if name in SIGMA_LATENTS:
         sigmas = scheduler.sigmas
         if getattr(scheduler, "sigmas_interpol", None) is not None and not scheduler.state_in_first_order:

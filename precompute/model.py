@@ -32,11 +32,15 @@ from diffusers import (
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
     KDPM2DiscreteScheduler,
+    LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
     UniPCMultistepScheduler,
 )
+
+from precompute.fewstep import (FlowMatchEulerScheduler, InstaFlowEulerScheduler, FEW_STEP,
+                                check_family, prediction_type)
 
 from precompute import sdxl
 
@@ -57,6 +61,11 @@ SCHEDULERS = {
                         {"algorithm_type": "dpmsolver++", "solver_order": 2,
                          "use_karras_sigmas": True}),
     "unipc": (UniPCMultistepScheduler, {}),
+    # few-step models (precompute/fewstep.py): LCM's denoised estimate and jump back to noise
+    # (stochastic); rectified-flow Euler in diffusers' convention and in InstaFlow's
+    "lcm": (LCMScheduler, {}),
+    "flow_euler": (FlowMatchEulerScheduler, {}),
+    "instaflow": (InstaFlowEulerScheduler, {}),
 }
 # Schedulers whose latent is x0 + sigma * noise (Karras et al. 2022's parametrization; the
 # UNet sees it divided by sqrt(sigma^2 + 1)): the bundle records their sigmas. The others'
@@ -106,7 +115,8 @@ def make_scheduler(name: str, base_config: dict):
     # x0 to [-1, 1] in latent space hurts their images, and the precompute says so).
     for key in SCHEDULE_KEYS:
         if base_config.get(key) and key not in _init_keys(scheduler_class):
-            able = [n for n, (c, _) in SCHEDULERS.items() if key in _init_keys(c)]
+            able = [n for n, (c, _) in SCHEDULERS.items() if key in _init_keys(c)
+                    and n not in FEW_STEP]  # LCM's sampler suits LCM models only
             raise ValueError(
                 f"scheduler {name!r} cannot follow this checkpoint's scheduler config: it sets "
                 f"{key}={base_config[key]!r}, which diffusers' {scheduler_class.__name__} does "
@@ -126,10 +136,11 @@ def quiet_diffusers():
 
 
 def name_of(scheduler_class, config) -> str | None:
-    """Our name for a scheduler class with this config, or None when we have none."""
+    """Our name for a scheduler class with this config, or None when we have none. Ours
+    may extend diffusers' class (the flow schedulers: precompute/fewstep.py)."""
     for name, (cls, fixed) in SCHEDULERS.items():
-        if cls is scheduler_class and all(config.get(k, _default(cls, k)) == v
-                                          for k, v in fixed.items()):
+        ours = isinstance(scheduler_class, type) and issubclass(cls, scheduler_class)
+        if ours and all(config.get(k, _default(cls, k)) == v for k, v in fixed.items()):
             return name
     return None
 
@@ -247,7 +258,7 @@ class Components:
         unet, scheduler = self.unet.config, self.scheduler
         return {
             "model_id": self.model_id,
-            "prediction_type": scheduler.config.prediction_type,
+            "prediction_type": prediction_type(scheduler, scheduler_name(scheduler)),
             "latent_channels": unet.in_channels,
             "vae_scale_factor": self.vae_scale_factor,
             "vae_scaling_factor": float(self.vae.config.scaling_factor),
@@ -294,6 +305,8 @@ def load_components(model: str, device="auto", dtype="auto", scheduler=None) -> 
             requires_safety_checker=False,
         )
     pipe.to(device)
+    name = scheduler or _own_name(type(pipe.scheduler), pipe.scheduler.config)
+    check_family(name, type(pipe.scheduler))  # flow vs diffusion (precompute/fewstep.py)
     text_encoder_2 = getattr(pipe, "text_encoder_2", None)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, text_encoder_2):
         if module is not None:
@@ -303,8 +316,7 @@ def load_components(model: str, device="auto", dtype="auto", scheduler=None) -> 
         text_encoder=pipe.text_encoder,
         unet=pipe.unet,
         vae=pipe.vae,
-        scheduler=make_scheduler(scheduler or _own_name(type(pipe.scheduler), pipe.scheduler.config),
-                                 pipe.scheduler.config),
+        scheduler=make_scheduler(name, pipe.scheduler.config),
         device=device,
         dtype=dtype,
         model_id=str(model),

@@ -151,7 +151,7 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
 
     import torch
 
-    from precompute import loop
+    from precompute import fewstep, loop
     from precompute.attention import check_levels, level_heights
     from precompute.latent_preview import fit_latent_preview
     from precompute.sdxl import conditioning
@@ -190,6 +190,7 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
     if settings.get("controlnet"):  # loaded and checked against the UNet before any run
         from precompute.controlnet import load_controlnet
         load_controlnet(settings["controlnet"], components)
+    settings["guidance_mode"] = _guidance_mode(out, components, settings, opts)  # fewstep.py
     if getattr(components.scheduler.config, "clip_sample", False):
         _say(opts, "note: this DDIM scheduler clips the predicted x_0 to [-1, 1] at every step "
              "(clip_sample=True: the checkpoint's scheduler config says so, or does not say and "
@@ -211,7 +212,8 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
         "storage": settings["storage"],
         "attention_levels": settings.get("attention_levels"),  # None (all but mid): dropped
         "latent_shape": [components.unet.config.in_channels, h, w],
-        "prediction_type": components.scheduler.config.get("prediction_type", "epsilon"),
+        "prediction_type": info["prediction_type"],  # flow models: "flow" (fewstep.py)
+        **fewstep.config_fields(settings["guidance_mode"]),
         "noise": loop.NOISE,
         # SDXL's size and crop conditioning (precompute/sdxl.py); None (dropped) for SD
         "conditioning": conditioning(components, settings["height"], settings["width"]),
@@ -458,13 +460,29 @@ def _device_for_rank(device: str) -> str:
 
 # ------------------------------------------------------------------- one run's files
 
+def _guidance_mode(out: Path, components, settings: dict, opts: Options) -> str:
+    """The bundle's guidance mode (precompute/fewstep.py: none, embedding), said once."""
+    from precompute import fewstep
+    from precompute.writer import read_config
+
+    existing = read_config(out) if (out / "config.json").exists() else None
+    mode = fewstep.bundle_guidance_mode(components.unet, settings["guidance_scales"], existing)
+    for note in fewstep.notes(components.scheduler, settings["guidance_scales"]):
+        _say(opts, note)
+    if mode == "none":
+        _say(opts, f"guidance: {fewstep.NO_CFG_WORDS} (guidance_scales = [1])")
+    return mode
+
+
 def _run_task(writer, r, rid, frames, settings):
     """What a writer process needs to write one run (precompute/pipeline_io.py): its
     manifest, arrays, and the VAE's frames (`frames`: a pipeline_io.DecodedRun)."""
+    from precompute import fewstep
     from precompute.latent_preview import bundle_latent_preview
     from precompute.pipeline_io import RunTask
 
     preview = bundle_latent_preview(writer.root)  # the model's one map, the same for every run
+    few = fewstep.run_record(r, settings.get("guidance_mode", "classifier_free"))  # fewstep.py
     # the writer makes the previews of latents and noise predictions from these arrays
     arrays = {"latents": r.latents, "noise_pred": r.noise_pred,
               "pred_original_sample": r.pred_original_sample}
@@ -485,7 +503,9 @@ def _run_task(writer, r, rid, frames, settings):
         "scheduler": {"name": settings["scheduler"], "timesteps": [float(t) for t in r.timesteps],
                       "sigmas": None if r.sigmas is None else [float(s) for s in r.sigmas],
                       "alphas_cumprod": [float(a) for a in r.alphas_cumprod],
-                      "weaken": [float(x) for x in r.weaken], **scheduler_record(r)},
+                      "weaken": [float(x) for x in r.weaken], **scheduler_record(r),
+                      **few.pop("scheduler", {})},
+        **few,
         "latent_preview": preview,
         "attention": attention,
     }, arrays, {"decoded": (frames.decoded, "webp"),

@@ -300,7 +300,7 @@ def test_a_scheduler_that_would_drop_zero_terminal_snr_is_refused(name):
     assert make_scheduler(name, {**base, "rescale_betas_zero_snr": False})  # SD 2.x's case
 
 
-@pytest.mark.parametrize("name", ["dpm++", "lcm", "auto"])
+@pytest.mark.parametrize("name", ["dpm++", "tcd", "auto"])
 def test_unsupported_scheduler_raises_naming_the_supported_ones(name):
     with pytest.raises(ValueError, match="pndm, lms, ddim, .*unipc"):
         make_scheduler(name, {})

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 JS = ROOT / "frontend" / "js"
-MODULES = ("wording.js", "scheduler-words.js")  # wording.js and what it imports
+MODULES = ("wording.js", "scheduler-words.js", "fewstep-words.js")  # wording.js and its imports
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="needs node (to run the ES module)")
 

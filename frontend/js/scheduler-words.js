@@ -32,6 +32,7 @@ export const MULTI_CALL = ["heun", "kdpm2", "pndm"];
 const NAMES = {  // ddim, lms, euler: their bundle names upper-cased, as the page has always said
   pndm: "PNDM (PLMS)", euler_a: "Euler ancestral", ddpm: "DDPM", heun: "Heun", kdpm2: "KDPM2",
   dpmpp_2m: "DPM-Solver++ 2M", dpmpp_2m_karras: "DPM-Solver++ 2M Karras", unipc: "UniPC",
+  lcm: "LCM", flow_euler: "Rectified-flow Euler", instaflow: "InstaFlow Euler",  // fewstep-words.js
 };
 
 /** The scheduler's name for people ("Euler ancestral"), or its bundle name upper-cased. */

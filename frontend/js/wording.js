@@ -21,13 +21,19 @@ import {
   FAMILIES, MULTI_CALL, SIGMA_LATENTS, familyRescale, familyStep, schedulerTitle, x0Source,
 } from "./scheduler-words.js";
 
+import {
+  FLOW_OUTPUTS, fewStep, fewX0Formula, flowNumbersText, flowTexts, guidanceModeText,
+} from "./fewstep-words.js";
+
 export { schedulerTitle, stepNumbersText } from "./scheduler-words.js";
+export { flowNumbersText } from "./fewstep-words.js";
 
 /** What the UNet outputs, by prediction type: words and a TeX symbol. */
 const OUTPUTS = {
   epsilon: { name: "noise", Name: "Noise", symbol: "\\epsilon", guided: "Guided noise" },
   v_prediction: { name: "v", Name: "v", symbol: "v", guided: "Guided v" },
   sample: { name: "clean latent", Name: "Clean latent", symbol: "x_0", guided: "Guided clean latent" },
+  ...FLOW_OUTPUTS,  // rectified flow's velocity (fewstep-words.js)
 };
 
 /** The bundle's model, as the facts the wording depends on. */
@@ -48,7 +54,8 @@ export function modelFacts(index) {
     schedulerClass: scheduler.class || null,
     sigmaScaled: SIGMA_LATENTS.includes(name),
     multiCall: MULTI_CALL.includes(name),
-    stochastic: name === "euler_a" || name === "ddpm" || (name === "ddim" && eta > 0),
+    stochastic: name === "euler_a" || name === "ddpm" || name === "lcm" || (name === "ddim" && eta > 0),
+    guidanceMode: config.guidance_mode || "classifier_free",  // fewstep-words.js
     eta,
     guidanceRescale: Number(config.guidance_rescale) || 0,
     steps,
@@ -80,7 +87,7 @@ export function outputOf(facts) {
 export function schedulerStep(facts) {
   const o = outputOf(facts).symbol;
   const { scheduler, prediction } = facts;
-  const family = familyStep(facts, o);
+  const family = fewStep(facts, o) || familyStep(facts, o);
   if (family) return family;
   if (scheduler === "euler" && prediction === "epsilon") {
     return { step: `x_{s+1} = x_s - w\\,\\hat{${o}}`, weaken: "w = \\sigma_s - \\sigma_{s+1}", remainder: "none",
@@ -150,6 +157,8 @@ export function remainderLabel(facts) {
 /** The predicted clean latent from the model output, for this prediction type and scheduler (TeX). */
 export function x0Formula(facts) {
   const { prediction, sigmaScaled } = facts;
+  const few = fewX0Formula(facts);
+  if (few) return few;
   if (prediction === "sample") return "\\hat x_0 = \\text{the UNet's output itself}";
   if (prediction === "v_prediction") {
     return sigmaScaled ? "\\hat x_0 = \\frac{x}{\\sigma^2+1} - \\frac{\\sigma}{\\sqrt{\\sigma^2+1}}\\,\\hat v"
@@ -289,6 +298,8 @@ export function wording(index) {
       + "at every scale above 1 the guided prediction is scaled to the spread (standard deviation) of the prompt's own prediction and mixed back "
       + "with weight φ. Large scales inflate the guided prediction's spread, which overexposes the image, most of all in zero-SNR and "
       + "v-prediction models; the rescaling undoes that while keeping the direction guidance chose. The guidance view shows the factor of each step." : "",
+    "guidance-mode-text": guidanceModeText(facts.guidanceMode),
+    ...flowTexts(facts),  // a flow model's velocity, loss and noising (fewstep-words.js)
   };
   return {
     facts,
@@ -306,6 +317,7 @@ export function wording(index) {
       stochastic: facts.stochastic,
       "multi-call": facts.multiCall,
       "guidance-rescale": phi > 0,
+      "guidance-mode": texts["guidance-mode-text"] !== "",
     },
   };
 }
