@@ -219,12 +219,15 @@ class _PendingJob:
 class RunWriters:
     """Writes runs in `workers` processes (0: in this one), at most `max_pending` runs
     queued; `submit` returns at once unless the queue is full. `waited` counts the seconds
-    the caller spent waiting for writers (serial writes, a full queue, the final drain)."""
+    the caller spent waiting for writers (serial writes, a full queue, the final drain);
+    `drain_waited` is the final drain's share: the last job's writes, which no later job
+    can overlap (one job's worth however many jobs a precompute has)."""
 
     def __init__(self, root: Path, config: dict, workers: int, max_pending: int | None = None):
         self.root, self.config, self.workers = str(root), dict(config), int(workers)
         self.max_pending = max_pending or max(2, 2 * self.workers)
         self.waited = 0.0
+        self.drain_waited = 0.0    # of `waited`: in drain()
         self.write_seconds = 0.0   # time spent writing, summed over workers
         self._pool = None
         self._jobs: list[_PendingJob] = []
@@ -281,9 +284,10 @@ class RunWriters:
 
     def drain(self) -> list[tuple[str, bool]]:
         """Wait for every queued run; returns what finished."""
-        done = []
+        done, before = [], self.waited
         while self._jobs:
             done += self._collect(block=True)
+        self.drain_waited += self.waited - before
         return done
 
     def close(self, cancel: bool = False) -> None:

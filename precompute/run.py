@@ -263,6 +263,7 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
                # the model's work, and how long it waited on writers (pipeline_io)
                "compute_seconds": round(compute_seconds, 2),
                "write_wait_seconds": round(writers.waited, 2),
+               "write_drain_seconds": round(writers.drain_waited, 2),  # of it: the last job's writes
                "write_seconds": round(writers.write_seconds, 2), "workers": writers.workers}
     _say(opts, f"computed {computed} runs in {elapsed:.1f} s; the bundle has "
          f"{len(index['runs'])} runs" + (f"; {skipped_busy} jobs were being computed by "
