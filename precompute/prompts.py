@@ -48,7 +48,7 @@ from precompute.writer import STORAGES, prompt_id, slugify
 
 # precompute/model.py's SCHEDULERS (named here too, so the CLI's --help needs no torch)
 SCHEDULERS = ("pndm", "lms", "ddim", "ddpm", "euler", "euler_a", "heun", "kdpm2", "dpmpp_2m",
-              "dpmpp_2m_karras", "unipc")
+              "dpmpp_2m_karras", "unipc", "lcm", "flow_euler", "instaflow")
 SETTINGS_KEYS = {"model", "scheduler", "num_inference_steps", "height", "width", "seeds",
                  "guidance_scales", "image_size", "storage", "attention_levels", "eta",
                  "guidance_rescale", "negative_prompt",
