@@ -17,6 +17,7 @@ fraction of its scale (test_conditioning_inputs_change_the_latent shows how much
 
 import json
 import os
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -27,6 +28,7 @@ import torch  # noqa: E402
 from precompute import sdxl  # noqa: E402
 from precompute.loop import encode_prompt_tokens, run_guidance_sweep  # noqa: E402
 from precompute.model import load_components  # noqa: E402
+from tests.browser_helpers import SKIP_REASON, browser_available  # noqa: E402
 from tests.test_loop import PIPELINE_RTOL, assert_close_to_scale  # noqa: E402
 from tests.tiny_sd import build_tokenizer  # noqa: E402
 
@@ -217,3 +219,45 @@ def test_a_bad_second_token_row_or_conditioning_is_named_by_the_validator(sdxl_b
     (bad / "bundle.json").write_text(json.dumps(index_doc))
     problems = [(p.file, p.field) for p in validate_bundle(bad, checksums=False)]
     assert ("bundle.json", "config.conditioning.crops_coords_top_left") in problems
+
+
+# -- the app's text level ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def context(browser):
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    yield context
+    context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not browser_available(), reason=SKIP_REASON)
+def test_the_text_level_shows_both_token_rows_and_the_conditioning_inputs(page, sdxl_bundle, shots,
+                                                                          base_url):
+    from tests.browser_helpers import serve_bundle, wait_ready
+
+    with serve_bundle(sdxl_bundle) as url:
+        page.goto(f"{url}?open=text")
+        wait_ready(page, 30_000)
+        first, second = page.locator("#token-chips .chip"), page.locator("#token-chips-2 .chip")
+        second.first.wait_for()
+        labels, labels_2 = first.all_inner_texts(), second.all_inner_texts()
+        assert labels_2[:-1] == labels[:-1] and labels[-1].startswith("end ×")
+        assert re.fullmatch(r"“!” × \d+", labels_2[-1]), labels_2  # OpenCLIP pads with "!"
+        conditioning = page.locator("#sdxl-conditioning")
+        assert conditioning.get_attribute("data-time-ids") == f"{SIZE},{SIZE},0,0,{SIZE},{SIZE}"
+        rows = page.locator("#sdxl-conditioning .conditioning-row").all_inner_texts()
+        assert [r.split()[0] for r in rows] == ["original_size", "crops_coords_top_left", "target_size"]
+        assert f"{SIZE} × {SIZE} px" in rows[0] and page.locator("#sdxl-zeros-note").is_visible()
+        second.nth(2).click()  # a token of either row selects that position in both
+        page.locator("#token-chips .chip.is-selected").wait_for()
+        assert page.locator("#token-chips .chip.is-selected").inner_text() == labels[2]
+        assert "token=2" in page.url
+        for width, height in ((390, 844), (1366, 768), (1920, 1080)):
+            page.set_viewport_size({"width": width, "height": height})
+            page.locator("#sdxl-text").scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / f"sdxl-text-{width}.png"))
+    page.goto(f"{base_url}?open=text")  # an SD bundle: no second row
+    wait_ready(page)
+    page.locator("#token-chips .chip").first.wait_for()
+    assert page.locator("#sdxl-text").is_hidden()

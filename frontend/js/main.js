@@ -23,7 +23,7 @@ import { guidanceFormula, guidanceSlider, sweep } from "./views/guidance-panel.j
 import { imagePanel } from "./views/image-panel.js";
 import { promptPicker } from "./views/prompt-picker.js";
 import { promptWords } from "./views/prompt-words.js";
-import { tokenChips, vectorStrips } from "./views/text-panel.js";
+import { conditioningInputs, tokenChips, vectorStrips } from "./views/text-panel.js";
 import { timestepController } from "./views/timestep-controller.js";
 import { trajectoryMap } from "./views/trajectory-map.js";
 import { livePrompt } from "./views/live-prompt.js";
@@ -115,6 +115,8 @@ async function start() {
     guidance: choiceHandlers(choice(), store, "guidance"),
     words: promptWords().on("token", toggleToken),
     chips: tokenChips().on("token", toggleToken),
+    chips2: tokenChips().on("token", toggleToken), // SDXL's tokenizer_2
+    conditioning: conditioningInputs(),
     strips: vectorStrips().on("cell", (cell) => {
       d3.select("#vector-readout").text(cell
         ? `“${cell.row.label}”, number ${cell.dim}: ${d3.format(".3f")(cell.value)}`
@@ -213,6 +215,13 @@ async function start() {
       d3.select("#truncation-note").property("hidden", !m.text.chips.truncated);
       d3.select("#compare-empty").property("checked", state.vsEmpty);
       if (m.text.strips) d3.select("#vector-strips").datum(m.text.strips).call(views.strips);
+      const sdxl = m.text.sdxl; // SDXL: the second token row and the conditioning inputs
+      d3.select("#sdxl-text").property("hidden", !sdxl);
+      if (sdxl) d3.select("#token-chips-2").datum(sdxl.chips).call(views.chips2);
+      const cond = sdxl && sdxl.conditioning;
+      d3.select("#sdxl-conditioning").property("hidden", !cond);
+      if (cond) d3.select("#sdxl-conditioning").datum(cond).call(views.conditioning);
+      d3.select("#sdxl-zeros-note").property("hidden", !(cond && cond.force_zeros_for_empty_prompt));
     }
     if (m.image) d3.select("#panel-image").datum(m.image).call(views.imagePanel);
     if (m.guidancePanel) {

@@ -116,7 +116,15 @@ export function createModel(index, api) {
     }
     const { pieces, n_real: nReal } = prompt.json.tokens;
     const pad = paddingWords(nReal < pieces.length ? pieces[nReal] : null, pieces[nReal - 1]);
-    return { chips: { ...prompt.tokens, pad, selected: state.token }, strips };
+    return { chips: { ...prompt.tokens, pad, selected: state.token }, strips, sdxl: sdxlText(state, prompt) };
+  }
+
+  /** SDXL: the second tokenizer's chips and the size and crop conditioning (text-panel.js). */
+  function sdxlText(state, prompt) {
+    const t2 = prompt.json.tokens_2;
+    if (!t2) return null;
+    const pad = paddingWords(t2.n_real < t2.pieces.length ? t2.pieces[t2.n_real] : null, t2.pieces[t2.n_real - 1]);
+    return { chips: { ...tokenList({ tokens: t2 }), pad, selected: state.token }, conditioning: index.config.conditioning || null };
   }
 
   function attention(state, runId, run, prompt, i, hover) {

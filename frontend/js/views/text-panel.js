@@ -7,6 +7,10 @@
  *                 CLIP pads with its end token, SD 2's tokenizers with "!"
  * vectorStrips(): datum {rows: [{k, label, values, empty, cosine}], dim, domain}; event
  *                 "cell" ({row, dim, value, empty}) while hovering, null on leave
+ * conditioningInputs(): SDXL's size and crop conditioning, datum config.json's
+ *                 `conditioning` {original_size, crops_coords_top_left, target_size}:
+ *                 one row per input and the six time ids the UNet gets. (SDXL's second
+ *                 tokenizer's row is another tokenChips().)
  */
 import { d3 } from "../lib.js";
 import { fmt } from "../data.js";
@@ -141,5 +145,39 @@ export function vectorStrips() {
     listeners.on(type, fn);
     return view;
   };
+  return view;
+}
+
+/** SDXL's micro-conditioning inputs as rows "name  value" and the time ids they make. */
+export function conditioningInputs() {
+  const pair = (v, sep) => v.join(sep);
+
+  function view(selection) {
+    selection.each(function draw(d) {
+      const rows = [
+        { key: "original_size", value: `${pair(d.original_size, " × ")} px`, title: "the size of the training image before any resizing (height × width)" },
+        { key: "crops_coords_top_left", value: `(${pair(d.crops_coords_top_left, ", ")})`, title: "where a crop of that image started (top, left); (0, 0): not cropped" },
+        { key: "target_size", value: `${pair(d.target_size, " × ")} px`, title: "the size of the image to make (height × width)" },
+      ];
+      const ids = [...d.original_size, ...d.crops_coords_top_left, ...d.target_size];
+      const host = d3.select(this).attr("data-time-ids", ids.join(","));
+      const row = host.selectAll(".conditioning-row")
+        .data(rows, (r) => r.key)
+        .join((enter) => {
+          const r = enter.append("div").attr("class", "conditioning-row");
+          r.append("code").attr("class", "conditioning-name");
+          r.append("span").attr("class", "conditioning-value");
+          return r;
+        })
+        .attr("title", (r) => r.title);
+      row.select(".conditioning-name").text((r) => r.key);
+      row.select(".conditioning-value").text((r) => r.value);
+      host.selectAll(".conditioning-ids")
+        .data([ids])
+        .join("p")
+        .attr("class", "conditioning-ids")
+        .text((v) => `time_ids = [${v.join(", ")}]`);
+    });
+  }
   return view;
 }
