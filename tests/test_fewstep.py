@@ -257,6 +257,22 @@ def test_bundles_of_a_flow_model_an_lcm_and_a_run_without_guidance_validate(fold
     assert "no classifier-free guidance: the prompt's prediction alone" in log
     with pytest.raises(ValueError, match="made with no classifier-free guidance"):
         _bundle(out, tiny_pipeline_path("sd15"), [1, 7])
+    # the validator holds a bundle to its mode: a "none" run is at guidance 1, the mode named
+    from backend.validator import validate_bundle
+
+    index = json.loads((out / "bundle.json").read_text())
+    (rid,) = index["runs"]
+    run_path = out / "runs" / rid / "run.json"
+    run_path.write_text(json.dumps({**run, "guidance_mode": "embedding"}))
+    index["config"]["guidance_mode"] = "sometimes"
+    (out / "bundle.json").write_text(json.dumps(index))
+    problems = {(p.field, p.message) for p in validate_bundle(out, checksums=False)}
+    assert any(f == "config.guidance_mode" and "classifier_free, none, embedding" in m
+               for f, m in problems), problems
+    index["config"]["guidance_mode"] = "none"
+    (out / "bundle.json").write_text(json.dumps(index))
+    problems = {(p.field, p.message) for p in validate_bundle(out, checksums=False)}
+    assert ("guidance_mode", 'is the string "embedding", the bundle\'s is \'none\'') in problems
 
 
 # -- what the page says -----------------------------------------------------------------
