@@ -21,8 +21,10 @@ The latent-preview map (fitted once per bundle from 24 VAE encodes and decodes) 
 once, outside the timings, on fewer images (--preview-images), and reused by every
 precompute; the precompute's seconds are the rest of it (prompts, jobs, trajectories,
 index).
-Per-part costs (seconds per UNet row, per VAE decode) come from the same runs and project
-each ratio to 50 steps. Prints a table per size; --out writes JSON.
+Each variant's CPU seconds (this process, one torch thread) are printed beside its wall
+seconds: on a shared CPU they, not the wall times, give the ratios. Per-part costs (CPU
+seconds per UNet row, per VAE decode) come from the same runs and project each ratio to
+50 steps. Prints a table per size; --out writes JSON.
 Random weights: images are noise, timings real. The CPU is shared: run with `nice`, read
 the load average printed at the start and the end.
 """
@@ -71,6 +73,8 @@ def parse_args(argv=None):
     p.add_argument("--preview-images", type=int, default=2,
                    help="images the latent-preview map is fitted on, once (the precompute: 24)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--table", type=Path, default=None,
+                   help="print the table of a saved --out file (derived columns recomputed)")
     return p.parse_args(argv)
 
 
@@ -118,7 +122,7 @@ def measure_size(components, args, size: int, workdir: str) -> dict:
     best = {}
     for _ in range(args.repeat):
         for name, kind, workers in variants_at(args, size):
-            v = {"seconds": 0.0}
+            v, cpu = {"seconds": 0.0}, time.process_time()
             if kind == "plain":
                 v["seconds"], _ = gpu_check.timed(components, lambda: gpu_check.run_plain(
                     components, args, prompts, seeds, args.steps, size))
@@ -130,7 +134,8 @@ def measure_size(components, args, size: int, workdir: str) -> dict:
                 v["seconds"], summary = gpu_check.run_precompute(
                     components, opts, prompts, seeds, args.steps, size, workdir)
                 v.update(job_loop(summary, jobs))
-            print(f"  {name}: {v['seconds']:.1f} s", flush=True)
+            v["cpu_seconds"] = round(time.process_time() - cpu, 2)
+            print(f"  {name}: {v['seconds']:.1f} s ({v['cpu_seconds']:.1f} s CPU)", flush=True)
             if name not in best or v["seconds"] < best[name]["seconds"]:
                 best[name] = v
     return {"size": size, "seeds": seeds, "jobs": jobs, "workload": work, "variants": best,
@@ -140,27 +145,33 @@ def measure_size(components, args, size: int, workdir: str) -> dict:
 
 def job_loop(summary: dict, jobs: int) -> dict:
     """The precompute's job loop: compute, waits on writers, wall / compute measured and
-    projected to the full set's jobs (per-job compute and in-loop waits, one final drain;
-    None from one job, which measures no in-loop wait)."""
+    projected to the full set's jobs: per job its compute and its in-loop wait, plus one
+    final drain. With writer processes, a job's in-loop wait is at least what the writers
+    fall behind in steady state, (write seconds per job / workers) - compute per job: a
+    run of two jobs cannot show it (the queue holds two runs a worker)."""
     compute, wait = summary["compute_seconds"], summary["write_wait_seconds"]
-    drain = summary["write_drain_seconds"]
+    drain, workers = summary["write_drain_seconds"], summary["workers"]
     per_job_compute, per_job_wait = compute / jobs, (wait - drain) / jobs
+    if workers:
+        behind = summary["write_seconds"] / jobs / workers - per_job_compute
+        per_job_wait = max(per_job_wait, behind)
     full = FULL_SET_JOBS * per_job_compute
-    return {"computed": summary["computed"], "workers": summary["workers"],
+    return {"computed": summary["computed"], "workers": workers,
             "compute_seconds": compute, "write_wait_seconds": wait, "write_drain_seconds": drain,
             "write_seconds": summary["write_seconds"], "bundle_bytes": summary["bundle_bytes"],
             "wall_over_compute": round((compute + wait) / compute, 3),
-            "wall_over_compute_full_set": None if jobs < 2 and summary["workers"] else
-            round((full + FULL_SET_JOBS * per_job_wait + drain) / full, 3)}
+            "wall_over_compute_full_set": round((full + FULL_SET_JOBS * per_job_wait + drain)
+                                                / full, 3)}
 
 
 def parts(variants: dict, work: dict, scales, n_prompts: int, n_seeds: int) -> dict:
-    """Seconds per UNet row and per VAE decode (with the capture and staging around it) from
-    the loop and the serial-or-pool precompute's compute, and the 50-step projection."""
-    loop = next(v for n, v in variants.items() if n.startswith("(b)"))["seconds"]
-    pre = next(v for n, v in variants.items() if n.startswith("(a) "))
+    """CPU seconds per UNet row (the loop) and per VAE decode (what the pool's precompute
+    adds to the loop in this process: the decodes, with the capture, staging and the
+    bundle's prompts and index around them), and the 50-step projection."""
+    loop = next(v for n, v in variants.items() if n.startswith("(b)"))["cpu_seconds"]
+    pre = next(v for n, v in variants.items() if n.startswith("(a) "))["cpu_seconds"]
     row = loop / work["precompute_unet_rows"]
-    decode = max(0.0, pre["compute_seconds"] - loop) / work["precompute_decodes"]
+    decode = max(0.0, pre - loop) / work["precompute_decodes"]
     at50 = gpu_check.workload(scales, n_prompts, n_seeds, 50)
     plain50 = at50["plain_unet_rows"] * row + at50["plain_decodes"] * decode
     pre50 = at50["precompute_unet_rows"] * row + at50["precompute_decodes"] * decode
@@ -173,37 +184,47 @@ def parts(variants: dict, work: dict, scales, n_prompts: int, n_seeds: int) -> d
 def print_table(result: dict) -> None:
     for r in result["sizes"]:
         v = r["variants"]
-        plain = v["(c) plain StableDiffusionPipeline"]["seconds"]
-        loop = v["(b) loop, no captures or decodes"]["seconds"]
+        plain, loop = (v[n]["cpu_seconds"] for n in ("(c) plain StableDiffusionPipeline",
+                                                      "(b) loop, no captures or decodes"))
         print(f"\n{r['size']} px, {r['workload']['runs']} runs in {r['jobs']} jobs "
               f"(load average after: {r['load_average']})")
-        print(f"{'variant':<36} {'seconds':>8} {'vs (b)':>7} {'vs (c)':>7} {'compute':>8} "
+        print(f"{'variant':<36} {'seconds':>8} {'CPU s':>7} {'vs (b)':>7} {'vs (c)':>7} {'compute':>8} "
               f"{'waited':>7} {'drain':>6} {'wall/compute':>13} {'full set':>9}")
         for name, x in v.items():
             cols = ""
             if "compute_seconds" in x:
                 cols = (f"{x['compute_seconds']:8.1f} {x['write_wait_seconds']:7.1f} "
                         f"{x['write_drain_seconds']:6.1f} {x['wall_over_compute']:13.3f} "
-                        f"{_or_dash(x['wall_over_compute_full_set']):>9}")
-            print(f"{name:<36} {x['seconds']:8.1f} {x['seconds'] / loop:6.2f}x "
-                  f"{x['seconds'] / plain:6.2f}x {cols}")
+                        f"{x['wall_over_compute_full_set']:9.3f}")
+            print(f"{name:<36} {x['seconds']:8.1f} {x['cpu_seconds']:7.1f} "
+                  f"{x['cpu_seconds'] / loop:6.2f}x {x['cpu_seconds'] / plain:6.2f}x {cols}")
         p = r["parts"]
         print(f"per UNet row {p['seconds_per_unet_row']} s, per VAE decode "
               f"{p['seconds_per_decode']} s; at 50 steps: precompute / plain = "
               f"{p['projected_50_steps']['precompute_over_plain']}x, decodes "
               f"{p['projected_50_steps']['decode_share_of_precompute']:.0%} of the precompute")
-    print(f"\ntarget: the job loop's wall <= {TARGET} x its compute; 'full set' projects "
+    print("\nvs (b), vs (c): ratios of the CPU seconds of this process (one torch thread: "
+          "not inflated by other processes' load; the writer pool's own CPU not counted)")
+    print(f"target: the job loop's wall <= {TARGET} x its compute; 'full set' projects "
           f"{FULL_SET_JOBS} jobs (per-job compute and waits, one final drain). "
           f"Load average at start {result['load_average_start']}, end "
           f"{result['load_average_end']}; total {result['total_seconds']} s")
 
 
-def _or_dash(x) -> str:
-    return "-" if x is None else f"{x:.3f}"
+def reprint(path: Path) -> dict:
+    result = json.loads(path.read_text())
+    for r in result["sizes"]:
+        for v in r["variants"].values():
+            if "compute_seconds" in v:
+                v.update(job_loop(v, r["jobs"]))
+    print_table(result)
+    return result
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.table:
+        return reprint(args.table)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -229,10 +250,11 @@ def main(argv=None):
         result["sizes"] = [measure_size(components, args, size, workdir) for size in sizes]
     result["load_average_end"] = gpu_check._load()
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
-    print_table(result)
-    if args.out:
+    if args.out:  # first: the measurements outlive a failing table
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print_table(result)
+    if args.out:
         print(f"wrote {args.out}")
     return result
 

@@ -2,6 +2,7 @@
 widths it runs every variant side by side and reports the job loop's waits on writers."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,8 @@ def test_bench_sd_shapes_times_every_variant_and_the_waits_on_writers(tmp_path):
     from precompute import latent_preview
 
     fit, n_images = latent_preview.fit_latent_preview, latent_preview.N_IMAGES
-    result = _bench().main(["--quick", "--sizes", "64", "--steps", "1", "--seeds", "1", "2",
+    bench = _bench()
+    result = bench.main(["--quick", "--sizes", "64", "--steps", "1", "--seeds", "1", "2",
                             "--serial-up-to", "64", "--out", str(tmp_path / "r.json")])
     # the benchmark's cached preview map is its own: the module is as it was
     assert latent_preview.fit_latent_preview is fit and latent_preview.N_IMAGES == n_images
@@ -44,4 +46,6 @@ def test_bench_sd_shapes_times_every_variant_and_the_waits_on_writers(tmp_path):
     for x in (serial, pool):
         assert x["wall_over_compute"] >= 1 and x["wall_over_compute_full_set"] >= 1
     assert size["parts"]["seconds_per_unet_row"] > 0
-    assert (tmp_path / "r.json").exists()
+    # --table reprints the saved measurements with the same derived columns
+    again = bench.main(["--table", str(tmp_path / "r.json")])
+    assert again["sizes"][0]["variants"] == json.loads(json.dumps(v))
