@@ -57,11 +57,12 @@ def index_document(body: bytes) -> bytes:
 
 
 def app_arrays(store, rid: str) -> list[str]:
-    """The run arrays the front end reads (the comparison's latents and every attention
-    level it can show), with the arrays they are derived from."""
+    """The run arrays the front end reads (the comparison's latents, every attention
+    level it can show and a ControlNet run's maps), with the arrays they are derived from."""
     arrays = store.bundle.runs[rid]["arrays"]
     wanted = [n for n in APP_ARRAYS if n in arrays]
     wanted += [store.attention_name(rid, res) for res in store.resolutions(rid)]
+    wanted += (store.bundle.runs[rid].get("controlnet") or {}).get("maps", [])  # ControlNet's
     names: list[str] = []
     while wanted:
         name = wanted.pop(0)

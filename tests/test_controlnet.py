@@ -237,5 +237,80 @@ def test_the_api_serves_the_control_record_lookup_and_image(bundle):
     assert index["runs"][by_scale["1"]]["controlnet_conditioning_scale"] == 1
     doc = client.get(f"/api/runs/{by_scale['1']}.json").get_json()
     assert doc["controlnet"]["conditioning_scale"] == 1
+    from tests.test_api import check_schema  # docs/openapi.yaml describes both
+    assert check_schema(index, {"$ref": "#/components/schemas/Index"}) == []
+    assert check_schema(doc, {"$ref": "#/components/schemas/Run"}) == []
     assert client.get("/" + doc["images"]["control_image"]["url"]).status_code == 200
     assert client.get("/" + doc["arrays"]["controlnet_res8"]["url"]).status_code == 200
+
+
+def test_a_compact_copy_validates_and_exports_the_control_image_and_maps(bundle, tmp_path):
+    from backend import create_app
+    from backend.export_cli import write_site
+    from backend.validator import validate_bundle
+    from precompute.compact import compact_bundle
+
+    compact = tmp_path / "compact"
+    compact_bundle(bundle[0], compact)
+    assert validate_bundle(compact, checksums=True, decode=True) == []
+    site = tmp_path / "site"
+    write_site(create_app({"BUNDLE_DIR": compact}), site)
+    index = json.loads((site / "api/index.json").read_text())
+    rid = next(r for r, e in index["runs"].items() if e.get("controlnet_conditioning_scale") == 1)
+    doc = json.loads((site / f"api/runs/{rid}.json").read_text())
+    assert doc["controlnet"]["maps"][0] == "controlnet_res8"
+    assert (site / doc["images"]["control_image"]["url"].split("?")[0]).is_file()
+    assert list(site.glob(f"api/runs/{rid}/arrays/controlnet_res8*"))
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda m: m["controlnet"].update(conditioning_scale=-1), "controlnet.conditioning_scale"),
+    (lambda m: m["controlnet"].update(control_guidance_start=0.9), "controlnet.control_guidance_end"),
+    (lambda m: m["controlnet"]["residual_norms"].pop(), "controlnet.residual_norms"),
+    (lambda m: m["controlnet"]["maps"].remove("controlnet_mid"), "arrays.controlnet_mid"),
+    (lambda m: m["images"].pop("control_image"), "images.control_image"),
+    (lambda m: m.pop("controlnet"), "controlnet"),
+    (lambda m: m["arrays"]["controlnet_res8"].update(shape=[3, 1, 4, 8]), "arrays.controlnet_res8.shape"),
+])
+def test_a_broken_controlnet_record_is_named_by_file_and_field(bundle, tmp_path, edit, field):
+    import shutil
+
+    from backend.validator import validate_bundle
+    from precompute.writer import BundleWriter, read_config
+
+    out = tmp_path / "b"
+    shutil.copytree(bundle[0], out)
+    path = next(p for p in out.glob("runs/*/run.json") if "controlnet" in p.read_text())
+    m = json.loads(path.read_text())
+    edit(m)
+    path.write_text(json.dumps(m))
+    BundleWriter(out, read_config(out)).rebuild_index()  # the index's checksum follows
+    problems = [(p.file, p.field) for p in validate_bundle(out) if p.severity == "error"]
+    assert (f"runs/{path.parent.name}/run.json", field) in problems, problems
+
+
+def test_prompt_files_name_a_controlnet_and_control_images_with_located_errors(tmp_path):
+    from precompute.prompts import PromptFileError, check_control, load_prompt_file
+
+    write_control_image(tmp_path / "sketch.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    good = PROMPT_FILE.format(controlnet="lllyasviel/sd-controlnet-canny")
+    (tmp_path / "p.toml").write_text(good)
+    prompts = load_prompt_file(tmp_path / "p.toml")
+    assert prompts.control_images == {"a red circle": [str(tmp_path / "sketch.png")]}
+    for old, new, message in [
+        ('"sketch.png"', '"missing.png"', "groups[0].control_image: " + str(tmp_path / "missing.png")
+         + ": no such file"),
+        ('"sketch.png"', '"notes.txt"', "groups[0].control_image: " + str(tmp_path / "notes.txt")
+         + ": not a readable image"),
+        ("[0.5, 1]", "[0.5, 0.5]", "settings.controlnet_conditioning_scales: has duplicates"),
+        ("control_guidance_end = 0.7", "control_guidance_start = 0.8\ncontrol_guidance_end = 0.7",
+         "settings.control_guidance_end: must be above control_guidance_start (0.8)"),
+    ]:
+        (tmp_path / "bad.toml").write_text(good.replace(old, new))
+        with pytest.raises(PromptFileError) as e:
+            load_prompt_file(tmp_path / "bad.toml")
+        assert message in str(e.value) and str(e.value).startswith(str(tmp_path / "bad.toml"))
+    errors = []
+    check_control(prompts, {"guidance_scales": [1]}, lambda k, m: errors.append((k, m)))
+    assert errors and errors[0][0] == "controlnet" and "needs a ControlNet" in errors[0][1]
