@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -438,7 +439,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         prog="noisepath train-demo",
         description="Train the demo model (a tiny Stable Diffusion on a shapes world) from "
                     "scratch: the VAE first, then the UNet and text encoder. Writes resumable "
-                    "checkpoints, loss curves (loss_*.png) and a pipeline folder under --out.")
+                    "checkpoints, loss curves (loss_*.png) and a pipeline folder under --out.",
+        epilog="noisepath train-demo students [...]: make the teacher's students (pairs from "
+               "its 50-step ODE, a 2-rectified flow, a one-step student; precompute/demo/"
+               "reflow.py); `noisepath train-demo students --help` lists its options.")
     p.add_argument("--out", default="demo-work", help="work folder (checkpoints, pipeline/)")
     p.add_argument("--minutes", type=float, default=0.0,
                    help="stop (with a checkpoint) after this many minutes; 0 = no limit")
@@ -554,7 +558,13 @@ def export(folder: str | Path, target: str | Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`noisepath train-demo`: train (or resume) the demo model, optionally export it."""
+    """`noisepath train-demo`: train (or resume) the demo model, optionally export it;
+    `noisepath train-demo students ...` makes its students (precompute/demo/reflow.py)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["students"]:
+        from precompute.demo import reflow
+
+        return reflow.main(argv[1:])
     cfg, args = parse_args(argv)
     folder = Path(cfg.out) / "pipeline" if args.export_only else train(cfg)
     print(f"pipeline folder: {folder}")
