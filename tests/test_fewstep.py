@@ -307,3 +307,13 @@ def test_the_page_names_the_velocity_and_says_how_the_runs_are_guided(tmp_path):
     assert lcm["facts"]["stochastic"] and "jumps back" not in lcm["texts"]["scheduler-text"]
     assert "noises that estimate again" in lcm["texts"]["scheduler-text"]
     assert not sd["show"]["guidance-mode"] and sd["texts"]["output-name"] == "noise"
+    # a flow call's numbers are its flow time and dt (run.json's scheduler.flow_time)
+    numbers = run_wording(tmp_path, [index("flow_euler", "flow")], driver="""
+import * as w from "./wording.js";
+import { readFileSync } from "node:fs";
+const [{ index }] = JSON.parse(readFileSync(process.argv[2], "utf8"));
+const scheduler = { timesteps: [1000, 500], alphas_cumprod: [0, 0.5], weaken: [0.5, 0.5], flow_time: [0, 0.5] };
+process.stdout.write(JSON.stringify(w.stepNumbersText(w.modelFacts(index), scheduler, 1)));
+""")
+    assert numbers == ("This call's numbers: flow time t = 0.500 (σ = 0.500), next t = 1.000, dt = 0.500, "
+                       "w = 0.500 (measured).")

@@ -19,14 +19,19 @@
  */
 import {
   FAMILIES, MULTI_CALL, SIGMA_LATENTS, familyRescale, familyStep, schedulerTitle, x0Source,
+  stepNumbersText as familyNumbers,
 } from "./scheduler-words.js";
 
 import {
   FLOW_OUTPUTS, fewStep, fewX0Formula, flowNumbersText, flowTexts, guidanceModeText,
 } from "./fewstep-words.js";
 
-export { schedulerTitle, stepNumbersText } from "./scheduler-words.js";
-export { flowNumbersText } from "./fewstep-words.js";
+export { schedulerTitle } from "./scheduler-words.js";
+
+/** The numbers of call i in words (scheduler-words.js); a flow call's flow time and dt. */
+export function stepNumbersText(facts, scheduler, i, noiseSize = null) {
+  return flowNumbersText(facts, scheduler, i) || familyNumbers(facts, scheduler, i, noiseSize);
+}
 
 /** What the UNet outputs, by prediction type: words and a TeX symbol. */
 const OUTPUTS = {
