@@ -129,6 +129,23 @@ def test_without_a_negative_prompt_the_unconditional_row_is_zeros_as_in_the_pipe
     assert empty["zeroed"] and not empty["embeddings"].any() and not empty["pooled"].any()
 
 
+def test_a_turbo_style_run_without_guidance_matches_the_pipeline_at_guidance_0(components):
+    """SDXL-Turbo's settings (Euler ancestral, trailing spacing, 1 step, no classifier-free
+    guidance): diffusers' guidance_scale 0 is the prompt alone, guidance 1 here (the
+    few-step rules, precompute/fewstep.py)."""
+    from dataclasses import replace
+
+    from precompute.model import make_scheduler
+
+    turbo = replace(components, scheduler=make_scheduler(
+        "euler_a", {**components.scheduler.config, "timestep_spacing": "trailing"}))
+    (run,) = run_guidance_sweep(turbo, PROMPT, SEED, [1.0], 1, SIZE, SIZE, capture_attention=False)
+    out = turbo.pipeline()(PROMPT, guidance_scale=0.0, num_inference_steps=1, height=SIZE, width=SIZE,
+                           generator=torch.Generator("cpu").manual_seed(SEED), output_type="latent")
+    assert_close_to_scale(run.latents[-1], out.images[0].numpy(), PIPELINE_RTOL)
+    assert run.noise_pred_uncond is None  # one UNet row: the prompt alone
+
+
 def test_conditioning_inputs_change_the_latent(components):
     """The time ids reach the UNet: another original_size in the pipeline moves the latent
     far beyond the tolerance (so the parity tests would catch wrong time ids)."""
