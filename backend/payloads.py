@@ -261,11 +261,22 @@ def step(b: Bundle, rid: str, i: int, centre: dict) -> dict:
            "guidance_scale": m["guidance_scale"],
            # the call's scheduler step and a stochastic step's noise factor, where recorded
            "step_index": sched["step_index"][i] if "step_index" in sched else None,
-           "noise_scale": sched["noise_scale"][i] if "noise_scale" in sched else None}
+           "noise_scale": sched["noise_scale"][i] if "noise_scale" in sched else None,
+           "multistep": multistep_at(sched, i)}
     for name, (array, offset) in CENTRE.items():
         values = centre.get(array)
         out[name] = None if values is None else [float(x) for x in values[i + offset]]
     return out
+
+
+def multistep_at(sched: dict, i: int) -> dict | None:
+    """A multistep solver's call i (docs/bundle-format.md, scheduler.multistep): this
+    call's share of the step's move, the earlier calls' (newest first), how many calls
+    those hold; None for other schedulers and older bundles."""
+    record = sched.get("multistep")
+    if not record:
+        return None
+    return {key: record[key][i] for key in ("current", "history", "history_calls")}
 
 
 # ---------------------------------------------------------------------- attention

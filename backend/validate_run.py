@@ -22,6 +22,7 @@ from backend.validator import (Checker, brief, describe, is_int, is_name, is_num
                                is_sha256, is_side_pair, listed_document, shown)
 
 DERIVED_KIND = {"noise_pred": "guidance", "attention": "attention_mean"}  # what may be derived
+MAX_HISTORY = 3  # earlier calls a multistep step reads (LMS and PLMS: 3; PRK: 3 in one)
 
 
 def check_run(c: Checker, rid: str, entry, config: dict, listed_prompts: dict,
@@ -106,6 +107,11 @@ class _Run:
         if "pred_original_sample" in sched:
             self.need(sched, "pred_original_sample", lambda v: v in X0_SOURCES,
                       f"one of {', '.join(X0_SOURCES)}", p)
+        if "multistep" in sched:  # a multistep solver's shares of each step (multistep.py)
+            self.need(sched, "multistep", lambda v: _multistep(v, steps),
+                      f"an object of current ({steps} numbers), history ({steps} arrays of at "
+                      f"most {MAX_HISTORY} numbers) and history_calls ({steps} integers, 0 "
+                      "where history is empty, else at least its length)", p)
         arrays = m.get("arrays") if isinstance(m.get("arrays"), dict) else {}
         if "noise_scale" in sched or "variance_noise" in arrays:
             self.need(sched, "noise_scale", lambda v: is_numbers(v, steps) and min(v) >= 0,
@@ -445,6 +451,21 @@ class _Run:
         if size != expected:
             self.c.add(rel, "", f"image is {size[0]}x{size[1]}, manifest implies "
                        f"{expected[0]}x{expected[1]}")
+
+
+def _multistep(value, steps: int) -> bool:
+    """scheduler.multistep: per UNet call, this call's share of the step's move, the
+    shares of the earlier calls' stored outputs (newest first) and how many calls those
+    hold (PNDM's Runge-Kutta warm-up keeps three in one)."""
+    if not isinstance(value, dict):
+        return False
+    current, history, calls = value.get("current"), value.get("history"), value.get("history_calls")
+    return (is_numbers(current, steps) and isinstance(history, list) and len(history) == steps
+            and all(isinstance(h, list) and len(h) <= MAX_HISTORY and is_numbers(h, len(h))
+                    for h in history)
+            and isinstance(calls, list) and len(calls) == steps
+            and all(is_int(n, 0, MAX_HISTORY) and (n == 0) == (not h) and n >= len(h)
+                    for n, h in zip(calls, history)))
 
 
 def _matrix(value, rows: int, cols: int) -> bool:

@@ -550,12 +550,15 @@ def run_prompts(r) -> dict:
 
 def scheduler_record(r) -> dict:
     """run.json's scheduler fields beyond the per-call numbers: step_index (each UNet call's
-    scheduler step), where pred_original_sample comes from, and a stochastic run's
-    noise_scale (its variance_noise array holds the draws)."""
+    scheduler step), where pred_original_sample comes from, a stochastic run's
+    noise_scale (its variance_noise array holds the draws) and a multistep solver's
+    shares of each step (this call's and earlier calls' outputs)."""
     fields = {"step_index": [int(k) for k in r.step_index],
               "pred_original_sample": r.pred_original_sample_from}
     if r.noise_scale is not None:
         fields["noise_scale"] = [float(x) for x in r.noise_scale]
+    if getattr(r, "multistep", None) is not None:  # multistep solvers: precompute/multistep.py
+        fields["multistep"] = r.multistep
     return fields
 
 

@@ -22,14 +22,17 @@ PROMPTS = ("a red circle on the left", "a red square on the left")
 NEGATIVE = "blurry, low quality"
 LATENT, IMAGE, C, SEED = 8, 16, 4, 1
 HEUN_STEP_INDEX = [0, 0, 1, 1, 2]  # two calls per step, the last step one (it ends at sigma 0)
+# an LMS run's split of each step (precompute/multistep.py): this call's share, earlier calls'
+LMS_MULTISTEP = {"current": [1.0, 1.62, 1.9, 2.25], "history": [[], [-0.62], [-1.2, 0.3], [-1.7, 0.55, -0.1]],
+                 "history_calls": [0, 1, 2, 3]}
 
 
 def make_scheduler_bundle(root: Path, scheduler: str) -> Path:
     """A bundle of one prompt pair at guidance 0 and 7, made with `scheduler`: "euler_a"
     (4 steps, noise_scale and variance_noise, negative prompt, guidance_rescale 0.7) or
-    "heun" (3 steps, 5 calls, step_index)."""
+    "heun" (3 steps, 5 calls, step_index), or "lms" (4 steps, scheduler.multistep)."""
     rng = np.random.default_rng(0)
-    heun = scheduler == "heun"
+    heun, lms = scheduler == "heun", scheduler == "lms"
     steps, calls = (3, 5) if heun else (4, 4)
     config = {"storage": "full", "title": f"{scheduler} test bundle", "description": "random arrays",
               "model": "synthetic", "scheduler": scheduler, "num_inference_steps": steps,
@@ -38,10 +41,10 @@ def make_scheduler_bundle(root: Path, scheduler: str) -> Path:
               "model_info": {"cross_attention_dim": 8}, "scheduler_config": {}}
     if heun:
         config["num_timesteps"] = calls
-    else:
+    elif not lms:
         config["guidance_rescale"] = 0.7
     writer = BundleWriter(root, config)
-    negative = "" if heun else NEGATIVE
+    negative = "" if heun or lms else NEGATIVE
     for text in dict.fromkeys(["", negative, *PROMPTS]):
         writer.write_prompt(text, _tokens(text), rng.standard_normal((77, 8)))
     writer.write_group({"id": "group-0", "title": PROMPTS[0], "prompts": [prompt_id(t) for t in PROMPTS],
@@ -49,14 +52,14 @@ def make_scheduler_bundle(root: Path, scheduler: str) -> Path:
     nid = prompt_id(negative)
     for g in (0, 7):
         for text in ([negative] if g == 0 else PROMPTS):
-            _write_run(writer, rng, text, g, nid, calls, heun)
+            _write_run(writer, rng, text, g, nid, calls, heun, LMS_MULTISTEP if lms else None)
     coords = {rid: rng.standard_normal((calls + 1, 2)) for rid in writer.rebuild_index()["runs"]}
     writer.write_trajectories(SEED, "pca", coords)
     writer.rebuild_index()
     return root
 
 
-def _write_run(writer, rng, text, g, nid, calls, heun):
+def _write_run(writer, rng, text, g, nid, calls, heun, multistep=None):
     draw = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
     arrays = {"latents": draw(calls + 1, C, LATENT, LATENT), "pred_original_sample": draw(calls, C, LATENT, LATENT),
               "noise_pred_uncond": draw(calls, C, LATENT, LATENT)}
@@ -73,7 +76,9 @@ def _write_run(writer, rng, text, g, nid, calls, heun):
                 "seed": SEED, "guidance_scale": float(g), "num_inference_steps": 3 if heun else calls,
                 "scheduler": sched, "attention": None,
                 "latent_preview": {"matrix": rng.standard_normal((C, 3)).round(6).tolist(), "bias": [0.5] * 3}}
-    if not heun:
+    if multistep:
+        sched.update(name="lms", multistep=multistep)
+    elif not heun:
         sched["noise_scale"] = [3.9, 1.15, 0.29, 0.0]
         arrays["variance_noise"] = draw(calls, C, LATENT, LATENT)
         manifest["negative_prompt_id"] = nid
@@ -89,8 +94,9 @@ def _write_run(writer, rng, text, g, nid, calls, heun):
 def urls(tmp_path_factory):
     root = tmp_path_factory.mktemp("schedulers")
     with serve_bundle(make_scheduler_bundle(root / "euler_a", "euler_a")) as euler_a, \
-            serve_bundle(make_scheduler_bundle(root / "heun", "heun")) as heun:
-        yield {"euler_a": euler_a, "heun": heun}
+            serve_bundle(make_scheduler_bundle(root / "heun", "heun")) as heun, \
+            serve_bundle(make_scheduler_bundle(root / "lms", "lms")) as lms:
+        yield {"euler_a": euler_a, "heun": heun, "lms": lms}
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +171,54 @@ def test_scheduler_texts_fit_phone_and_projector(browser, urls, shots, width, he
         page.goto(f"{urls['euler_a']}?step=2&guidance=7&open=image")
         wait_ready(page)
         assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1")
+        page.locator("#pixel-table .row-leftover td").first.wait_for()
+        assert table_fits(page), "the step's number table is wider than its panel"
         page.locator("#panel-image").screenshot(path=str(shots / f"schedulers-euler-a-{width}.png"))
+    finally:
+        context.close()
+
+
+def table_fits(page) -> bool:
+    """The refiner's number table (4 channels) fits its scroll box: no hidden columns."""
+    return page.evaluate("""() => { const box = document.querySelector('#pixel-numbers .table-scroll');
+        return box.scrollWidth <= box.clientWidth + 1; }""")
+
+
+LMS_STEP_3 = ("This step: 190% from this call's prediction, \u221290% from the previous 2 calls' predictions "
+              "(newest first: \u2212120%, 30%). LMS extrapolates: it takes more than all of this call's prediction "
+              "and subtracts part of the earlier ones, continuing the trend of its predictions.")
+
+
+def test_a_multistep_step_says_what_earlier_calls_contribute(browser, urls, shots):
+    """LMS (scheduler.multistep): the step view words this call's and the earlier calls'
+    shares of the step, draws one bar each, and fits the panel at laptop, phone and
+    projector widths (one page, resized); the API serves the split per step."""
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    page = context.new_page()
+    try:
+        page.goto(f"{urls['lms']}?step=3&guidance=7&open=image")
+        wait_ready(page)
+        history = page.locator("#step-history")
+        assert history.locator(".history-text").inner_text() == LMS_STEP_3
+        assert history.locator("g.bar").count() == 3
+        assert history.locator("g.bar .bar-value").all_text_contents() == ["190%", "\u2212120%", "30%"]
+        page.locator("#pixel-table .row-leftover td").first.wait_for()
+        for width, height in ((1366, 768), (390, 844), (1920, 1080)):
+            page.set_viewport_size({"width": width, "height": height})
+            assert table_fits(page) and page.evaluate(
+                "() => document.documentElement.scrollWidth <= window.innerWidth + 1"), width
+            box, panel = history.bounding_box(), page.locator("#panel-image").bounding_box()
+            assert box["x"] >= panel["x"] and box["x"] + box["width"] <= panel["x"] + panel["width"] + 1
+            page.locator("#pixel-numbers").screenshot(path=str(shots / f"schedulers-lms-history-{width}.png"))
+        lookup = page.request.get(f"{urls['lms']}api/index.json").json()["run_lookup"]
+        rid = lookup[prompt_id(PROMPTS[0])][str(SEED)]["7"]
+        step = page.request.get(f"{urls['lms']}api/runs/{rid}/steps/2.json").json()
+        assert step["multistep"] == {"current": 1.9, "history": [-1.2, 0.3], "history_calls": 2}
+        page.keyboard.press("Home")  # call 1: no earlier call yet
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function("() => document.querySelector('#step-history .history-text').textContent"
+                               ".includes('no earlier call')")
+        assert history.locator("g.bar").count() == 1
     finally:
         context.close()
 

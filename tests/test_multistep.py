@@ -17,8 +17,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from backend.validate_run import _multistep  # noqa: E402
 from precompute.loop import run_guidance_sweep  # noqa: E402
 from precompute.multistep import Tracker  # noqa: E402
+from precompute.run import scheduler_record  # noqa: E402
 from tests.tiny_sd import tiny_components  # noqa: E402
 
 torch.set_num_threads(1)
@@ -41,8 +43,7 @@ def sweep(kind, name, scales=(0, 7.5)):
                                  capture_attention=False)
 
 
-@pytest.mark.parametrize("kind, name", [("sd15", n) for n in MULTISTEP]
-                         + [("sd2v", n) for n in ("dpmpp_2m", "unipc")])
+@pytest.mark.parametrize("kind, name", [("sd15", n) for n in MULTISTEP] + [("sd2v", "unipc")])
 def test_the_split_adds_up_to_the_schedulers_step_and_is_what_the_run_recorded(kind, name):
     """Replay the recorded guided run with a fresh scheduler: at every call rest + current
     + sum(history) equals the step's prev_sample, and the shares are the recorded ones."""
@@ -64,14 +65,16 @@ def test_the_split_adds_up_to_the_schedulers_step_and_is_what_the_run_recorded(k
         assert len(parts.history) == len(rec["history"][i]) and parts.history_calls == rec["history_calls"][i]
         np.testing.assert_allclose([float(parts.current_share[0]), *parts.history_shares[0].tolist()],
                                    [rec["current"][i], *rec["history"][i]], rtol=0, atol=SHARE_ATOL)
-    # a multistep solver uses earlier calls after its first step
+    # a multistep solver uses earlier calls after its first step; run.json keeps the record
     assert rec["history_calls"][0] == 0 and max(rec["history_calls"]) >= 1
+    assert scheduler_record(run)["multistep"] == rec and _multistep(rec, len(run.timesteps))
 
 
-@pytest.mark.parametrize("name", ["ddim", "euler", "heun"])
-def test_single_step_schedulers_record_no_history(name):
-    _, runs = sweep("sd15", name)
-    assert all(r.multistep is None for r in runs)
+def test_single_step_schedulers_record_no_history():
+    for name in ("ddim", "euler"):
+        _, runs = sweep("sd15", name)
+        assert all(r.multistep is None for r in runs)
+        assert "multistep" not in scheduler_record(runs[1])
 
 
 def _shares(weighted):
@@ -130,3 +133,34 @@ def test_dpm_solver_shares_are_its_2m_weights_on_what_each_call_predicted():
         got = [run.multistep["current"][i], *run.multistep["history"][i]]
         np.testing.assert_allclose(got, expected, rtol=0, atol=SHARE_ATOL, err_msg=f"call {i}")
     assert run.multistep["history"][0] == [] and run.multistep["history"][STEPS - 1] == []
+
+
+@pytest.mark.parametrize("change, words", [
+    (None, None),  # as written: valid
+    (lambda r: r.update(history_calls=[1, 1, 2, 3]), "0 where history is empty"),
+    (lambda r: r.update(current=r["current"][:3]), "current (4 numbers)"),
+    (lambda r: r["history"].__setitem__(3, [0.1, 0.2, 0.3, 0.4]), "at most 3"),
+    (lambda r: r.update(current="lots"), "an object of current"),
+])
+def test_the_validator_checks_the_multistep_record(tmp_path, change, words):
+    """scheduler.multistep is optional (older bundles validate without it) and, where
+    present, has one entry per UNet call with history_calls consistent with history."""
+    import json
+
+    from backend.validator import validate_bundle
+    from precompute.writer import build_index, write_json_atomic
+    from tests.test_browser_schedulers import make_scheduler_bundle
+
+    root = make_scheduler_bundle(tmp_path / "b", "lms")
+    path = next((root / "runs").glob("*-g7/run.json"))
+    if change is not None:
+        manifest = json.loads(path.read_text())
+        change(manifest["scheduler"]["multistep"])
+        write_json_atomic(path, manifest)
+        write_json_atomic(root / "bundle.json", build_index(root))  # the run's new checksum
+    errors = [(p.file, p.field, p.message) for p in validate_bundle(root) if p.severity == "error"]
+    if words is None:
+        assert errors == []
+    else:
+        assert [(f, fld) for f, fld, _ in errors] == [(str(path.relative_to(root)), "scheduler.multistep")]
+        assert words in errors[0][2], errors

@@ -13,6 +13,7 @@ import {
   sliceFirst, tokenList,
 } from "./data.js";
 import { SPEEDS } from "./state.js";
+import { historyWords } from "./scheduler-words.js";
 import { createCompareModel } from "./compare-model.js";
 import {
   callWords, factorsSentence, guidanceRescaleAt, outputOf, paddingWords, remainderLabel, rescaleFactor, schedulerTitle,
@@ -329,6 +330,7 @@ export function createModel(index, api) {
         },
         table: numbers ? numbers.table : null,
         noise: addedNoise(run, i),
+        history: historyWords(facts, run && run.scheduler, i), // multistep solvers: earlier calls' share
       };
     }
     if (open.has("guidance")) model.guidancePanel = guidancePanel(state, numbers, s, run, i);

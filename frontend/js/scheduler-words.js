@@ -271,3 +271,43 @@ export function x0Source(facts) {
   }
   return "";
 }
+
+// ---------------------------------------------------------------- multistep history
+
+/** Schedulers that mix earlier calls' outputs into a step (precompute/multistep.py). */
+export const MULTISTEP = ["lms", "pndm", "dpmpp_2m", "dpmpp_2m_karras", "unipc"];
+
+const pct = (x) => `${Math.round(x * 100)}%`.replace("-", "\u2212");
+
+/**
+ * What call i's step took from this call's prediction and from earlier calls', from the
+ * run's scheduler.multistep (docs/bundle-format.md): {text, bars: [{label, share}]}, or
+ * null where the bundle has no record (single-step schedulers, older bundles). Shares
+ * are of the step's move (x_{s+1} minus what the step does to the latent by itself) and
+ * add up to 1; a multistep solver extrapolates, so they can exceed 1 or be negative.
+ */
+export function historyWords(facts, scheduler, i) {
+  const record = scheduler && scheduler.multistep;
+  if (!record || i === null || i === undefined || record.current[i] === undefined) return null;
+  const current = record.current[i];
+  const history = record.history[i] || [];
+  const n = record.history_calls[i] || 0;
+  const bars = [{ label: "this call", share: current }, ...history.map((share, k) => ({
+    label: history.length === 1 && n > 1 ? `earlier ${n}` : `earlier ${k + 1}`, share }))];
+  if (!history.length) {
+    const moves = Math.abs(current) > 1e-6;
+    return { bars: moves ? bars : [], text: moves
+      ? `This step: ${pct(current)} from this call's prediction; it uses no earlier call's${i === 0 ? " (there is none yet)" : ""}.`
+      : "This call's step does not move the latent: it ends at the noise level it started from." };
+  }
+  const earlier = history.reduce((a, b) => a + b, 0);
+  const prk = facts.scheduler === "pndm" && history.length === 1 && n > 1;
+  const from = prk ? `the ${n} earlier calls of this Runge-Kutta step (summed, weights 1, 2, 2 against this call's 1, over 6)`
+    : `${facts.scheduler === "pndm" ? (n === 1 ? "an earlier" : `${n} earlier`) : `the previous${n === 1 ? "" : ` ${n}`}`} `
+      + (n === 1 ? "call's prediction" : "calls' predictions");
+  const each = history.length > 1 ? ` (newest first: ${history.map(pct).join(", ")})` : "";
+  const extrapolates = current > 1.005 && earlier < 0
+    ? ` ${schedulerTitle(facts.scheduler)} extrapolates: it takes more than all of this call's prediction and subtracts part of the earlier ones, continuing the trend of its predictions.`
+    : "";
+  return { bars, text: `This step: ${pct(current)} from this call's prediction, ${pct(earlier)} from ${from}${each}.${extrapolates}` };
+}

@@ -8,6 +8,8 @@
  *          missing: {uncond, text}, table: {rows, channels} | null, noise}).call(imagePanel())
  * noise: a stochastic step's added noise {values (C*h*w), shape [C, h, w], matrix (C x 3),
  * scale} drawn into #step-noise, or null.
+ * history: a multistep solver's {text, bars: [{label, share}]} (scheduler-words.js
+ * historyWords) shown in #step-history, or null (hidden).
  * The frames are `frame()` data; the prose and numbers around them live in index.html.
  */
 import { d3 } from "../lib.js";
@@ -64,10 +66,47 @@ export function noiseCanvas() {
   };
 }
 
+/**
+ * A multistep step's sources as signed bars from one zero line: this call's share of the
+ * move and each earlier call's (newest first), the share written beside each bar.
+ */
+export function historyBars() {
+  const row = 18;
+  const label = 78;
+  const width = 300;
+  return function view(selection) {
+    const d = selection.datum();
+    selection.property("hidden", !d);
+    selection.select(".history-text").text(d ? d.text : "");
+    const bars = d ? d.bars : [];
+    const svg = selection.select("svg.history-chart").style("display", bars.length ? null : "none")
+      .attr("viewBox", `0 0 ${width} ${row * bars.length + 4}`).attr("height", row * bars.length + 4);
+    const lo = Math.min(0, ...bars.map((b) => b.share));
+    const hi = Math.max(1, ...bars.map((b) => b.share));
+    const x = d3.scaleLinear().domain([lo, hi]).range([label + 4, width - 44]);
+    svg.selectAll("line.zero").data(bars.length ? [0] : []).join("line").attr("class", "zero")
+      .attr("x1", x(0)).attr("x2", x(0)).attr("y1", 0).attr("y2", row * bars.length + 4);
+    const g = svg.selectAll("g.bar").data(bars).join((enter) => {
+      const e = enter.append("g").attr("class", "bar");
+      e.append("text").attr("class", "bar-label");
+      e.append("rect");
+      e.append("text").attr("class", "bar-value");
+      return e;
+    }).attr("transform", (b, k) => `translate(0, ${k * row + 2})`)
+      .classed("current", (b, k) => k === 0).classed("negative", (b) => b.share < 0);
+    g.select(".bar-label").attr("x", label).attr("y", row * 0.7).attr("text-anchor", "end").text((b) => b.label);
+    g.select("rect").attr("x", (b) => Math.min(x(0), x(b.share))).attr("y", 3)
+      .attr("width", (b) => Math.abs(x(b.share) - x(0))).attr("height", row - 6);
+    g.select(".bar-value").attr("x", (b) => Math.max(x(0), x(b.share)) + 4).attr("y", row * 0.7)
+      .text((b) => `${Math.round(b.share * 100)}%`.replace("-", "\u2212"));
+  };
+}
+
 export function imagePanel() {
   const draw = frame();
   const table = pixelTable();
   const noise = noiseCanvas();
+  const history = historyBars();
 
   return function view(selection) {
     const d = selection.datum();
@@ -85,5 +124,6 @@ export function imagePanel() {
     selection.select("#pixel-numbers-note").property("hidden", Boolean(d.table));
     selection.select("#pixel-table").datum(d.table).call(table);
     selection.select("#step-noise").datum(d.noise || null).call(noise);
+    selection.select("#step-history").datum(d.history || null).call(history);
   };
 }
