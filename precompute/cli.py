@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from precompute.prompts import (SCHEDULERS, STORAGES, PromptFileError, check_control,
-                                check_settings, load_prompt_file, single_prompt_set)
+                                check_control_settings, check_settings, load_prompt_file,
+                                single_prompt_set)
 
 EXAMPLES = """
 examples:
@@ -188,7 +189,7 @@ def run(args) -> int:
             flag = FLAGS.get(key, f"--{key.replace('_', '-')}")
             raise PromptFileError("command line", None, flag, message)
         check_settings(settings, bad_flag)
-        check_settings({**prompt_set.settings, **settings}, bad_flag)  # start < end across both
+        check_control_settings({**prompt_set.settings, **settings}, bad_flag)  # start < end
         check_control(prompt_set, {**prompt_set.settings, **settings}, bad_flag)
     except PromptFileError as e:
         print(f"noisepath precompute: {e}", file=sys.stderr)

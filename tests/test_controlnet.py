@@ -314,3 +314,26 @@ def test_prompt_files_name_a_controlnet_and_control_images_with_located_errors(t
     errors = []
     check_control(prompts, {"guidance_scales": [1]}, lambda k, m: errors.append((k, m)))
     assert errors and errors[0][0] == "controlnet" and "needs a ControlNet" in errors[0][1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompts", "{p}", "--control-image", "{img}"], "--control-image goes with --prompt"),
+    (["--prompt", "a cat", "--control-image", "{img}"], "command line: --controlnet: is missing: "
+     "a group names a control_image, which needs a ControlNet"),
+    (["--prompt", "a cat", "--controlnet", "x/y"], "command line: --controlnet: is set, but no "
+     "group names a control_image"),
+    (["--prompt", "a cat", "--controlnet", "x/y", "--control-image", "{img}",
+      "--control-guidance-start", "0.5", "--control-guidance-end", "0.5"],
+     "command line: --control-guidance-end: must be above control_guidance_start (0.5)"),
+    (["--prompt", "a cat", "--controlnet", "x/y", "--control-image", "{img}",
+      "--guidance-scales", "0"], "command line: --guidance-scales: has only 0"),
+])
+def test_the_quick_form_s_control_flags_are_checked_before_any_model_loads(
+        tmp_path, monkeypatch, capsys, argv, message):
+    from tests.test_precompute_cli import precompute_in_process, said
+
+    img = write_control_image(tmp_path / "sketch.png")
+    (tmp_path / "p.toml").write_text('[[groups]]\nprompt = "a cat"\n')
+    argv = [a.format(p=tmp_path / "p.toml", img=img) for a in argv]
+    assert precompute_in_process(monkeypatch, *argv, "--out", tmp_path / "b") == 2
+    assert any(message in line for line in said(capsys)), said(capsys)
