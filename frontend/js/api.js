@@ -8,6 +8,13 @@
  *
  * A static export says so in its api/index.json (`export`); from then on the per-step and
  * per-token URLs are cut from the export's per-run files (js/packed.js), under the same URLs.
+ *
+ * Loading order: the first screen first. `firstScreen` asks for the opening run's
+ * document and, the moment it arrives, the sprites its opening step draws, at high
+ * priority. A load asked for with `background: true` (a sprite of another step, a word's
+ * attention at step 0) waits until the app calls `startBackground()` after its first full
+ * render, unless something asks for the same URL in the foreground first; from then on
+ * every load starts at once.
  */
 import { parseNpy } from "./npy.js";
 import { packedSource } from "./packed.js";
@@ -74,9 +81,10 @@ const readers = {
   },
 };
 
-async function loadImage(url) {
+async function loadImage(url, priority) {
   const image = new Image();
   image.decoding = "async";
+  image.fetchPriority = priority;
   image.src = url;
   await image.decode();
   return image;
@@ -87,18 +95,37 @@ async function loadImage(url) {
  *   called after each resource arrives or fails (the app re-renders on them)
  */
 export function createApi(hooks = {}) {
-  const entries = new Map(); // url -> {promise, value, error}
+  const entries = new Map(); // url -> {promise, value, error, hurry}
   let packed = false;        // a static export's layout (api/index.json's `export`)
+  let background = false;    // true once the first screen is drawn: nothing is held back
+  const held = new Set();    // the resolvers of background loads waiting for that
 
-  function load(url, kind = "json") {
+  /**
+   * Load url once (later calls share the promise). kind: json, npy, buffer or image.
+   * background: hold the request back until startBackground() (see the module comment).
+   */
+  function load(url, kind = "json", { background: later = false } = {}) {
     let entry = entries.get(url);
-    if (entry) return entry.promise;
-    entry = { value: undefined, error: undefined };
+    if (entry) {
+      if (!later && entry.hurry) entry.hurry(); // asked for now: stop holding it back
+      return entry.promise;
+    }
+    entry = { value: undefined, error: undefined, hurry: null };
+    const wait = later && !background ? new Promise((resolve) => {
+      entry.hurry = resolve;
+      held.add(resolve);
+    }) : null;
     entry.promise = (async () => {
-      if (kind === "image") return loadImage(url);
+      if (wait) {
+        await wait;
+        held.delete(entry.hurry);
+        entry.hurry = null;
+      }
+      const priority = background ? "auto" : "high";
+      if (kind === "image") return loadImage(url, priority);
       const source = packed ? packedSource(url) : null;
       if (source) return source(load);
-      const response = await fetch(url);
+      const response = await fetch(url, { priority });
       if (!response.ok) throw await failure(response, url);
       const value = await readers[kind](response);
       if (url === urls.index() && value.export) packed = value.export.layout === "packed";
@@ -120,11 +147,15 @@ export function createApi(hooks = {}) {
     return entry.promise;
   }
 
-  /** What is in memory for url, starting its load if asked: the value, or undefined. */
-  function peek(url, kind = "json", { start = true } = {}) {
+  /** What is in memory for url, starting its load if asked (in the background if asked
+   * so, see load): the value, or undefined. */
+  function peek(url, kind = "json", { start = true, background: later = false } = {}) {
     const entry = entries.get(url);
-    if (entry) return entry.value;
-    if (start && url) load(url, kind);
+    if (entry) {
+      if (!later && entry.hurry) entry.hurry();
+      return entry.value;
+    }
+    if (start && url) load(url, kind, { background: later });
     return undefined;
   }
 
@@ -133,5 +164,24 @@ export function createApi(hooks = {}) {
     return entry ? entry.error : undefined;
   }
 
-  return { load, peek, failed, urls };
+  /** The first screen is drawn (or cannot be): start every held-back load, hold none after. */
+  function startBackground() {
+    background = true;
+    for (const go of [...held]) go();
+    held.clear();
+  }
+
+  /**
+   * Ask for what the opening screen draws before anything else: the prompt's and the
+   * run's documents, then, as soon as the run's arrives (not at the next draw), its
+   * sprites `images` (names in run.images, e.g. the opening step's decoded image).
+   */
+  async function firstScreen(runId, promptId, images) {
+    if (promptId) load(urls.prompt(promptId));
+    if (!runId) return;
+    const run = await load(urls.run(runId));
+    for (const name of images) if (run.images && run.images[name]) load(run.images[name].url, "image");
+  }
+
+  return { load, peek, failed, urls, startBackground, firstScreen };
 }

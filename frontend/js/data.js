@@ -30,6 +30,13 @@ export function recordedSteps(index) {
   return index.config.num_timesteps || index.config.num_inference_steps;
 }
 
+/** The sprites (run.images names) the first screen draws at step s: the latent preview
+ * (the starting noise and the step's latent), the decoded image and, after step 0, the
+ * predicted final image (model.js's level-one pictures). */
+export function firstScreenSprites(step) {
+  return step > 0 ? ["latents", "decoded", "pred_original_sample"] : ["latents", "decoded"];
+}
+
 /** The UNet call that produced step s, or null at step 0. */
 export function callIndex(step) {
   return step > 0 ? step - 1 : null;

@@ -7,7 +7,7 @@ import { d3 } from "./lib.js";
 import { createApi, urls } from "./api.js";
 import { createStore } from "./state.js";
 import { createModel } from "./model.js";
-import { compareCandidate, recordedSteps } from "./data.js";
+import { compareCandidate, firstScreenSprites, recordedSteps, runIdFor } from "./data.js";
 import { createPlayer } from "./player.js";
 import { bindKeyboard } from "./keyboard.js";
 import { applyWording, bindArticleLinks, renderMath } from "./article.js";
@@ -51,6 +51,7 @@ async function start() {
     onLoad: () => schedule(),
     onError: (url, error) => {
       failures.set(url, error);
+      api.startBackground(); // the first screen may never be drawn: hold nothing back for it
       schedule();
     },
   });
@@ -73,6 +74,12 @@ async function start() {
   const liveJob = new URLSearchParams(window.location.search).get("live_job"); // reopened
   const store = createStore(index, window);
   const model = createModel(index, api);
+  // The first screen first (api.js): the opening run's documents, then its opening step's
+  // sprites, asked for before the views are built (that work overlaps their download);
+  // the rest waits for the first render.
+  const start0 = store.committed();
+  await api.firstScreen(runIdFor(index, start0.prompt, start0.seed, start0.guidance), start0.prompt,
+    firstScreenSprites(start0.step)).catch(() => {}); // a failure reaches onError
   applyWording(document, index); // the words that depend on the bundle's model
   const viz = d3.select("#viz");
   livePrompt(d3.select("#live-prompt"), { ...store.committed(), job: liveJob }); // serve --live
@@ -258,6 +265,9 @@ async function start() {
     if (m.ready && !firstRender) {
       firstRender = true;
       performance.mark("noisepath:first-full-render");
+      api.startBackground();
+      // A first visit plays the run: from the first screen on, not through frames still loading.
+      createPlayer(store);
       // The math is off the first screen: typeset it once the pictures are up.
       setTimeout(() => renderMath(document).then(schedule), 50);
     }
@@ -360,7 +370,6 @@ async function start() {
     },
   });
 
-  createPlayer(store);
   render();
 }
 

@@ -63,7 +63,8 @@ export function createModel(index, api) {
   function picture(slot, run, name, frameIndex, label) {
     const entry = run && run.images ? run.images[name] : undefined;
     if (frameIndex === null) {
-      if (entry) api.peek(entry.url, "image"); // fetch it now so the next step draws at once
+      // fetched after the first screen, so the next step draws at once (api.js)
+      if (entry) api.peek(entry.url, "image", { background: true });
       return { image: null, entry: null, index: null, label };
     }
     if (run && !entry) {
@@ -148,7 +149,8 @@ export function createModel(index, api) {
     let map = null;
     let note = "";
     if (token !== null && token < K) {
-      const tok = api.peek(urls.attentionToken(runId, res, token), "npy");
+      // at step 0 no map is drawn yet: fetched after the first screen, for step 1 on
+      const tok = api.peek(urls.attentionToken(runId, res, token), "npy", { background: i === null && !state.avg });
       if (tok && state.avg) map = memo(tok, "mean", () => meanOverSteps(tok));
       else if (tok && i !== null) map = sliceFirst(tok, i);
       else if (i === null) note = "Step 0 is the starting noise: attention is measured from step 1 on (or tick “all steps averaged”).";
