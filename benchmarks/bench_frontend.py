@@ -13,22 +13,41 @@ Measures, on loopback:
     .venv/bin/python benchmarks/bench_frontend.py                 # synthetic bundle, 50 steps
     .venv/bin/python benchmarks/bench_frontend.py --bundle static/demo-bundle
     .venv/bin/python benchmarks/bench_frontend.py --mode compare       # only the comparison scrub
+    .venv/bin/python benchmarks/bench_frontend.py --sd-size /tmp/sd-front  # SD-sized stand-in
 
 The synthetic bundle's frames are random noise, which compresses far worse than real
 images, so its byte counts are an upper bound for the same sizes.
+
+--sd-size DIR measures one Stable Diffusion-sized run (512 px, 64x64 latents, 50 DDIM
+steps, 256 px WebP frames, attention above 32x32 stored 2x2-averaged) on the realistic
+stand-in of benchmarks/sd_stand_in.py (real photographs noised along SD's schedule;
+needs scikit-image), written into DIR/bundle by the real writer in compact storage the
+first time and reused after. It is served two ways: by `noisepath serve` (waitress, a
+subprocess) and as a `noisepath export` site (DIR/site) behind a plain static server
+(no compression). For each: the cold first render of a first visit (fresh browser
+context), the bytes that arrived before it (Resource Timing's transferSize of every
+response that ended before the `noisepath:first-full-render` mark), and the bytes to
+show the run and play it through (all responses until the network is idle after the
+last step), the same with a word selected at step 25.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.browser_helpers import browser_available, launch_chromium, serve_bundle, wait_ready  # noqa: E402
+from tests.browser_helpers import (  # noqa: E402
+    browser_available, launch_chromium, serve_bundle, serve_folder, wait_ready)
 
 SCRUB_JS = """async () => {
   const slider = document.querySelector('.tc-slider');
@@ -94,10 +113,18 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5, help="page loads per first-render figure")
     parser.add_argument("--mode", choices=("all", "compare"), default="all",
                         help="compare: only the per-step update while scrubbing in the comparison view")
+    parser.add_argument("--sd-size", type=Path, metavar="DIR",
+                        help="measure an SD-sized stand-in run (written into DIR the first time; "
+                             "needs scikit-image), served by `noisepath serve` and as an export")
+    parser.add_argument("--before", type=Path, metavar="CHECKOUT",
+                        help="with --sd-size: measure this other checkout's front end too (e.g. "
+                             "`git archive` of an older commit), cold loads taken in turn with ours")
     args = parser.parse_args()
     if not browser_available():
         print("needs Debian's chromium (apt-get install chromium) and Playwright", file=sys.stderr)
         return 2
+    if args.sd_size:
+        return sd_size(args.sd_size, args.repeat, args.before)
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle = args.bundle
@@ -215,6 +242,193 @@ def run(browser, base: str, repeat: int) -> list[str]:
     context.close()
     return out
 
+
+# ------------------------------------------------------------- SD-sized stand-in
+
+# Resource Timing keeps 250 entries by default; a played run with views open makes more.
+BIG_TIMING_BUFFER = "performance.setResourceTimingBufferSize(5000)"
+
+BYTES_BEFORE_FIRST_RENDER_JS = """() => {
+  const mark = performance.getEntriesByName('noisepath:first-full-render')[0];
+  const data = (e) => /\\/(api|bundle)\\//.test(new URL(e.name).pathname);
+  const before = performance.getEntriesByType('resource').filter((e) => e.responseEnd <= mark.startTime);
+  const sum = (es) => es.reduce((a, e) => a + e.transferSize, 0);
+  return { ms: mark.startTime, all: sum(before), data: sum(before.filter(data)),
+           n: before.length, dataN: before.filter(data).length,
+           urls: before.filter(data).map((e) => [new URL(e.name).pathname, e.transferSize]) };
+}"""
+
+
+def stand_in_bundle(out: Path) -> Path:
+    """out/bundle: the SD-sized stand-in (one prompt, seed 1, guidance 0, 1, 7, 20), written
+    by benchmarks/sd_stand_in.py in compact storage unless it is already there."""
+    bundle = out / "bundle"
+    if not (bundle / "bundle.json").is_file():
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import sd_stand_in
+
+        print(f"writing the SD-sized stand-in into {bundle} (a few minutes) ...", file=sys.stderr)
+        sd_stand_in.write_bundle(bundle, "compact")
+    return bundle
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _noisepath(checkout: Path | None) -> tuple[list[str], Path | None]:
+    """The command that runs `noisepath` (the installed script), or `python -m backend.cli`
+    in another checkout (e.g. `git archive` of the commit before a change), and its cwd."""
+    script = Path(sys.executable).parent / "noisepath"
+    if checkout is None and script.is_file():
+        return [str(script)], None
+    return [sys.executable, "-m", "backend.cli"], checkout
+
+
+@contextlib.contextmanager
+def noisepath_serve(bundle: Path, checkout: Path | None = None):
+    """`noisepath serve --bundle BUNDLE` (the command users run: waitress) on a free port;
+    yields its base URL once api/index.json answers."""
+    port = _free_port()
+    cmd, cwd = _noisepath(checkout)
+    proc = subprocess.Popen(cmd + ["serve", "--bundle", str(bundle.resolve()), "--port", str(port)],
+                            cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(600):
+            if proc.poll() is not None:
+                raise SystemExit(f"noisepath serve exited with {proc.returncode}")
+            try:
+                with urllib.request.urlopen(base + "api/index.json", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def exported_site(bundle: Path, site: Path, checkout: Path | None = None) -> Path:
+    """`noisepath export` of the bundle into site, written again each time (the front end
+    it copies is the checkout's)."""
+    cmd, cwd = _noisepath(checkout)
+    subprocess.run(cmd + ["export", str(site.resolve()), "--bundle", str(bundle.resolve()), "--force"],
+                   cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    return site
+
+
+def _fresh_page(browser):
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    context.add_init_script(BIG_TIMING_BUFFER)
+    return context, context.new_page()
+
+
+def cold_first_render(browser, base: str) -> dict:
+    """A first visit in a fresh context (cold browser cache): the first full render's time
+    and what arrived before it (BYTES_BEFORE_FIRST_RENDER_JS)."""
+    context, page = _fresh_page(browser)
+    try:
+        page.goto(base)
+        wait_ready(page)
+        return page.evaluate(BYTES_BEFORE_FIRST_RENDER_JS)
+    finally:
+        context.close()
+
+
+def show_and_play(browser, base: str, search: str) -> tuple[int, int, int]:
+    """Open base + search in a fresh context, play the run from step 0 to its last step at 20
+    steps a second, wait for the network to go quiet: (T, data requests, data bytes)."""
+    context, page = _fresh_page(browser)
+    try:
+        traffic = Traffic(page)
+        page.goto(base + search)
+        wait_ready(page)
+        if search:  # back to step 0 as a reader would, with the slider
+            page.evaluate("""() => { const s = document.querySelector('.tc-slider'); s.value = '0';
+                                     s.dispatchEvent(new Event('input', { bubbles: true })); }""")
+        page.locator(".tc-speed-select").select_option("20")
+        if page.locator(".tc-play").get_attribute("aria-label") == "Play":  # a first visit plays by itself
+            page.locator(".tc-play").click()
+        T = int(page.locator(".tc-slider").get_attribute("max"))
+        page.wait_for_function(f"() => document.querySelector('.tc-slider').value === '{T}'", timeout=60_000)
+        page.wait_for_load_state("networkidle")
+        n, b = traffic.since(0, data_only=True)
+        return T, n, b
+    finally:
+        context.close()
+
+
+WORD_SELECTED = "?step=25&token=2"
+
+
+def sd_measure(browser, bases: list[str], repeat: int) -> list[dict]:
+    """Every measure for each base URL (one per front end), the cold loads taken in turn
+    (A B A B ...) so that a change in the machine's load hits both alike."""
+    results = [{"firsts": []} for _ in bases]
+    for _ in range(repeat):
+        for r, base in zip(results, bases):
+            r["firsts"].append(cold_first_render(browser, base))
+    for r, base in zip(results, bases):
+        r["play"] = show_and_play(browser, base, "")
+        r["word"] = show_and_play(browser, base, WORD_SELECTED)
+    return results
+
+
+def sd_rows(name: str, results: list[dict], labels: list[str]) -> list[str]:
+    """Table rows for one way of serving, one column per front end."""
+    def cells(fn):
+        return " | ".join(fn(r) for r in results)
+
+    def first_ms(r):
+        ms = [f["ms"] for f in r["firsts"]]
+        return f"{statistics.median(ms):.0f} ms ({min(ms):.0f}-{max(ms):.0f})"
+
+    def last(r):
+        return r["firsts"][-1]  # bytes do not vary between loads
+
+    def before_data(r):
+        return f"{last(r)['dataN']} requests, {last(r)['data'] / 1024:.0f} KiB"
+
+    def before_all(r):
+        return f"{last(r)['n']} requests, {last(r)['all'] / 1024:.0f} KiB"
+
+    def played(key):
+        return lambda r: f"{r[key][1]} requests, {r[key][2] / 1024:.0f} KiB"
+
+    first_n = len(results[0]["firsts"])
+    out = [f"| {name}: first full render, cold, median of {first_n} (range) | {cells(first_ms)} |",
+           f"| {name}: arrived before it, data (api/, bundle/) | {cells(before_data)} |",
+           f"| {name}: arrived before it, all (app code too) | {cells(before_all)} |",
+           f"| {name}: show one run and play its {results[0]['play'][0]} steps, data | {cells(played('play'))} |",
+           f"| {name}: the same with a word selected ({WORD_SELECTED}), data | {cells(played('word'))} |"]
+    for label, r in zip(labels, results):
+        detail = ", ".join(f"{u.split('/')[-1].split('?')[0]} {b / 1024:.0f}" for u, b in last(r)["urls"])
+        out.append(f"| {name}, {label}: data before the first render, KiB each | {detail} |")
+    return out
+
+
+def sd_size(out: Path, repeat: int, before: Path | None) -> int:
+    """--sd-size: the stand-in served by `noisepath serve` and as an export, measured with
+    this checkout's front end and, given --before CHECKOUT, that one's, side by side."""
+    bundle = stand_in_bundle(out)
+    checkouts = [None] + ([before] if before else [])
+    labels = ["this checkout"] + ([f"{before}"] if before else [])
+    sites = [exported_site(bundle, out / f"site-{k}", c) for k, c in enumerate(checkouts)]
+    rows = ["| measure | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    with launch_chromium() as browser:
+        with contextlib.ExitStack() as stack:
+            bases = [stack.enter_context(noisepath_serve(bundle, c)) for c in checkouts]
+            rows += sd_rows("`noisepath serve`", sd_measure(browser, bases, repeat), labels)
+        with contextlib.ExitStack() as stack:
+            bases = [stack.enter_context(serve_folder(site)) for site in sites]
+            rows += sd_rows("export", sd_measure(browser, bases, repeat), labels)
+    print(f"# Front-end benchmark: SD-sized stand-in ({bundle})\n")
+    for line in rows:
+        print(line)
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())
