@@ -28,7 +28,7 @@ the scheduler's and the prompt file's.
 from __future__ import annotations
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import AutoencoderKL, DiffusionPipeline, StableDiffusionXLPipeline
 
 CROPS_COORDS_TOP_LEFT = (0, 0)  # the pipeline's default: an uncropped training image
 
@@ -50,15 +50,17 @@ def from_pretrained(model, dtype: torch.dtype) -> StableDiffusionXLPipeline:
     and diffusers adds the watermark to decoded images only). A VAE whose config asks for
     float32 (`force_upcast`, SDXL's own VAE overflows in fp16) is kept in float32, as the
     pipeline's decode upcasts it."""
-    pipe = StableDiffusionXLPipeline.from_pretrained(str(model), dtype=dtype, add_watermarker=False)
+    upcast = dtype == torch.float16 and AutoencoderKL.load_config(str(model), subfolder="vae").get(
+        "force_upcast", True)  # diffusers' default
+    pipe = StableDiffusionXLPipeline.from_pretrained(
+        str(model), dtype={"default": dtype, "vae": torch.float32} if upcast else dtype,
+        add_watermarker=False)
     if pipe.text_encoder is None or pipe.tokenizer is None:
         raise ValueError(f"{model}: an SDXL checkpoint without the first text encoder (the SDXL "
                          "refiner, an img2img model) is not supported; use an SDXL base model")
     if pipe.config.get("requires_aesthetics_score"):
         raise ValueError(f"{model}: aesthetic-score conditioning (the SDXL refiner) is not "
                          "supported; use an SDXL base model")
-    if dtype == torch.float16 and pipe.vae.config.get("force_upcast", False):
-        pipe.vae.to(torch.float32)
     return pipe
 
 

@@ -114,6 +114,19 @@ def test_an_sdxl_folder_loads_both_text_encoders_and_its_own_scheduler(sdxl_path
     assert info["tokenizer_2"]["pad_token"] == "!" and info["text_encoder_2"]["projection_dim"] == PROJECTION
 
 
+def test_a_refiner_shaped_checkpoint_is_refused_with_the_reason(sdxl_path, tmp_path):
+    """The SDXL refiner has no first text encoder (model_index.json: null)."""
+    import shutil
+
+    refiner = tmp_path / "refiner"
+    shutil.copytree(sdxl_path, refiner, ignore=shutil.ignore_patterns("text_encoder", "tokenizer"))
+    index = json.loads((refiner / "model_index.json").read_text())
+    index.update(text_encoder=[None, None], tokenizer=[None, None])
+    (refiner / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="refiner"):
+        load_components(refiner, device="cpu", dtype="fp32")
+
+
 def test_final_latent_matches_the_sdxl_pipeline_with_negative_prompt_and_guidance_rescale(components):
     (run,) = sweep(components, [7.5], negative_prompt=NEGATIVE, guidance_rescale=0.7)
     assert_close_to_scale(run.latents[-1], pipeline_latent(components, 7.5, NEGATIVE, 0.7), PIPELINE_RTOL)
