@@ -226,11 +226,11 @@ class ControlSweep:
             latent_model_input[active], t, encoder_hidden_states=encoder_hidden_states[active],
             controlnet_cond=self.image.expand(len(active), -1, -1, -1), conditioning_scale=1.0,
             guess_mode=False, return_dict=False)
-        scale = row_scale[active].view(-1, 1, 1, 1)
+        scale = row_scale[active].view(-1, 1, 1, 1)  # float32, as a Python scalar multiplies
         residuals = []
         for sample in [*down, mid]:  # the pipeline's sample * conditioning_scale, per row
             full = sample.new_zeros((len(row_runs), *sample.shape[1:]))
-            full[active] = sample * scale.to(sample.dtype)
+            full[active] = (sample * scale).to(sample.dtype)
             residuals.append(full)
         self._remember(residuals, keep, text_row, controlled)
         return {"down_block_additional_residuals": tuple(residuals[:-1]),
@@ -249,12 +249,12 @@ class ControlSweep:
                 norms[g], maps[g] = None, None
                 continue
             rows = [r[text_row[g]].float() for r in residuals]             # (C_b, h_b, w_b)
-            norms[g] = torch.stack([r.norm() for r in rows]).cpu()        # (B,)
+            norms[g] = torch.stack([r.norm() for r in rows])              # (B,), on the device
             squares = {}
             for block, r in zip(self._blocks, rows):
                 key = "mid" if block["name"] == "mid_block" else f"res{r.shape[1]}"
                 squares[key] = squares.get(key, 0) + r.square().sum(dim=0)  # (h, w)
-            maps[g] = {k: v.sqrt().cpu() for k, v in squares.items()}
+            maps[g] = {k: v.sqrt() for k, v in squares.items()}
         self._norms.append(norms)
         self._maps.append(maps)
 
@@ -272,8 +272,8 @@ class ControlSweep:
                 shapes = {k: tuple(v.shape) for k, v in step[g].items()}
                 break
         norms = np.stack([np.zeros(len(self._blocks), np.float32) if n[g] is None
-                          else n[g].numpy() for n in self._norms])           # (T, B)
-        maps = {k: np.stack([np.zeros(hw, np.float32) if m[g] is None else m[g][k].numpy()
+                          else n[g].cpu().numpy() for n in self._norms])     # (T, B)
+        maps = {k: np.stack([np.zeros(hw, np.float32) if m[g] is None else m[g][k].cpu().numpy()
                              for m in self._maps])[:, None] for k, hw in shapes.items()}
         return ControlRecord(model=self.model, control_id=self.control_id,
                              conditioning_scale=float(self.scales[g]),

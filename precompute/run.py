@@ -170,9 +170,11 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
     out = Path(out)
     done_before = sum((out / "runs" / r / "run.json").exists() for j in jobs for r in j.run_ids)
     total = sum(len(j.run_ids) for j in jobs)
+    controlled = sum(len(j.run_ids) for j in jobs if j.control_image)  # ControlNet's
     _say(opts, f"{len(prompt_set.texts)} prompts x {len(settings['seeds'])} seeds x "
-         f"{len(settings['guidance_scales'])} guidance scales = {total} runs "
-         f"({done_before} already in {out})")
+         f"{len(settings['guidance_scales'])} guidance scales"
+         + (f" + {controlled} ControlNet runs" if controlled else "")
+         + f" = {total} runs ({done_before} already in {out})")
 
     t0 = time.perf_counter()
     check_existing_config(out, settings)
