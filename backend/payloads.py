@@ -36,12 +36,14 @@ CENTRE = {
     "variance_noise": ("variance_noise", 0),
 }
 # config.json keys the app reads when a bundle has them: UNet calls per run (heun, kdpm2,
-# pndm make more than num_inference_steps), DDIM's eta, guidance_rescale's phi
-SAMPLER_CONFIG = ("num_timesteps", "eta", "guidance_rescale")
+# pndm make more than num_inference_steps), DDIM's eta, guidance_rescale's phi, and how a
+# few-step model's runs are guided (precompute/fewstep.py: none, embedding)
+SAMPLER_CONFIG = ("num_timesteps", "eta", "guidance_rescale", "guidance_mode")
 # config.json keys of an SDXL bundle the text level shows: size and crop conditioning
 MODEL_CONFIG = ("conditioning",)
-# run.json keys of a run made with a negative prompt or guidance_rescale
-RUN_SAMPLER = ("negative_prompt_id", "guidance_rescale", "guidance_rescale_std_ratio")
+# run.json keys of a run made with a negative prompt, guidance_rescale or a guidance mode
+RUN_SAMPLER = ("negative_prompt_id", "guidance_rescale", "guidance_rescale_std_ratio",
+               "guidance_mode")
 
 
 def num_key(x) -> str:
