@@ -69,8 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="default: 1 2 3")
     s.add_argument("--guidance-scales", type=float, nargs="+", metavar="G",
                    dest="guidance_scales", help="default: 0 1 7 20")
-    s.add_argument("--height", type=int, help="image height in pixels (default: 512)")
-    s.add_argument("--width", type=int, help="image width in pixels (default: 512)")
+    s.add_argument("--height", type=int, help="image height in pixels (default: 512; SDXL: 1024)")
+    s.add_argument("--width", type=int, help="image width in pixels (default: 512; SDXL: 1024)")
     s.add_argument("--image-size", type=int, dest="image_size",
                    help="side of the stored frames (default: min(256, height, width))")
     s.add_argument("--storage", choices=STORAGES,

@@ -161,7 +161,7 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
     if opts.threads:
         torch.set_num_threads(opts.threads)
 
-    settings = {**DEFAULTS, **prompt_set.settings, **settings}
+    settings = {**DEFAULTS, **_model_size(prompt_set.settings, settings), **prompt_set.settings, **settings}
     resolve_scheduler(settings, opts)
     settings.setdefault("image_size", min(256, settings["height"], settings["width"]))
     if settings.get("attention_levels") is not None:
@@ -271,6 +271,18 @@ def precompute(prompt_set: PromptSet, out: Path, settings: dict, opts: Options) 
          f"{len(index['runs'])} runs" + (f"; {skipped_busy} jobs were being computed by "
                                           "another process" if skipped_busy else ""))
     return summary
+
+
+def _model_size(*given: dict) -> dict:
+    """height and width when neither is given and the model has its own default size (SDXL:
+    1024 x 1024, precompute/sdxl.py), read from its config files; else {} (DEFAULTS' 512)."""
+    from precompute.sdxl import default_size
+
+    given = {k: v for d in given for k, v in d.items()}
+    if "height" in given or "width" in given:
+        return {}
+    side = default_size(given.get("model", DEFAULTS["model"]))
+    return {"height": side, "width": side} if side else {}
 
 
 def resolve_scheduler(settings: dict, opts: Options) -> None:

@@ -28,7 +28,8 @@ the scheduler's and the prompt file's.
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (AutoencoderKL, DiffusionPipeline, StableDiffusionXLPipeline,
+                       UNet2DConditionModel)
 
 CROPS_COORDS_TOP_LEFT = (0, 0)  # the pipeline's default: an uncropped training image
 
@@ -43,6 +44,21 @@ def is_sdxl_checkpoint(model) -> bool:
 def is_sdxl(components) -> bool:
     """Whether loaded components are SDXL's (they have a second text encoder)."""
     return getattr(components, "text_encoder_2", None) is not None
+
+
+def default_size(model) -> int | None:
+    """StableDiffusionXLPipeline's default image side for `model`: the UNet's sample_size
+    times the VAE's scale factor (1024 for SDXL base: 128 x 128 latents), from the config
+    files alone; None for SD 1.x / 2.x, or a model that cannot be read here (loading it
+    says why)."""
+    try:
+        if not is_sdxl_checkpoint(model):
+            return None
+        unet = UNet2DConditionModel.load_config(str(model), subfolder="unet")
+        vae = AutoencoderKL.load_config(str(model), subfolder="vae")
+    except Exception:  # noqa: BLE001 (a missing or offline model: the load reports it)
+        return None
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
 def from_pretrained(model, dtype: torch.dtype) -> StableDiffusionXLPipeline:

@@ -114,6 +114,17 @@ def test_an_sdxl_folder_loads_both_text_encoders_and_its_own_scheduler(sdxl_path
     assert info["tokenizer_2"]["pad_token"] == "!" and info["text_encoder_2"]["projection_dim"] == PROJECTION
 
 
+def test_without_a_size_an_sdxl_model_runs_at_its_own_as_the_pipeline_does(sdxl_path):
+    """unet.sample_size x the VAE's scale factor (SDXL base: 128 x 8 = 1024), not 512."""
+    from precompute.run import _model_size
+    from tests.tiny_sd import tiny_pipeline_path
+
+    assert _model_size({"model": str(sdxl_path)}, {}) == {"height": SIZE, "width": SIZE}
+    assert _model_size({}, {"model": str(sdxl_path), "height": 32}) == {}
+    assert _model_size({"model": str(tiny_pipeline_path("sd15"))}, {}) == {}  # SD: DEFAULTS' 512
+    assert _model_size({"model": "no/such-model"}, {}) == {}  # loading it says why
+
+
 def test_a_refiner_shaped_checkpoint_is_refused_with_the_reason(sdxl_path, tmp_path):
     """The SDXL refiner has no first text encoder (model_index.json: null)."""
     import shutil
