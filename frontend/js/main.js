@@ -266,8 +266,6 @@ async function start() {
       firstRender = true;
       performance.mark("noisepath:first-full-render");
       api.startBackground();
-      // A first visit plays the run: from the first screen on, not through frames still loading.
-      createPlayer(store);
       // The math is off the first screen: typeset it once the pictures are up.
       setTimeout(() => renderMath(document).then(schedule), 50);
     }
@@ -370,6 +368,8 @@ async function start() {
     },
   });
 
+  // A first visit plays the run: from its first screen on, not through frames still loading.
+  createPlayer(store, () => firstRender || failures.size > 0);
   render();
 }
 

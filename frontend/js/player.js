@@ -2,12 +2,14 @@
  * Playback: while the store says "playing", advance one step every 1/speed seconds on
  * animation frames, hold the last step for a moment, then start again from step 0.
  * Frames come from sprites already in memory, so a tick is only a state change and a draw.
+ * Until `started()` says so (the app: its first screen is drawn, or could not be) playing
+ * waits at the step it is on, so a first visit does not play through frames still loading.
  */
 import { recordedSteps } from "./data.js";
 
 const HOLD_AT_END_MS = 1200;
 
-export function createPlayer(store) {
+export function createPlayer(store, started = () => true) {
   let frameRequest = null;
   let last = null;
   let waited = 0;
@@ -15,6 +17,10 @@ export function createPlayer(store) {
   function tick(now) {
     frameRequest = null;
     if (!store.playing()) return;
+    if (!started()) {
+      frameRequest = requestAnimationFrame(tick);
+      return;
+    }
     if (last === null) last = now;
     waited += now - last;
     last = now;
