@@ -76,10 +76,12 @@ async function start() {
   const model = createModel(index, api);
   // The first screen first (api.js): the opening run's documents, then its opening step's
   // sprites, asked for before the views are built (that work overlaps their download);
-  // the rest waits for the first render.
+  // the rest waits for the first render. A slow server holds the views back 0.5 s at most.
+  setStatus("Loading the run…");
   const start0 = store.committed();
-  await api.firstScreen(runIdFor(index, start0.prompt, start0.seed, start0.guidance), start0.prompt,
-    firstScreenSprites(start0.step)).catch(() => {}); // a failure reaches onError
+  const opened = api.firstScreen(runIdFor(index, start0.prompt, start0.seed, start0.guidance),
+    start0.prompt, firstScreenSprites(start0.step)).catch(() => {}); // a failure reaches onError
+  await Promise.race([opened, new Promise((resolve) => setTimeout(resolve, 500))]);
   applyWording(document, index); // the words that depend on the bundle's model
   const viz = d3.select("#viz");
   livePrompt(d3.select("#live-prompt"), { ...store.committed(), job: liveJob }); // serve --live
