@@ -255,6 +255,11 @@ def test_bundles_of_a_flow_model_an_lcm_and_a_run_without_guidance_validate(fold
     config, run = _one_run(out)
     assert config["guidance_mode"] == run["guidance_mode"] == "none"
     assert "no classifier-free guidance: the prompt's prediction alone" in log
+    from backend import create_app  # what the app reads: api/index.json's config, the run
+
+    client = create_app({"BUNDLE_DIR": out}).test_client()
+    assert client.get("/api/index.json").get_json()["config"]["guidance_mode"] == "none"
+    assert client.get(f"/api/runs/{run['run_id']}.json").get_json()["guidance_mode"] == "none"
     with pytest.raises(ValueError, match="made with no classifier-free guidance"):
         _bundle(out, tiny_pipeline_path("sd15"), [1, 7])
     # the validator holds a bundle to its mode: a "none" run is at guidance 1, the mode named

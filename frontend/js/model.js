@@ -366,6 +366,7 @@ export function createModel(index, api) {
       text: pick("noise_pred_text"),
       guided: pick("noise_pred"),
       missing: !step.noise_pred_text ? "text" : !step.noise_pred_uncond ? "uncond" : null,
+      mode: facts.guidanceMode,  // none: the prompt alone; embedding: an LCM's w = g - 1 (fewstep-words.js)
       uncondTex: uncondWords(index, run).tex,
       rescale: guidanceRescaleAt(run, i),
     } : null;

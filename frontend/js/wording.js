@@ -323,6 +323,7 @@ export function wording(index) {
       "multi-call": facts.multiCall,
       "guidance-rescale": phi > 0,
       "guidance-mode": texts["guidance-mode-text"] !== "",
+      "cfg-guidance": texts["guidance-mode-text"] === "",  // the two-branch formula applies
     },
   };
 }

@@ -89,6 +89,10 @@ export function guidanceFormula() {
     if (!d) source = "\\text{(this step's numbers are loading, or step 0 has none)}";
     else if (d.missing === "text") {
       source = `\\hat{${o}} = ${o}_{${u}} = ${tex(d.uncond)} \\quad (g = 0:\\ \\text{the prompt's branch is not run})`;
+    } else if (d.missing === "uncond" && d.mode === "embedding") {  // an LCM: no unconditional branch at all
+      source = `\\hat{${o}} = ${o}_{\\text{prompt}, w} = ${tex(d.text)} \\quad (w = g - 1 = ${tex(d.g - 1)}\\text{, in the UNet})`;
+    } else if (d.missing === "uncond" && d.mode === "none") {
+      source = `\\hat{${o}} = ${o}_{\\text{prompt}} = ${tex(d.text)} \\quad (\\text{the prompt's alone})`;
     } else if (d.missing === "uncond") {
       source = `\\hat{${o}} = ${o}_{\\text{prompt}} = ${tex(d.text)} \\quad (g = 1:\\ \\text{the ${u === "\\text{empty}" ? "empty" : "negative"} branch cancels out})`;
     } else {
