@@ -297,15 +297,14 @@ def run_guidance_sweep(
             if pred_original_sample is None:
                 pred_original_sample, x0_from = _x0(scheduler, noise_pred, x_t, alpha_cumprod)
             # 5.3b A multistep solver's step split into this call's and earlier calls' parts,
-            #      measured by stepping copies as weaken is (precompute/multistep.py)
-            history.step(shadow, noise_pred, latents, lambda copy_, out: copy_.step(
+            #      measured by stepping copies (precompute/multistep.py), which also steps
+            #      the copy `shadow` with a zero model output (and the same noise) for 5.4
+            zero, _ = history.step(shadow, noise_pred, latents, lambda copy_, out: copy_.step(
                 out, t, x_t, **step_kwargs, **_generators(takes_generator, state, len(guidance_scales))).prev_sample)
 
-            # 5.4 weaken: step a copy with a zero model output (and the same noise); what
-            #     differs is the part of x_{t-1} that noise_pred moved, projected on
-            #     noise_pred per run (= sigma_t - sigma_{t+1} for Euler with epsilon prediction)
-            zero = shadow.step(torch.zeros_like(noise_pred), t, x_t, **step_kwargs,
-                               **_generators(takes_generator, state, len(guidance_scales))).prev_sample
+            # 5.4 weaken: what differs from the zero-output step (`zero`) is the part of
+            #     x_{t-1} that noise_pred moved, projected on noise_pred per run
+            #     (= sigma_t - sigma_{t+1} for Euler with epsilon prediction)
             weaken = -_project(latents - zero, noise_pred)  # (G,)
 
             # 5.5 The noise a stochastic step added: its N(0, I) draw z (every row draws the

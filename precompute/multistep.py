@@ -108,7 +108,8 @@ def _share(part, move):
 
 
 class Tracker:
-    """Splits every step of one sweep (one call of `step` per UNet call, in order).
+    """Splits every step of one sweep (one call of `step` per UNet call, in order) and
+    makes the zero-output step the loop's weaken is measured with.
 
     The stored output of an earlier call is converted with that call's latent (LMS's
     derivative (x - x0) / sigma, DPM-Solver++'s x0): its "zero" is what that call would
@@ -122,19 +123,24 @@ class Tracker:
         self.zero_entries = []  # per call, newest last: its stored output for a zero UNet output
         self.records = []  # per call: StepParts.shares(), or None for a single-step scheduler
 
-    def step(self, before, model_output, prev_sample, step) -> StepParts | None:
-        """Split one call's step and keep its shares; None for single-step schedulers.
+    def step(self, before, model_output, prev_sample, step) -> tuple[torch.Tensor, StepParts | None]:
+        """Split one call's step and keep its shares: (the step with a zero model output,
+        the parts or None for a single-step scheduler).
 
-        before: the scheduler as it was before this call's step() (not changed here);
-        model_output: the output the step was given; prev_sample: what the step returned;
-        step(scheduler, model_output) -> prev_sample: steps a copy with this call's
-        timestep, sample and noise.
+        before: a copy of the scheduler as it was before this call's step(); it is stepped
+        here with a zero model output (the loop's weaken measures with that step's
+        result); model_output: the output the step was given; prev_sample: what the step
+        returned; step(scheduler, model_output) -> prev_sample: steps a scheduler with this
+        call's timestep, sample and noise.
         """
-        parts = self._split(before, model_output, prev_sample, step) if is_multistep(before) else None
-        self.records.append(parts.shares() if parts is not None else None)
-        return parts
+        if not is_multistep(before):
+            self.records.append(None)
+            return step(before, torch.zeros_like(model_output)), None
+        parts, zero_step = self._split(before, model_output, prev_sample, step)
+        self.records.append(parts.shares())
+        return zero_step, parts
 
-    def _split(self, before, model_output, prev_sample, step) -> StepParts:
+    def _split(self, before, model_output, prev_sample, step) -> tuple[StepParts, torch.Tensor]:
         slots = history_slots(before)
         # slot k (newest first) was stored by the call k + 1 calls back (each call stores one)
         zero_entries = [self.zero_entries[-k] if index is not None and k <= len(self.zero_entries)
@@ -142,9 +148,6 @@ class Tracker:
                         for k, (attr, index, _) in enumerate(slots, start=1)]
         zero = torch.zeros_like(model_output)
         rest = step(_with_zero_outputs(before, slots, zero_entries), zero)
-        kept = copy.deepcopy(before)
-        current = prev_sample - step(kept, zero)  # also stores this call's zero entry in `kept`
-        self.zero_entries = [*self.zero_entries, _newest_entry(kept)][-self.KEEP:]
         history, used = [], []
         for k, slot in enumerate(slots):
             others = slots[:k] + slots[k + 1:]
@@ -153,6 +156,9 @@ class Tracker:
             if bool(part.any()):  # a slot the step did not read changes nothing, bit for bit
                 history.append(part)
                 used.append(slot)
+        zero_step = step(before, zero)  # last: `before` itself, which now keeps this call's zero entry
+        self.zero_entries = [*self.zero_entries, _newest_entry(before)][-self.KEEP:]
+        current = prev_sample - zero_step
         move = prev_sample - rest
         shares = [_share(part, move) for part in history]
         return StepParts(
@@ -160,7 +166,7 @@ class Tracker:
             history_calls=sum(calls for _, _, calls in used),
             current_share=_share(current, move),
             history_shares=torch.stack(shares, dim=1) if shares else move.new_zeros((len(move), 0)),
-        )
+        ), zero_step
 
     def run_record(self, row: int) -> dict | None:
         """run.json's `scheduler.multistep` for batch row `row`; None for a single-step

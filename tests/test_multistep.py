@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from backend.validate_run import _multistep  # noqa: E402
-from precompute.loop import run_guidance_sweep  # noqa: E402
+from precompute.loop import _project, run_guidance_sweep  # noqa: E402
 from precompute.multistep import Tracker  # noqa: E402
 from precompute.run import scheduler_record  # noqa: E402
 from tests.tiny_sd import tiny_components  # noqa: E402
@@ -56,12 +56,14 @@ def test_the_split_adds_up_to_the_schedulers_step_and_is_what_the_run_recorded(k
         x_t, out = torch.from_numpy(run.latents[i][None]), torch.from_numpy(run.noise_pred[i][None])
         before = copy.deepcopy(scheduler)
         prev = scheduler.step(out, t, x_t).prev_sample
-        parts = tracker.step(before, out, prev, lambda s, o: s.step(o, t, x_t).prev_sample)
+        zero_step, parts = tracker.step(before, out, prev, lambda s, o: s.step(o, t, x_t).prev_sample)
         scale = float(prev.abs().max())
         total = parts.rest + parts.current + sum(parts.history, torch.zeros_like(prev))
         np.testing.assert_allclose(total.numpy(), prev.numpy(), rtol=0, atol=RECONSTRUCT_RTOL * scale,
                                    err_msg=f"{name} call {i}")
         np.testing.assert_allclose(prev[0].numpy(), run.latents[i + 1], rtol=0, atol=1e-6 * scale)
+        # the zero-output step the tracker made is the one the run's weaken was measured with
+        assert float(-_project(prev - zero_step, out)[0]) == pytest.approx(float(run.weaken[i]), rel=1e-5, abs=1e-7)
         assert len(parts.history) == len(rec["history"][i]) and parts.history_calls == rec["history_calls"][i]
         np.testing.assert_allclose([float(parts.current_share[0]), *parts.history_shares[0].tolist()],
                                    [rec["current"][i], *rec["history"][i]], rtol=0, atol=SHARE_ATOL)
