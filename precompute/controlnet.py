@@ -220,7 +220,7 @@ class ControlSweep:
         text_row = {g: len(uncond_runs) + k for k, g in enumerate(text_runs)}
         controlled = [g for g in text_runs if self.scales[g] != 0]
         if len(active) == 0:
-            self._remember(None, None, text_row, controlled)
+            self._remember(None, text_row, controlled)
             return {}
         down, mid = self.controlnet(
             latent_model_input[active], t, encoder_hidden_states=encoder_hidden_states[active],
@@ -232,11 +232,11 @@ class ControlSweep:
             full = sample.new_zeros((len(row_runs), *sample.shape[1:]))
             full[active] = (sample * scale).to(sample.dtype)
             residuals.append(full)
-        self._remember(residuals, keep, text_row, controlled)
+        self._remember(residuals, text_row, controlled)
         return {"down_block_additional_residuals": tuple(residuals[:-1]),
                 "mid_block_additional_residual": residuals[-1]}
 
-    def _remember(self, residuals, keep, text_row: dict, controlled: list[int]) -> None:
+    def _remember(self, residuals, text_row: dict, controlled: list[int]) -> None:
         """Per controlled run: each residual's norm and the per-pixel magnitude at each
         resolution, of its text-conditioned row (zeros where the window is closed)."""
         if residuals is not None and self._blocks is None:
