@@ -312,6 +312,7 @@ def test_the_page_names_the_velocity_and_says_how_the_runs_are_guided(tmp_path):
     assert lcm["facts"]["stochastic"] and "jumps back" not in lcm["texts"]["scheduler-text"]
     assert "noises that estimate again" in lcm["texts"]["scheduler-text"]
     assert not sd["show"]["guidance-mode"] and sd["texts"]["output-name"] == "noise"
+    assert sd["show"]["cfg-guidance"] and not turbo["show"]["cfg-guidance"] and not lcm["show"]["cfg-guidance"]
     # a flow call's numbers are its flow time and dt (run.json's scheduler.flow_time)
     numbers = run_wording(tmp_path, [index("flow_euler", "flow")], driver="""
 import * as w from "./wording.js";
