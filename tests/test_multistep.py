@@ -9,6 +9,7 @@ LMS's coefficients from diffusers' get_lms_coefficient) applied to the recorded 
 """
 
 import copy
+import functools
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,6 +38,7 @@ RECONSTRUCT_RTOL = 1e-5
 SHARE_ATOL = 1e-4
 
 
+@functools.lru_cache(maxsize=None)  # each scheduler's sweep once: the tests only read it
 def sweep(kind, name, scales=(0, 7.5)):
     c = tiny_components(kind, name)
     return c, run_guidance_sweep(c, PROMPT, SEED, list(scales), STEPS, SIZE, SIZE,
@@ -74,9 +76,9 @@ def test_the_split_adds_up_to_the_schedulers_step_and_is_what_the_run_recorded(k
 
 def test_single_step_schedulers_record_no_history():
     for name in ("ddim", "euler"):
-        _, runs = sweep("sd15", name)
+        _, runs = sweep("sd15", name, (7.5,))
         assert all(r.multistep is None for r in runs)
-        assert "multistep" not in scheduler_record(runs[1])
+        assert "multistep" not in scheduler_record(runs[0])
 
 
 def _shares(weighted):
@@ -137,6 +139,14 @@ def test_dpm_solver_shares_are_its_2m_weights_on_what_each_call_predicted():
     assert run.multistep["history"][0] == [] and run.multistep["history"][STEPS - 1] == []
 
 
+@pytest.fixture(scope="module")
+def lms_bundle(tmp_path_factory):
+    """The browser tests' small LMS bundle (random arrays, a scheduler.multistep record)."""
+    from tests.test_browser_schedulers import make_scheduler_bundle
+
+    return make_scheduler_bundle(tmp_path_factory.mktemp("lms") / "b", "lms")
+
+
 @pytest.mark.parametrize("change, words", [
     (None, None),  # as written: valid
     (lambda r: r.update(history_calls=[1, 1, 2, 3]), "0 where history is empty"),
@@ -144,16 +154,17 @@ def test_dpm_solver_shares_are_its_2m_weights_on_what_each_call_predicted():
     (lambda r: r["history"].__setitem__(3, [0.1, 0.2, 0.3, 0.4]), "at most 3"),
     (lambda r: r.update(current="lots"), "an object of current"),
 ])
-def test_the_validator_checks_the_multistep_record(tmp_path, change, words):
+def test_the_validator_checks_the_multistep_record(lms_bundle, tmp_path, change, words):
     """scheduler.multistep is optional (older bundles validate without it) and, where
     present, has one entry per UNet call with history_calls consistent with history."""
     import json
+    import shutil
 
     from backend.validator import validate_bundle
     from precompute.writer import build_index, write_json_atomic
-    from tests.test_browser_schedulers import make_scheduler_bundle
 
-    root = make_scheduler_bundle(tmp_path / "b", "lms")
+    root = tmp_path / "b"
+    shutil.copytree(lms_bundle, root)
     path = next((root / "runs").glob("*-g7/run.json"))
     if change is not None:
         manifest = json.loads(path.read_text())
