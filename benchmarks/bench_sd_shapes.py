@@ -72,6 +72,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--preview-images", type=int, default=2,
                    help="images the latent-preview map is fitted on, once (the precompute: 24)")
+    p.add_argument("--decode-batch-size", type=int, default=0,
+                   help="0: the precompute's choice (pipeline_io), taken once per size for all "
+                   "variants")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--table", type=Path, default=None,
                    help="print the table of a saved --out file (derived columns recomputed)")
@@ -101,6 +104,29 @@ def cached_latent_preview(n_images: int):
         latent_preview.fit_latent_preview, latent_preview.N_IMAGES = fit, n_before
 
 
+@contextlib.contextmanager
+def fixed_decode_batch(batch: int):
+    """Within: every precompute decodes `batch` latents at a time (the choice by free memory
+    could differ between variants, and pads each job's latents to a multiple of it)."""
+    from precompute import pipeline_io
+
+    auto = pipeline_io.auto_decode_batch_size
+    pipeline_io.auto_decode_batch_size = lambda components, height, width: batch
+    try:
+        yield
+    finally:
+        pipeline_io.auto_decode_batch_size = auto
+
+
+def padded_decodes(scales, n_prompts: int, n_seeds: int, steps: int, batch: int) -> int:
+    """VAE decodes the precompute runs: each job's x_t and x0 latents (2 steps + 1 a run),
+    padded to a multiple of the batch (pipeline_io.decode_padded); a seed's guidance-0 run
+    rides along with its first prompt's job."""
+    guided, g0 = [s for s in scales if s != 0], 0.0 in scales
+    runs = [len(guided) + int(g0 and i == 0) for i in range(n_prompts)] if guided else [int(g0)]
+    return n_seeds * sum(-(-r * (2 * steps + 1) // batch) * batch for r in runs)
+
+
 def variants_at(args, size: int):
     """(name, kind, workers) of the variants at one size, in the order they run."""
     out = [("(c) plain StableDiffusionPipeline", "plain", None),
@@ -119,6 +145,12 @@ def measure_size(components, args, size: int, workdir: str) -> dict:
     jobs = len(seeds) * len(prompts)
     print(f"{size} px: {len(prompts)} prompts x seeds {seeds} x guidance {args.guidance_scales}"
           f" = {work['runs']} runs in {jobs} jobs, {args.steps} steps", flush=True)
+    from precompute.pipeline_io import auto_decode_batch_size
+
+    batch = args.decode_batch_size or auto_decode_batch_size(components, size, size)
+    work["decode_batch"] = batch
+    work["precompute_decodes_padded"] = padded_decodes(args.guidance_scales, len(prompts),
+                                                       len(seeds), args.steps, batch)
     best = {}
     for _ in range(args.repeat):
         for name, kind, workers in variants_at(args, size):
@@ -131,8 +163,9 @@ def measure_size(components, args, size: int, workdir: str) -> dict:
                     components, args, prompts, seeds, args.steps, size))
             else:
                 opts = argparse.Namespace(**{**vars(args), "workers": workers})
-                v["seconds"], summary = gpu_check.run_precompute(
-                    components, opts, prompts, seeds, args.steps, size, workdir)
+                with fixed_decode_batch(batch):
+                    v["seconds"], summary = gpu_check.run_precompute(
+                        components, opts, prompts, seeds, args.steps, size, workdir)
                 v.update(job_loop(summary, jobs))
             v["cpu_seconds"] = round(time.process_time() - cpu, 2)
             print(f"  {name}: {v['seconds']:.1f} s ({v['cpu_seconds']:.1f} s CPU)", flush=True)
@@ -166,12 +199,14 @@ def job_loop(summary: dict, jobs: int) -> dict:
 
 def parts(variants: dict, work: dict, scales, n_prompts: int, n_seeds: int) -> dict:
     """CPU seconds per UNet row (the loop) and per VAE decode (what the pool's precompute
-    adds to the loop in this process: the decodes, with the capture, staging and the
-    bundle's prompts and index around them), and the 50-step projection."""
+    adds to the loop in this process, over the decodes it ran, padding included: the
+    decodes, with the capture, staging and the bundle's prompts and index around them),
+    and the 50-step projection (whose padding is negligible: 101 latents a run)."""
     loop = next(v for n, v in variants.items() if n.startswith("(b)"))["cpu_seconds"]
     pre = next(v for n, v in variants.items() if n.startswith("(a) "))["cpu_seconds"]
     row = loop / work["precompute_unet_rows"]
-    decode = max(0.0, pre - loop) / work["precompute_decodes"]
+    decode = max(0.0, pre - loop) / work.get("precompute_decodes_padded",
+                                             work["precompute_decodes"])
     at50 = gpu_check.workload(scales, n_prompts, n_seeds, 50)
     plain50 = at50["plain_unet_rows"] * row + at50["plain_decodes"] * decode
     pre50 = at50["precompute_unet_rows"] * row + at50["precompute_decodes"] * decode
@@ -186,7 +221,10 @@ def print_table(result: dict) -> None:
         v = r["variants"]
         plain, loop = (v[n]["cpu_seconds"] for n in ("(c) plain StableDiffusionPipeline",
                                                       "(b) loop, no captures or decodes"))
-        print(f"\n{r['size']} px, {r['workload']['runs']} runs in {r['jobs']} jobs "
+        w = r["workload"]
+        print(f"\n{r['size']} px, {w['runs']} runs in {r['jobs']} jobs, decode batch "
+              f"{w.get('decode_batch', '?')}: {w.get('precompute_decodes_padded', '?')} decodes "
+              f"for {w['precompute_decodes']} latents "
               f"(load average after: {r['load_average']})")
         print(f"{'variant':<36} {'seconds':>8} {'CPU s':>7} {'vs (b)':>7} {'vs (c)':>7} {'compute':>8} "
               f"{'waited':>7} {'drain':>6} {'wall/compute':>13} {'full set':>9}")

@@ -46,6 +46,10 @@ def test_bench_sd_shapes_times_every_variant_and_the_waits_on_writers(tmp_path):
     for x in (serial, pool):
         assert x["wall_over_compute"] >= 1 and x["wall_over_compute_full_set"] >= 1
     assert size["parts"]["seconds_per_unet_row"] > 0
+    # each job's 3 latents (1 step) are decoded in whole batches: the padded count
+    w = size["workload"]
+    assert w["precompute_decodes"] == 2 * 3
+    assert w["precompute_decodes_padded"] == 2 * -(-3 // w["decode_batch"]) * w["decode_batch"]
     # --table reprints the saved measurements with the same derived columns
     again = bench.main(["--table", str(tmp_path / "r.json")])
     assert again["sizes"][0]["variants"] == json.loads(json.dumps(v))
