@@ -154,3 +154,8 @@ def test_the_cli_runs_under_train_demo_and_refuses_bad_input_in_one_line(tmp_pat
                        "--stage", "distill"])
     err = capsys.readouterr().err
     assert code == 2 and "run stage reflow to its end first" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "y" / "run.lock").exists()  # released on the way out
+    (tmp_path / "y" / "run.lock").write_text("1")  # a live process (init) holds the folder
+    code = train.main(["students", "--out", str(tmp_path / "y"), "--teacher", str(teacher),
+                       "--resume"])
+    assert code == 2 and "in use by process 1" in capsys.readouterr().err

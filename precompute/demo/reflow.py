@@ -40,6 +40,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import sys
 import time
 import tomllib
@@ -382,11 +383,37 @@ def train_student(cfg: ReflowConfig, stage: str, teacher, init_unet, pairs: dict
 def run(cfg: ReflowConfig, stages: tuple[str, ...] = STAGES) -> dict[str, bool]:
     """Run (or resume) the given stages in order; each needs the ones before it finished.
     Returns which stages are complete (a stage that stops early ends the run)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = hold_lock(out)
+    try:
+        return _run(cfg, stages, out)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def hold_lock(out: Path) -> Path:
+    """`<out>/run.lock` holds the running process's id: a second process on the same folder
+    (a resume while the run still goes) is refused. A lock left by a killed process (its
+    id no longer running) is taken over."""
+    lock = out / "run.lock"
+    try:
+        pid = int(lock.read_text())
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        alive = pid != os.getpid()
+    except (OSError, ValueError):  # no lock, an unreadable one, or no such process
+        alive = False
+    if alive:
+        raise StageError(f"{out} is in use by process {pid} ({lock}): wait for it to end or "
+                         "stop it first")
+    lock.write_text(str(os.getpid()))
+    return lock
+
+
+def _run(cfg: ReflowConfig, stages: tuple[str, ...], out: Path) -> dict[str, bool]:
     check_order(cfg, stages)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     teacher = load_teacher(cfg.teacher, cfg.device)
     deadline = Deadline(cfg.minutes, cfg.checkpoint_minutes)
