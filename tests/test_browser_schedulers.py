@@ -202,6 +202,7 @@ def test_a_multistep_step_says_what_earlier_calls_contribute(browser, urls, shot
         assert history.locator(".history-text").inner_text() == LMS_STEP_3
         assert history.locator("g.bar").count() == 3
         assert history.locator("g.bar .bar-value").all_text_contents() == ["190%", "\u2212120%", "30%"]
+        assert "LMS is a multistep solver" in page.locator("#article-scheduler").inner_text()
         page.locator("#pixel-table .row-leftover td").first.wait_for()
         for width, height in ((1366, 768), (390, 844), (1920, 1080)):
             page.set_viewport_size({"width": width, "height": height})

@@ -279,6 +279,15 @@ export const MULTISTEP = ["lms", "pndm", "dpmpp_2m", "dpmpp_2m_karras", "unipc"]
 
 const pct = (x) => `${Math.round(x * 100)}%`.replace("-", "\u2212");
 
+/** The article's words on a multistep solver's history ("" for other schedulers). */
+export function historyArticleText(facts) {
+  if (!MULTISTEP.includes(facts.scheduler)) return "";
+  return `${schedulerTitle(facts.scheduler)} is a multistep solver: besides this call's prediction its step reuses the predictions `
+    + "of earlier UNet calls. Where the bundle records it, the refiner view shows for every call what share of the step's move "
+    + "comes from this call's prediction and what from the earlier ones, measured from the scheduler itself like w. The shares add "
+    + "up to 100%; this call's is often above 100% and an earlier one's negative: the solver extrapolates the trend of its predictions.";
+}
+
 /**
  * What call i's step took from this call's prediction and from earlier calls', from the
  * run's scheduler.multistep (docs/bundle-format.md): {text, bars: [{label, share}]}, or

@@ -18,7 +18,7 @@
  * that depend on one run (its negative prompt, its calls) take the run's document.
  */
 import {
-  FAMILIES, MULTI_CALL, SIGMA_LATENTS, familyRescale, familyStep, schedulerTitle, x0Source,
+  FAMILIES, MULTI_CALL, SIGMA_LATENTS, familyRescale, familyStep, historyArticleText, schedulerTitle, x0Source,
   stepNumbersText as familyNumbers,
 } from "./scheduler-words.js";
 
@@ -304,6 +304,7 @@ export function wording(index) {
       + "with weight φ. Large scales inflate the guided prediction's spread, which overexposes the image, most of all in zero-SNR and "
       + "v-prediction models; the rescaling undoes that while keeping the direction guidance chose. The guidance view shows the factor of each step." : "",
     "guidance-mode-text": guidanceModeText(facts.guidanceMode),
+    "history-text": historyArticleText(facts), // multistep solvers' earlier calls (scheduler-words.js)
     ...flowTexts(facts),  // a flow model's velocity, loss and noising (fewstep-words.js)
   };
   return {
@@ -321,6 +322,7 @@ export function wording(index) {
       "x0-source": texts["x0-source"] !== "",
       stochastic: facts.stochastic,
       "multi-call": facts.multiCall,
+      multistep: texts["history-text"] !== "",
       "guidance-rescale": phi > 0,
       "guidance-mode": texts["guidance-mode-text"] !== "",
       "cfg-guidance": texts["guidance-mode-text"] === "",  // the two-branch formula applies
