@@ -22,6 +22,7 @@ import numpy as np
 
 from backend import codec
 from backend.format import ArrayReadError, BundleError, Problem
+from backend.speech_examples import kept_examples
 from backend.validator import check_bundle
 
 
@@ -155,6 +156,7 @@ class Bundle:
         self.trajectories = {seed: t for seed, t in checked.trajectories.items()
                              if seed not in self.skipped_trajectories}
         self.index = _kept(checked.index, self.runs, self.prompts, self.trajectories)
+        self.speech = kept_examples(checked.speech, self.runs)  # spoken examples (speech/)
         self.config = self.index["config"]
         self.storage = self.config.get("storage", "full")
         self._arrays: dict[tuple[str, str], np.ndarray] = {}

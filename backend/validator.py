@@ -115,6 +115,7 @@ class Checked:
     prompts: dict[str, dict] = field(default_factory=dict)
     runs: dict[str, dict] = field(default_factory=dict)
     trajectories: dict[str, dict] = field(default_factory=dict)
+    speech: dict | None = None     # speech/index.json, the spoken examples (optional)
 
 
 class Checker:
@@ -268,6 +269,7 @@ def validate_bundle(root, checksums: bool = True, decode: bool = False) -> list[
 
 def check_bundle(root, checksums: bool = True, decode: bool = False) -> Checked:
     """validate_bundle, keeping the documents it parsed (backend/bundle.py serves them)."""
+    from backend.speech_examples import check_section
     from backend.validate_run import check_run, check_unlisted_runs
 
     root = Path(root)
@@ -295,6 +297,7 @@ def check_bundle(root, checksums: bool = True, decode: bool = False) -> Checked:
             out.runs[rid] = manifest
     out.trajectories = _check_trajectories(c, index, recorded_steps(config))
     check_unlisted_runs(c, set(index["runs"]))
+    out.speech = check_section(c, index)  # the optional speech/ section
     return out
 
 
