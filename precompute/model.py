@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,8 +287,21 @@ class Components:
 
 
 def _jsonable(value):
-    """Config values as plain JSON types (tuples -> lists, numpy/torch scalars -> numbers)."""
-    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+    """Config values as plain JSON types (tuples -> lists, numpy/torch scalars -> numbers).
+    JSON has no infinities: a non-finite number (DPM-Solver's default lambda_min_clipped
+    is -inf) is written as its name, "-inf", "inf" or "nan"."""
+    plain = json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+    return _finite(plain)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def load_components(model: str, device="auto", dtype="auto", scheduler=None) -> Components:

@@ -177,3 +177,15 @@ def test_the_validator_checks_the_multistep_record(lms_bundle, tmp_path, change,
     else:
         assert [(f, fld) for f, fld, _ in errors] == [(str(path.relative_to(root)), "scheduler.multistep")]
         assert words in errors[0][2], errors
+
+
+def test_a_dpm_solver_models_facts_are_json_without_infinities():
+    """config.json records the scheduler's config; DPM-Solver's default lambda_min_clipped
+    is -inf, which the bundle's JSON (allow_nan=False) cannot hold: it is written "-inf"
+    (before: `noisepath precompute --scheduler dpmpp_2m` stopped writing config.json)."""
+    import json
+
+    c = tiny_components("sd15", "dpmpp_2m")
+    facts = c.describe()
+    json.dumps(facts, allow_nan=False)
+    assert facts["scheduler"]["config"]["lambda_min_clipped"] == "-inf"
