@@ -337,3 +337,17 @@ def test_the_quick_form_s_control_flags_are_checked_before_any_model_loads(
     argv = [a.format(p=tmp_path / "p.toml", img=img) for a in argv]
     assert precompute_in_process(monkeypatch, *argv, "--out", tmp_path / "b") == 2
     assert any(message in line for line in said(capsys)), said(capsys)
+
+
+def test_controlled_runs_added_to_a_bundle_reuse_its_runs_without_control(bundle, tmp_path):
+    import shutil
+
+    from backend.validator import validate_bundle
+
+    out = tmp_path / "b"
+    shutil.copytree(bundle[0], out)
+    for run in out.glob("runs/*--ctl-*"):
+        shutil.rmtree(run)
+    # the plain runs are there: the sweep computes the controlled ones alone
+    assert _precompute(*bundle[2:], out) == [("a red circle", [5.0, 5.0], [0.5, 1.0])]
+    assert validate_bundle(out) == []
