@@ -259,6 +259,10 @@ def check_control(prompt_set: "PromptSet", settings: dict, err) -> None:
     if prompt_set.control_images and not controlnet:
         err("controlnet", "is missing: a group names a control_image, which needs a ControlNet "
             "(settings.controlnet, or --controlnet)")
+    scales = settings.get("controlnet_conditioning_scales")
+    if controlnet and scales is not None and not any(scales):
+        err("controlnet_conditioning_scales", "has only 0, the run without control, which is "
+            "always recorded: give a scale above 0 (1: the ControlNet as trained)")
     if controlnet and not any(float(g) != 0 for g in settings.get("guidance_scales") or [1]):
         err("guidance_scales", "has only 0: ControlNet runs need a guidance scale above 0 "
             "(guidance 0 is the prompt-free run, which runs without control)")

@@ -327,6 +327,9 @@ def test_prompt_files_name_a_controlnet_and_control_images_with_located_errors(t
      "command line: --control-guidance-end: must be above control_guidance_start (0.5)"),
     (["--prompt", "a cat", "--controlnet", "x/y", "--control-image", "{img}",
       "--guidance-scales", "0"], "command line: --guidance-scales: has only 0"),
+    (["--prompt", "a cat", "--controlnet", "x/y", "--control-image", "{img}",
+      "--controlnet-conditioning-scales", "0"],
+     "command line: --controlnet-conditioning-scales: has only 0, the run without control"),
 ])
 def test_the_quick_form_s_control_flags_are_checked_before_any_model_loads(
         tmp_path, monkeypatch, capsys, argv, message):
