@@ -1,9 +1,10 @@
 """Saying a prompt in a browser (Playwright driving Debian's chromium): a clip file
 spoken by espeak-ng in the test is picked beside the live prompt box; the page shows its
 waveform, spectrogram and transcript with confidences, fills the box and starts the run
-(the live queue's runner is a fake that streams steps: no model is needed). Screenshots
-at phone, laptop and projector widths go to NOISEPATH_SCREENSHOT_DIR or a temporary
-folder."""
+(the live queue's runner is a fake that streams steps: no model is needed). And a
+static export of a bundle with spoken examples (speech/) plays one, shows what the
+recognizer heard and opens its run. Screenshots at phone, laptop and projector widths go
+to NOISEPATH_SCREENSHOT_DIR or a temporary folder."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import threading
 import pytest
 
 from backend import speech
-from tests.browser_helpers import SKIP_REASON, browser_available, wait_ready
+from tests.browser_helpers import SKIP_REASON, browser_available, serve_folder, wait_ready
 from tests.speech_helpers import ESPEAK, ESPEAK_SKIP, speak
 from tests.test_live import FakeRunner
 
@@ -51,7 +52,12 @@ class SteppingRunner(FakeRunner):
 
 
 @pytest.fixture(scope="module")
-def speech_server(synthetic_bundle_ro, tmp_path_factory):
+def recognizer():
+    return speech.DemoRecognizer()  # one decoder for the module: each takes a second to build
+
+
+@pytest.fixture(scope="module")
+def speech_server(synthetic_bundle_ro, tmp_path_factory, recognizer):
     """The synthetic bundle with --live (the stepping fake) and the demo recognizer."""
     from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -66,7 +72,7 @@ def speech_server(synthetic_bundle_ro, tmp_path_factory):
     svc = LiveService(runner, lambda root: None, info={"num_inference_steps": 3,
                                                        "default_guidance_scale": 7.0})
     app = create_app({"BUNDLE_DIR": synthetic_bundle_ro, "LIVE": svc,
-                      "SPEECH": speech.SpeechService(speech.DemoRecognizer())})
+                      "SPEECH": speech.SpeechService(recognizer)})
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -228,3 +234,49 @@ def test_an_uncertain_word_waits_for_enter_before_running(page, speech_server, c
     page.wait_for_function("() => /Step|job failed|does not load/.test("
                            "document.querySelector('.live-status').textContent)")
     assert runner.prompts[-1] == CAPTION and len(runner.prompts) == before + 1
+
+
+@pytest.fixture(scope="module")
+def spoken_site(tmp_path_factory, recognizer):
+    """`noisepath export` of a small bundle with one spoken example (en-us says its first
+    caption; tests/test_speech_examples.py), served by a plain static file server."""
+    from backend import create_app
+    from backend.export_cli import write_site
+    from tests.test_speech_examples import make_spoken_bundle
+
+    bundle = make_spoken_bundle(tmp_path_factory.mktemp("spoken") / "b", recognizer)
+    www = tmp_path_factory.mktemp("www")
+    write_site(create_app({"BUNDLE_DIR": bundle}), www / "course")
+    with serve_folder(www) as url:
+        yield url + "course/"
+
+
+def test_a_static_site_plays_a_spoken_example_and_opens_its_run(page, spoken_site, shots):
+    from tests.test_speech_examples import CAPTIONS
+
+    page.goto(spoken_site)
+    wait_ready(page)
+    page.locator(".speech-examples summary").click()
+    page.locator(".speech-audio").wait_for(state="attached")  # drawn when first opened
+    # the clip: the browser decodes the exported WAV (its length is the index's)
+    seconds = page.evaluate("""() => new Promise((done) => {
+      const audio = document.querySelector('.speech-audio');
+      if (audio.readyState >= 1) done(audio.duration);
+      else audio.addEventListener('loadedmetadata', () => done(audio.duration));
+    })""")
+    assert seconds == pytest.approx(float(page.locator(".speech-wave").get_attribute(
+        "aria-label").split()[3]), abs=0.01)  # "waveform of the 3.043 s clip": ms rounding
+    assert page.locator(".speech-spectrogram").evaluate("img => img.naturalHeight") == 64
+    words = page.locator(".speech-examples .speech-word")
+    assert " ".join(words.all_inner_texts()).split() == CAPTIONS[0].replace(",", "").split()
+    assert words.first.get_attribute("aria-label").startswith("a, confidence ")
+    for name, (width, height) in SIZES.items():
+        page.set_viewport_size({"width": width, "height": height})
+        page.locator("#speech-examples").scroll_into_view_if_needed()
+        page.screenshot(path=str(shots / f"speech-examples-{name}.png"))
+    page.set_viewport_size({"width": 1366, "height": 768})
+    page.locator(".speech-open a").click()  # opens the run the spoken caption leads to
+    page.wait_for_function("() => /[?&]guidance=7/.test(location.search)")
+    assert "seed=1" in page.url
+    page.wait_for_function(f"() => document.getElementById('prompt-words').textContent"
+                           f".includes({CAPTIONS[0]!r})")

@@ -27,6 +27,7 @@ import { conditioningInputs, tokenChips, vectorStrips } from "./views/text-panel
 import { timestepController } from "./views/timestep-controller.js";
 import { trajectoryMap } from "./views/trajectory-map.js";
 import { livePrompt } from "./views/live-prompt.js";
+import { spokenExamples } from "./views/speech-input.js";
 
 const RENDER_MEASURE = "noisepath:render";
 
@@ -85,6 +86,7 @@ async function start() {
   applyWording(document, index); // the words that depend on the bundle's model
   const viz = d3.select("#viz");
   livePrompt(d3.select("#live-prompt"), { ...store.committed(), job: liveJob }); // serve --live
+  spokenExamples(d3.select("#speech-examples")); // the bundle's spoken prompts (speech/)
 
   const togglePlay = () => {
     const s = store.committed();

@@ -11,14 +11,23 @@
  *
  * Without the [speech] extra the row says in one line what to install.
  *
+ * A bundle may ship spoken examples (its speech/ section, docs/bundle-format.md): prompts
+ * of the bundle spoken by espeak-ng voices with what the demo recognizer heard in them.
+ * `spokenExamples` shows them in any app, served or a static export, with no recognizer:
+ * the clip to play, its waveform and spectrogram, the transcript with each word's
+ * confidence (the word being spoken marked while it plays), then a link that opens that
+ * prompt's run.
+ *
  * Usage: speechInput(row, panel, { info, text, run, say })
  *   row: where the buttons go; panel: where the clip and transcript are drawn;
  *   info: api/live/info.json's speech object; text: the prompt input (d3);
  *   run(): submits the prompt box; say(message, isError): the box's status line.
+ * Usage: spokenExamples(d3.select("#speech-examples"))
  */
 import { d3 } from "../lib.js";
 
 const SPEECH_URL = "api/live/speech";
+const EXAMPLES_URL = "api/speech/examples.json";
 const RATE = 16000;
 // A word below this confidence makes the box wait for Enter. On 180 espeak-ng clips
 // (benchmarks/bench_speech.py, docs/performance.md) 0.8 held back 12 of 20 wrong
@@ -251,5 +260,91 @@ export function speechInput(row, panel, { info, text, run, say }) {
     } finally {
       picker.property("value", "");
     }
+  });
+}
+
+/** The query string that opens an example's run (js/state.js reads it). */
+function runSearch(example) {
+  const q = new URLSearchParams({ prompt: example.prompt_id, seed: String(example.seed),
+    guidance: String(example.guidance_scale) });
+  return `?${q.toString()}`;
+}
+
+/** Open a run without reloading: the store follows the address bar (js/state.js). */
+function openRun(event, example) {
+  if (event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey) return; // new tab
+  event.preventDefault();
+  window.history.pushState(null, "", `${window.location.pathname}${runSearch(example)}`);
+  window.dispatchEvent(new PopStateEvent("popstate"));
+  const words = document.getElementById("prompt-words");
+  if (words) words.scrollIntoView({ block: "nearest" });
+}
+
+/** One example: the clip, what the recognizer worked on and heard, and its run. */
+function drawExample(host, example) {
+  host.selectAll("*").remove();
+  const audio = host.append("audio").attr("class", "speech-audio").attr("controls", true)
+    .attr("preload", "metadata").attr("src", example.clip.url)
+    .attr("aria-label", `the clip: ${example.voice_name} saying “${example.text}”`);
+  const clip = host.append("div").attr("class", "speech-clip");
+  drawWaveform(clip.append("figure"), example.waveform);
+  drawSpectrogram(clip.append("figure"), example.spectrogram);
+  drawWords(host, example.result);
+  host.append("p").attr("class", "speech-open").append("a").attr("class", "button")
+    .attr("href", runSearch(example))
+    .text(`Open its run (seed ${example.seed}, guidance ${example.guidance_scale}) →`)
+    .on("click", (event) => openRun(event, example));
+  const others = (example.result.nbest || []).filter((h) => h !== example.result.text);
+  host.append("p").attr("class", "speech-nbest muted").text(others.length
+    ? `Also weighed by the recognizer: ${others.map((h) => `“${h}”`).join(", ")}.`
+    : "No other caption fitted the sound.");
+  // the word being spoken, marked while the clip plays
+  const spans = host.selectAll(".speech-word").nodes();
+  const mark = () => {
+    const t = audio.node().currentTime;
+    const playing = !audio.node().paused;
+    example.result.words.forEach((w, i) => spans[i]
+      && spans[i].classList.toggle("speaking", playing && t >= w.start && t < w.end));
+  };
+  audio.on("timeupdate", mark).on("pause", mark).on("ended", mark);
+}
+
+/**
+ * The bundle's spoken examples (api/speech/examples.json), in a closed disclosure: a
+ * list to pick one, then drawExample. Draws nothing for a bundle without them.
+ */
+export async function spokenExamples(host) {
+  let doc = null;
+  try {
+    const response = await fetch(EXAMPLES_URL);
+    doc = response.ok ? await response.json() : null;
+  } catch {
+    doc = null;
+  }
+  host.selectAll("*").remove();
+  const examples = (doc && doc.examples) || [];
+  host.attr("hidden", examples.length ? null : true);
+  if (!examples.length) return;
+  const details = host.append("details").attr("class", "speech-examples-box");
+  const summary = details.append("summary");
+  summary.append("span").text("Spoken prompts");
+  summary.append("span").attr("class", "muted").text(` (${examples.length})`);
+  details.append("p").attr("class", "speech-about muted").text(
+    `Speech → prompt → image: this bundle's prompts spoken by ${doc.synthesizer}, and what `
+    + `the recognizer (${doc.recognizer}: it hears only captions the demo model knows) made `
+    + "of each. With noisepath serve --live, say your own.");
+  const pick = details.append("p").attr("class", "speech-pick-example");
+  pick.append("label").attr("for", "speech-example").text("Clip ");
+  const select = pick.append("select").attr("id", "speech-example");
+  select.selectAll("option").data(examples).join("option")
+    .attr("value", (d) => d.id)
+    .text((d) => `${d.voice_name}, ${d.words_per_minute} wpm: ${d.text}`);
+  const panel = details.append("div").attr("class", "speech-example");
+  const show = () => drawExample(panel, examples.find((d) => d.id === select.property("value"))
+    || examples[0]);
+  select.on("change", show);
+  // drawn when first opened: no clip or spectrogram is fetched for a page that never looks
+  details.on("toggle", () => {
+    if (details.property("open") && panel.select("audio").empty()) show();
   });
 }
