@@ -10,6 +10,7 @@ import re
 
 from flask import Blueprint, request
 
+from backend import payloads
 from backend.errors import bad_request, not_found
 from backend.resource import IMMUTABLE, REVALIDATE, send
 from backend.store import Store, get_store
@@ -103,10 +104,12 @@ def run_array(run_id: str, name: str):
     return send(store.run_array(run_id, name), versioned(store, run_id))
 
 
-@bp.get("/runs/<run_id>/images/<name>.png")
-def run_image(run_id: str, name: str):
+@bp.get("/runs/<run_id>/images/<name>.<ext>")
+def run_image(run_id: str, name: str, ext: str):
     store = get_store()
-    if name not in store.api_images[run_or_404(store, run_id)]:
+    path = f"api/runs/{run_id}/images/{name}.{ext}"  # the extension follows the entry's mime
+    if (name not in store.api_images[run_or_404(store, run_id)]
+            or payloads.api_image_path(store.bundle, run_id, name) != path):
         not_found(f"run {run_id} renders no image {_show(name)}; the run document's "
                   "images.<name>.url says where each image is")
     return send(store.run_image(run_id, name), versioned(store, run_id))

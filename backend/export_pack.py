@@ -27,7 +27,7 @@ from typing import Iterator
 
 from backend import codec, speech_examples
 from backend.bundle import UNREADABLE, inside, is_file_array
-from backend.payloads import run_version
+from backend.payloads import api_image_path, run_version
 from backend.resource import json_bytes
 
 LAYOUT = {"layout": "packed", "version": 1}
@@ -47,7 +47,8 @@ def documents(store) -> Iterator[str]:
     yield from (f"api/prompts/{pid}.json" for pid in store.prompts)
     for rid in store.runs:
         yield f"api/runs/{rid}.json"
-        yield from (f"api/runs/{rid}/images/{name}.png" for name in store.api_images[rid])
+        yield from (api_image_path(store.bundle, rid, name)
+                    for name in store.api_images[rid])
     yield from (f"api/sweeps/{pid}/{seed}.json" for pid, seed in store.sweeps)
     yield from (f"api/trajectories/{seed}.json" for seed in store.trajectories)
     yield from speech_examples.api_paths(store.bundle)  # the spoken examples and their files

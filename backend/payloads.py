@@ -244,13 +244,24 @@ def array_url(b: Bundle, rid: str, name: str) -> str:
     return f"api/runs/{rid}/arrays/{name}.npy?v={run_version(b, rid)}"
 
 
+# what a run document tells of a sprite besides its url and mime (a lossy one's quality
+# and measured error, in 0-255 levels: backend/previews.py, frame_errors)
+IMAGE_FACTS = ("count", "frame_width", "frame_height", "columns", "approximate", "quality",
+               *previews.ERROR_KEYS)
+
+
+def api_image_path(b: Bundle, rid: str, name: str) -> str:
+    """The API path of a preview the server renders: its extension follows the entry's
+    mime (latents.png, or latents.jpg for JPEG previews)."""
+    fmt = previews.MIME_FORMAT.get(b.runs[rid]["images"][name]["mime"], "png")
+    return f"api/runs/{rid}/images/{name}.{previews.FORMATS[fmt][0]}"
+
+
 def image_entry(b: Bundle, rid: str, name: str) -> dict:
     e = b.runs[rid]["images"][name]
-    url = (f"api/runs/{rid}/images/{name}.png?v={run_version(b, rid)}" if e.get("derived") is True
+    url = (f"{api_image_path(b, rid, name)}?v={run_version(b, rid)}" if e.get("derived") is True
            else bundle_url(f"runs/{rid}/{e['file']}", e.get("sha256")))
-    return {"url": url, "mime": e["mime"],
-            **{k: e[k] for k in ("count", "frame_width", "frame_height", "columns",
-                                 "approximate") if k in e}}
+    return {"url": url, "mime": e["mime"], **{k: e[k] for k in IMAGE_FACTS if k in e}}
 
 
 def step(b: Bundle, rid: str, i: int, centre: dict) -> dict:
@@ -309,10 +320,12 @@ def run_array(b: Bundle, rid: str, name: str) -> bytes:
 
 
 def run_image(b: Bundle, rid: str, name: str) -> bytes:
-    """A preview sprite, rendered as the writer renders it for a full bundle."""
+    """A preview sprite, rendered as the writer renders it for a full bundle, in the format
+    and quality its entry records."""
     m = b.runs[rid]
-    return previews.preview_png(name, b.array(rid, name), m["latent_preview"],
-                                m["scheduler"].get("sigmas"))[0]
+    return previews.preview_sprite(name, b.array(rid, name), m["latent_preview"],
+                                   m["scheduler"].get("sigmas"),
+                                   *previews.entry_format(m["images"][name]))[0]
 
 
 def attention_token(b: Bundle, rid: str, name: str, k: int) -> bytes:

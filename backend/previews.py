@@ -10,6 +10,11 @@ the two give byte-identical PNGs for the same arrays:
 - `noise_pred*.png`: each model output (noise or v) through the same map, centred at
   grey, on one scale fixed by the map (unit-variance noise spans most of the range).
 
+Previews of latents of 64 x 64 and more (Stable Diffusion's at 512 px) are JPEG without
+chroma subsampling (`.jpg`, 4:4:4) at JPEG_PREVIEW_QUALITY, their entry recording the
+quality and the measured error (frame_errors); smaller ones stay lossless PNG
+(preview_format; docs/performance.md, "One SD-sized run in the browser").
+
 So the same latent gives the same pixels in every run of a bundle.
 A preview is a function of the stored (float16) array, the map and the step's sigmas only.
 """
@@ -29,16 +34,29 @@ FORMATS = {  # sprite format -> (file extension, mime, Pillow options)
     "png": ("png", "image/png", {"optimize": True}),
     "jpeg": ("jpg", "image/jpeg", {"quality": 85}),
 }
+MIME_FORMAT = {mime: fmt for fmt, (_, mime, _) in FORMATS.items()}  # "image/png" -> "png"
+
+# Preview sprites of frames with at least this many pixels are JPEG 4:4:4 at this quality.
+# Measured on the SD-sized stand-in (docs/performance.md, issue 15): 51 latent frames of
+# 64x64 are 502 KiB as PNG and 167 KiB at quality 75, mean error 12.3 levels (worst frame
+# 15.9; the x_t frames' WebP: 10.3 / 12.4); quality 80 (192 KiB) would put a played run
+# over 1 MB. Smaller latents are shown enlarged pixel by pixel, where JPEG's blocks show,
+# and cost little as PNG (16x16: 33 KiB a run).
+JPEG_PREVIEW_PIXELS = 64 * 64
+JPEG_PREVIEW_QUALITY = 75
+ERROR_KEYS = ("mean_abs_error", "max_frame_mean_abs_error", "final_mean_abs_error")
 
 
 # -------------------------------------------------------------------------- sprites
 
-def sprite(frames: np.ndarray, fmt: str, quality: int | None = None) -> tuple[bytes, dict]:
+def sprite(frames: np.ndarray, fmt: str, quality: int | None = None,
+           **pillow_options) -> tuple[bytes, dict]:
     """Pack frames (N, H, W, 3) uint8 into one grid image, row-major: (file bytes, entry).
 
     One request loads every frame of a kind; the client crops frame i at column
     i % columns, row i // columns. entry: mime, count, frame_width, frame_height, columns.
-    quality: a lossy format's quality (1-100) in place of FORMATS' default.
+    quality: a lossy format's quality (1-100) in place of FORMATS' default;
+    pillow_options: more of Pillow's save options (e.g. JPEG's subsampling=0).
     """
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected frames (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
@@ -52,6 +70,7 @@ def sprite(frames: np.ndarray, fmt: str, quality: int | None = None) -> tuple[by
     _, mime, options = FORMATS[fmt]
     if quality is not None and "quality" in options:
         options = {**options, "quality": int(quality)}
+    options = {**options, **pillow_options}
     buf = io.BytesIO()
     Image.fromarray(sheet).save(buf, format=fmt.upper(), **options)
     return buf.getvalue(), {"mime": mime, "count": n, "frame_width": w, "frame_height": h,
@@ -67,6 +86,17 @@ def crop_frames(data: bytes, entry: dict) -> np.ndarray:
         sheet = np.asarray(im.convert("RGB"))
     return np.stack([sheet[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w]
                      for i in range(n)])
+
+
+def frame_errors(original: np.ndarray, decoded: np.ndarray) -> dict:
+    """How far a lossy sprite's frames are from the frames encoded, in 0-255 levels per
+    channel: the mean |difference| over every frame, the largest frame's mean, and the
+    final frame's (the run's image)."""
+    diff = np.abs(decoded.astype(np.int16) - original.astype(np.int16))   # (N, H, W, 3)
+    per_frame = diff.reshape(len(diff), -1).mean(axis=1)
+    return {"mean_abs_error": round(float(per_frame.mean()), 3),
+            "max_frame_mean_abs_error": round(float(per_frame.max()), 3),
+            "final_mean_abs_error": round(float(per_frame[-1]), 3)}
 
 
 def latent_preview(latents, matrix, bias) -> np.ndarray:
@@ -114,7 +144,41 @@ def preview_frames(name: str, array: np.ndarray, latent_preview_: dict, sigmas) 
     return noise_frames(array, matrix)
 
 
-def preview_png(name: str, array: np.ndarray, latent_preview_: dict, sigmas) -> tuple[bytes, dict]:
-    """Preview `name` as a PNG sprite: (file bytes, entry). sigmas: run.json's
-    `scheduler.sigmas` (None for DDIM)."""
-    return sprite(preview_frames(name, array, latent_preview_, sigmas), "png")
+def preview_format(frame_height: int, frame_width: int) -> tuple[str, int | None]:
+    """The format and quality of a new preview sprite with frames of this size:
+    ("jpeg", JPEG_PREVIEW_QUALITY) from JPEG_PREVIEW_PIXELS on, ("png", None) below."""
+    if frame_height * frame_width >= JPEG_PREVIEW_PIXELS:
+        return "jpeg", JPEG_PREVIEW_QUALITY
+    return "png", None
+
+
+def entry_format(entry: dict) -> tuple[str, int | None]:
+    """The format and quality a stored preview entry records (a bundle written before
+    JPEG previews has PNG ones of every size, rendered the same way again)."""
+    fmt = MIME_FORMAT.get(entry.get("mime"))
+    if fmt not in ("png", "jpeg"):
+        raise ValueError(f"a preview is image/png or image/jpeg, not {entry.get('mime')!r}")
+    return fmt, (int(entry["quality"]) if fmt == "jpeg" else None)
+
+
+def encode_preview(frames: np.ndarray, fmt: str, quality: int | None) -> tuple[bytes, dict]:
+    """Preview frames as a sprite: PNG, or JPEG 4:4:4 whose entry records its quality and
+    measured error against the frames (frame_errors)."""
+    if fmt == "png":
+        return sprite(frames, "png")
+    if fmt != "jpeg":
+        raise ValueError(f"a preview is png or jpeg, not {fmt!r}")
+    data, entry = sprite(frames, "jpeg", quality, subsampling=0)  # 0: 4:4:4, no chroma halving
+    return data, {**entry, "quality": int(quality),
+                  **frame_errors(frames, crop_frames(data, entry))}
+
+
+def preview_sprite(name: str, array: np.ndarray, latent_preview_: dict, sigmas,
+                   fmt: str | None = None, quality: int | None = None) -> tuple[bytes, dict]:
+    """Preview `name` as a sprite: (file bytes, entry). sigmas: run.json's
+    `scheduler.sigmas` (None for DDIM). fmt, quality: as a stored entry records them
+    (entry_format); None: chosen by the frames' size (preview_format)."""
+    frames = preview_frames(name, array, latent_preview_, sigmas)
+    if fmt is None:
+        fmt, quality = preview_format(*frames.shape[1:3])
+    return encode_preview(frames, fmt, quality)

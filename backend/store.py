@@ -141,7 +141,8 @@ class Store:
 
     def run_image(self, rid: str, name: str) -> Resource:
         return self._cache.get(("image", rid, name), lambda: make_resource(
-            payloads.run_image(self.bundle, rid, name), "image/png"))
+            payloads.run_image(self.bundle, rid, name),
+            self.bundle.runs[rid]["images"][name]["mime"]))
 
     def bundle_file(self, rel: str) -> Resource | None:
         """A referenced bundle file (rel as in its URL), or None."""
@@ -194,7 +195,8 @@ class Store:
             yield f"api/runs/{rid}.json"
             yield from (f"api/runs/{rid}/steps/{i}.json" for i in range(self.steps))
             yield from (f"api/runs/{rid}/arrays/{name}.npy" for name in self.api_arrays[rid])
-            yield from (f"api/runs/{rid}/images/{name}.png" for name in self.api_images[rid])
+            yield from (payloads.api_image_path(self.bundle, rid, name)
+                        for name in self.api_images[rid])
             for res in self.resolutions(rid):
                 base = f"api/runs/{rid}/attention/{res}"
                 yield from (f"{base}/tokens/{k}.npy" for k in range(self.n_tokens(rid)))

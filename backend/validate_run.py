@@ -359,8 +359,13 @@ class _Run:
             self.add(f"{f}.from", f"must be [{name!r}], an array of this run with a preview "
                      f"({', '.join(previews.PREVIEWS)})")
             return False
-        if e.get("mime") != "image/png":
-            self.add(f"{f}.mime", "must be image/png")
+        if e.get("mime") not in ("image/png", "image/jpeg"):
+            self.add(f"{f}.mime", "must be image/png or image/jpeg")
+        elif e["mime"] == "image/jpeg" and not all(k in e for k in ("quality",
+                                                                     *previews.ERROR_KEYS)):
+            self.add(f, "a JPEG preview records quality and its measured error ("
+                     f"{', '.join(previews.ERROR_KEYS)}): the server renders it at that quality")
+        self.frame_error(f, e)
         if not isinstance(self.m.get("latent_preview"), dict):
             self.add("latent_preview", f"must have matrix ({self.latent[0]} x 3) and bias (3 "
                      "numbers): the previews are rendered with it")

@@ -74,10 +74,14 @@ def _refresh_run(path: Path, preview: dict, write_json_atomic) -> None:
     sigmas = m["scheduler"].get("sigmas")
     for name in previews.PREVIEWS:
         entry = m["images"].get(name)
-        if entry is None or entry.get("derived") is True:
+        if entry is None or (entry.get("derived") is True and entry.get("mime") == "image/png"):
             continue  # a compact bundle's previews are rendered by the server
         array = load_array(path.parent, m["arrays"], name, m["guidance_scale"])
-        data, _ = previews.preview_png(name, array, preview, sigmas)
+        data, rendered = previews.preview_sprite(name, array, preview, sigmas,
+                                                 *previews.entry_format(entry))
+        entry.update({k: rendered[k] for k in previews.ERROR_KEYS if k in rendered})
+        if entry.get("derived") is True:
+            continue  # rendered by the server; a JPEG's recorded error follows the new map
         target = path.parent / entry["file"]
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(data)

@@ -3,7 +3,8 @@
 This is the one module that writes the format; `backend/bundle.py` is the one that
 reads it (`backend/validator.py` checks it first), and `tests/test_bundle.py` keeps the
 two honest. The format is documented in docs/bundle-format.md. Two storages: "full"
-writes every array as a float16 .npy and every preview as a PNG; "compact" writes arrays
+writes every array as a float16 .npy and every preview as a PNG (JPEG from 64x64 latents
+on: backend/previews.py); "compact" writes arrays
 as 8-bit q8-delta .npz files (backend/codec.py), and leaves out what the reader derives
 exactly (the guided noise prediction, the combined attention map, the previews).
 
@@ -216,15 +217,7 @@ def save_sprite(folder: Path, name: str, frames: np.ndarray, fmt: str,
     return _write_sprite(folder, name, EncodedSprite(data, previews.FORMATS[fmt][0], entry))
 
 
-def frame_errors(original: np.ndarray, decoded: np.ndarray) -> dict:
-    """How far a lossy sprite's frames are from what the VAE gave, in 0-255 levels per
-    channel: the mean |difference| over every frame, the largest frame's mean, and the
-    final frame's (the run's image)."""
-    diff = np.abs(decoded.astype(np.int16) - original.astype(np.int16))   # (N, H, W, 3)
-    per_frame = diff.reshape(len(diff), -1).mean(axis=1)
-    return {"mean_abs_error": round(float(per_frame.mean()), 3),
-            "max_frame_mean_abs_error": round(float(per_frame.max()), 3),
-            "final_mean_abs_error": round(float(per_frame[-1]), 3)}
+frame_errors = previews.frame_errors  # a lossy sprite's measured error (benchmarks use it too)
 
 
 def _write_sprite(folder: Path, name: str, sprite: EncodedSprite) -> dict:
@@ -423,11 +416,13 @@ class BundleWriter:
                          for n, v in images.items()}
         for name in previews.PREVIEWS:
             if name in values:
-                data, entry = previews.preview_png(name, values[name], manifest["latent_preview"],
-                                                  manifest["scheduler"].get("sigmas"))
+                data, entry = previews.preview_sprite(name, values[name],
+                                                      manifest["latent_preview"],
+                                                      manifest["scheduler"].get("sigmas"))
+                ext = previews.FORMATS[previews.MIME_FORMAT[entry["mime"]]][0]
                 image_entries[name] = (
                     {**entry, "derived": True, "from": [name]} if self.storage == "compact"
-                    else _write_sprite(folder, name, EncodedSprite(data, "png", entry)))
+                    else _write_sprite(folder, name, EncodedSprite(data, ext, entry)))
         manifest = {"format_version": FORMAT_VERSION, **manifest,
                     "arrays": entries, "images": image_entries}
         write_json_atomic(folder / "run.json", manifest)

@@ -237,7 +237,7 @@ def test_exact_arrays_give_a_compact_bundle_equal_to_the_full_one(tmp_path):
     """Values on the 8-bit grid survive quantization: every array, derived or decoded, and
     every preview PNG, is what the full bundle stores (so the derivations are the
     precompute's own, to the bit, and previews are byte-identical)."""
-    from backend.previews import preview_png
+    from backend.previews import preview_sprite
     from tests.synthetic_bundle import make_bundle
     kw = dict(seeds=(1,), guidance_scales=(0, 1, 7), exact=True)
     full = Bundle(make_bundle(tmp_path / "f", **kw), checksums=True)
@@ -251,20 +251,20 @@ def test_exact_arrays_give_a_compact_bundle_equal_to_the_full_one(tmp_path):
             if name in ("decoded", "pred_original_sample"):
                 continue
             stored = (full.root / "runs" / rid / e["file"]).read_bytes()
-            assert preview_png(name, compact.array(rid, name), cm["latent_preview"],
-                               cm["scheduler"]["sigmas"])[0] == stored
+            assert preview_sprite(name, compact.array(rid, name), cm["latent_preview"],
+                                  cm["scheduler"]["sigmas"])[0] == stored
             assert {k: v for k, v in cm["images"][name].items() if k not in ("derived", "from")} \
                 == {k: v for k, v in e.items() if k not in ("file", "sha256")}
 
 
 def test_full_previews_are_the_rendering_of_the_stored_arrays(synthetic_bundle_ro):
-    from backend.previews import preview_png
+    from backend.previews import preview_sprite
     b = Bundle(synthetic_bundle_ro)
     rid = _g7_run(b)
     for name in ("latents", "noise_pred", "noise_pred_uncond", "noise_pred_text"):
         e = b.runs[rid]["images"][name]
-        assert preview_png(name, b.array(rid, name), b.runs[rid]["latent_preview"],
-                           b.runs[rid]["scheduler"]["sigmas"])[0] == \
+        assert preview_sprite(name, b.array(rid, name), b.runs[rid]["latent_preview"],
+                              b.runs[rid]["scheduler"]["sigmas"])[0] == \
             (b.root / "runs" / rid / e["file"]).read_bytes()
 
 
