@@ -302,7 +302,7 @@ export function historyWords(facts, scheduler, i) {
   const history = record.history[i] || [];
   const n = record.history_calls[i] || 0;
   const bars = [{ label: "this call", share: current }, ...history.map((share, k) => ({
-    label: history.length === 1 && n > 1 ? `earlier ${n}` : `earlier ${k + 1}`, share }))];
+    label: history.length === 1 && n > 1 ? `${n} earlier` : `earlier ${k + 1}`, share }))];
   if (!history.length) {
     const moves = Math.abs(current) > 1e-6;
     return { bars: moves ? bars : [], text: moves
