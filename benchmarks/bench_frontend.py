@@ -119,12 +119,15 @@ def main() -> int:
     parser.add_argument("--before", type=Path, metavar="CHECKOUT",
                         help="with --sd-size: measure this other checkout's front end too (e.g. "
                              "`git archive` of an older commit), cold loads taken in turn with ours")
+    parser.add_argument("--before-bundle", type=Path, metavar="DIR",
+                        help="with --before: the stand-in that checkout serves, DIR/bundle (e.g. "
+                             "one its writer wrote; default: the same as ours)")
     args = parser.parse_args()
     if not browser_available():
         print("needs Debian's chromium (apt-get install chromium) and Playwright", file=sys.stderr)
         return 2
     if args.sd_size:
-        return sd_size(args.sd_size, args.repeat, args.before)
+        return sd_size(args.sd_size, args.repeat, args.before, args.before_bundle)
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle = args.bundle
@@ -410,17 +413,19 @@ def sd_rows(name: str, results: list[dict], labels: list[str]) -> list[str]:
     return out
 
 
-def sd_size(out: Path, repeat: int, before: Path | None) -> int:
+def sd_size(out: Path, repeat: int, before: Path | None, before_out: Path | None = None) -> int:
     """--sd-size: the stand-in served by `noisepath serve` and as an export, measured with
     this checkout's front end and, given --before CHECKOUT, that one's, side by side."""
     bundle = stand_in_bundle(out)
     checkouts = [None] + ([before] if before else [])
+    bundles = [bundle] + ([stand_in_bundle(before_out) if before_out else bundle] if before else [])
     labels = ["this checkout"] + ([f"{before}"] if before else [])
-    sites = [exported_site(bundle, out / f"site-{k}", c) for k, c in enumerate(checkouts)]
+    sites = [exported_site(b, out / f"site-{k}", c)
+             for k, (b, c) in enumerate(zip(bundles, checkouts))]
     rows = ["| measure | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     with launch_chromium() as browser:
         with contextlib.ExitStack() as stack:
-            bases = [stack.enter_context(noisepath_serve(bundle, c)) for c in checkouts]
+            bases = [stack.enter_context(noisepath_serve(b, c)) for b, c in zip(bundles, checkouts)]
             rows += sd_rows("`noisepath serve`", sd_measure(browser, bases, repeat), labels)
         with contextlib.ExitStack() as stack:
             bases = [stack.enter_context(serve_folder(site)) for site in sites]
