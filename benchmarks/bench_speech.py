@@ -27,11 +27,18 @@ Reported per condition (clean, noisy), per voice and per speed:
 
     .venv/bin/python benchmarks/bench_speech.py                   # 200 captions, full grid
     .venv/bin/python benchmarks/bench_speech.py --rotate-speeds --workers 2  # a third
+
+The full grid is ordered so that any prefix of it is balanced: first the
+`--rotate-speeds` third, then the second and third speed of each caption and voice in
+turn. `--rows FILE` appends each clip's rows to a JSON-lines file as they come (a run
+stopped early keeps them, and the same command resumes where it stopped); `--report
+FILE` prints the tables of such a file without measuring.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -104,7 +111,7 @@ def measure(job: tuple[str, str, int]) -> list[dict]:
         seconds = len(x) / speech.SAMPLE_RATE
         confidences = [w["confidence"] for w in out["words"] if w["confidence"] is not None]
         rows.append({
-            "condition": condition, "voice": voice, "wpm": wpm, "words": len(reference),
+            "condition": condition, "caption": caption, "voice": voice, "wpm": wpm, "words": len(reference),
             "errors": word_errors(reference, hypothesis), "parsed": out["understood"],
             "correct": out["understood"] and out["text"] == caption,
             "caught": bool(confidences) and min(confidences) < UNSURE,
@@ -142,34 +149,73 @@ def main() -> None:
                         help="each caption in each voice at one speed, the speeds taken in "
                         "turn (a third of the grid: every voice and speed still has a third "
                         "of the captions)")
+    parser.add_argument("--rows", help="append each clip's rows to this JSON-lines file "
+                        "(and skip the clips it already holds)")
+    parser.add_argument("--report", help="print the tables of a --rows file; measure nothing")
     args = parser.parse_args()
 
+    if args.report:
+        rows = read_rows(args.report)
+        report(rows, sorted({r["voice"] for r in rows}, key=list(VOICES).index),
+               sorted({r["wpm"] for r in rows}))
+        return
     captions = held_out_captions(args.captions, args.seed)
-    if args.rotate_speeds:
-        jobs = [(c, v, args.speeds[(i + j) % len(args.speeds)])
-                for i, c in enumerate(captions) for j, v in enumerate(args.voices)]
-    else:
-        jobs = [(c, v, s) for c in captions for v in args.voices for s in args.speeds]
+    jobs = grid(captions, args.voices, args.speeds, args.rotate_speeds)
+    rows: list[dict] = read_rows(args.rows) if args.rows and os.path.exists(args.rows) else []
+    done = {(r["caption"], r["voice"], r["wpm"]) for r in rows}
+    todo = [job for job in jobs if job not in done]
     print(f"{len(captions)} held-out captions (seed {args.seed}) x {len(args.voices)} voices x "
           f"{len(args.speeds)} speeds {args.speeds} wpm x clean/noisy ({SNR_DB:g} dB SNR); "
+          f"{len(jobs) - len(todo)} of {len(jobs)} clips already measured; "
           f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
     started = time.perf_counter()
-    rows: list[dict] = []
+    sink = open(args.rows, "a", encoding="utf-8") if args.rows else None
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as pool:
-            for out in pool.map(measure, jobs, chunksize=8):
-                rows.extend(out)
+            for out in pool.map(measure, todo, chunksize=4):
+                keep(rows, out, sink)
     else:
-        for job in jobs:
-            rows.extend(measure(job))
+        for job in todo:
+            keep(rows, measure(job), sink)
     print(f"{time.perf_counter() - started:.0f} s; load average after: "
           f"{os.getloadavg()[0]:.1f}\n")
+    report(rows, args.voices, args.speeds)
+
+
+def grid(captions: list[str], voices: list[str], speeds: list[int],
+         rotate: bool) -> list[tuple[str, str, int]]:
+    """The clips to measure: every caption x voice x speed, ordered so that any prefix
+    is balanced (the k-th pass speaks each caption in each voice at its k-th speed in
+    turn); with `rotate`, only the first pass (a third of the grid for three speeds)."""
+    passes = 1 if rotate else len(speeds)
+    return [(c, v, speeds[(i + j + k) % len(speeds)]) for k in range(passes)
+            for i, c in enumerate(captions) for j, v in enumerate(voices)]
+
+
+def keep(rows: list[dict], out: list[dict], sink) -> None:
+    """A clip's rows, kept and (with --rows) appended to the file at once."""
+    rows.extend(out)
+    if sink is not None:
+        sink.write("".join(json.dumps(r) + "\n" for r in out))
+        sink.flush()
+
+
+def read_rows(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def report(rows: list[dict], voices: list[str], speeds: list[int]) -> None:
+    """The tables: WER, sentences, parsed, wrong per condition, voice and speed; the
+    page's threshold; time per 5 s clip."""
+    clips = len({(r["caption"], r["voice"], r["wpm"]) for r in rows})
+    print(f"{clips} clips per condition")
     for condition in ("clean", "noisy"):
         mine = [r for r in rows if r["condition"] == condition]
         print(f"{condition:6s} all      {summary(mine)}")
-        for voice in args.voices:
+        for voice in voices:
             print(f"{'':6s} {voice:12s} {summary([r for r in mine if r['voice'] == voice])}")
-        for wpm in args.speeds:
+        for wpm in speeds:
             print(f"{'':6s} {wpm:3d} wpm      {summary([r for r in mine if r['wpm'] == wpm])}")
     print("\nthe page's threshold: parsed clips with a word under it wait for Enter")
     parsed = [r for r in rows if r["parsed"]]
