@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Iterator
 
 from flask import Flask, current_app
 
-from backend import payloads
+from backend import payloads, speech_examples
 from backend.bundle import LRU, Bundle
 from backend.format import recorded_steps
 from backend.resource import MIME, NPY, Resource, json_resource, make_resource
@@ -203,6 +203,7 @@ class Store:
                 yield from (f"{base}/steps/{i}.npy" for i in range(self.steps))
         yield from (f"api/sweeps/{pid}/{seed}.json" for pid, seed in self.sweeps)
         yield from (f"api/trajectories/{seed}.json" for seed in self.trajectories)
+        yield from speech_examples.api_paths(self.bundle)  # the spoken examples and their files
 
 
 def init_app(app: Flask) -> Store:
