@@ -313,6 +313,8 @@ def test_the_page_names_the_velocity_and_says_how_the_runs_are_guided(tmp_path):
     assert "noises that estimate again" in lcm["texts"]["scheduler-text"]
     assert not sd["show"]["guidance-mode"] and sd["texts"]["output-name"] == "noise"
     assert sd["show"]["cfg-guidance"] and not turbo["show"]["cfg-guidance"] and not lcm["show"]["cfg-guidance"]
+    # "w is the fall in the noise level" is Euler's with noise prediction, not a flow step's 1/N
+    assert sd["show"]["not-flow"] and not flow["show"]["not-flow"] and not insta["show"]["not-flow"]
     # a flow call's numbers are its flow time and dt (run.json's scheduler.flow_time)
     numbers = run_wording(tmp_path, [index("flow_euler", "flow")], driver="""
 import * as w from "./wording.js";

@@ -112,6 +112,14 @@ def test_demo_v_ddim_bundle_gets_its_own_words(texts):
     assert {"output-cap", "vocab", "x0-formula", "training-loss", "scheduler-step"} <= differing
 
 
+def test_a_factor_the_same_at_every_step_is_said_once(tmp_path):
+    """A flow model's factor is 1/N at every step: not "0.25 ... falling to 0.25"."""
+    same, rising = run_wording(tmp_path, [{"index": sd15_lms_index(), "weaken": [0.25] * 4},
+                                          {"index": sd15_lms_index(), "weaken": [0.25, 0.5]}])
+    assert same["factors"] == "For the run shown, the factor is 0.25 at every step."
+    assert rising["factors"].startswith("For the run shown, the factor is 0.25 at the first step, rising to 0.50")
+
+
 def test_demo_factors_sentence_says_they_rise_from_the_data(texts):
     demo, run = texts[1], texts[3]
     w = run["scheduler"]["weaken"]

@@ -190,6 +190,10 @@ export function factorsSentence(weaken) {
   const last = weaken[weaken.length - 1];
   let k = 0;
   weaken.forEach((x, j) => { if (x > weaken[k]) k = j; });
+  // the same factor at every step (a flow model's 1/N): say so, not "falling to" itself
+  if (weaken.every((x) => Math.abs(x - first) <= 1e-6 * Math.max(Math.abs(first), 1e-12))) {
+    return `For the run shown, the factor is ${f(first)} at every step.`;
+  }
   const trend = last > first ? "rising" : "falling";
   const peak = k === 0 || k === weaken.length - 1 ? "" : ` (largest, ${f(weaken[k])}, at step ${k + 1})`;
   return `For the run shown, the factor is ${f(first)} at the first step, ${trend} to ${f(last)} at the last${peak}.`;
@@ -326,6 +330,7 @@ export function wording(index) {
       "guidance-rescale": phi > 0,
       "guidance-mode": texts["guidance-mode-text"] !== "",
       "cfg-guidance": texts["guidance-mode-text"] === "",  // the two-branch formula applies
+      "not-flow": !(facts.scheduler === "flow_euler" || facts.scheduler === "instaflow"),  // a flow step's w is 1/N
     },
   };
 }
