@@ -133,7 +133,8 @@ class Bundle:
     the bundle has errors, unless skip_invalid=True: then every run array is read in
     full first (damage past a file's start is found now, not on a request), and the
     runs, prompts (with their runs) and trajectory maps with errors are left out,
-    listed in `skipped_runs`, `skipped_prompts`, `skipped_trajectories` and `problems`.
+    listed in `skipped_runs`, `skipped_prompts`, `skipped_trajectories` and `problems`;
+    so is an optional section with errors (`skipped_sections`: the spoken examples).
     """
 
     def __init__(self, root, *, checksums: bool = False, skip_invalid: bool = False,
@@ -147,6 +148,7 @@ class Bundle:
         self.skipped_runs = sorted({p.run_id for p in errors if p.run_id is not None})
         self.skipped_prompts = sorted({p.prompt_id for p in errors if p.prompt_id is not None})
         self.skipped_trajectories = sorted({p.seed for p in errors if p.seed is not None})
+        self.skipped_sections = sorted({p.section for p in errors if p.section is not None})
         self.runs = {rid: m for rid, m in checked.runs.items() if rid not in self.skipped_runs}
         if errors and checked.index["runs"] and not self.runs:
             raise BundleError(self.root, errors + [Problem("bundle.json", "runs", "no valid "

@@ -53,11 +53,13 @@ class Problem:
     run_id: str | None = None      # the run it makes invalid (skipped with --skip-invalid)
     prompt_id: str | None = None   # the prompt it makes invalid (skipped with its runs)
     seed: str | None = None        # the trajectory map it makes invalid (skipped)
+    section: str | None = None     # the optional section it makes invalid ("speech": left out)
 
     @property
     def skippable(self) -> bool:
-        """A problem of one run, prompt or trajectory map, not of the whole bundle."""
-        return (self.run_id, self.prompt_id, self.seed) != (None, None, None)
+        """A problem of one run, prompt, trajectory map or optional section, not of the
+        whole bundle."""
+        return (self.run_id, self.prompt_id, self.seed, self.section) != (None, None, None, None)
 
     def __str__(self) -> str:
         where = f"{self.file}: {self.field}" if self.field else self.file

@@ -225,9 +225,11 @@ def start(args):
         print(f"warning: no front end at {store.frontend}/index.html: only the API will answer",
               file=sys.stderr)
     b = store.bundle
-    if b.skipped_runs or b.skipped_prompts or b.skipped_trajectories:
+    if b.skipped_runs or b.skipped_prompts or b.skipped_trajectories or b.skipped_sections:
+        sections = "".join(f", the {name} section" for name in b.skipped_sections)
         print(f"skipped {len(b.skipped_runs)} invalid run(s), {len(b.skipped_prompts)} "
-              f"prompt(s), {len(b.skipped_trajectories)} trajectory map(s):", file=sys.stderr)
+              f"prompt(s), {len(b.skipped_trajectories)} trajectory map(s){sections}:",
+              file=sys.stderr)
         for p in b.problems:
             if p.severity == "error":
                 print(f"  {p}", file=sys.stderr)

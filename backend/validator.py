@@ -131,7 +131,7 @@ class Checker:
 
     @contextlib.contextmanager
     def scope(self, **owner):
-        """Problems added inside belong to this run, prompt or trajectory (run_id=...)."""
+        """Problems added inside belong to this run, prompt, trajectory or section (run_id=...)."""
         saved, self._scope = self._scope, {**self._scope, **owner}
         try:
             yield
@@ -297,7 +297,8 @@ def check_bundle(root, checksums: bool = True, decode: bool = False) -> Checked:
             out.runs[rid] = manifest
     out.trajectories = _check_trajectories(c, index, recorded_steps(config))
     check_unlisted_runs(c, set(index["runs"]))
-    out.speech = check_section(c, index)  # the optional speech/ section
+    with c.scope(section="speech"):
+        out.speech = check_section(c, index)  # the optional speech/ section
     return out
 
 

@@ -180,10 +180,16 @@ def test_a_damaged_section_is_named_by_file_and_field(spoken, damage):
     assert any(p.field == field for p in problems), problems
 
 
-def test_serve_refuses_a_bundle_whose_section_is_damaged(spoken):
+def test_serve_refuses_a_bundle_whose_section_is_damaged_unless_told_to_skip_it(spoken):
     _damage_index(lambda doc, ex: ex.update(run_id="nope--s1-g7"))(spoken)
     with pytest.raises(BundleError, match=r"speech/index.json: examples\[0\].run_id"):
         create_app({"BUNDLE_DIR": spoken})
+    # --skip-invalid serves every run and leaves only the damaged section out
+    app = create_app({"BUNDLE_DIR": spoken, "SKIP_INVALID": True})
+    bundle = app.extensions["noisepath.store"].bundle
+    assert bundle.skipped_sections == ["speech"] and bundle.speech is None
+    assert bundle.runs and not bundle.skipped_runs
+    assert app.test_client().get("/api/speech/examples.json").get_json()["examples"] == []
 
 
 # -- serving and export
