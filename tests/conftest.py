@@ -78,6 +78,16 @@ def shots(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def context(browser, request):
+    """One browser context (so one HTTP cache) per test module, at the module's VIEWPORT
+    (a laptop's 1366 x 768 when it names none); every test gets a fresh page in it."""
+    viewport = getattr(request.module, "VIEWPORT", {"width": 1366, "height": 768})
+    context = browser.new_context(viewport=viewport)
+    yield context
+    context.close()
+
+
 @pytest.fixture
 def page(context):
     """A fresh page in the module's `context`; the test fails if it logged any error."""

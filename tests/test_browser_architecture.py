@@ -23,12 +23,7 @@ VARIANT = "a-red-square-on-the-left-0cb5c515"
 T = 5
 
 
-@pytest.fixture(scope="module")
-def context(browser):
-    """One context (so one HTTP cache) for the module; every test gets a fresh page."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    yield context
-    context.close()
+VIEWPORT = {"width": 1280, "height": 900}  # the module's browser context (conftest.py)
 
 
 def query(page) -> dict[str, str]:

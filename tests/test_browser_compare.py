@@ -25,11 +25,7 @@ T = 5
 COMPARE = f"prompt={PROMPT}&compare={VARIANT}&seed=1&guidance=7"
 
 
-@pytest.fixture(scope="module")
-def context(browser):
-    context = browser.new_context(viewport={"width": 1440, "height": 1000})
-    yield context
-    context.close()
+VIEWPORT = {"width": 1440, "height": 1000}  # the module's browser context (conftest.py)
 
 
 def query(page) -> dict[str, str]:

@@ -50,11 +50,7 @@ def live_url(live_server):
     return live_server[0]
 
 
-@pytest.fixture(scope="module")
-def context(browser):
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    yield context
-    context.close()
+VIEWPORT = {"width": 1440, "height": 900}  # the module's browser context (conftest.py)
 
 
 def test_without_live_the_box_says_what_it_needs(page, base_url):

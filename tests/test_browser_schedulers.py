@@ -99,13 +99,6 @@ def urls(tmp_path_factory):
         yield {"euler_a": euler_a, "heun": heun, "lms": lms}
 
 
-@pytest.fixture(scope="module")
-def context(browser):
-    context = browser.new_context(viewport={"width": 1366, "height": 768})
-    yield context
-    context.close()
-
-
 def tex(page, key: str) -> str:
     return page.locator(f'[data-wording="{key}"]').first.get_attribute("data-tex")
 

@@ -83,13 +83,6 @@ def speech_server(synthetic_bundle_ro, tmp_path_factory, recognizer):
 
 
 @pytest.fixture(scope="module")
-def context(browser):
-    context = browser.new_context(viewport={"width": 1366, "height": 768})
-    yield context
-    context.close()
-
-
-@pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     path = tmp_path_factory.mktemp("clips") / "prompt.wav"
     path.write_bytes(speak(CAPTION, "en-us+f3"))

@@ -23,11 +23,7 @@ def demo_url():
         yield url
 
 
-@pytest.fixture(scope="module")
-def context(browser):
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    yield context
-    context.close()
+VIEWPORT = {"width": 1440, "height": 900}  # the module's browser context (conftest.py)
 
 
 def typeset(page) -> None:

@@ -482,13 +482,6 @@ def compact_site_url(compact_bundle_ro, tmp_path_factory):
         yield url + "course/"
 
 
-@pytest.fixture(scope="module")
-def context(browser):
-    context = browser.new_context(viewport={"width": 1366, "height": 768})
-    yield context
-    context.close()
-
-
 @pytest.mark.browser
 @pytest.mark.skipif(not browser_available(), reason=SKIP_REASON)
 def test_the_exported_site_plays_a_run_shows_a_words_attention_and_compares_two_prompts(

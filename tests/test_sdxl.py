@@ -264,12 +264,6 @@ def test_a_bad_second_token_row_or_conditioning_is_named_by_the_validator(sdxl_b
 
 # -- the app's text level ----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def context(browser):
-    context = browser.new_context(viewport={"width": 1366, "height": 768})
-    yield context
-    context.close()
-
 
 @pytest.mark.browser
 @pytest.mark.skipif(not browser_available(), reason=SKIP_REASON)
