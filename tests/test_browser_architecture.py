@@ -232,7 +232,9 @@ def test_step_buttons_pause_playback(page, base_url):
     page.goto(base_url)
     wait_ready(page)
     page.locator(".tc-back").click()
-    assert page.locator(".tc-play").get_attribute("aria-label") == "Play"
+    # the controller redraws on the next animation frame (main.js schedule), not in the click
+    page.wait_for_function("() => document.querySelector('.tc-play').getAttribute('aria-label') === 'Play'",
+                           timeout=2000)
     value = slider_value(page)
     page.wait_for_timeout(400)
     assert slider_value(page) == value
