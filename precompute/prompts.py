@@ -210,12 +210,7 @@ def check_settings(s: dict, err) -> dict:
         err("seeds", "must be a non-empty list of non-negative integers")
     if seeds is not None and len(set(seeds)) != len(seeds):
         err("seeds", "has duplicates")
-    gs = s.get("guidance_scales")
-    if gs is not None and not (isinstance(gs, list) and gs and all(
-            type(x) in (int, float) and 0 <= x <= 100 for x in gs)):
-        err("guidance_scales", "must be a non-empty list of numbers from 0 to 100")
-    if gs is not None and len({float(x) for x in gs}) != len(gs):
-        err("guidance_scales", "has duplicates")
+    check_scales(s, "guidance_scales", 100, err)
     levels = s.get("attention_levels")
     if levels is not None and not (isinstance(levels, list) and levels and
                                    all(type(x) is int and x >= 1 for x in levels)):
@@ -230,17 +225,22 @@ def check_settings(s: dict, err) -> dict:
     return s
 
 
+def check_scales(s: dict, key: str, high: float, err) -> None:
+    """s[key], when given: a non-empty list of distinct numbers from 0 to `high` (a sweep)."""
+    scales = s.get(key)
+    if scales is not None and not (isinstance(scales, list) and scales and all(
+            type(x) in (int, float) and 0 <= x <= high for x in scales)):
+        err(key, f"must be a non-empty list of numbers from 0 to {high}")
+    if scales is not None and len({float(x) for x in scales}) != len(scales):
+        err(key, "has duplicates")
+
+
 def check_control_settings(s: dict, err) -> None:
     """The ControlNet settings (diffusers' bounds for start and end)."""
     if "controlnet" in s and not (isinstance(s["controlnet"], str) and s["controlnet"].strip()):
         err("controlnet", "must be a ControlNet's hub id or folder path (a diffusers "
             "ControlNetModel, e.g. lllyasviel/sd-controlnet-canny)")
-    scales = s.get("controlnet_conditioning_scales")
-    if scales is not None and not (isinstance(scales, list) and scales and all(
-            type(x) in (int, float) and 0 <= x <= 10 for x in scales)):
-        err("controlnet_conditioning_scales", "must be a non-empty list of numbers from 0 to 10")
-    if scales is not None and len({float(x) for x in scales}) != len(scales):
-        err("controlnet_conditioning_scales", "has duplicates")
+    check_scales(s, "controlnet_conditioning_scales", 10, err)
     for key in ("control_guidance_start", "control_guidance_end"):
         v = s.get(key)
         if v is not None and not (type(v) in (int, float) and 0 <= v <= 1):
