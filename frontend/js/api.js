@@ -31,6 +31,9 @@ export const urls = {
   attentionStep: (runId, res, i) => `api/runs/${enc(runId)}/attention/${res}/steps/${i}.npy`,
   sweep: (promptId, seed) => `api/sweeps/${enc(promptId)}/${seed}.json`,
   trajectories: (seed) => `api/trajectories/${seed}.json`,
+  // the bundle's fewstep/ section (views/fewstep-view.js), when api/index.json has `fewstep`
+  fewstep: () => "api/fewstep/index.json",
+  fewstepFile: (file) => `api/fewstep/files/${enc(file)}`,
   // `noisepath serve --live` only (views/live-prompt.js); never cached here: they change
   liveInfo: () => "api/live/info.json",
   liveJobs: () => "api/live/jobs",

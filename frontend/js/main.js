@@ -28,6 +28,7 @@ import { timestepController } from "./views/timestep-controller.js";
 import { trajectoryMap } from "./views/trajectory-map.js";
 import { livePrompt } from "./views/live-prompt.js";
 import { spokenExamples } from "./views/speech-input.js";
+import { fewstepBox } from "./views/fewstep-view.js";
 
 const RENDER_MEASURE = "noisepath:render";
 
@@ -87,6 +88,7 @@ async function start() {
   const viz = d3.select("#viz");
   livePrompt(d3.select("#live-prompt"), { ...store.committed(), job: liveJob }); // serve --live
   spokenExamples(d3.select("#speech-examples")); // the bundle's spoken prompts (speech/)
+  const fewstep = fewstepBox(d3.select("#fewstep"), { api, index }); // fewstep/: 50 steps, 4, 1
 
   const togglePlay = () => {
     const s = store.committed();
@@ -368,7 +370,7 @@ async function start() {
         store.commit({ token: null });
         return true;
       }
-      return false;
+      return fewstep.close();
     },
   });
 

@@ -1,0 +1,364 @@
+/**
+ * "Fifty steps, four, one" (issue 16): the bundle's fewstep/ section (docs/bundle-format.md),
+ * where the same prompt and the same noise go through the teacher's 50 steps and the
+ * students' few or one. For the chosen example (prompt + seed) it draws every path on one
+ * trajectory map (the example's one projection), each path's chord (the straight line from
+ * its noise to its result, dashed), a time scrubber shared by all paths (time runs from
+ * the noise, 1, to the image, 0: each path's node sits at its last step at or before that
+ * time), each path's predicted final image from where its node is, and its straightness.
+ *
+ * fewstepBox(host, {api, index}) owns the box: hidden unless api/index.json says the bundle
+ * has the section (`fewstep`), nothing fetched until it is first opened, Escape closes it.
+ * fewstepView() is the reusable chart it draws with:
+ *   host.datum({doc, example, time, focus, image(url)}).call(fewstepView()
+ *     .on("example", id => ...).on("time", t => ...).on("focus", pathId | null => ...))
+ * The lesson's prose is in index.html; here only the words that depend on the numbers.
+ */
+import { d3 } from "../lib.js";
+import { fmt } from "../data.js";
+import { frame } from "./frame.js";
+
+const EPS = 1e-9;
+const SLIDER_MAX = 1000;   // the range input's units: time = 1 - value / SLIDER_MAX
+const MARGIN = 16;
+const STRAIGHT_BY_CONSTRUCTION = 0.01; // a 1-step path's number under this is its construction's 0
+// colour per model: Okabe-Ito marks (apart for the common colour-vision deficiencies)
+// with a darker shade for text (4.5:1 on white)
+const PALETTE = [["#d55e00", "#b5420f"], ["#0072b2", "#1f5fa8"], ["#009e73", "#00704f"],
+  ["#cc79a7", "#a0487c"], ["#e69f00", "#8a5a00"], ["#56b4e9", "#1d6f9e"]];
+
+/** The index of a path's node at time t: its last point with time >= t (time falls 1 -> 0). */
+export function nodeAt(times, t) {
+  let i = 0;
+  while (i + 1 < times.length && times[i + 1] >= t - EPS) i += 1;
+  return i;
+}
+
+/** Every time any path of the example has a point, from the noise (1) to the image (0). */
+export function eventTimes(example) {
+  const all = example.paths.flatMap((p) => p.time);
+  return [...new Set(all.map((t) => Math.round(t / EPS) * EPS))].sort((a, b) => b - a);
+}
+
+/** The time an arrow key moves to from t: the next (or previous) time any path steps. */
+export function nextTime(events, t, direction) {
+  if (direction > 0) return events.find((e) => e < t - 1e-6) ?? 0;
+  return [...events].reverse().find((e) => e > t + 1e-6) ?? 1;
+}
+
+/** A path's name: its model's label and its number of steps. */
+function pathName(models, path) {
+  const model = models.get(path.model);
+  const steps = path.num_inference_steps;
+  return `${model ? model.label : path.model}, ${steps} step${steps === 1 ? "" : "s"}`;
+}
+
+/**
+ * What a path's straightness says. A 1-step path is straight by construction: its one
+ * call predicts its result (a flow student's exactly; a DDIM teacher's lands on
+ * alpha_bar[0], not 1, so its number is near 0 but not 0).
+ */
+export function straightnessWords(path) {
+  if (path.num_inference_steps === 1 && path.straightness < STRAIGHT_BY_CONSTRUCTION) {
+    return "one step: straight by construction";
+  }
+  return `straightness ${fmt(path.straightness, 2)}`;
+}
+
+/**
+ * One sentence from the numbers: the most curved teacher path against the straightest
+ * student path of more than one step, or "" when the example lacks either.
+ */
+export function reading(doc, example) {
+  const kind = new Map(doc.models.map((m) => [m.id, m.kind]));
+  const multi = example.paths.filter((p) => p.num_inference_steps > 1 && Number.isFinite(p.straightness));
+  const teacher = d3.greatest(multi.filter((p) => kind.get(p.model) === "teacher"), (p) => p.straightness);
+  const student = d3.least(multi.filter((p) => kind.get(p.model) !== "teacher"), (p) => p.straightness);
+  if (!teacher || !student) return "";
+  const models = new Map(doc.models.map((m) => [m.id, m]));
+  const ratio = student.straightness > 0 ? teacher.straightness / student.straightness : null;
+  const times = ratio && ratio >= 1.5 ? `: ${fmt(ratio, 2)}× straighter` : "";
+  return `Here: ${pathName(models, teacher)}, straightness ${fmt(teacher.straightness, 2)}; `
+    + `${pathName(models, student)}, ${fmt(student.straightness, 2)}${times}.`;
+}
+
+/** Per path of the example: its colour, name and node, prediction and frame at time t. */
+function derive(doc, example, t) {
+  const models = new Map(doc.models.map((m) => [m.id, m]));
+  const colour = new Map(doc.models.map((m, j) => [m.id, PALETTE[j % PALETTE.length]]));
+  return example.paths.map((p) => {
+    const T = p.num_inference_steps;
+    const i = nodeAt(p.time, t);
+    const [mark, ink] = colour.get(p.model) || ["#575766", "#575766"];
+    return { ...p, T, i, mark, ink, name: pathName(models, p), pred: i < T ? p.pred_xy[i] : null };
+  });
+}
+
+export function fewstepView() {
+  const listeners = d3.dispatch("example", "time", "focus");
+  const thumb = frame();
+  let width = null;
+
+  function controls(selection, d) {
+    const row = selection.selectAll(".fs-controls").data([null]).join((enter) => {
+      const r = enter.append("div").attr("class", "fs-controls");
+      const pick = r.append("label").attr("class", "fs-pick");
+      pick.append("span").text("Example ");
+      pick.append("select").attr("class", "fs-example")
+        .on("change", function onChange() { listeners.call("example", null, this.value); });
+      const scrub = r.append("div").attr("class", "fs-scrub");
+      const label = scrub.append("label").attr("class", "fs-scrub-label").attr("for", "fs-time");
+      label.append("span").text("Time ");
+      label.append("output").attr("class", "fs-time-readout").attr("for", "fs-time");
+      scrub.append("input").attr("type", "range").attr("id", "fs-time").attr("class", "fs-time")
+        .attr("min", 0).attr("max", SLIDER_MAX).attr("step", 1)
+        .on("input", function onInput() { listeners.call("time", null, 1 - this.value / SLIDER_MAX); })
+        .on("keydown", function onKey(event) {
+          const dd = selection.datum();
+          const moves = { ArrowRight: 1, ArrowUp: 1, ArrowLeft: -1, ArrowDown: -1 };
+          if (!(event.key in moves)) return; // Home, End, PageUp, PageDown: the range's own
+          event.preventDefault();
+          listeners.call("time", null, nextTime(eventTimes(dd.example), dd.time, moves[event.key]));
+        });
+      scrub.append("svg").attr("class", "fs-ticks").attr("aria-hidden", "true");
+      const ends = scrub.append("div").attr("class", "fs-ends").attr("aria-hidden", "true");
+      ends.append("span").text("noise, t = 1");
+      ends.append("span").text("image, t = 0");
+      return r;
+    });
+    row.select(".fs-example").selectAll("option").data(d.doc.examples, (e) => e.id).join("option")
+      .attr("value", (e) => e.id).text((e) => `${e.prompt} (seed ${e.seed})`);
+    row.select(".fs-example").property("value", d.example.id);
+    const value = Math.round((1 - d.time) * SLIDER_MAX);
+    row.select(".fs-time").property("value", value)
+      .attr("aria-valuetext", `time ${d.time.toFixed(2)}: 1 is the noise, 0 the image`);
+    row.select(".fs-time-readout").text(`t = ${d.time.toFixed(2)}`);
+  }
+
+  /** Under the scrubber: one row per path, a tick wherever it calls the model. */
+  function ticks(selection, paths, t) {
+    const svg = selection.select(".fs-ticks");
+    const w = Math.max(100, svg.node().clientWidth || 300);
+    const row = 6;
+    const x = d3.scaleLinear().domain([1, 0]).range([8, w - 8]); // the thumb's travel
+    svg.attr("viewBox", `0 0 ${w} ${paths.length * row + 2}`).attr("height", paths.length * row + 2);
+    const rows = svg.selectAll("g.fs-tick-row").data(paths, (p) => p.id).join("g")
+      .attr("class", "fs-tick-row").attr("transform", (_, j) => `translate(0,${j * row + 1})`)
+      .style("--fs-mark", (p) => p.mark);
+    rows.selectAll("line").data((p) => p.time.slice(0, -1).map((s, k) => ({ s, k, done: s >= t - EPS })))
+      .join("line").attr("x1", (e) => x(e.s)).attr("x2", (e) => x(e.s)).attr("y1", 0).attr("y2", row - 1)
+      .classed("is-done", (e) => e.done);
+    svg.selectAll("line.fs-tick-now").data([t]).join("line").attr("class", "fs-tick-now")
+      .attr("x1", x).attr("x2", x).attr("y1", 0).attr("y2", paths.length * row + 2);
+  }
+
+  function map(selection, d, paths) {
+    const svg = selection.selectAll("svg.fs-map").data([null]).join((enter) => {
+      const s = enter.append("svg").attr("class", "fs-map").attr("role", "img");
+      s.append("rect").attr("class", "fs-bg");
+      for (const layer of ["fs-chords", "fs-lines", "fs-dots", "fs-preds", "fs-start", "fs-now"]) {
+        s.append("g").attr("class", layer);
+      }
+      return s;
+    });
+    const w = width || 400;
+    const all = paths.flatMap((p) => [...p.xy, ...p.pred_xy, ...p.chord]);
+    const [x0, x1] = d3.extent(all, (q) => q[0]);
+    const [y0, y1] = d3.extent(all, (q) => q[1]);
+    const dx = Math.max(x1 - x0, EPS);
+    const dy = Math.max(y1 - y0, EPS);
+    const h = Math.round(Math.max(200, Math.min(w * 0.8, 440, (w - 2 * MARGIN) * (dy / dx) + 2 * MARGIN)));
+    const k = Math.min((w - 2 * MARGIN) / dx, (h - 2 * MARGIN) / dy); // one scale: only distances mean something
+    const x = (v) => w / 2 + (v - (x0 + x1) / 2) * k;
+    const y = (v) => h / 2 - (v - (y0 + y1) / 2) * k;
+    const line = d3.line().x((q) => x(q[0])).y((q) => y(q[1]));
+    svg.attr("viewBox", `0 0 ${w} ${h}`).attr("height", h)
+      .attr("aria-label", `Trajectory map at time ${d.time.toFixed(2)}: ${paths.map((p) => `${p.name} at step ${p.i} of ${p.T}`).join("; ")}. `
+        + "Dashed: each path's chord, the straight line from its noise to its result.");
+    svg.select(".fs-bg").attr("width", w).attr("height", h);
+    const dim = (p) => d.focus !== null && d.focus !== p.id;
+    const styled = (sel) => sel.style("--fs-mark", (p) => p.mark).style("--fs-ink", (p) => p.ink)
+      .classed("is-dimmed", dim).attr("data-path", (p) => p.id);
+
+    svg.select(".fs-chords").selectAll("line").data(paths, (p) => p.id).join("line")
+      .attr("class", "fs-chord").call(styled)
+      .attr("x1", (p) => x(p.chord[0][0])).attr("y1", (p) => y(p.chord[0][1]))
+      .attr("x2", (p) => x(p.chord[1][0])).attr("y2", (p) => y(p.chord[1][1]));
+    const lines = svg.select(".fs-lines").selectAll("g.fs-path").data(paths, (p) => p.id)
+      .join((enter) => {
+        const g = enter.append("g");
+        g.append("path").attr("class", "fs-ahead");
+        g.append("path").attr("class", "fs-done");
+        return g;
+      })
+      .attr("class", "fs-path").call(styled);
+    lines.select(".fs-ahead").attr("d", (p) => line(p.xy));
+    lines.select(".fs-done").attr("d", (p) => line(p.xy.slice(0, p.i + 1)));
+    svg.select(".fs-dots").selectAll("g.fs-path-dots").data(paths, (p) => p.id).join("g")
+      .attr("class", "fs-path-dots").call(styled)
+      .selectAll("circle").data((p) => p.xy.map((q, j) => ({ q, j, done: j <= p.i })))
+      .join("circle").attr("r", 2.2).attr("cx", (n) => x(n.q[0])).attr("cy", (n) => y(n.q[1]))
+      .classed("is-done", (n) => n.done);
+    // where each path's current call says the image will be: a ring, tied to its node
+    const preds = svg.select(".fs-preds").selectAll("g.fs-pred").data(paths.filter((p) => p.pred), (p) => p.id)
+      .join((enter) => {
+        const g = enter.append("g");
+        g.append("line");
+        g.append("circle").attr("r", 5);
+        return g;
+      })
+      .attr("class", "fs-pred").call(styled);
+    preds.select("line").attr("x1", (p) => x(p.xy[p.i][0])).attr("y1", (p) => y(p.xy[p.i][1]))
+      .attr("x2", (p) => x(p.pred[0])).attr("y2", (p) => y(p.pred[1]));
+    preds.select("circle").attr("cx", (p) => x(p.pred[0])).attr("cy", (p) => y(p.pred[1]));
+    const start = paths[0].xy[0];
+    const side = (q) => (x(q[0]) < w / 3 ? "start" : x(q[0]) > (2 * w) / 3 ? "end" : "middle");
+    svg.select(".fs-start").selectAll("text").data([start]).join("text")
+      .attr("class", "fs-start-label").attr("text-anchor", side)
+      .attr("x", (q) => x(q[0]) + { start: -8, middle: 0, end: 8 }[side(q)])
+      .attr("y", (q) => (y(q[1]) < 30 ? y(q[1]) + 24 : y(q[1]) - 14))
+      .text(`the same noise (seed ${d.example.seed})`);
+    const now = svg.select(".fs-now").selectAll("g.fs-node").data(paths, (p) => p.id)
+      .join((enter) => {
+        const g = enter.append("g");
+        g.append("circle").attr("r", 9);
+        g.append("text").attr("dy", "0.35em").attr("text-anchor", "middle");
+        return g;
+      })
+      .attr("class", "fs-node").call(styled)
+      .attr("data-step", (p) => p.i)
+      .attr("data-x", (p) => p.xy[p.i][0]).attr("data-y", (p) => p.xy[p.i][1])
+      .attr("transform", (p) => `translate(${x(p.xy[p.i][0])},${y(p.xy[p.i][1])})`);
+    now.select("text").text((p) => p.T);
+    now.filter((p) => d.focus === p.id).raise();
+  }
+
+  function cards(selection, d, paths) {
+    const cardsHost = selection.selectAll(".fs-cards").data([null]).join("div").attr("class", "fs-cards");
+    const card = cardsHost.selectAll("figure.fs-card").data(paths, (p) => p.id)
+      .join((enter) => {
+        const f = enter.append("figure").attr("tabindex", 0)
+          .on("pointerenter focus", (_, p) => listeners.call("focus", null, p.id))
+          .on("pointerleave blur", () => listeners.call("focus", null, null));
+        f.append("figcaption").attr("class", "fs-card-title");
+        f.append("div").attr("class", "frame fs-frame");
+        f.append("p").attr("class", "fs-card-step");
+        f.append("p").attr("class", "fs-straightness");
+        f.append("p").attr("class", "fs-seconds muted");
+        return f;
+      })
+      .attr("class", "fs-card").attr("data-path", (p) => p.id)
+      .style("--fs-mark", (p) => p.mark).style("--fs-ink", (p) => p.ink)
+      .classed("is-focused", (p) => d.focus === p.id);
+    card.select(".fs-card-title").text((p) => p.name);
+    card.select(".fs-frame").datum((p) => {
+      const url = p.images.url || d.fileUrl(p.images.file); // the served index's url: ?v= its hash
+      return { image: d.image(url), index: p.i,
+        entry: { frame_width: p.images.width, frame_height: p.images.height, columns: p.images.frames },
+        label: p.i < p.T ? `${p.name}: what step ${p.i + 1} predicts the final image to be` : `${p.name}: the result` };
+    }).call(thumb);
+    card.select(".fs-card-step").text((p) => (p.i < p.T
+      ? `step ${p.i + 1} of ${p.T} predicts this` : `the result, after ${p.T} step${p.T === 1 ? "" : "s"}`));
+    card.select(".fs-straightness").text(straightnessWords);
+    card.select(".fs-seconds").text((p) => (Number.isFinite(p.seconds) ? `${fmt(p.seconds, 2)} s to make` : ""));
+  }
+
+  function view(selection) {
+    const d = selection.datum();
+    const paths = derive(d.doc, d.example, d.time);
+    controls(selection, d);
+    ticks(selection, paths, d.time);
+    const models = d.doc.models.filter((m) => d.example.paths.some((p) => p.model === m.id));
+    const legend = selection.selectAll("ul.fs-legend").data([null]).join("ul").attr("class", "fs-legend");
+    legend.selectAll("li").data(models, (m) => m.id).join("li")
+      .style("--fs-mark", (m) => paths.find((p) => p.model === m.id).mark)
+      .text((m) => m.label);
+    const grid = selection.selectAll(".fs-grid").data([null]).join((enter) => {
+      const g = enter.append("div").attr("class", "fs-grid");
+      g.append("div").attr("class", "fs-map-host");
+      return g;
+    });
+    map(grid.select(".fs-map-host"), d, paths);
+    cards(grid, d, paths);
+    const words = reading(d.doc, d.example);
+    selection.selectAll("p.fs-reading").data([words]).join("p").attr("class", "fs-reading")
+      .text((s) => s).property("hidden", !words);
+  }
+
+  view.on = (type, fn) => {
+    listeners.on(type, fn);
+    return view;
+  };
+  /** Re-read the map's width (between frames); true when it changed since the last draw. */
+  view.measure = (selection) => {
+    const host = selection.select(".fs-map-host").node();
+    if (!host || !host.clientWidth) return false;
+    const next = Math.max(200, host.clientWidth);
+    if (next === width) return false;
+    width = next;
+    return true;
+  };
+  return view;
+}
+
+/**
+ * The box: a disclosure in index.html (#fewstep > details) whose body is drawn when first
+ * opened. index: api/index.json (its `fewstep` says the bundle has the section).
+ * Returns {close()}: closes an open box (true) or does nothing (false).
+ */
+export function fewstepBox(host, { api, index }) {
+  const details = host.select("details");
+  const body = host.select(".fewstep-view");
+  host.attr("hidden", index && index.fewstep ? null : true);
+  const none = { close: () => false };
+  if (!index || !index.fewstep || details.empty()) return none;
+
+  const chart = fewstepView();
+  const state = { example: null, time: 1, focus: null };
+  let doc = null;
+  let frameRequest = null;
+  const fileUrl = (file) => api.urls.fewstepFile(file);
+  const image = (url) => {
+    const loaded = api.peek(url, "image", { start: false });
+    if (!loaded && !api.failed(url)) api.load(url, "image").then(schedule, () => {});
+    return loaded || null;
+  };
+  function draw() {
+    if (!doc || !details.property("open")) return;
+    const example = doc.examples.find((e) => e.id === state.example) || doc.examples[0];
+    body.datum({ doc, example, time: state.time, focus: state.focus, fileUrl, image }).call(chart);
+    if (chart.measure(body)) body.call(chart);
+  }
+  function schedule() {
+    if (frameRequest === null) frameRequest = requestAnimationFrame(() => { frameRequest = null; draw(); });
+  }
+  chart.on("example", (id) => { state.example = id; state.focus = null; schedule(); })
+    .on("time", (t) => { state.time = Math.min(1, Math.max(0, t)); schedule(); })
+    .on("focus", (id) => { state.focus = id; schedule(); });
+
+  details.on("toggle", () => {
+    if (!details.property("open") || doc) return schedule();
+    body.selectAll(".fs-message").data([null]).join("p").attr("class", "fs-message muted").text("Loading the paths…");
+    api.load(api.urls.fewstep()).then((loaded) => {
+      doc = loaded;
+      body.selectAll(".fs-message").remove();
+      schedule();
+    }, (error) => {
+      body.selectAll(".fs-message").attr("class", "fs-message is-error").text(`Could not load the paths: ${error.message}`);
+    });
+  });
+  const close = () => {
+    if (!details.property("open")) return false;
+    details.property("open", false);
+    details.select("summary").node().focus();
+    return true;
+  };
+  details.on("keydown", (event) => {
+    if (event.key === "Escape" && close()) {
+      event.preventDefault(); // the page's Escape (js/keyboard.js) leaves it alone then
+      event.stopPropagation();
+    }
+  });
+  window.addEventListener("resize", schedule);
+  return { close };
+}
