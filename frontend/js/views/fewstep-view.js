@@ -77,9 +77,9 @@ export function reading(doc, example) {
   if (!teacher || !student) return "";
   const models = new Map(doc.models.map((m) => [m.id, m]));
   const ratio = student.straightness > 0 ? teacher.straightness / student.straightness : null;
-  const times = ratio && ratio >= 1.5 ? `: ${fmt(ratio, 2)}× straighter` : "";
-  return `Here: ${pathName(models, teacher)}, straightness ${fmt(teacher.straightness, 2)}; `
-    + `${pathName(models, student)}, ${fmt(student.straightness, 2)}${times}.`;
+  const times = ratio && ratio >= 1.5 ? `, ${fmt(ratio, 2)}× straighter` : "";
+  return `Here: ${pathName(models, teacher)}: straightness ${fmt(teacher.straightness, 2)}; `
+    + `${pathName(models, student)}: ${fmt(student.straightness, 2)}${times}.`;
 }
 
 /** Per path of the example: its colour, name and node, prediction and frame at time t. */
