@@ -14,7 +14,7 @@ import { differenceFrame, imageDistance, latentDistance, spritePixels } from "./
 const LANE_NAMES = ["Prompt 1", "Prompt 2"];
 
 /**
- * @param helpers {picture(slot, run, name, index, label), runOf(promptId, seed, guidance),
+ * @param helpers {picture(slot, run, name, index, label), runOf(promptId, seed, guidance, control),
  *                 promptData(promptId)} from model.js
  */
 export function createCompareModel(index, api, { picture, runOf, promptData }) {
@@ -75,9 +75,17 @@ export function createCompareModel(index, api, { picture, runOf, promptData }) {
     return { map, note: "", words };
   }
 
+  /** A lane's ControlNet run: {frame: its control image, scale}, or null (no control). */
+  function laneControl(run, n, name) {
+    const cn = run && run.controlnet;
+    if (!cn) return null;
+    return { scale: cn.conditioning_scale,
+      frame: picture(`cmp-${n}-control`, run, "control_image", 0, `${name}: the control image its ControlNet read`) };
+  }
+
   function lane(state, n, promptId, ranges, s, i) {
     const text = index.prompts[promptId].text;
-    const { id: runId, run } = runOf(promptId, state.seed, state.guidance);
+    const { id: runId, run } = runOf(promptId, state.seed, state.guidance, state.control);
     const prompt = promptData(promptId);
     const changed = prompt
       ? alignTokens(text, prompt.tokens.real).filter((sp) => sp.k !== null
@@ -104,6 +112,7 @@ export function createCompareModel(index, api, { picture, runOf, promptData }) {
           i === null ? `${name}: no prediction at step 0` : `${name}: predicted final image at step ${s}`),
         decoded: picture(`cmp-${n}-decoded`, run, "decoded", s, `${name}: decoded image at step ${s}`),
       },
+      control: laneControl(run, n, name), // a ControlNet run: its control image and scale
       attention: {
         map: att.map,
         note: att.note,
@@ -183,7 +192,7 @@ export function createCompareModel(index, api, { picture, runOf, promptData }) {
     const ids = [state.prompt, state.compare];
     const ranges = wordDiff(index.prompts[ids[0]].text, index.prompts[ids[1]].text);
     const lanes = ids.map((pid, n) => lane(state, n, pid, ranges[n], s, i));
-    const runs = ids.map((pid) => runOf(pid, state.seed, state.guidance));
+    const runs = ids.map((pid) => runOf(pid, state.seed, state.guidance, state.control));
     return {
       lanes,
       noise: picture("cmp-noise", runs[0].run, "latents", 0, `The same random noise at step 0 for seed ${state.seed}`),

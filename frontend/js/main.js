@@ -16,6 +16,8 @@ import { attentionControls, attentionHover, attentionOverlay } from "./views/att
 import { choice } from "./views/choice.js";
 import { clipDiagram, CLIP_EXAMPLE } from "./views/clip.js";
 import { compareLanes } from "./views/compare.js";
+import { controlnetLevel } from "./views/controlnet-level.js";
+import { controlledRunId, controlOpener, controlSetup, openingScale } from "./controlnet-model.js";
 import { differenceChart, differenceImage } from "./views/difference-chart.js";
 import { fields } from "./views/fields.js";
 import { frame } from "./views/frame.js";
@@ -81,7 +83,8 @@ async function start() {
   // the rest waits for the first render. A slow server holds the views back 0.5 s at most.
   setStatus("Loading the run…");
   const start0 = store.committed();
-  const opened = api.firstScreen(runIdFor(index, start0.prompt, start0.seed, start0.guidance),
+  const opened = api.firstScreen(controlledRunId(index, start0.prompt, start0.seed, start0.guidance, start0.control)
+    || runIdFor(index, start0.prompt, start0.seed, start0.guidance),
     start0.prompt, firstScreenSprites(start0.step)).catch(() => {}); // a failure reaches onError
   await Promise.race([opened, new Promise((resolve) => setTimeout(resolve, 500))]);
   applyWording(document, index); // the words that depend on the bundle's model
@@ -160,6 +163,7 @@ async function start() {
       .on("paths", (paths) => store.commit({ paths })),
     differences: differenceChart().on("step", goTo),
     differenceImage: differenceImage(),
+    controlnet: choiceHandlers(controlnetLevel(), store, "control"),
   };
 
   const frameView = frame();
@@ -198,7 +202,15 @@ async function start() {
     const state = store.state();
     const m = model.derive(state, store.hover());
 
-    viz.datum(m.architecture).call(views.architecture);
+    // ControlNet: its opener and level only where the prompt has control at this seed and guidance
+    const control = controlOpener(index, api, state);
+    viz.datum({ ...m.architecture, unavailable: control ? [] : ["controlnet"] }).call(views.architecture);
+    const opener = d3.select("#controlnet-open").property("hidden", !control);
+    if (control) {
+      opener.select(".box-sub").text(control.scale ? `scale ${control.scale}` : "off");
+      opener.select(".frame").datum(control.frame).call(frameView);
+    }
+    if (m.controlnet) d3.select("#panel-controlnet").datum(m.controlnet).call(views.controlnet);
     if (!state.compare) revealOpened(state.open);
     d3.select("#timestep-controller").datum(m.controller).call(views.controller);
     d3.select("#prompt-picker").datum(m.picker).call(views.picker);
@@ -312,6 +324,12 @@ async function start() {
     const opener = event.target.closest("[data-panel]");
     if (opener) {
       store.togglePanel(opener.dataset.panel);
+      const s = store.committed();
+      if (opener.dataset.panel === "controlnet" && s.open.includes("controlnet") && !s.control) {
+        // the level is about control acting: opening it with control off turns it on
+        const setup = controlSetup(index, s.prompt, s.seed, s.guidance);
+        if (setup) store.commit({ control: openingScale(setup) }, { replace: true });
+      }
       return;
     }
     const closer = event.target.closest("[data-close]");

@@ -15,6 +15,7 @@ import {
 import { SPEEDS } from "./state.js";
 import { historyWords } from "./scheduler-words.js";
 import { createCompareModel } from "./compare-model.js";
+import { controlledRunId, createControlnetModel } from "./controlnet-model.js";
 import {
   callWords, factorsSentence, guidanceRescaleAt, outputOf, paddingWords, remainderLabel, rescaleFactor, schedulerTitle,
   stepNumbersText, uncondWords, wording,
@@ -54,8 +55,9 @@ export function createModel(index, api) {
     return m.get(key);
   };
 
-  const runOf = (promptId, seed, guidance) => {
-    const id = runIdFor(index, promptId, seed, guidance);
+  // `control`: ControlNet's conditioning scale; 0 or a prompt without control: the plain run
+  const runOf = (promptId, seed, guidance, control = 0) => {
+    const id = controlledRunId(index, promptId, seed, guidance, control) || runIdFor(index, promptId, seed, guidance);
     return { id, run: id ? api.peek(urls.run(id)) : undefined };
   };
 
@@ -88,6 +90,7 @@ export function createModel(index, api) {
   }
 
   const compare = createCompareModel(index, api, { picture, runOf, promptData });
+  const controlnet = createControlnetModel(index, api, { picture, runOf });
 
   function textPanel(state, prompt) {
     if (!prompt) return null;
@@ -225,7 +228,7 @@ export function createModel(index, api) {
   function derive(state, hover) {
     const s = state.step;
     const i = callIndex(s);
-    const { id: runId, run } = runOf(state.prompt, state.seed, state.guidance);
+    const { id: runId, run } = runOf(state.prompt, state.seed, state.guidance, state.control);
     const prompt = promptData(state.prompt);
     const open = new Set(state.compare ? [] : state.open); // the comparison hides the levels
     const stats = run ? run.stats || {} : {};
@@ -336,6 +339,7 @@ export function createModel(index, api) {
       };
     }
     if (open.has("guidance")) model.guidancePanel = guidancePanel(state, numbers, s, run, i);
+    if (open.has("controlnet")) model.controlnet = controlnet(state); // null: no control here
     if (state.compare) model.compare = compare(state);
     return model;
   }

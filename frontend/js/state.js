@@ -10,13 +10,15 @@
  *
  * `compare` is the second prompt of the comparison view (null: the overview), so entering
  * and leaving it are history entries and a link can open a comparison; `paths` shows the
- * other guidance scales' paths on its Trajectory Map.
+ * other guidance scales' paths on its Trajectory Map. `control` is ControlNet's
+ * conditioning scale (0: the run without control; js/controlnet-model.js).
  */
+import { controlScales } from "./controlnet-model.js";
 import { d3 } from "./lib.js";
 import { recordedSteps } from "./data.js";
 
 /** Panels that can be open, and the level-2 panel each deeper one belongs to. */
-export const PANELS = { text: null, clip: "text", image: null, guidance: null };
+export const PANELS = { text: null, clip: "text", image: null, guidance: null, controlnet: null };
 export const SPEEDS = [2, 5, 10, 20];
 
 const REPLACE_ONLY = new Set(["step", "speed"]);
@@ -51,6 +53,7 @@ export function defaults(index) {
     present: false,
     vsEmpty: false,
     channel: 0,
+    control: 0, // ControlNet's conditioning scale; 0: the run without control
   };
 }
 
@@ -76,6 +79,7 @@ export function normalize(index, raw) {
   s.vsEmpty = Boolean(s.vsEmpty);
   const C = index.config.latent_shape ? index.config.latent_shape[0] : 4;
   s.channel = Number.isInteger(s.channel) && s.channel >= 0 && s.channel < C ? s.channel : 0;
+  s.control = controlScales(index).find((c) => sameNumber(c, s.control)) ?? 0;
   return s;
 }
 
@@ -100,6 +104,7 @@ export function fromSearch(search) {
   if (q.has("present")) raw.present = q.get("present") === "1";
   if (q.has("vs")) raw.vsEmpty = q.get("vs") === "empty";
   if (q.has("channel")) raw.channel = int(q.get("channel"));
+  if (q.has("control")) raw.control = num(q.get("control"));
   for (const k of Object.keys(raw)) if (raw[k] === undefined) delete raw[k];
   return raw;
 }
@@ -122,6 +127,7 @@ export function toSearch(index, s) {
   if (s.present) q.set("present", "1");
   if (s.vsEmpty) q.set("vs", "empty");
   if (s.channel !== base.channel) q.set("channel", String(s.channel));
+  if (s.control) q.set("control", String(s.control));
   return `?${q.toString()}`;
 }
 

@@ -4,7 +4,9 @@
  * the latent, the decoded image and the model's predicted final image).
  *
  * Usage: d3.select("#viz").datum({open, playing, compare, frames: {noise, latent, decoded, pred},
- *          predAtStart}).call(architecture())
+ *          predAtStart, unavailable}).call(architecture())
+ * unavailable: levels this run does not have (ControlNet's without control), hidden even
+ * where `open` names them.
  * Panels are the `.panel[data-level]` sections inside the selection; the buttons that open
  * them carry data-panel and get aria-expanded.
  */
@@ -18,7 +20,7 @@ export function architecture() {
     selection.classed("is-playing", d.playing).classed("has-open-level", d.open.length > 0);
     selection.selectAll(".panel[data-level]").each(function show() {
       const id = this.id.replace(/^panel-/, "");
-      const open = d.open.includes(id);
+      const open = d.open.includes(id) && !(d.unavailable || []).includes(id);
       if (this.hidden === open) this.hidden = !open;
     });
     selection.selectAll("[data-panel]")

@@ -3,10 +3,12 @@
  * other prompt lacks marked in the lane's colour), a picker to choose another prompt of
  * the same seed (hover previews), and at the current step its latent, its predicted
  * final image, where its own words act (cross-attention over the decoded image), and its
- * decoded image.
+ * decoded image. A lane whose run has control (a ControlNet run) shows its control image
+ * and conditioning scale.
  *
  * Usage: d3.select(host).datum({lanes: [{key, n, name, text, spans, missing, previewed,
- *          frames: {latent, pred, decoded}, attention: {map, note, title}, picker}]})
+ *          frames: {latent, pred, decoded}, attention: {map, note, title}, picker,
+ *          control: {frame, scale} | null}]})
  *          .call(compareLanes().on("commit", ({lane, id}) => ...).on("preview", ...).on("unpreview", ({lane}) => ...))
  * Each lane's decoded image carries the class `lane-decoded`. From 1200 px the two lanes
  * sit side by side (main.css), so both decoded images are on the first screen.
@@ -53,6 +55,9 @@ export function compareLanes() {
       head.append("div").attr("class", "prompt-picker lane-picker");
       lane.append("p").attr("class", "lane-words");
       lane.append("p").attr("class", "lane-missing panel-note");
+      const control = lane.append("div").attr("class", "lane-control");
+      control.append("div").attr("class", "frame frame-tiny lane-control-image");
+      control.append("span").attr("class", "lane-control-text");
       const figs = lane.append("div").attr("class", "lane-figures");
       for (const f of FIGURES) {
         const fig = figs.append("figure").attr("class", `lane-figure lane-figure-${f.key}`);
@@ -76,6 +81,15 @@ export function compareLanes() {
       .attr("class", (sp) => (sp.highlight ? "lane-diff" : null))
       .text((sp) => sp.text);
     lanes.select(".lane-missing").property("hidden", (l) => !l.missing).text((l) => l.missing || "");
+    // where one lane's run has control, both lanes say whether theirs has (their rows align)
+    const anyControl = d.lanes.some((l) => l.control);
+    lanes.select(".lane-control").property("hidden", !anyControl);
+    lanes.select(".lane-control-text").text((l) => (l.control
+      ? `ControlNet: this control image, conditioning scale ${l.control.scale}`
+      : "No control image for this prompt: its run without control"));
+    lanes.select(".lane-control-image").style("visibility", (l) => (l.control ? null : "hidden")).each(function f(l) {
+      if (l.control) d3.select(this).datum(l.control.frame).call(draw);
+    });
     lanes.select(".lane-latent").each(function f(l) { d3.select(this).datum(l.frames.latent).call(draw); });
     lanes.select(".lane-pred").each(function f(l) { d3.select(this).datum(l.frames.pred).call(draw); });
     lanes.select(".lane-decoded").each(function f(l) { d3.select(this).datum(l.frames.decoded).call(draw); });

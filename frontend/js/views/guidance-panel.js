@@ -3,7 +3,8 @@
  * preview, release to choose), the guidance formula with this step's numbers, and the
  * same seed's image at every scale.
  *
- * guidanceSlider():  datum {scales, selected, previewed}; events "commit", "preview", "unpreview"
+ * guidanceSlider():  datum {scales, selected, previewed, name (absent: "Guidance scale")}; events
+ *                    "commit", "preview", "unpreview"
  * guidanceFormula(): datum {symbol, g, uncond, text, guided, missing} (numbers at one pixel) or
  *                    null; symbol: TeX of what the UNet predicts ("\\epsilon", or "v" for
  *                    v-prediction models)
@@ -50,8 +51,10 @@ export function guidanceSlider() {
       return gs;
     });
     const shown = d.previewed ?? d.selected;
+    const name = d.name || "Guidance scale"; // or "Conditioning scale" (ControlNet's level)
+    root.select(".gs-label .visually-hidden").text(name);
     const input = root.select(".gs-range").attr("min", lo).attr("max", hi)
-      .attr("aria-valuetext", `guidance scale ${d.selected}`);
+      .attr("aria-valuetext", `${name.toLowerCase()} ${d.selected}`);
     if (document.activeElement !== input.node() || Number(input.property("value")) !== shown) {
       input.property("value", shown);
     }
@@ -62,7 +65,7 @@ export function guidanceSlider() {
         .on("pointerenter", (event, g) => listeners.call("preview", null, g))
         .on("pointerleave", () => listeners.call("unpreview", null)))
       .style("left", (g) => `${pos(g)}%`)
-      .attr("aria-label", (g) => `Guidance scale ${g}`)
+      .attr("aria-label", (g) => `${name} ${g}`)
       .attr("aria-pressed", (g) => String(g === d.selected))
       .classed("is-selected", (g) => g === d.selected)
       .classed("is-previewed", (g) => g === d.previewed && g !== d.selected)

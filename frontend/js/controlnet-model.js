@@ -1,0 +1,180 @@
+/**
+ * ControlNet runs (docs/bundle-format.md, "ControlNet"): which controlled run a choice
+ * means, and what the ControlNet level draws at a step.
+ *
+ * The state's `control` is the conditioning scale (`controlnet_conditioning_scale`); 0,
+ * the default, is the run without control, the bundle's normal run. A prompt's controlled
+ * runs come from api/index.json's `control_lookup` (prompt -> seed -> guidance ->
+ * control_id -> scale -> run_id, scale "0" the run without control from the same noise).
+ *
+ * Like model.js, `derive` is synchronous: it reads the API cache with `peek`, which starts
+ * any fetch that is missing.
+ */
+import { urls } from "./api.js";
+import { callIndex, fmt, sliceFirst } from "./data.js";
+
+const sameNumber = (a, b) => Math.abs(Number(a) - Number(b)) < 1e-9;
+const scalesOf = new WeakMap(); // index -> the bundle's conditioning scales
+
+/** Every conditioning scale above 0 of the bundle's ControlNet runs, ascending. */
+export function controlScales(index) {
+  if (!scalesOf.has(index)) {
+    const all = Object.values(index.runs || {}).map((r) => r.controlnet_conditioning_scale)
+      .filter((c) => typeof c === "number" && c > 0);
+    scalesOf.set(index, [...new Set(all)].sort((a, b) => a - b));
+  }
+  return scalesOf.get(index);
+}
+
+/** The prompt's control setup for this seed and guidance: {controlId, runs: [{scale,
+ * runId}] ascending, 0 first where the run without control is in the bundle}, or null
+ * (a prompt without a control image, guidance 0). One control image per prompt is shown:
+ * the first control_id. */
+export function controlSetup(index, promptId, seed, guidance) {
+  const bySeed = index.control_lookup && index.control_lookup[promptId];
+  const byGuidance = bySeed && (bySeed[seed] ?? bySeed[String(seed)]);
+  if (!byGuidance) return null;
+  const key = Object.keys(byGuidance).find((g) => sameNumber(g, guidance));
+  if (key === undefined) return null;
+  const ids = Object.keys(byGuidance[key]).sort();
+  if (!ids.length) return null;
+  const runs = Object.entries(byGuidance[key][ids[0]])
+    .map(([scale, runId]) => ({ scale: Number(scale), runId }))
+    .sort((a, b) => a.scale - b.scale);
+  return { controlId: ids[0], runs };
+}
+
+/** The controlled run of a prompt at conditioning scale `scale`, or null (scale 0, or no
+ * such run: the caller shows the run without control). */
+export function controlledRunId(index, promptId, seed, guidance, scale) {
+  if (!scale) return null;
+  const setup = controlSetup(index, promptId, seed, guidance);
+  const found = setup && setup.runs.find((r) => r.scale > 0 && sameNumber(r.scale, scale));
+  return found ? found.runId : null;
+}
+
+/** The scale the level opens on when control is off: 1 where recorded, else the
+ * smallest above 0. */
+export function openingScale(setup) {
+  const on = setup.runs.filter((r) => r.scale > 0);
+  return (on.find((r) => sameNumber(r.scale, 1)) || on[0]).scale;
+}
+
+/** The pipeline's ControlNet opener beside the seed's noise: null where the prompt has no
+ * control at this seed and guidance, else {scale, frame: the control image} (loaded after
+ * the first screen). */
+export function controlOpener(index, api, state) {
+  const setup = controlSetup(index, state.prompt, state.seed, state.guidance);
+  if (!setup) return null;
+  const first = setup.runs.find((r) => r.scale > 0);
+  const run = api.peek(urls.run(first.runId), "json", { background: true });
+  const entry = run && run.images ? run.images.control_image : undefined;
+  const image = entry ? api.peek(entry.url, "image", { background: true }) : undefined;
+  return {
+    scale: sameNumber(state.control, 0) ? 0 : state.control,
+    frame: { image: image || null, entry: entry || null, index: entry ? 0 : null, label: "The control image, a sketch of where things go" },
+  };
+}
+
+/** "down_blocks.1.resnets.0" -> "d1 r0": the block's short label under its bar. */
+export function blockLabel(name) {
+  if (name === "conv_in") return "in";
+  if (name === "mid_block") return "mid";
+  const m = /^down_blocks\.(\d+)\.(resnets|downsamplers)\.(\d+)$/.exec(name);
+  if (!m) return name;
+  return m[2] === "resnets" ? `d${m[1]} r${m[3]}` : `d${m[1]} ↓`;
+}
+
+/** A map's caption: which residuals it sums. */
+function mapLabel(name, blocks) {
+  if (name === "controlnet_mid") {
+    const mid = blocks.find((b) => b.name === "mid_block");
+    return `mid block${mid ? ` (${mid.resolution.join("×")})` : ""}`;
+  }
+  const h = Number(name.replace("controlnet_res", ""));
+  const n = blocks.filter((b) => b.name !== "mid_block" && b.resolution[0] === h).length;
+  const w = (blocks.find((b) => b.resolution[0] === h) || { resolution: [h, h] }).resolution[1];
+  return `${n} skip${n === 1 ? "" : "s"} at ${h}×${w}`;
+}
+
+/**
+ * @param helpers {picture(slot, run, name, index, label), runOf(promptId, seed, guidance,
+ *                 control)} from model.js
+ */
+export function createControlnetModel(index, api, { picture, runOf }) {
+  const peaks = new WeakMap(); // npy or run -> its largest value over every step
+
+  const peak = (key, values) => {
+    if (!peaks.has(key)) {
+      let max = 0;
+      for (const v of values) if (v > max) max = v;
+      peaks.set(key, max || 1);
+    }
+    return peaks.get(key);
+  };
+
+  /** The residual norms at call i: B values, with each block's peak over every step. */
+  function norms(cn, run, i) {
+    const flat = cn.residual_norms.flat();
+    return {
+      blocks: cn.blocks.map((b, k) => ({ ...b, key: b.name, label: blockLabel(b.name),
+        peak: Math.max(...cn.residual_norms.map((row) => row[k])) })),
+      values: i === null ? null : cn.residual_norms[i],
+      max: peak(cn, flat),
+    };
+  }
+
+  /** The magnitude maps at call i: one per resolution, each on its own peak over every step. */
+  function maps(cn, run, i) {
+    return cn.maps.map((name) => {
+      const entry = run.arrays[name];
+      const npy = entry ? api.peek(entry.url, "npy") : undefined;
+      const base = { key: name, label: mapLabel(name, cn.blocks), map: null, max: null };
+      if (!npy || i === null) return base;
+      const { data, shape } = sliceFirst(npy, i); // (1, h, w)
+      return { ...base, map: { data, shape: shape.slice(1) }, max: peak(npy, npy.data) };
+    });
+  }
+
+  /**
+   * @param state  the store's state (its `control` may be a hovered preview)
+   * @returns the level's datum, or null where the prompt has no control at this seed
+   *          and guidance
+   */
+  return function derive(state) {
+    const setup = controlSetup(index, state.prompt, state.seed, state.guidance);
+    if (!setup) return null;
+    const s = state.step;
+    const i = callIndex(s);
+    const scales = setup.runs.map((r) => r.scale);
+    if (!scales.includes(0)) scales.unshift(0);
+    const previewing = state.previewing.includes("control");
+    const scale = scales.find((c) => sameNumber(c, state.control)) ?? 0;
+    const current = runOf(state.prompt, state.seed, state.guidance, scale);
+    const plain = runOf(state.prompt, state.seed, state.guidance, 0);
+    // the control image and the blocks are every controlled run's: take the shown one's,
+    // or at scale 0 the first controlled run's
+    const refId = scale > 0 ? current.id : setup.runs.find((r) => r.scale > 0).runId;
+    const ref = scale > 0 ? current.run : api.peek(urls.run(refId));
+    const cn = ref && ref.controlnet;
+    const on = scale > 0 && Boolean(current.run && current.run.controlnet);
+    const inWindow = cn && i !== null ? cn.residual_norms[i].some((v) => v > 0) : null;
+    return {
+      scale,
+      slider: { scales, selected: previewing ? null : scale, previewed: previewing ? scale : null,
+        name: "Conditioning scale" },
+      image: picture("cn-image", ref, "control_image", 0, "The control image: the sketch the ControlNet reads"),
+      blocks: cn ? cn.blocks : [],
+      window: cn ? [cn.control_guidance_start, cn.control_guidance_end] : null,
+      chart: cn ? { ...norms(cn, ref, on ? i : null), step: s, scale, off: !on, atStart: i === null } : null,
+      maps: cn && on ? maps(cn, current.run, i) : [],
+      notes: { off: scale === 0, atStart: i === null, closed: on && inWindow === false },
+      results: {
+        with: picture("cn-with", current.run, "decoded", s,
+          scale > 0 ? `With control at scale ${fmt(scale)}, step ${s}` : `Scale 0: the run without control, step ${s}`),
+        without: picture("cn-without", plain.run, "decoded", s, `Without control, the same noise, step ${s}`),
+      },
+      step: s,
+    };
+  };
+}
