@@ -39,7 +39,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     """
     from flask import Flask  # here, so that `noisepath` starts (and takes Ctrl+C) quickly
 
-    from backend import api, errors, hosts, speech_examples, static, store
+    from backend import api, errors, fewstep_examples, hosts, speech_examples, static, store
 
     app = Flask(__name__, static_folder=None)
     app.config.from_mapping(BUNDLE_DIR=DEFAULT_BUNDLE, FRONTEND_DIR=FRONTEND,
@@ -51,6 +51,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     errors.init_app(app)
     app.register_blueprint(api.bp)
     speech_examples.init_app(app)  # api/speech/: the bundle's spoken examples
+    fewstep_examples.init_app(app)  # api/fewstep/: the few-step comparison (fewstep/)
     app.register_blueprint(static.bp)
 
     @app.after_request

@@ -22,6 +22,7 @@ import numpy as np
 
 from backend import codec
 from backend.format import ArrayReadError, BundleError, Problem
+from backend.fewstep_examples import kept_section
 from backend.speech_examples import kept_examples
 from backend.validator import check_bundle
 
@@ -134,7 +135,8 @@ class Bundle:
     full first (damage past a file's start is found now, not on a request), and the
     runs, prompts (with their runs) and trajectory maps with errors are left out,
     listed in `skipped_runs`, `skipped_prompts`, `skipped_trajectories` and `problems`;
-    so is an optional section with errors (`skipped_sections`: the spoken examples).
+    so is an optional section with errors (`skipped_sections`: the spoken examples, the
+    few-step comparison).
     """
 
     def __init__(self, root, *, checksums: bool = False, skip_invalid: bool = False,
@@ -159,6 +161,7 @@ class Bundle:
                              if seed not in self.skipped_trajectories}
         self.index = _kept(checked.index, self.runs, self.prompts, self.trajectories)
         self.speech = kept_examples(checked.speech, self.runs)  # spoken examples (speech/)
+        self.fewstep = kept_section(checked.fewstep, self.runs)  # few-step comparison (fewstep/)
         self.config = self.index["config"]
         self.storage = self.config.get("storage", "full")
         self._arrays: dict[tuple[str, str], np.ndarray] = {}

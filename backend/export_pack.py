@@ -25,7 +25,7 @@ import json
 import zipfile
 from typing import Iterator
 
-from backend import codec, speech_examples
+from backend import codec, fewstep_examples, speech_examples
 from backend.bundle import UNREADABLE, inside, is_file_array
 from backend.payloads import api_image_path, run_version
 from backend.resource import json_bytes
@@ -52,6 +52,7 @@ def documents(store) -> Iterator[str]:
     yield from (f"api/sweeps/{pid}/{seed}.json" for pid, seed in store.sweeps)
     yield from (f"api/trajectories/{seed}.json" for seed in store.trajectories)
     yield from speech_examples.api_paths(store.bundle)  # the spoken examples and their files
+    yield from fewstep_examples.api_paths(store.bundle)  # the few-step comparison and sprites
 
 
 def index_document(body: bytes) -> bytes:

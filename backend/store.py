@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Iterator
 
 from flask import Flask, current_app
 
-from backend import payloads, speech_examples
+from backend import fewstep_examples, payloads, speech_examples
 from backend.bundle import LRU, Bundle
 from backend.format import recorded_steps
 from backend.resource import MIME, NPY, Resource, json_resource, make_resource
@@ -204,6 +204,7 @@ class Store:
         yield from (f"api/sweeps/{pid}/{seed}.json" for pid, seed in self.sweeps)
         yield from (f"api/trajectories/{seed}.json" for seed in self.trajectories)
         yield from speech_examples.api_paths(self.bundle)  # the spoken examples and their files
+        yield from fewstep_examples.api_paths(self.bundle)  # the few-step comparison's
 
 
 def init_app(app: Flask) -> Store:

@@ -116,6 +116,7 @@ class Checked:
     runs: dict[str, dict] = field(default_factory=dict)
     trajectories: dict[str, dict] = field(default_factory=dict)
     speech: dict | None = None     # speech/index.json, the spoken examples (optional)
+    fewstep: dict | None = None    # fewstep/index.json, the few-step comparison (optional)
 
 
 class Checker:
@@ -270,6 +271,7 @@ def validate_bundle(root, checksums: bool = True, decode: bool = False) -> list[
 def check_bundle(root, checksums: bool = True, decode: bool = False) -> Checked:
     """validate_bundle, keeping the documents it parsed (backend/bundle.py serves them)."""
     from backend.speech_examples import check_section
+    from backend.validate_fewstep import check_section as check_fewstep
     from backend.validate_run import check_run, check_unlisted_runs
 
     root = Path(root)
@@ -299,6 +301,8 @@ def check_bundle(root, checksums: bool = True, decode: bool = False) -> Checked:
     check_unlisted_runs(c, set(index["runs"]))
     with c.scope(section="speech"):
         out.speech = check_section(c, index)  # the optional speech/ section
+    with c.scope(section="fewstep"):
+        out.fewstep = check_fewstep(c, index)  # the optional fewstep/ section
     return out
 
 
