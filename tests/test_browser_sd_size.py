@@ -80,3 +80,46 @@ def test_scrubbing_shows_every_step_once_loaded(page, base_url):
         assert (d["latent"], d["decoded"]) == (str(s), str(s)), d
         assert d["pred"] == (None if s == 0 else str(s - 1)), d   # the call that made step s
         assert d["busy"] == "false", d
+
+
+def test_a_first_visit_asks_for_its_first_screen_before_the_app_has_loaded(page, base_url):
+    """js/opening.js: with the app itself (js/main.js) held back, a first visit already asks
+    for its run's documents and the sprites its step 0 draws; the app then takes those loads
+    over (every URL fetched once) and draws from them. The sprites come through fetch and
+    createImageBitmap (decoded once, off the main thread), not an <img>, which a canvas
+    decodes a second time on the main thread when it first draws it."""
+    held, requests = [], []
+    page.on("request", lambda r: requests.append(r.url) if r.method == "GET" else None)  # live-prompt.js HEADs the index
+    page.route("**/js/main.js", lambda route: held.append(route))
+    with page.expect_request(lambda r: "/decoded." in r.url, timeout=5000):
+        page.goto(base_url, wait_until="commit")
+    assert held, "js/main.js was not asked for"
+    assert not any("pred_original_sample" in u for u in requests), requests  # not on step 0's screen
+    held[0].continue_()
+    wait_ready(page)  # the app's loads of the first screen are all made by now
+    data = [u.split("?")[0].replace(base_url, "") for u in requests if "/api/" in u or "/bundle/" in u]
+    opening = [u for u in data if u == "api/index.json" or u.startswith("api/prompts/")
+               or (u.startswith("api/runs/") and u.endswith(".json")) or "/latents." in u or "/decoded." in u]
+    assert len(opening) >= 5 and len(set(opening)) == len(opening), data
+    kinds = page.evaluate("""() => performance.getEntriesByType('resource')
+        .filter((e) => /\\/(latents|decoded)\\./.test(e.name)).map((e) => e.initiatorType)""")
+    assert kinds and set(kinds) == {"fetch"}, kinds
+
+
+def test_decoded_images_past_the_budget_are_let_go_least_recently_drawn_first(page, base_url):
+    """api.js keeps decoded sprites (an SD-sized run's are about 30 MB) up to a budget of
+    pixels; past it the least recently drawn are let go, never one drawn just now."""
+    page.goto(base_url, wait_until="commit")
+    forgotten = page.evaluate("""async () => {
+      const { decodedPixels } = await import(new URL('js/api.js', document.baseURI).href);
+      const px = { width: 1, height: 1 };  // 4 bytes of RGBA each
+      const out = [];
+      const old = decodedPixels((url) => out.push(url), { budget: 12, inUseMs: 0 });
+      for (const url of ['a', 'b', 'c']) old.keep(url, px);
+      old.use('a');
+      old.keep('d', px);
+      const recent = decodedPixels((url) => out.push('recent ' + url), { budget: 4, inUseMs: 1e9 });
+      for (const url of ['a', 'b']) recent.keep(url, px);
+      return out;
+    }""")
+    assert forgotten == ["b"]

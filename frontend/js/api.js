@@ -14,7 +14,12 @@
  * priority. A load asked for with `background: true` (a sprite of another step, a word's
  * attention at step 0) waits until the app calls `startBackground()` after its first full
  * render, unless something asks for the same URL in the foreground first; from then on
- * every load starts at once.
+ * every load starts at once. Before all that, js/opening.js has already asked for a first
+ * visit's run and sprites (`prefetch`), while the app's modules were still loading; the
+ * app's own loads of those URLs take them over.
+ *
+ * Images are decoded once, off the main thread (createImageBitmap), and kept up to a
+ * budget of decoded pixels (DECODED_IMAGE_BUDGET).
  */
 import { parseNpy } from "./npy.js";
 import { packedSource } from "./packed.js";
@@ -84,13 +89,101 @@ const readers = {
   },
 };
 
+/**
+ * An image, decoded once, off the main thread: the file's bytes through
+ * createImageBitmap. Views draw it with drawImage as they would an <img>, and it carries
+ * what they read of one (src, currentSrc, naturalWidth, naturalHeight). An <img> decoded
+ * with img.decode() is decoded again, on the main thread, when first drawn into a
+ * canvas (the canvas does not share the page's decoded images): 0.1-0.3 s for an
+ * SD-sized run's 3.3-megapixel sprite (docs/performance.md). Browsers without
+ * createImageBitmap get the <img>.
+ */
 async function loadImage(url, priority) {
+  if (typeof createImageBitmap !== "function") return loadImageElement(url, priority);
+  const response = await fetch(url, { priority });
+  if (!response.ok) throw await failure(response, url);
+  const bitmap = await createImageBitmap(await response.blob());
+  const src = new URL(url, document.baseURI).href;
+  Object.defineProperties(bitmap, {
+    src: { value: src }, currentSrc: { value: src },
+    naturalWidth: { value: bitmap.width }, naturalHeight: { value: bitmap.height },
+  });
+  return bitmap;
+}
+
+async function loadImageElement(url, priority) {
   const image = new Image();
   image.decoding = "async";
   image.fetchPriority = priority;
   image.src = url;
   await image.decode();
   return image;
+}
+
+// Decoded images the cache keeps, in bytes of RGBA pixels: an SD-sized run's level-1
+// sprites are about 30 MB decoded (an <img>'s decoded pixels the browser may drop and
+// decode again; an ImageBitmap's it keeps while referenced), so past this the images
+// least recently drawn are let go (fetched again, from the HTTP cache, if needed again).
+export const DECODED_IMAGE_BUDGET = 160 * 2 ** 20;
+const IN_USE_MS = 2000; // an image drawn this recently is never let go
+
+/** The bookkeeping of that budget: keep(url, image) when loaded, use(url) when drawn;
+ * forget(url) drops a let-go image from the cache. */
+export function decodedPixels(forget, { budget = DECODED_IMAGE_BUDGET, inUseMs = IN_USE_MS } = {}) {
+  const kept = new Map(); // url -> {bytes, used}, least recently used first
+  let total = 0;
+  function use(url) {
+    const k = kept.get(url);
+    if (!k) return;
+    kept.delete(url);
+    kept.set(url, { ...k, used: performance.now() });
+  }
+  function keep(url, image) {
+    const bytes = 4 * (image.naturalWidth || image.width) * (image.naturalHeight || image.height);
+    kept.set(url, { bytes, used: performance.now() });
+    total += bytes;
+    const now = performance.now();
+    for (const [old, k] of kept) {
+      if (total <= budget || now - k.used < inUseMs) break;
+      kept.delete(old);
+      total -= k.bytes;
+      forget(old);
+    }
+  }
+  return { use, keep };
+}
+
+/** Fetch url and read it as kind (json, npy, buffer or image), without a cache. */
+async function fetchAs(url, kind, priority) {
+  if (kind === "image") return loadImage(url, priority);
+  const response = await fetch(url, { priority });
+  if (!response.ok) throw await failure(response, url);
+  return readers[kind](response);
+}
+
+// Loads js/opening.js started before the app's modules had loaded (url -> {kind, promise}),
+// each handed over to the first createApi load of the same url and kind.
+const early = new Map();
+
+/**
+ * Start loading url now, at high priority, for a load the app will ask for later (the
+ * first screen of a first visit: js/opening.js). Returns the promise of the value.
+ */
+export function prefetch(url, kind = "json") {
+  if (!early.has(url)) {
+    const promise = fetchAs(url, kind, "high");
+    promise.catch(() => {}); // the app's own load of url tries again and reports a failure
+    early.set(url, { kind, promise });
+  }
+  return early.get(url).promise;
+}
+
+/** The early load of url as kind, taken out of the registry, or null. */
+function takeEarly(url, kind) {
+  const e = early.get(url);
+  if (!e || e.kind !== kind) return null;
+  early.delete(url);
+  return e.promise.catch(() => null); // failed early: load it again
 }
 
 /**
@@ -102,6 +195,7 @@ export function createApi(hooks = {}) {
   let packed = false;        // a static export's layout (api/index.json's `export`)
   let background = false;    // true once the first screen is drawn: nothing is held back
   const held = new Set();    // the resolvers of background loads waiting for that
+  const pixels = decodedPixels((url) => entries.delete(url));
 
   /**
    * Load url once (later calls share the promise). kind: json, npy, buffer or image.
@@ -125,17 +219,18 @@ export function createApi(hooks = {}) {
         entry.hurry = null;
       }
       const priority = background ? "auto" : "high";
+      const head = takeEarly(url, kind);
+      const ahead = head && await head;
+      if (ahead) return ahead;
       if (kind === "image") return loadImage(url, priority);
       const source = packed ? packedSource(url) : null;
       if (source) return source(load);
-      const response = await fetch(url, { priority });
-      if (!response.ok) throw await failure(response, url);
-      const value = await readers[kind](response);
-      if (url === urls.index() && value.export) packed = value.export.layout === "packed";
-      return value;
+      return fetchAs(url, kind, priority);
     })().then(
       (value) => {
+        if (url === urls.index() && value.export) packed = value.export.layout === "packed";
         entry.value = value;
+        if (kind === "image") pixels.keep(url, value);
         if (hooks.onLoad) hooks.onLoad(url);
         return value;
       },
@@ -156,6 +251,7 @@ export function createApi(hooks = {}) {
     const entry = entries.get(url);
     if (entry) {
       if (!later && entry.hurry) entry.hurry();
+      if (kind === "image") pixels.use(url);
       return entry.value;
     }
     if (start && url) load(url, kind, { background: later });
@@ -170,6 +266,7 @@ export function createApi(hooks = {}) {
   /** The first screen is drawn (or cannot be): start every held-back load, hold none after. */
   function startBackground() {
     background = true;
+    early.clear(); // what the app did not take over is not on its first screen
     for (const go of [...held]) go();
     held.clear();
   }

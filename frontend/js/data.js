@@ -10,6 +10,25 @@
 
 const sameNumber = (a, b) => Math.abs(Number(a) - Number(b)) < 1e-9;
 
+/**
+ * What a first visit opens (js/state.js defaults; js/opening.js asks for its run before
+ * the app has loaded): the first group's first prompt, the first seed, and the bundle's
+ * own opening scale (its prompt file's default_guidance_scale), else Stable Diffusion's
+ * usual 7.5 or 7, else the middle one.
+ */
+export function openingRun(index) {
+  const groups = index.groups || [];
+  const prompt = groups.length && groups[0].prompts.length
+    ? groups[0].prompts[0]
+    : Object.keys(index.prompts).find((id) => id !== "empty");
+  const scales = index.guidance_scales;
+  const named = index.default_guidance_scale;
+  const guidance = (named != null ? scales.find((g) => sameNumber(g, named)) : undefined)
+    ?? scales.find((g) => sameNumber(g, 7.5)) ?? scales.find((g) => sameNumber(g, 7))
+    ?? scales[Math.floor(scales.length / 2)];
+  return { prompt, seed: index.seeds[0], guidance };
+}
+
 /** The run for a prompt, seed and guidance scale (guidance 0 points at the shared run). */
 export function runIdFor(index, promptId, seed, guidance) {
   const bySeed = index.run_lookup && index.run_lookup[promptId];

@@ -15,7 +15,7 @@
  */
 import { controlScales } from "./controlnet-model.js";
 import { d3 } from "./lib.js";
-import { recordedSteps } from "./data.js";
+import { openingRun, recordedSteps } from "./data.js";
 
 /** Panels that can be open, and the level-2 panel each deeper one belongs to. */
 export const PANELS = { text: null, clip: "text", image: null, guidance: null, controlnet: null };
@@ -27,21 +27,8 @@ const REPLACE_ONLY = new Set(["step", "speed"]);
 const sameNumber = (a, b) => Math.abs(a - b) < 1e-9;
 
 export function defaults(index) {
-  const groups = index.groups || [];
-  const firstPrompt = groups.length && groups[0].prompts.length
-    ? groups[0].prompts[0]
-    : Object.keys(index.prompts).find((id) => id !== "empty");
-  // The bundle's own opening scale (its prompt file's default_guidance_scale), else
-  // Stable Diffusion's usual 7.5 or 7, else the middle one.
-  const scales = index.guidance_scales;
-  const named = index.default_guidance_scale;
-  const guidance = (named != null ? scales.find((g) => sameNumber(g, named)) : undefined)
-    ?? scales.find((g) => sameNumber(g, 7.5)) ?? scales.find((g) => sameNumber(g, 7))
-    ?? scales[Math.floor(scales.length / 2)];
   return {
-    prompt: firstPrompt,
-    seed: index.seeds[0],
-    guidance,
+    ...openingRun(index), // prompt, seed, guidance (data.js: js/opening.js reads it too)
     step: 0,
     open: [],
     token: null,
