@@ -207,7 +207,8 @@ async function start() {
     viz.datum({ ...m.architecture, unavailable: control ? [] : ["controlnet"] }).call(views.architecture);
     const opener = d3.select("#controlnet-open").property("hidden", !control);
     if (control) {
-      opener.select(".box-sub").text(control.scale ? `scale ${control.scale}` : "off");
+      const scale = control.scale ? `scale ${control.scale}` : "off";
+      opener.attr("aria-label", `ControlNet, ${scale}: open its level`).select(".box-sub").text(scale);
       opener.select(".frame").datum(control.frame).call(frameView);
     }
     if (m.controlnet) d3.select("#panel-controlnet").datum(m.controlnet).call(views.controlnet);
