@@ -245,7 +245,7 @@ def run_path(components, model: Model, steps: int, examples: list[Example], conf
     from precompute.prompts import parse_prompt_set
     from precompute.run import Options, precompute
 
-    out = tmp / f"{model.id}-{steps}"
+    out = temporary_bundle(tmp, model, steps)
     texts = list(dict.fromkeys(e.prompt for e in examples))
     prompt_set = parse_prompt_set({"groups": [{"prompt": t} for t in texts]}, "fewstep")
     settings = {"model": model.folder, "scheduler": model.facts["scheduler"],
@@ -262,6 +262,12 @@ def run_path(components, model: Model, steps: int, examples: list[Example], conf
         seconds.update({r: summary["compute_seconds"] / summary["computed"] for r in todo})
         timing.write_text(json.dumps(seconds))
     return seconds
+
+
+def temporary_bundle(tmp: Path, model: Model, steps: int) -> Path:
+    """A path's temporary bundle: named by the model's files too, so that a build resumed
+    after a model changed (a student trained further) never reuses the old model's runs."""
+    return tmp / f"{model.id}-{steps}-{model.sha256[:12]}"
 
 
 def run_ids(model: Model, examples: list[Example]) -> list[str]:
@@ -462,7 +468,7 @@ def build(bundle: Path, index: dict, models: list[Model], examples: list[Example
         for model in models:
             rid = run_id(prompt_id(example.prompt), example.seed, model.guidance_scale)
             for steps in model.steps:
-                run = read_path(tmp / f"{model.id}-{steps}" / "runs" / rid)
+                run = read_path(temporary_bundle(tmp, model, steps) / "runs" / rid)
                 paths.append((model, steps, run, runs[model.id, steps].get(rid, 0.0)))
         entry, example_files = build_example(example, paths)
         entries.append(entry)
@@ -519,8 +525,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    doc, files = build(args.bundle, index, models, examples, args.device, args.dtype,
-                       not args.no_progress, sys.stderr)
+    from precompute.writer import BundleConfigMismatch, DamagedBundleFile
+
+    try:
+        doc, files = build(args.bundle, index, models, examples, args.device, args.dtype,
+                           not args.no_progress, sys.stderr)
+    except (BundleConfigMismatch, DamagedBundleFile, ValueError, OSError) as e:
+        fail(f"{e} (remove {args.bundle / SECTION / '.tmp'} to start the build afresh)")
     changed = write_section(args.bundle, doc, files)
     shutil.rmtree(args.bundle / SECTION / ".tmp", ignore_errors=True)
     problems = [q for q in validate_bundle(args.bundle, checksums=True) if q.section == SECTION]

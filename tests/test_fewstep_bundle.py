@@ -193,6 +193,15 @@ def test_the_teachers_path_names_the_bundles_run_only_when_it_is_the_same_run(tm
     assert fewstep_bundle.main_run(index, tmp_path, teacher, example) is None
 
 
+def test_a_changed_model_gets_new_temporary_runs(tmp_path):
+    """An interrupted build resumes from fewstep/.tmp; a student trained meanwhile (other
+    files, another SHA-256) must not reuse the old student's runs there."""
+    old = fewstep_bundle.Model("one-step", "one_step", "O", "o", [1], 1.0, sha256="a" * 64)
+    new = fewstep_bundle.Model("one-step", "one_step", "O", "o", [1], 1.0, sha256="b" * 64)
+    assert fewstep_bundle.temporary_bundle(tmp_path, old, 1) != \
+        fewstep_bundle.temporary_bundle(tmp_path, new, 1)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--student", "rectified-flow"], "expected ID=VALUE"),
     (["--student", "x=/nowhere"], "not a diffusers pipeline folder"),
