@@ -123,6 +123,10 @@ def test_the_level_opens_scrubbing_updates_its_chart_and_maps_and_escape_closes_
     assert query(page)["open"] == "controlnet" and query(page)["control"] == "1"
     page.wait_for_selector(f"#viz[data-run='{ids[1.0]}'][aria-busy=false]")
     page.wait_for_function("() => document.querySelectorAll('#controlnet-maps .cn-map-frame[data-max]').length === 3")
+    # the row of every scale's image at this step: 0 (without control) and the three scales
+    sweep = page.locator("#controlnet-sweep .sweep-item")
+    assert sweep.all_inner_texts() == ["0: without control", "scale 0.5", "scale 1", "scale 2"]
+    assert page.locator("#controlnet-sweep .is-selected figcaption").inner_text() == "scale 1"
     norms = recorded_norms(bundle, ids[1.0])
     # step 2 shows call 1's residuals; float16-free JSON numbers, so equal to print precision
     assert bar_values(page) == pytest.approx(norms[1], rel=1e-6)

@@ -136,6 +136,21 @@ export function createControlnetModel(index, api, { picture, runOf }) {
     });
   }
 
+  /** One scale's decoded image at step s, for the row of every scale (its own sprite). */
+  function sweepItem(r, s, scale, previewing) {
+    const run = api.peek(urls.run(r.runId));
+    const entry = run && run.images ? run.images.decoded : undefined;
+    const image = entry ? api.peek(entry.url, "image") : undefined;
+    const shown = sameNumber(r.scale, scale);
+    return {
+      c: r.scale,
+      selected: shown && !previewing,
+      previewed: shown && previewing,
+      frame: { image: image || null, entry: entry || null, index: entry ? Math.min(s, entry.count - 1) : null,
+        label: r.scale ? `Conditioning scale ${fmt(r.scale)}, step ${s}` : `Without control, step ${s}` },
+    };
+  }
+
   /**
    * @param state  the store's state (its `control` may be a hovered preview)
    * @returns the level's datum, or null where the prompt has no control at this seed
@@ -169,6 +184,7 @@ export function createControlnetModel(index, api, { picture, runOf }) {
       chart: cn ? { ...norms(cn, ref, on ? i : null), step: s, scale, off: !on, atStart: i === null } : null,
       maps: cn && on ? maps(cn, current.run, i) : [],
       notes: { off: scale === 0, atStart: i === null, closed: on && inWindow === false },
+      sweep: setup.runs.map((r) => sweepItem(r, s, scale, previewing)),
       results: {
         with: picture("cn-with", current.run, "decoded", s,
           scale > 0 ? `With control at scale ${fmt(scale)}, step ${s}` : `Scale 0: the run without control, step ${s}`),

@@ -8,10 +8,11 @@
  * Usage: d3.select("#panel-controlnet").datum(controlnetModel(state))
  *          .call(controlnetLevel().on("commit", c => ...).on("preview", c => ...).on("unpreview", ...))
  * datum: controlnet-model.js's {scale, slider, image, blocks, window, chart, maps, notes,
- * results, step}, or null (the level is hidden then and nothing is drawn).
+ * results, sweep, step}, or null (the level is hidden then and nothing is drawn).
  * residualChart(): datum {blocks: [{key, label, name, resolution, channels, peak}], values
  *   (B numbers at this call, or null), max, step, scale, off, atStart}
  * magnitudeMaps(): datum [{key, label, map: {data, shape} | null, max}]
+ * scaleSweep():    datum [{c, frame, selected, previewed}] (the row of every scale's image)
  */
 import { d3 } from "../lib.js";
 import { fmt } from "../data.js";
@@ -33,6 +34,10 @@ export function controlnetLevel() {
   const draw = frame();
   const chart = residualChart();
   const mapView = magnitudeMaps();
+  const sweep = scaleSweep()
+    .on("commit", (c) => listeners.call("commit", null, c))
+    .on("preview", (c) => listeners.call("preview", null, c))
+    .on("unpreview", () => listeners.call("unpreview", null));
 
   function view(selection) {
     const d = selection.datum();
@@ -50,6 +55,40 @@ export function controlnetLevel() {
     selection.select("#controlnet-note-closed").property("hidden", !d.notes.closed);
     if (d.chart) selection.select("#controlnet-norms").datum(d.chart).call(chart);
     selection.select("#controlnet-maps").datum(d.maps).call(mapView);
+    selection.select("#controlnet-sweep").datum(d.sweep).call(sweep);
+  }
+
+  view.on = (type, fn) => {
+    listeners.on(type, fn);
+    return view;
+  };
+  return view;
+}
+
+/** The same noise at every conditioning scale at this step: hover previews, a click chooses.
+ * datum [{c, frame, selected, previewed}]; events "commit", "preview", "unpreview" (c). */
+export function scaleSweep() {
+  const listeners = d3.dispatch("commit", "preview", "unpreview");
+  const draw = frame();
+
+  function view(selection) {
+    const items = selection.selectAll("figure.sweep-item").data(selection.datum(), (it) => it.c)
+      .join((enter) => {
+        const fig = enter.append("figure").attr("class", "sweep-item");
+        fig.append("button").attr("type", "button").attr("class", "sweep-button")
+          .on("click", (event, it) => listeners.call("commit", null, it.c))
+          .on("pointerenter", (event, it) => listeners.call("preview", null, it.c))
+          .on("pointerleave", () => listeners.call("unpreview", null))
+          .append("div").attr("class", "frame frame-small");
+        fig.append("figcaption");
+        return fig;
+      })
+      .classed("is-selected", (it) => it.selected)
+      .classed("is-previewed", (it) => it.previewed);
+    items.select(".sweep-button").attr("aria-label", (it) => `Choose conditioning scale ${it.c}`)
+      .attr("aria-pressed", (it) => String(it.selected));
+    items.select(".frame").each(function drawOne(it) { d3.select(this).datum(it.frame).call(draw); });
+    items.select("figcaption").text((it) => (it.c ? `scale ${fmt(it.c)}` : "0: without control"));
   }
 
   view.on = (type, fn) => {
