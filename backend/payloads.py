@@ -116,6 +116,7 @@ def index(b: Bundle) -> dict:
         "run_lookup": run_lookup(b),
         "control_lookup": control_lookup(b),
         "trajectories": sorted(int(s) for s in b.trajectories),
+        "fewstep": b.fewstep is not None,  # the app asks for api/fewstep/ only then (no 404)
         "skipped_runs": list(b.skipped_runs),
         "about": {
             "app": "noisepath", "version": _version(),

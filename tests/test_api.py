@@ -73,6 +73,7 @@ def test_index_describes_bundle(index):
     assert len(index["groups"]) == 2 and index["groups"][0]["prompts"]
     assert index["skipped_runs"] == []
     assert index["trajectories"] == [1, 2]
+    assert index["fewstep"] is False  # no fewstep/ section: the app never asks for one
     for rid, r in index["runs"].items():
         assert set(r) == {"prompt_id", "seed", "guidance_scale"}
         assert r["prompt_id"] in index["prompts"]
