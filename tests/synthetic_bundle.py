@@ -124,3 +124,100 @@ def _write_run(writer, rng, text, seed, g, steps, c, latent, image_size, exact=F
                            "bias": [0.5] * 3},
         "attention": attention,
     }, arrays, images)
+
+
+# -- the optional fewstep/ section ("Fifty steps, four, one", issue 16)
+
+FEWSTEP_MODELS = [
+    {"id": "teacher", "label": "Teacher (the demo model)", "kind": "teacher",
+     "model": "static/demo-model", "scheduler": "ddim", "guidance_scale": 3.0,
+     "prediction_type": "v_prediction"},
+    {"id": "rectified-flow", "label": "2-rectified flow", "kind": "rectified_flow",
+     "model": "static/demo-students/rectified-flow", "scheduler": "flow_euler",
+     "guidance_scale": 1.0, "prediction_type": "flow"},
+]
+FEWSTEP_PATHS = [("teacher", 50), ("rectified-flow", 4), ("rectified-flow", 2),
+                 ("rectified-flow", 1)]
+
+
+def _fewstep_path(rng, noise, result, bend, steps):
+    """A flow-style path in 2-D (the projection itself stands in for the latents): Euler
+    steps from noise (time 1) to result (time 0) along a quadratic curve bent by `bend`
+    (0: straight), with each call's implied prediction and the spec's straightness."""
+    time = np.linspace(1.0, 0.0, steps + 1)
+    s = 1.0 - time  # 0 at the noise, 1 at the result
+    control = (noise + result) / 2 + bend
+    xy = ((1 - s) ** 2)[:, None] * noise + (2 * (1 - s) * s)[:, None] * control \
+        + (s ** 2)[:, None] * result                                  # (T+1, 2)
+    xy[-1] = result
+    drift = (xy[:-1] - xy[1:]) / (time[:-1] - time[1:])[:, None]     # eps_hat - x0_hat per call
+    pred = xy[:-1] - time[:-1, None] * drift                          # x_t = x0_hat + t (eps_hat - x0_hat)
+    chord = noise - result
+    straightness = float(np.mean(np.sum((chord - drift) ** 2, axis=1)) / np.sum(chord ** 2))
+    return time, xy, pred, straightness
+
+
+def _fewstep_sprite(path: Path, target, preds, result, size: int) -> None:
+    """frames*size x size PNG: each prediction drawn as the target picture faded towards
+    grey by its distance from the result (a blurry guess far away), then the result."""
+    from PIL import Image
+
+    span = max(float(np.linalg.norm(preds[0] - result)), 1e-9)
+    frames = []
+    for p in [*preds, result]:
+        sharp = 1.0 - min(1.0, float(np.linalg.norm(p - result)) / span) * 0.85
+        frames.append((128 + sharp * (target - 128)).astype(np.uint8))
+    Image.fromarray(np.concatenate(frames, axis=1)).save(path)  # (size, frames*size, 3)
+
+
+def write_fewstep_section(root: str | Path, *, examples: int = 2, paths=FEWSTEP_PATHS,
+                          size: int = 8) -> Path:
+    """fewstep/ beside a synthetic bundle's runs, in the spec's format (index.json and
+    one sprite per path): `examples` examples of the bundle's first prompt (seeds 1, 2,
+    ...), each path from the example's one noise point. Returns the section's folder."""
+    import hashlib
+    import json
+
+    root = Path(root)
+    folder = root / "fewstep"
+    (folder / "files").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(16)
+    prompt = PROMPTS[0][0]
+    pid = prompt_id(prompt)
+    runs = json.loads((root / "bundle.json").read_text())["runs"]
+    models = {m["id"] for m in FEWSTEP_MODELS}
+    doc = {"format": "noisepath-fewstep", "format_version": 1, "models": FEWSTEP_MODELS,
+           "examples": []}
+    yy, xx = np.mgrid[:size, :size]
+    for seed in range(1, examples + 1):
+        example_id = f"{pid}--s{seed}"
+        noise = rng.standard_normal(2) * 3
+        result = rng.standard_normal(2)
+        target = np.where(((xx - size / 3) ** 2 + (yy - size / 2) ** 2 < (size / 4) ** 2)[..., None],
+                          [220, 40, 40], [40, 70, 200]).astype(np.float64)  # (size, size, 3)
+        noise_bytes = rng.standard_normal((4, 8, 8)).astype(np.float32).tobytes()
+        entries = []
+        for model, steps in paths:
+            assert model in models, model
+            bend = np.array([2.5, 1.5]) if model == "teacher" else np.array([0.15, -0.1])
+            end = result + (0 if model == "teacher" else rng.standard_normal(2) * 0.15)
+            time, xy, pred, straightness = _fewstep_path(rng, noise, end, bend, steps)
+            path_id = f"{model}-{steps}"
+            file = f"{example_id}--{path_id}.png"
+            _fewstep_sprite(folder / "files" / file, target, pred, end, size)
+            entries.append({
+                "id": path_id, "model": model, "num_inference_steps": steps,
+                "time": time.round(6).tolist(), "xy": xy.round(6).tolist(),
+                "pred_xy": pred.round(6).tolist(), "chord": [xy[0].round(6).tolist(), xy[-1].round(6).tolist()],
+                "straightness": round(straightness, 6),
+                "images": {"file": file, "frames": steps + 1, "width": size, "height": size,
+                           "sha256": hashlib.sha256((folder / "files" / file).read_bytes()).hexdigest()},
+                "seconds": round(0.01 * steps + 0.02, 3)})
+        run = run_id(pid, seed, 7)
+        doc["examples"].append({
+            "id": example_id, "prompt": prompt, "prompt_id": pid, "seed": seed,
+            "run_id": run if run in runs else None,
+            "noise_sha256": hashlib.sha256(noise_bytes).hexdigest(),
+            "paths": entries, "projection": {"method": "pca", "explained": [0.61, 0.22]}})
+    (folder / "index.json").write_text(json.dumps(doc, indent=1))
+    return folder

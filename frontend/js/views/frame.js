@@ -49,12 +49,13 @@ export function frame() {
         return;
       }
       const { frame_width: fw, frame_height: fh, columns } = d.entry;
+      // small frames (latents, a toy model's images) stay crisp; large ones are smoothed
+      // (before the unchanged-frame return: the join above has just reset the class)
+      canvas.classed("pixelated", fw < 128);
       const key = `${d.image.src}#${d.index}`;
       if (drawn.get(node) === key) return;
       if (node.width !== fw) node.width = fw;
       if (node.height !== fh) node.height = fh;
-      // small frames (latents, a toy model's images) stay crisp; large ones are smoothed
-      canvas.classed("pixelated", fw < 128);
       const ctx = node.getContext("2d");
       const col = d.index % columns;
       const row = Math.floor(d.index / columns);

@@ -1,0 +1,158 @@
+"""The "Fifty steps, four, one" box (frontend/js/views/fewstep-view.js) in a browser
+(Playwright driving Debian's chromium), over a synthetic bundle with a fewstep/ section
+(tests/synthetic_bundle.py write_fewstep_section: a 50-step teacher path and 1-, 2- and
+4-step student paths per example): absent without the section, and nothing asked for;
+opened, every path starts at the same noise, the scrubber moves every path's node and
+frame, each path has its straightness; Escape closes it. The same from a static
+`noisepath export`. Screenshots at phone, laptop and projector widths go to
+NOISEPATH_SCREENSHOT_DIR or a temporary folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.browser_helpers import (SKIP_REASON, browser_available, serve_bundle, serve_folder,
+                                   wait_ready)
+from tests.synthetic_bundle import PROMPTS, make_bundle, write_fewstep_section
+
+needs_chromium = pytest.mark.skipif(not browser_available(), reason=SKIP_REASON)
+
+SIZES = {"phone": (390, 844), "laptop": (1366, 768), "projector": (1920, 1080)}
+NODES = """() => [...document.querySelectorAll('#fewstep .fs-node')].map((g) => ({
+  path: g.dataset.path, step: Number(g.dataset.step), x: Number(g.dataset.x), y: Number(g.dataset.y)}))"""
+FRAMES = """() => Object.fromEntries([...document.querySelectorAll('#fewstep .fs-card')].map((c) =>
+  [c.dataset.path, c.querySelector('.fs-frame').dataset.frame]))"""
+
+
+@pytest.fixture(scope="module")
+def fewstep_bundle(tmp_path_factory):
+    """A small synthetic bundle (one prompt pair, seed 1, guidance 7) with a fewstep/
+    section of two examples (seeds 1 and 2: the second names no run)."""
+    bundle = make_bundle(tmp_path_factory.mktemp("fewstep") / "b", steps=3, seeds=(1,),
+                         prompts=PROMPTS[:1], guidance_scales=(7,))
+    write_fewstep_section(bundle)
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def fewstep_url(fewstep_bundle):
+    with serve_bundle(fewstep_bundle) as url:
+        yield url
+
+
+def test_the_synthetic_section_passes_the_validator(fewstep_bundle):
+    from backend.validator import validate_bundle
+
+    assert validate_bundle(fewstep_bundle) == []
+
+
+def open_box(page, url):
+    page.goto(url)
+    wait_ready(page)
+    page.locator("#fewstep summary").click()
+    page.locator("#fewstep .fs-node").first.wait_for()
+    # every sprite drawn (data-frame is set once a frame is on its canvas)
+    page.wait_for_function("() => [...document.querySelectorAll('#fewstep .fs-frame')]"
+                           ".every((f) => f.dataset.frame !== undefined)")
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_the_box_is_absent_and_nothing_asked_for_without_the_section(page, base_url):
+    asked = []
+    page.on("request", lambda r: asked.append(r.url) if "api/fewstep" in r.url else None)
+    page.goto(base_url)
+    wait_ready(page)
+    assert page.locator("#fewstep").is_hidden()
+    assert asked == []
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_every_path_starts_at_the_same_noise_and_the_scrubber_moves_them_all(
+        page, fewstep_url, fewstep_bundle, shots):
+    section = json.loads((fewstep_bundle / "fewstep" / "index.json").read_text())
+    example = section["examples"][0]
+    steps = {p["id"]: p["num_inference_steps"] for p in example["paths"]}
+    open_box(page, fewstep_url)
+
+    # time 1 (the noise): every path's node on the example's one noise point, each
+    # showing what its first call predicts (frame 0)
+    start = page.evaluate(NODES)
+    assert {n["path"] for n in start} == set(steps)
+    assert all(n["step"] == 0 for n in start)
+    assert {(n["x"], n["y"]) for n in start} == {tuple(example["paths"][0]["xy"][0])}
+    assert set(page.evaluate(FRAMES).values()) == {"0"}
+
+    # each path's straightness: a number, or for one step what it means
+    words = dict(zip(page.locator("#fewstep .fs-card").evaluate_all("(cs) => cs.map((c) => c.dataset.path)"),
+                     page.locator("#fewstep .fs-straightness").all_inner_texts()))
+    for path in example["paths"]:
+        if path["num_inference_steps"] == 1:
+            assert words[path["id"]] == "one step: straight by construction"
+        else:
+            assert words[path["id"]].startswith("straightness ")
+            assert float(words[path["id"]].split()[1]) == pytest.approx(path["straightness"], rel=0.01)  # 2 digits shown
+    assert "straighter" in page.locator("#fewstep .fs-reading").inner_text()
+
+    # arrows step to the next call of any path: the teacher moves first, alone
+    scrubber = page.locator("#fs-time")
+    scrubber.focus()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("() => document.querySelector('#fewstep .fs-node[data-path=\"teacher-50\"]')"
+                           ".dataset.step === '1'")
+    moved = {n["path"]: n["step"] for n in page.evaluate(NODES)}
+    assert moved == {p: int(p == "teacher-50") for p in steps}
+    assert page.locator("#fewstep .fs-time-readout").inner_text() == "t = 0.98"
+
+    # scrubbed to the image: every node on its path's result, every frame the result
+    page.keyboard.press("End")
+    page.wait_for_function("() => document.querySelector('#fewstep .fs-time-readout').textContent === 't = 0.00'")
+    end = {n["path"]: n for n in page.evaluate(NODES)}
+    for path in example["paths"]:
+        node = end[path["id"]]
+        assert node["step"] == path["num_inference_steps"]
+        assert [node["x"], node["y"]] == path["xy"][-1] != path["xy"][0]
+    assert page.evaluate(FRAMES) == {p: str(n) for p, n in steps.items()}
+    # the 8-px sprites stay crisp when drawn again unchanged (hovering a card marks its
+    # path): frame.js keeps the class its join resets
+    page.locator("#fewstep .fs-card").first.hover()
+    page.wait_for_selector("#fewstep .fs-card.is-focused")
+    assert set(page.locator("#fewstep .fs-frame canvas").evaluate_all(
+        "(cs) => cs.map((c) => getComputedStyle(c).imageRendering)")) == {"pixelated"}
+
+    page.keyboard.press("Home")
+    page.wait_for_function("() => document.querySelector('#fewstep .fs-time-readout').textContent === 't = 1.00'")
+    page.keyboard.press("ArrowRight")
+    for name, (width, height) in SIZES.items():
+        page.set_viewport_size({"width": width, "height": height})
+        page.locator("#fewstep").scroll_into_view_if_needed()
+        page.screenshot(path=str(shots / f"fewstep-{name}.png"))
+    page.set_viewport_size({"width": 1366, "height": 768})
+
+    # Escape closes the box and leaves the focus on its summary
+    scrubber.focus()
+    page.keyboard.press("Escape")
+    assert page.locator("#fewstep details").evaluate("(d) => d.open") is False
+    assert page.evaluate("() => document.activeElement.tagName") == "SUMMARY"
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_a_static_site_shows_the_paths_and_their_pictures(page, fewstep_bundle, tmp_path):
+    from backend import create_app
+    from backend.export_cli import write_site
+
+    write_site(create_app({"BUNDLE_DIR": fewstep_bundle}), tmp_path / "course")
+    with serve_folder(tmp_path) as url:
+        open_box(page, url + "course/")
+        assert len(page.evaluate(NODES)) == len(json.loads(
+            (fewstep_bundle / "fewstep" / "index.json").read_text())["examples"][0]["paths"])
+        page.locator("#fewstep .fs-example").select_option(index=1)  # the other example
+        page.wait_for_function("() => document.querySelector('#fewstep .fs-start-label')"
+                               ".textContent.endsWith('(seed 2)')")
+        assert page.locator("#fewstep .fs-frame canvas").first.evaluate("(c) => c.width") == 8
+        page.close()  # before the server stops: no request of its is cut off
+
