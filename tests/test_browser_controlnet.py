@@ -193,6 +193,8 @@ def test_the_level_is_absent_without_control_and_the_lanes_show_control_where_a_
     page.goto(f"{cn_url}?prompt={variant}&seed=1&guidance=7&step=2&open=controlnet&control=1")
     wait_ready(page)
     assert page.locator("#controlnet-open").is_hidden() and page.locator("#panel-controlnet").is_hidden()
+    page.keyboard.press("Escape")  # nothing to close on screen: the level stays for a prompt with control
+    assert query(page)["open"] == "controlnet"
     page.goto(f"{cn_url}?prompt={main}&seed=1&guidance=0&step=2")  # guidance 0: never control
     wait_ready(page)
     assert page.locator("#controlnet-open").is_hidden()

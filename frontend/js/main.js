@@ -378,9 +378,11 @@ async function start() {
         leaveCompare();
         return true;
       }
-      if (s.open.length) {
-        const top = s.open[s.open.length - 1];
-        store.closeTopPanel();
+      // a level this run does not show (ControlNet's, without control) stays as it is
+      const shown = s.open.filter((p) => p !== "controlnet" || controlSetup(index, s.prompt, s.seed, s.guidance));
+      if (shown.length) {
+        const top = shown[shown.length - 1];
+        store.togglePanel(top, false);
         const back = openerOf(top);
         if (back) back.focus();
         return true;
