@@ -106,10 +106,29 @@ def test_a_first_visit_asks_for_its_first_screen_before_the_app_has_loaded(page,
     assert kinds and set(kinds) == {"fetch"}, kinds
 
 
+def test_when_the_app_asks_first_an_early_load_is_the_apps_own(page, base_url):
+    """The other order (the app's module ran before js/opening.js): prefetch hands back the
+    app's load of the same URL instead of fetching it a second time."""
+    page.goto(f"{base_url}not-the-app")  # a page (a 404) at the app's root, without the app
+    result = page.evaluate("""async () => {
+      const { createApi, prefetch, urls } = await import(new URL('js/api.js', document.baseURI).href);
+      let fetches = 0;
+      const fetch0 = window.fetch;
+      window.fetch = (...args) => { fetches += 1; return fetch0(...args); };
+      const api = createApi();
+      const url = urls.index();
+      const first = api.load(url);
+      const same = prefetch(url) === first;
+      await first;
+      return { same, fetches };
+    }""")
+    assert result == {"same": True, "fetches": 1}
+
+
 def test_decoded_images_past_the_budget_are_let_go_least_recently_drawn_first(page, base_url):
     """api.js keeps decoded sprites (an SD-sized run's are about 30 MB) up to a budget of
     pixels; past it the least recently drawn are let go, never one drawn just now."""
-    page.goto(base_url, wait_until="commit")
+    page.goto(f"{base_url}not-the-app")  # a page (a 404) at the app's root, without the app
     forgotten = page.evaluate("""async () => {
       const { decodedPixels } = await import(new URL('js/api.js', document.baseURI).href);
       const px = { width: 1, height: 1 };  // 4 bytes of RGBA each

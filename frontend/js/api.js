@@ -164,12 +164,16 @@ async function fetchAs(url, kind, priority) {
 // Loads js/opening.js started before the app's modules had loaded (url -> {kind, promise}),
 // each handed over to the first createApi load of the same url and kind.
 const early = new Map();
+let appEntries = null; // the app's cache (createApi), once there is one
 
 /**
  * Start loading url now, at high priority, for a load the app will ask for later (the
- * first screen of a first visit: js/opening.js). Returns the promise of the value.
+ * first screen of a first visit: js/opening.js). Returns the promise of the value; if the
+ * app has asked for url already (it started first), its load.
  */
 export function prefetch(url, kind = "json") {
+  const app = appEntries && appEntries.get(url);
+  if (app) return app.promise;
   if (!early.has(url)) {
     const promise = fetchAs(url, kind, "high");
     promise.catch(() => {}); // the app's own load of url tries again and reports a failure
@@ -196,6 +200,7 @@ export function createApi(hooks = {}) {
   let background = false;    // true once the first screen is drawn: nothing is held back
   const held = new Set();    // the resolvers of background loads waiting for that
   const pixels = decodedPixels((url) => entries.delete(url));
+  appEntries = entries;
 
   /**
    * Load url once (later calls share the promise). kind: json, npy, buffer or image.
