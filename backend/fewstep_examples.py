@@ -27,7 +27,7 @@ VERSION = 1
 INDEX_URL = "api/fewstep/index.json"
 FILES_URL = "api/fewstep/files"
 EXTENSION_KEY = "noisepath.fewstep"
-MIME = "image/png"
+MIME = {".webp": "image/webp", ".png": "image/png"}  # a sprite's type, by its name's suffix
 
 
 def kept_section(section: dict | None, runs: dict) -> dict | None:
@@ -106,7 +106,7 @@ def init_app(app) -> None:
                 body = path.read_bytes()
             except OSError as e:
                 not_found(f"few-step sprite {name!r} cannot be read ({e.strerror or e})")
-            served["bodies"][name] = make_resource(body, MIME)
+            served["bodies"][name] = make_resource(body, MIME[name[name.rindex("."):]])
         fresh = request.args.get("v") == sha[:VERSION_CHARS]
         return send(served["bodies"][name], IMMUTABLE if fresh else REVALIDATE)
 

@@ -11,16 +11,14 @@ an example starts at the same point (the same noise).
 
 from __future__ import annotations
 
-import struct
-
-from backend.fewstep_examples import FILES, FORMAT, INDEX, SECTION, VERSION
+from backend.fewstep_examples import FILES, FORMAT, INDEX, MIME, SECTION, VERSION
 
 KINDS = ("teacher", "rectified_flow", "one_step", "student")
 MAX_MODELS, MAX_EXAMPLES, MAX_PATHS = 16, 256, 32
 MAX_STEPS = 1000
 MAX_SIDE = 1024                 # a frame's width or height in pixels
 MAX_GUIDANCE = 100
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FORMATS = {".webp": "WEBP", ".png": "PNG"}  # suffix -> PIL's name of the format
 
 
 def present(c) -> bool:
@@ -171,14 +169,16 @@ def _check_path(c, path, p: str, models: set[str], ids: set, files: set) -> list
 
 
 def _check_sprite(c, path: dict, p: str, frames: int, files: set) -> None:
-    """images: the PNG named, frames T+1 of width x height side by side."""
+    """images: the WebP or PNG named, frames T+1 of width x height side by side."""
+    from PIL import Image
+
     from backend.format import FILE_NAME
     from backend.validator import is_int, is_name, is_sha256
 
     image = c.need(path, INDEX, "images", lambda v: isinstance(v, dict) and is_name(
-        v.get("file"), FILE_NAME) and v["file"].endswith(".png") and is_sha256(v.get("sha256"))
+        v.get("file"), FILE_NAME) and v["file"].endswith(tuple(MIME)) and is_sha256(v.get("sha256"))
         and is_int(v.get("width"), 1, MAX_SIDE) and is_int(v.get("height"), 1, MAX_SIDE)
-        and is_int(v.get("frames"), 1, MAX_STEPS + 1), "an object: file (a .png name in "
+        and is_int(v.get("frames"), 1, MAX_STEPS + 1), "an object: file (a .webp or .png name in "
         f"{FILES}/), sha256, frames, width, height (1 to {MAX_SIDE})", p)
     if image is None:
         return
@@ -192,16 +192,16 @@ def _check_sprite(c, path: dict, p: str, frames: int, files: set) -> None:
     found = c.file(rel, image["sha256"], f"{p}images.sha256")  # names fewstep/index.json's field
     if found is None:
         return
+    kind = FORMATS[rel[rel.rindex("."):]]
     try:
-        with open(found, "rb") as f:
-            head = f.read(24)
-    except OSError as e:
-        c.add(rel, "", f"cannot be read ({e.strerror or e})")
+        with Image.open(found) as im:  # reads the header only
+            width, height, got = im.width, im.height, im.format
+    except Exception as e:  # any unreadable image is a problem to report, not a crash
+        c.add(rel, "", f"cannot be read as an image ({str(e)[:200]})")
         return
-    if head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
-        c.add(rel, "", "not a PNG image")
+    if got != kind:
+        c.add(rel, "", f"is {got}, its name says {kind}")
         return
-    width, height = struct.unpack(">II", head[16:24])
     want = (image["frames"] * image["width"], image["height"])
     if (width, height) != want:
         c.add(rel, "", f"image is {width} x {height}, {INDEX} {p}images says {want[0]} x "

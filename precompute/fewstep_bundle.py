@@ -13,6 +13,7 @@ latents, each path's chord and straightness, and a sprite of the predicted final
 after every call. It is staged in BUNDLE/.tmp/ and renamed into place; the temporary
 bundles are removed. No run of the bundle changes. A second run with the same models
 (their files' SHA-256), examples and steps says it is up to date and computes nothing.
+Sprites are WebP at quality 82 (`--sprite-format png`: PNG).
 
 Same noise: every path of an example must record the same x_T, bitwise (the loop draws
 it from a CPU generator seeded with the seed, loop.NOISE, times init_noise_sigma, which
@@ -58,6 +59,8 @@ DEFAULT_STEPS = {"teacher": [50, 4, 1], "rectified-flow": [1, 2, 4], "one-step":
 KINDS = {"rectified-flow": ("rectified_flow", "2-rectified flow"),
          "one-step": ("one_step", "One-step student")}
 SPACING = "trailing"  # the teacher's timestep_spacing: its first call at pure noise
+SPRITE_QUALITY = 82   # WebP: the quality of the runs' own frames the sprites are made from
+WEBP_MAX_SIDE = 16383
 DECIMALS = 4          # of the map's coordinates and the time axis
 
 
@@ -344,17 +347,23 @@ def projection(runs: list[dict]) -> tuple[np.ndarray, np.ndarray, list[float]]:
     return mean, axes, explained
 
 
-def sprite_png(frames: np.ndarray) -> bytes:
-    """Frames (N, H, W, 3) left to right in one PNG."""
+def sprite(frames: np.ndarray, fmt: str) -> tuple[bytes, str]:
+    """Frames (N, H, W, 3) left to right in one image: (bytes, extension). WebP (quality
+    82, as the run frames they come from: a tenth of a PNG's bytes) unless `fmt` is png or
+    the strip is wider than WebP allows."""
     from PIL import Image
 
+    strip = Image.fromarray(np.concatenate(list(frames), axis=1))
     out = io.BytesIO()
-    Image.fromarray(np.concatenate(list(frames), axis=1)).save(out, format="PNG", optimize=True)
-    return out.getvalue()
+    if fmt == "webp" and strip.width <= WEBP_MAX_SIDE:
+        strip.save(out, format="WEBP", quality=SPRITE_QUALITY, method=6)
+        return out.getvalue(), "webp"
+    strip.save(out, format="PNG", optimize=True)
+    return out.getvalue(), "png"
 
 
-def build_example(example: Example, paths: list[tuple[Model, int, dict, float]]
-                  ) -> tuple[dict, dict[str, bytes]]:
+def build_example(example: Example, paths: list[tuple[Model, int, dict, float]],
+                  sprite_format: str = "webp") -> tuple[dict, dict[str, bytes]]:
     """An example's index entry and sprites from its paths' runs (same noise checked)."""
     first_model, first_steps, first, _ = paths[0]
     for model, steps, run, _ in paths[1:]:
@@ -375,9 +384,9 @@ def build_example(example: Example, paths: list[tuple[Model, int, dict, float]]
     entries, files = [], {}
     for model, steps, run, seconds in paths:
         pid = f"{model.id}-{steps}"
-        name = f"{example.id}--{pid}.png"
-        png = sprite_png(run["frames"])
-        files[name] = png
+        data, ext = sprite(run["frames"], sprite_format)
+        name = f"{example.id}--{pid}.{ext}"
+        files[name] = data
         h, w = run["frames"].shape[1:3]
         points = xy(run["latents"])
         entries.append({
@@ -385,7 +394,7 @@ def build_example(example: Example, paths: list[tuple[Model, int, dict, float]]
             "time": time_axis(run), "xy": points, "pred_xy": xy(run["pred"]),
             "chord": [points[0], points[-1]], "straightness": round(straightness(run), 6),
             "images": {"file": name, "frames": len(run["frames"]), "width": int(w),
-                       "height": int(h), "sha256": hashlib.sha256(png).hexdigest()},
+                       "height": int(h), "sha256": hashlib.sha256(data).hexdigest()},
             "seconds": round(float(seconds), 3)})
     noise = first["x_T"].astype("<f4").tobytes()
     return {"id": example.id, "prompt": example.prompt, "prompt_id": example.prompt_id,
@@ -434,7 +443,8 @@ def write_section(bundle: Path, doc: dict, files: dict[str, bytes]) -> bool:
 
 
 def build(bundle: Path, index: dict, models: list[Model], examples: list[Example], device: str,
-          dtype: str, progress: bool, log) -> tuple[dict, dict[str, bytes]]:
+          dtype: str, progress: bool, log, sprite_format: str = "webp"
+          ) -> tuple[dict, dict[str, bytes]]:
     """Every path's runs (resumed from BUNDLE/fewstep/.tmp), then the section."""
     import torch
 
@@ -470,7 +480,7 @@ def build(bundle: Path, index: dict, models: list[Model], examples: list[Example
             for steps in model.steps:
                 run = read_path(temporary_bundle(tmp, model, steps) / "runs" / rid)
                 paths.append((model, steps, run, runs[model.id, steps].get(rid, 0.0)))
-        entry, example_files = build_example(example, paths)
+        entry, example_files = build_example(example, paths, sprite_format)
         entries.append(entry)
         files.update(example_files)
     doc = {"format": FORMAT, "format_version": VERSION,
@@ -503,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, metavar="G",
                    help="the teacher's guidance scale (default: the bundle's default); "
                    "students run at 1 (their teacher's guidance is baked in)")
+    p.add_argument("--sprite-format", choices=("webp", "png"), default="webp",
+                   help="the sprites' format (default webp, quality 82: the run frames they "
+                   "are made from are WebP 82 already; png keeps those pixels at ~10x the bytes)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     p.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
     p.add_argument("--threads", type=int, default=0, metavar="N",
@@ -529,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         doc, files = build(args.bundle, index, models, examples, args.device, args.dtype,
-                           not args.no_progress, sys.stderr)
+                           not args.no_progress, sys.stderr, args.sprite_format)
     except (BundleConfigMismatch, DamagedBundleFile, ValueError, OSError) as e:
         fail(f"{e} (remove {args.bundle / SECTION / '.tmp'} to start the build afresh)")
     changed = write_section(args.bundle, doc, files)

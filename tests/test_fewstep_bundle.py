@@ -4,6 +4,7 @@ the validator names a damaged section's file and field; the API serves and expor
 writes it (backend/fewstep_examples.py, backend/validate_fewstep.py)."""
 
 import hashlib
+import io
 import json
 import shutil
 import sys
@@ -115,6 +116,7 @@ def test_each_path_has_its_lengths_and_a_sprite_of_its_frames(built):
         assert path["time"][-1] == 0 and path["images"]["frames"] == t + 1
         with Image.open(built / "bundle/fewstep/files" / path["images"]["file"]) as im:
             assert im.size == (16 * (t + 1), 16)  # the tiny VAE's 16 px images side by side
+            assert im.format == "WEBP" and path["images"]["file"].endswith(".webp")
 
 
 @pytest.mark.slow
@@ -191,6 +193,19 @@ def test_the_teachers_path_names_the_bundles_run_only_when_it_is_the_same_run(tm
     assert fewstep_bundle.main_run(index, tmp_path, teacher, example) == rid
     config["model_info"]["scheduler"]["config"]["timestep_spacing"] = "leading"
     assert fewstep_bundle.main_run(index, tmp_path, teacher, example) is None
+
+
+def test_sprites_are_webp_unless_png_is_asked_for_or_the_strip_is_too_wide():
+    from PIL import Image
+
+    frames = np.random.default_rng(0).integers(0, 256, (3, 4, 5, 3), dtype=np.uint8)
+    for fmt, wide, kind in (("webp", 1, "WEBP"), ("png", 1, "PNG"), ("webp", 3300, "PNG")):
+        data, ext = fewstep_bundle.sprite(np.repeat(frames, wide, axis=0), fmt)
+        with Image.open(io.BytesIO(data)) as im:
+            assert (im.format, ext, im.size) == (kind, kind.lower(), (5 * 3 * wide, 4))
+    png, _ = fewstep_bundle.sprite(frames, "png")  # lossless: the frames come back
+    with Image.open(io.BytesIO(png)) as im:
+        assert np.array_equal(np.asarray(im), np.concatenate(list(frames), axis=1))
 
 
 def test_a_changed_model_gets_new_temporary_runs(tmp_path):
@@ -298,7 +313,7 @@ def test_the_api_serves_the_section_and_its_sprites_without_torch(built, monkeyp
     assert r.json["examples"][0]["noise_sha256"] == stored["examples"][0]["noise_sha256"]
     for path in r.json["examples"][0]["paths"]:
         got = client.get("/" + path["images"]["url"])
-        assert got.status_code == 200 and got.mimetype == "image/png"
+        assert got.status_code == 200 and got.mimetype == "image/webp"
         assert "immutable" in got.headers["Cache-Control"]  # the URL carries its sha256
         assert got.data == (built / "bundle/fewstep/files" / path["images"]["file"]).read_bytes()
     for name in ("index.json", "..%2Findex.json", "nope.png"):  # looked up, never a path
