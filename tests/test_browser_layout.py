@@ -247,6 +247,42 @@ def test_a_phones_first_screen_shows_the_prompt_the_image_and_the_controller(scr
     page.screenshot(path=str(shots / "phone-first-screen.png"))
 
 
+# ---------------------------------------------------------------------- clipping
+
+
+def test_the_guidance_formulas_note_wraps_under_it_on_a_phone(screen, base_url):
+    """At g = 0 the formula carries a bracketed note ("g = 0: the prompt's branch is not
+    run"); in a phone's panel it wraps under the formula instead of running off the panel's
+    edge (the box scrolled sideways, which a phone shows as text cut off)."""
+    page = screen(390, 844, device_scale_factor=2, is_mobile=True, has_touch=True)
+    page.goto(f"{base_url}?prompt={PROMPT}&guidance=0&step=2&open=guidance")
+    wait_ready(page)
+    page.wait_for_function("() => document.querySelector('#guidance-formula').innerText"
+                           ".replace(/\\u00a0/g, ' ').includes('not run')")
+    formula = page.locator("#guidance-formula")
+    formula.scroll_into_view_if_needed()
+    assert formula.evaluate("el => el.scrollWidth - el.clientWidth") <= 1
+    right = formula.evaluate("el => el.getBoundingClientRect().right")
+    ends = formula.evaluate("el => [...el.querySelectorAll('.katex-html, .gf-note')]"
+                            ".map((n) => n.getBoundingClientRect().right)")
+    assert len(ends) >= 2 and max(ends) <= right + 0.5, (ends, right)
+
+
+def test_the_spoken_prompts_player_is_wide_enough_for_its_seek_bar(screen, demo_url):
+    """The one-row pipeline's prompt column is narrow; with the spoken prompts open it
+    widens, without pushing the page sideways. Chromium's audio player drops its seek bar
+    below about 250 px (measured: at 240 px it is a 30 px stub, at 200 px gone)."""
+    page = screen(1920, 1080)
+    page.goto(f"{demo_url}?step=30")
+    wait_ready(page)
+    page.locator(".speech-examples summary").click()
+    page.locator(".speech-audio").wait_for()
+    for width, height in ((1920, 1080), (1440, 900)):   # a projector, the one row's narrowest
+        page.set_viewport_size({"width": width, "height": height})
+        assert page.locator(".speech-audio").bounding_box()["width"] >= 256, width
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+
+
 # ---------------------------------------------------------------------- keyboard
 
 

@@ -82,35 +82,54 @@ export function guidanceSlider() {
 const tex = (v) => fmt(v).replace("\u2212", "-");
 const paren = (v) => (v < 0 ? `(${tex(v)})` : tex(v));
 
+/**
+ * The formula's TeX and, for a one-line formula, its bracketed note ({tex, words}: "(g = 0:
+ * the prompt's branch is not run)"). The note is set apart from the formula, its words in
+ * the formula's font but as text, so on a narrow screen it wraps under the formula and
+ * within itself instead of running off the panel's edge.
+ */
+function formulaTex(d) {
+  const o = d && d.symbol ? d.symbol : "\\epsilon";
+  const u = d && d.uncondTex ? d.uncondTex : "\\text{empty}"; // or \text{negative}: the run's negative prompt
+  if (!d) return { math: "\\text{(this step's numbers are loading, or step 0 has none)}", note: null };
+  if (d.missing === "text") {
+    return { math: `\\hat{${o}} = ${o}_{${u}} = ${tex(d.uncond)}`,
+      note: { tex: "g = 0", words: ": the prompt's branch is not run" } };
+  }
+  if (d.missing === "uncond" && d.mode === "embedding") {  // an LCM: no unconditional branch at all
+    return { math: `\\hat{${o}} = ${o}_{\\text{prompt}, w} = ${tex(d.text)}`,
+      note: { tex: `w = g - 1 = ${tex(d.g - 1)}`, words: ", in the UNet" } };
+  }
+  if (d.missing === "uncond" && d.mode === "none") {
+    return { math: `\\hat{${o}} = ${o}_{\\text{prompt}} = ${tex(d.text)}`, note: { words: "the prompt's alone" } };
+  }
+  if (d.missing === "uncond") {
+    return { math: `\\hat{${o}} = ${o}_{\\text{prompt}} = ${tex(d.text)}`,
+      note: { tex: "g = 1", words: `: the ${u === "\\text{empty}" ? "empty" : "negative"} branch cancels out` } };
+  }
+  const computed = d.uncond + d.g * (d.text - d.uncond);
+  // a negative prompt: say which branch is which before the numbers
+  const named = u === "\\text{empty}" ? ""
+    : `\\hat{${o}} &= ${o}_{${u}} + g\\,(${o}_{\\text{prompt}} - ${o}_{${u}}) \\\\ `;
+  const stored = d.guided === null ? "" : `\\text{(stored: ${tex(d.guided)})}`;
+  // "(stored: ...)" stays in the formula, on its short last row; with guidance_rescale (Lin
+  // et al. 2023: the result scaled by phi * ratio + 1 - phi) the rescaled row is long, so
+  // the notes take a row of their own
+  const math = `\\begin{aligned}${named}${named ? "" : `\\hat{${o}} `}&= ${tex(d.uncond)} + ${tex(d.g)} \\times (${tex(d.text)} - ${paren(d.uncond)})`
+    + ` \\\\ &= ${tex(computed)}`
+    + (d.rescale ? ` \\\\ &\\to ${tex(d.rescale.factor)} \\times ${paren(computed)} = ${tex(d.rescale.factor * computed)}`
+      + ` \\\\ &\\phantom{=}\\;(\\varphi = ${tex(d.rescale.phi)})` : "")
+    + (stored ? `\\quad${stored}` : "")
+    + "\\end{aligned}";
+  return { math, note: null };
+}
+
 export function guidanceFormula() {
   let last = null;
   return function view(selection) {
-    const d = selection.datum();
-    let source;
-    const o = d && d.symbol ? d.symbol : "\\epsilon";
-    const u = d && d.uncondTex ? d.uncondTex : "\\text{empty}"; // or \text{negative}: the run's negative prompt
-    if (!d) source = "\\text{(this step's numbers are loading, or step 0 has none)}";
-    else if (d.missing === "text") {
-      source = `\\hat{${o}} = ${o}_{${u}} = ${tex(d.uncond)} \\quad (g = 0:\\ \\text{the prompt's branch is not run})`;
-    } else if (d.missing === "uncond" && d.mode === "embedding") {  // an LCM: no unconditional branch at all
-      source = `\\hat{${o}} = ${o}_{\\text{prompt}, w} = ${tex(d.text)} \\quad (w = g - 1 = ${tex(d.g - 1)}\\text{, in the UNet})`;
-    } else if (d.missing === "uncond" && d.mode === "none") {
-      source = `\\hat{${o}} = ${o}_{\\text{prompt}} = ${tex(d.text)} \\quad (\\text{the prompt's alone})`;
-    } else if (d.missing === "uncond") {
-      source = `\\hat{${o}} = ${o}_{\\text{prompt}} = ${tex(d.text)} \\quad (g = 1:\\ \\text{the ${u === "\\text{empty}" ? "empty" : "negative"} branch cancels out})`;
-    } else {
-      const computed = d.uncond + d.g * (d.text - d.uncond);
-      // a negative prompt: say which branch is which before the numbers
-      const named = u === "\\text{empty}" ? ""
-        : `\\hat{${o}} &= ${o}_{${u}} + g\\,(${o}_{\\text{prompt}} - ${o}_{${u}}) \\\\ `;
-      source = `\\begin{aligned}${named}${named ? "" : `\\hat{${o}} `}&= ${tex(d.uncond)} + ${tex(d.g)} \\times (${tex(d.text)} - ${paren(d.uncond)})`
-        + ` \\\\ &= ${tex(computed)}`
-        // guidance_rescale (Lin et al. 2023) scales the result by phi * ratio + 1 - phi
-        + (d.rescale ? ` \\\\ &\\to ${tex(d.rescale.factor)} \\times ${paren(computed)} = ${tex(d.rescale.factor * computed)}`
-          + `\\quad(\\varphi = ${tex(d.rescale.phi)})` : "")
-        + (d.guided === null ? "" : `\\quad\\text{(stored: ${tex(d.guided)})}`)
-        + "\\end{aligned}";
-    }
+    const { math, note } = formulaTex(selection.datum());
+    const noteText = note ? `(${note.tex || ""}${note.words})` : "";
+    const source = `${math} ${noteText}`;
     const katex = katexIfLoaded();
     if (!katex) {
       // plain text until KaTeX arrives; the app redraws once it has
@@ -121,7 +140,14 @@ export function guidanceFormula() {
     }
     if (source === last) return;
     last = source;
-    katex.render(source, selection.node(), { displayMode: true, throwOnError: false });
+    selection.text("");
+    katex.render(math, selection.append("span").attr("class", "gf-math").node(),
+      { displayMode: true, throwOnError: false });
+    if (note) {
+      const span = selection.append("span").attr("class", "gf-note").text("(");
+      if (note.tex) katex.render(note.tex, span.append("span").node(), { throwOnError: false });
+      span.append("span").text(`${note.words})`);
+    }
     selection.attr("aria-label", source.replace(/\\[a-z]+|[{}\\_^]/g, " ").replace(/\s+/g, " ").trim());
   };
 }
