@@ -150,6 +150,9 @@ def test_the_level_opens_scrubbing_updates_its_chart_and_maps_and_escape_closes_
     page.keyboard.press("Escape")
     panel.wait_for(state="hidden")
     assert "open" not in query(page) and query(page)["control"] == "1"
+    page.locator("#image-open").click()  # the refiner's level says its UNet calls get the residuals
+    page.locator("#image-note-control").wait_for(state="visible")
+    assert "conditioning scale 1:" in page.locator("#image-note-control").inner_text()
 
 
 def test_the_scale_slider_previews_on_hover_and_commits_on_click_and_release(page, cn_url, control_bundle):

@@ -212,6 +212,9 @@ async function start() {
       opener.select(".frame").datum(control.frame).call(frameView);
     }
     if (m.controlnet) d3.select("#panel-controlnet").datum(m.controlnet).call(views.controlnet);
+    const controlled = m.run && m.run.controlnet; // the refiner's UNet calls get its residuals
+    d3.select("#image-note-control").property("hidden", !controlled)
+      .select(".cn-scale").text(controlled ? String(controlled.conditioning_scale) : "");
     if (!state.compare) revealOpened(state.open);
     d3.select("#timestep-controller").datum(m.controller).call(views.controller);
     d3.select("#prompt-picker").datum(m.picker).call(views.picker);
