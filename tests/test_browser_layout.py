@@ -72,7 +72,7 @@ def within_viewport(page, selector: str) -> bool:
 # ---------------------------------------------------------------------- the comparison
 
 
-@pytest.mark.parametrize("width, height, present", [(1440, 900, False), (1920, 1080, True)])
+@pytest.mark.parametrize("width, height, present", [(1440, 900, False), (1920, 1080, True), (1100, 700, True)])
 def test_comparison_lanes_sit_side_by_side_with_both_decoded_images_on_the_first_screen(
         screen, demo_url, shots, width, height, present):
     page = screen(width, height)
@@ -192,7 +192,7 @@ def test_a_level_that_opens_below_the_fold_is_scrolled_into_view(screen, base_ur
 
 
 @pytest.mark.parametrize("width, height, word", [
-    (1280, 720, False), (1024, 768, False), (1280, 720, True), (1024, 768, True)])
+    (1280, 720, False), (1024, 768, False), (1280, 720, True), (1024, 768, True), (1100, 700, True)])
 def test_presentation_mode_fits_the_pictures_and_the_controller_on_the_first_screen(
         screen, demo_url, shots, width, height, word):
     """At step 0 (where a lesson starts) the predicted image's note is shown; with a word
