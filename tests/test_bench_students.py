@@ -166,3 +166,23 @@ def test_bad_input_is_refused_in_one_line(folders, tmp_path, capsys):
                               str(folders.students), *argv])
         err = capsys.readouterr().err
         assert message in err and len([x for x in err.splitlines() if "error" in x]) == 1
+
+
+def test_the_targets_read_the_issues_tolerances():
+    teacher = {"background": 1.0, "colour": 0.95, "shape": 0.85, "size": 1.0, "position": 1.0}
+    one_step = {"background": 0.95, "colour": 0.85, "shape": 0.74, "size": 0.94, "position": 1.0}
+    first = {"background": 0.9, "colour": 0.5, "shape": 0.4, "size": 0.8, "position": 0.7}
+    rows = {"teacher, 50 steps": teacher, "teacher, 1 step": first,
+            "one-step student, 1 step": one_step}
+    status = {t["target"].split(" within")[0].split(" far")[0]: t["status"]
+              for t in bench.check_targets({"one object": rows}, 50)}
+    # 0.05 below on background (met at the edge), 0.10 on colour (edge), 0.11 on shape,
+    # 0.06 on size; the 1-step teacher's mean 0.66 is 0.24 below the one-step's 0.90
+    assert status == {"one-step background": "met", "one-step colour": "met",
+                      "one-step shape": "not met", "one-step size": "not met",
+                      "one-step position": "met", "teacher at 1 step": "met"}
+    rows["teacher, 1 step"] = {k: v - 0.1 for k, v in one_step.items()}  # only 0.10 below
+    assert bench.check_targets({"one object": rows}, 50)[-1]["status"] == "not met"
+    del rows["one-step student, 1 step"]  # not trained yet
+    assert {t["status"] for t in bench.check_targets({"one object": rows}, 50)} == {
+        "not measured (no one-step student)"}
