@@ -414,6 +414,17 @@ def model_entry(m: Model) -> dict:
 
 # ----------------------------------------------------------------------- writing
 
+def section_problems(bundle: Path, index: dict) -> list:
+    """The validator's problems with the bundle's fewstep/ section alone (checksums on)."""
+    from backend.validate_fewstep import check_section
+    from backend.validator import Checker
+
+    c = Checker(bundle.resolve(), checksums=True, decode=False)
+    with c.scope(section=SECTION):
+        check_section(c, index)
+    return c.problems
+
+
 def write_section(bundle: Path, doc: dict, files: dict[str, bytes]) -> bool:
     """Put the section at BUNDLE/fewstep/ (index.json, files/), staged in BUNDLE/.tmp/
     and renamed into place; False when the same bytes are there already."""
@@ -522,8 +533,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    from backend.validator import validate_bundle
-
     try:
         index = json.loads((args.bundle / "bundle.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -532,7 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     examples = plan_examples(index, args.prompts, args.seeds)
     for model in models:
         model.sha256 = folder_sha256(Path(model.folder))
-    if existing_request(args.bundle) == request_of(models, examples):
+    if existing_request(args.bundle) == request_of(models, examples) \
+            and not section_problems(args.bundle, index):
         print(f"up to date: {args.bundle / SECTION} ({len(examples)} examples)")
         return 0
     if args.threads:
@@ -547,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"{e} (remove {args.bundle / SECTION / '.tmp'} to start the build afresh)")
     changed = write_section(args.bundle, doc, files)
     shutil.rmtree(args.bundle / SECTION / ".tmp", ignore_errors=True)
-    problems = [q for q in validate_bundle(args.bundle, checksums=True) if q.section == SECTION]
+    problems = section_problems(args.bundle, index)
     for problem in problems:
         print(problem, file=sys.stderr)
     size = sum(len(b) for b in files.values()) + (args.bundle / INDEX).stat().st_size

@@ -148,6 +148,15 @@ def test_the_section_validates_and_a_second_run_is_up_to_date(built, capsys):
     assert {p: p.stat().st_mtime_ns for p in (built / "bundle/fewstep").rglob("*")} == before
 
 
+@pytest.mark.slow
+def test_a_damaged_section_is_not_up_to_date(bundle, built, capsys):
+    """The same command over a section missing a sprite builds it again."""
+    (bundle / "fewstep/files" / sprite(bundle)).unlink()
+    assert fewstep_bundle.main(builder_args(bundle, built / "teacher", built / "student")) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert validate_bundle(bundle) == []
+
+
 def run(latents, pred, flow=True, level=None):
     n = len(pred)
     level = np.linspace(1, 0, n + 1)[:-1] if level is None else level
