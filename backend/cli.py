@@ -7,7 +7,8 @@
     noisepath compact      re-encode a full bundle as a compact one (8-bit arrays)
     noisepath refresh      re-derive a bundle's model facts and preview map from its model
     noisepath train-demo   train the tiny demo model the shipped bundle was made with
-                           (train-demo students: its 2-rectified-flow and one-step students)
+                           (train-demo students: its 2-rectified-flow and one-step students;
+                           train-demo controlnet: a ControlNet for it, on sketches)
 
 Heavy imports (torch) happen only inside the subcommands that need them, so
 `serve`, `export` and `validate` work with the light install.
@@ -33,7 +34,8 @@ SUBCOMMANDS = {
                 "(the one latent preview map of every run, tokenizer facts) from the model "
                 "(needs the [precompute] extra)"),
     "train-demo": ("precompute.demo.train", "train the tiny Stable-Diffusion-shaped demo model, "
-                   "or with `students` its reflow students (needs the [precompute] extra)"),
+                   "or with `students` its reflow students, with `controlnet` a ControlNet for it "
+                   "(needs the [precompute] extra)"),
 }
 
 

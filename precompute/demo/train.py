@@ -442,7 +442,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
                     "checkpoints, loss curves (loss_*.png) and a pipeline folder under --out.",
         epilog="noisepath train-demo students [...]: make the teacher's students (pairs from "
                "its 50-step ODE, a 2-rectified flow, a one-step student; precompute/demo/"
-               "reflow.py); `noisepath train-demo students --help` lists its options.")
+               "reflow.py); `noisepath train-demo students --help` lists its options. "
+               "noisepath train-demo controlnet [...]: train a ControlNet for it on sketches "
+               "of the shapes world (precompute/demo/controlnet_train.py).")
     p.add_argument("--out", default="demo-work", help="work folder (checkpoints, pipeline/)")
     p.add_argument("--minutes", type=float, default=0.0,
                    help="stop (with a checkpoint) after this many minutes; 0 = no limit")
@@ -559,12 +561,17 @@ def export(folder: str | Path, target: str | Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`noisepath train-demo`: train (or resume) the demo model, optionally export it;
-    `noisepath train-demo students ...` makes its students (precompute/demo/reflow.py)."""
+    `noisepath train-demo students ...` makes its students (precompute/demo/reflow.py),
+    `noisepath train-demo controlnet ...` its ControlNet (precompute/demo/controlnet_train.py)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["students"]:
         from precompute.demo import reflow
 
         return reflow.main(argv[1:])
+    if argv[:1] == ["controlnet"]:
+        from precompute.demo import controlnet_train
+
+        return controlnet_train.main(argv[1:])
     cfg, args = parse_args(argv)
     folder = Path(cfg.out) / "pipeline" if args.export_only else train(cfg)
     print(f"pipeline folder: {folder}")

@@ -1,0 +1,507 @@
+"""A ControlNet for the demo model, trained on the shapes world: a sketch says where.
+
+    noisepath train-demo controlnet --out demo-work/controlnet            # train
+    noisepath train-demo controlnet --out demo-work/controlnet --resume   # continue
+
+ControlNet (Zhang et al. 2023) at toy size, on a CPU: `ControlNetModel.from_unet` copies the
+shipped demo UNet's encoder (static/demo-model), whose residuals enter the frozen UNet's
+skip connections through zero-initialised convolutions. Only the ControlNet trains; the
+UNet, the text encoder and the VAE stay frozen.
+
+The data are the world's ground truth. The control image is a rough sketch of where the
+objects go (`draw_sketch`): per object an outline, a filled blob or a hatched scribble of
+a wobbly, smoothed version of its mask (a star's points and a square's corners rounded
+off, the size and place jittered by a pixel or two), grey or white on black: a function
+of the objects' geometry only, never of their colour. In a share of the samples
+(`--strip-positions`) the caption loses its position words ("a large red circle, on a blue
+background"), so the sketch alone says where; a tenth of the captions are dropped ("")
+as in the teacher's training, because at sampling time the unconditional branch of
+classifier-free guidance gets the control too (StableDiffusionControlNetPipeline,
+guess_mode=False).
+
+The objective is the teacher's (train.py): v-prediction MSE on the zero-terminal-SNR
+schedule, timesteps uniform over 0..999, with the ControlNet's residuals added to the
+UNet exactly as StableDiffusionControlNetPipeline adds them
+(`down_block_additional_residuals`, `mid_block_additional_residual`). The control image
+is in [0, 1], as the pipeline's prepare_image gives it.
+
+Seeded (the batches and sketches are a function of the seed and the step), resumable
+(`controlnet.pt`: weights, EMA, optimizer, step, losses), with a progress bar, a loss
+chart (`loss_controlnet.png`) and the EMA ControlNet exported as a diffusers
+ControlNetModel folder (`<out>/controlnet/`) at every checkpoint, written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import math
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from precompute.demo import world
+from precompute.demo.reflow import Clock, StageError, ema_update, hold_lock, load_teacher
+from precompute.demo.train import (Deadline, encode_text, plot_losses, save_atomic, smooth,
+                                   step_rng, to_tensor)
+
+CHECKPOINT, FOLDER = "controlnet.pt", "controlnet"
+RNG_TRAIN, RNG_VAL = 50, 51  # step_rng stage numbers of this module's random streams
+SKETCH_KINDS = ("outline", "filled", "hatched")
+RAYS = 48  # angles of an object's radial profile
+
+
+@dataclass
+class ControlConfig:
+    out: str = "demo-work/controlnet"
+    base: str = "static/demo-model"  # the pipeline whose UNet the ControlNet drives
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 1
+    steps: int = 3000
+    batch: int = 32
+    lr: float = 3e-4
+    lr_final: float = 3e-5  # cosine decay from lr to this at `steps`
+    warmup: int = 100
+    ema_decay: float = 0.995
+    caption_dropout: float = 0.1
+    strip_positions: float = 0.5  # share of captions without position words
+    two_object_fraction: float = world.TWO_OBJECT_FRACTION
+    val_size: int = 32
+    eval_every: int = 100
+    minutes: float = 0.0  # 0: no time limit
+    stop_at: int = 0  # > 0: stop at this step (the schedule still ends at `steps`)
+    checkpoint_minutes: float = 4.0
+
+
+# Fields that decide what a run's batches and weights are: a resumed run must keep them.
+RUN_DEFINING = ("base", "seed", "batch", "caption_dropout", "strip_positions",
+                "two_object_fraction", "val_size")
+
+
+# --- the sketch -----------------------------------------------------------------------------
+
+def radial_profile(mask: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The mask's extent from `centre` along RAYS angles, in pixels: (RAYS,). Every shape of
+    the world is star-shaped around its centroid, so the first pixel outside ends the ray."""
+    angles = 2 * np.pi * np.arange(RAYS) / RAYS
+    radii = np.arange(0.0, 40.0, 0.25)
+    xs = centre[0] + np.cos(angles)[:, None] * radii  # (RAYS, R)
+    ys = centre[1] + np.sin(angles)[:, None] * radii
+    inside = np.zeros(xs.shape, bool)
+    ok = (xs >= 0) & (xs < mask.shape[1]) & (ys >= 0) & (ys < mask.shape[0])
+    inside[ok] = mask[ys[ok].astype(int), xs[ok].astype(int)]
+    first_out = np.argmin(inside, axis=1)  # first sample outside (0 if none inside)
+    return radii[first_out]
+
+
+def rough_outline(mask: np.ndarray, rng: np.random.Generator) -> list[tuple[float, float]]:
+    """A hand-drawn-looking polygon around one object's mask: its radial profile smoothed
+    over 40-100 degrees (corners and points rounded off), wobbled by two low-frequency
+    waves of up to 7%, scaled by 0.92-1.08 and moved by up to a pixel."""
+    ys, xs = np.nonzero(mask)
+    centre = np.array([xs.mean() + 0.5, ys.mean() + 0.5])
+    profile = radial_profile(mask, centre)
+    width = int(rng.integers(5, 14))  # rays averaged: 37 to 97 degrees
+    kernel = np.ones(width) / width
+    padded = np.concatenate([profile[-width:], profile, profile[:width]])
+    smoothed = np.convolve(padded, kernel, mode="same")[width:-width]  # (RAYS,)
+    angles = 2 * np.pi * np.arange(RAYS) / RAYS
+    wobble = 1 + sum(rng.uniform(0, 0.07) * np.cos(k * angles + rng.uniform(0, 2 * np.pi))
+                     for k in (2, 3))
+    r = smoothed * wobble * rng.uniform(0.92, 1.08)
+    cx, cy = centre + rng.uniform(-1, 1, size=2)
+    return [(cx + ri * math.cos(a), cy + ri * math.sin(a)) for ri, a in zip(r, angles)]
+
+
+def _layer(polygon, kind: str, grey: int, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    """One object's stroke layer and its filled region, drawn at SUPERSAMPLE x."""
+    s, big = world.SUPERSAMPLE, world.IMAGE_SIZE * world.SUPERSAMPLE
+    points = [(x * s, y * s) for x, y in polygon]
+    region = Image.new("L", (big, big), 0)
+    ImageDraw.Draw(region).polygon(points, fill=255)
+    strokes = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(strokes)
+    if kind == "filled":
+        draw.polygon(points, fill=grey)
+    else:
+        draw.line(points + points[:1], fill=grey, width=int(rng.integers(4, 9)), joint="curve")
+    if kind == "hatched":  # parallel strokes at a random angle, 3-4 px apart, inside
+        hatch = Image.new("L", (big, big), 0)
+        angle, gap = rng.uniform(0, math.pi), rng.uniform(3, 4.5) * s
+        dx, dy = math.cos(angle) * 2 * big, math.sin(angle) * 2 * big
+        for k in np.arange(-big, big, gap):
+            ox, oy = big / 2 - math.sin(angle) * k, big / 2 + math.cos(angle) * k
+            ImageDraw.Draw(hatch).line([(ox - dx, oy - dy), (ox + dx, oy + dy)], fill=grey, width=s)
+        strokes = Image.fromarray(np.maximum(np.asarray(strokes),
+                                             np.asarray(hatch) * (np.asarray(region) > 0)))
+    return strokes, region
+
+
+def draw_sketch(scene: world.Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The control image of a scene and the region it marks per object:
+    ((64, 64, 3) uint8, grey or white on black, R = G = B; (objects, 64, 64) bool).
+    A function of the objects' masks and rng alone: colours never enter it."""
+    size, big = world.IMAGE_SIZE, world.IMAGE_SIZE * world.SUPERSAMPLE
+    canvas, regions = np.zeros((big, big), np.uint8), []
+    for mask in world.masks(scene):
+        kind = SKETCH_KINDS[int(rng.integers(len(SKETCH_KINDS)))]
+        grey = int(rng.integers(150, 256))
+        strokes, region = _layer(rough_outline(mask, rng), kind, grey, rng)
+        canvas = np.maximum(canvas, np.asarray(strokes))
+        regions.append(np.asarray(region.resize((size, size), Image.BOX)) >= 128)
+    small = np.asarray(Image.fromarray(canvas).resize((size, size), Image.BOX))  # (64, 64)
+    return np.repeat(small[..., None], 3, axis=2), np.stack(regions)
+
+
+def caption_without_positions(scene: world.Scene) -> str:
+    """The scene's caption with its position phrases left out:
+    "a large red circle, on a blue background"."""
+    phrases = []
+    for obj in scene.objects:
+        words = f"{obj.size} {obj.colour}" if obj.size else obj.colour
+        phrases.append(f"{'an' if words[0] in 'aeiou' else 'a'} {words} {obj.shape}")
+    bg = scene.background
+    return f"{' and '.join(phrases)}, on {'an' if bg[0] in 'aeiou' else 'a'} {bg} background"
+
+
+def sample_batch(cfg: ControlConfig, rng: np.random.Generator, n: int, split: str,
+                 strip: float, dropout: float):
+    """n scenes: images (n, 64, 64, 3), control images (n, 3, 64, 64) in [0, 1], captions
+    (a share `strip` without position words, a share `dropout` empty), scenes, regions."""
+    images, _, scenes = world.sample_batch(rng, n, split, cfg.two_object_fraction)
+    sketches, regions = zip(*(draw_sketch(s, rng) for s in scenes))
+    stripped, dropped = rng.random(n) < strip, rng.random(n) < dropout
+    captions = ["" if d else caption_without_positions(s) if p else s.caption
+                for s, p, d in zip(scenes, stripped, dropped)]
+    control = torch.from_numpy(np.stack(sketches)).permute(0, 3, 1, 2).float() / 255.0
+    return images, control, captions, scenes, list(regions)
+
+
+# --- the model and its objective ------------------------------------------------------------
+
+def build_controlnet(unet, vae_scale_factor: int):
+    """ControlNetModel.from_unet with a conditioning embedding that downsamples the control
+    image by the VAE's factor (4 for the demo model; SD's default embedding does 8)."""
+    from diffusers import ControlNetModel
+
+    downsamplings = int(math.log2(vae_scale_factor))
+    channels = tuple(16 * 2 ** i for i in range(downsamplings + 1))  # (16, 32, 64)
+    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
+
+
+def controlnet_loss(cfg, base, controlnet, scheduler, images, control, captions, gen,
+                    use_control: bool = True) -> torch.Tensor:
+    """train.diffusion_loss with the ControlNet's residuals added to the frozen UNet as
+    StableDiffusionControlNetPipeline adds them (conditioning scale 1)."""
+    with torch.no_grad():
+        latents = base.vae.encode(to_tensor(images).to(cfg.device)).latent_dist.sample(gen)
+        latents = latents * base.vae.config.scaling_factor  # (B, 4, 16, 16)
+        hidden = encode_text(base.tokenizer, base.text_encoder, captions, cfg.device)
+    noise = torch.randn(latents.shape, generator=gen).to(cfg.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(images),), generator=gen)
+    t = t.to(cfg.device)
+    noisy = scheduler.add_noise(latents, noise, t)  # x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps
+    target = scheduler.get_velocity(latents, noise, t)  # v = sqrt(a_t) eps - sqrt(1 - a_t) x_0
+    residuals = {}
+    if use_control:
+        down, mid = controlnet(noisy, t, encoder_hidden_states=hidden,
+                               controlnet_cond=control.to(cfg.device), conditioning_scale=1.0,
+                               guess_mode=False, return_dict=False)
+        residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+    pred = base.unet(noisy, t, hidden, **residuals).sample  # (B, 4, 16, 16)
+    return F.mse_loss(pred, target)
+
+
+def learning_rate(cfg: ControlConfig, step: int) -> float:
+    """Linear warm-up, then a cosine from cfg.lr to cfg.lr_final at cfg.steps."""
+    warm = min(1.0, (step + 1) / cfg.warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, cfg.steps))))
+    return warm * (cfg.lr_final + (cfg.lr - cfg.lr_final) * cosine)
+
+
+def export_controlnet(controlnet, folder: Path, state: dict) -> None:
+    """Save a ControlNetModel folder atomically: written beside, then swapped in, so a
+    reader (or a kill) never meets a half-written folder."""
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    controlnet.save_pretrained(str(tmp), safe_serialization=True)
+    (tmp / "training_state.json").write_text(json.dumps(state, indent=1))
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_pipeline(base: str | Path, controlnet: str | Path, device: str = "cpu"):
+    """StableDiffusionControlNetPipeline of the base pipeline folder and a ControlNet folder,
+    fp32, sampling with the base's own scheduler (DDIM, trailing spacing, for the demo)."""
+    from diffusers import (ControlNetModel, StableDiffusionControlNetPipeline,
+                           StableDiffusionPipeline)
+
+    sd = StableDiffusionPipeline.from_pretrained(str(base), dtype=torch.float32)
+    net = ControlNetModel.from_pretrained(str(controlnet), torch_dtype=torch.float32)
+    pipe = StableDiffusionControlNetPipeline(
+        vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
+        controlnet=net, scheduler=sd.scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# --- training -------------------------------------------------------------------------------
+
+def train(cfg: ControlConfig) -> bool:
+    """Train (or resume) to cfg.steps (or cfg.stop_at / cfg.minutes); True once finished."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = hold_lock(out)
+    try:
+        return _train(cfg, out)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+@functools.lru_cache(maxsize=1)
+def load_base(folder: str, device: str):
+    """The frozen base pipeline (DDIM), loaded once per process: training never changes it."""
+    return load_teacher(folder, device)
+
+
+def _train(cfg: ControlConfig, out: Path) -> bool:
+    from precompute.demo import model as demo_model
+
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    base = load_base(str(cfg.base), cfg.device)
+    controlnet = build_controlnet(base.unet, base.vae_scale_factor).to(cfg.device).train()
+    ema = copy.deepcopy(controlnet).eval()
+    opt = torch.optim.AdamW(controlnet.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
+                            weight_decay=0.01)
+    state = {"step": 0, "losses": [], "val": []}
+    if (out / CHECKPOINT).exists():
+        state = torch.load(out / CHECKPOINT, weights_only=False)
+        for module, key in ((controlnet, "controlnet"), (ema, "ema"), (opt, "opt")):
+            module.load_state_dict(state[key])
+    scheduler = demo_model.training_scheduler()
+    val = sample_batch(cfg, step_rng(cfg, RNG_VAL, 0), cfg.val_size, "test", strip=1.0, dropout=0.0)
+
+    def validate(use_control: bool) -> float:
+        """v-MSE on held-out scenes, captions without position words, fixed noise."""
+        with torch.no_grad():
+            return controlnet_loss(cfg, base, ema, scheduler, val[0], val[1], val[2],
+                                   torch.Generator().manual_seed(cfg.seed + 1), use_control).item()
+
+    without = validate(False)  # the UNet alone: what the sketch has to beat
+
+    def checkpoint():
+        save_atomic({**state, "controlnet": controlnet.state_dict(), "ema": ema.state_dict(),
+                     "opt": opt.state_dict()}, out / CHECKPOINT)
+        plot_losses({"train": smooth(state["losses"]),
+                     "held-out, sketch": [(s, v) for s, v in state["val"]],
+                     "held-out, no control": [(s, without) for s, _ in state["val"]]},
+                    out / "loss_controlnet.png",
+                    "ControlNet (v-prediction MSE; captions without position words held out)")
+        export_controlnet(ema, out / FOLDER, {
+            "steps": state["step"], "of_steps": cfg.steps, "seed": cfg.seed, "base": cfg.base,
+            "strip_positions": cfg.strip_positions, "sketch_kinds": list(SKETCH_KINDS),
+            "last_val": state["val"][-1] if state["val"] else None,
+            "val_without_control": without})
+
+    deadline, start, clock = Deadline(cfg.minutes, cfg.checkpoint_minutes), state["step"], Clock()
+    end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
+    bar = tqdm(range(start, end), desc="controlnet", initial=start, total=end,
+               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)
+    for step in bar:
+        rng = step_rng(cfg, RNG_TRAIN, step)
+        images, control, captions, _, _ = sample_batch(cfg, rng, cfg.batch, "train",
+                                                       cfg.strip_positions, cfg.caption_dropout)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        loss = controlnet_loss(cfg, base, controlnet, scheduler, images, control, captions, gen)
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
+        opt.step()
+        ema_update(ema, controlnet, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        state["step"] = step + 1
+        state["losses"].append((step + 1, loss.item()))
+        if (step + 1) % cfg.eval_every == 0:
+            state["val"].append((step + 1, validate(True)))
+            tqdm.write(f"controlnet step {step + 1}: held-out v-MSE with the sketch "
+                       f"{state['val'][-1][1]:.4f}, the UNet alone {without:.4f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if deadline.save_due():
+            tqdm.write(f"controlnet step {step + 1}: {clock.rate(step + 1 - start, 'step')}")
+            checkpoint()
+        if deadline.expired():
+            break
+    bar.close()
+    if state["step"] > start:
+        tqdm.write(f"controlnet step {state['step']}: {clock.rate(state['step'] - start, 'step')}")
+    if state["step"] > start or not (out / FOLDER / "training_state.json").exists():
+        checkpoint()
+    return state["step"] >= cfg.steps
+
+
+def export(folder: str | Path, target: str | Path) -> None:
+    """Copy a trained ControlNet folder with half-precision weights (what ships; load it
+    with torch_dtype=torch.float32 on a CPU)."""
+    from diffusers import ControlNetModel
+
+    folder, target = Path(folder), Path(target)
+    state = json.loads((folder / "training_state.json").read_text())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    half = ControlNetModel.from_pretrained(str(folder), torch_dtype=torch.float16)
+    export_controlnet(half, target, state)
+
+
+# --- command line ---------------------------------------------------------------------------
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad input: one line on stderr ("<prog>: error: ..."), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ControlConfig()
+    p = OneLineParser(
+        prog="noisepath train-demo controlnet",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train a ControlNet (ControlNetModel.from_unet) for the demo model on the "
+                    "shapes world: the control image is a rough grey sketch of where the "
+                    "objects go, the caption often has no position words. The UNet, text "
+                    "encoder and VAE stay frozen. Resumable; a checkpoint, a loss chart "
+                    "(loss_controlnet.png) and the EMA ControlNet (controlnet/, a diffusers "
+                    "ControlNetModel folder) under --out. docs/demo-model.md, 'Demo ControlNet'.")
+    p.add_argument("--out", default=d.out, help="work folder (checkpoint, controlnet/)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (otherwise --out must not hold one)")
+    p.add_argument("--base", default=d.base, help="the pipeline folder whose UNet it drives")
+    p.add_argument("--steps", type=int, default=d.steps, help="training steps")
+    p.add_argument("--batch", type=int, default=d.batch, help="training batch size")
+    p.add_argument("--lr", type=float, default=d.lr,
+                   help="peak learning rate (after --warmup steps; a cosine to --lr-final)")
+    p.add_argument("--lr-final", type=float, default=d.lr_final)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--strip-positions", type=float, default=d.strip_positions,
+                   help="share of the training captions without position words")
+    p.add_argument("--caption-dropout", type=float, default=d.caption_dropout,
+                   help="share of the training captions replaced by '' (the unconditional "
+                        "branch of guidance also gets the control)")
+    p.add_argument("--two-object-fraction", type=float, default=d.two_object_fraction,
+                   help="share of the training scenes with two objects")
+    p.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help="steps between held-out evaluations")
+    p.add_argument("--val-size", type=int, default=d.val_size,
+                   help="held-out scenes (captions without position words) evaluated")
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="stop (with a checkpoint) after this many minutes; 0 = no limit")
+    p.add_argument("--stop-at", type=int, default=0, metavar="STEP",
+                   help="stop at this step (the learning-rate schedule still ends at --steps)")
+    p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help="torch device, e.g. cpu or cuda")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="CPU threads for torch (1 is fastest on a shared, busy machine)")
+    p.add_argument("--export", default=None, metavar="FOLDER",
+                   help="afterwards, copy the finished ControlNet to FOLDER with fp16 weights "
+                        "(e.g. static/demo-controlnet)")
+    return p
+
+
+def recipe_problem(base: Path) -> str | None:
+    """Why the base pipeline was not trained with the demo's recipe (v-prediction, zero
+    terminal SNR), which controlnet_loss's objective is, or None."""
+    try:
+        config = json.loads((base / "scheduler" / "scheduler_config.json").read_text())
+    except (OSError, ValueError):
+        return "no readable scheduler/scheduler_config.json"
+    if config.get("prediction_type") != "v_prediction" or not config.get("rescale_betas_zero_snr"):
+        return (f"its scheduler has prediction_type {config.get('prediction_type')!r}, "
+                f"rescale_betas_zero_snr {config.get('rescale_betas_zero_snr')!r}: the demo "
+                "ControlNet trains with the demo model's recipe (v_prediction, zero terminal SNR)")
+    return None
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ControlConfig, argparse.Namespace]:
+    p = build_parser()
+    args = p.parse_args(argv)
+    for name in ("steps", "batch", "warmup", "eval_every", "val_size", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    if args.stop_at < 0 or args.stop_at > args.steps:
+        p.error(f"--stop-at {args.stop_at}: a step from 1 to --steps ({args.steps}), or 0")
+    for name in ("lr", "lr_final", "minutes", "checkpoint_minutes"):
+        if not getattr(args, name) >= 0 or not math.isfinite(getattr(args, name)):
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be a finite "
+                    "number, not negative")
+    if args.lr == 0:
+        p.error("--lr 0: nothing would train")
+    for name in ("strip_positions", "caption_dropout", "two_object_fraction"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: a share between 0 and 1")
+    if not (Path(args.base) / "model_index.json").exists():
+        p.error(f"--base {args.base}: not a pipeline folder (no model_index.json)")
+    problem = recipe_problem(Path(args.base))
+    if problem:
+        p.error(f"--base {args.base}: {problem}")
+    cfg = ControlConfig(
+        out=args.out, base=args.base, seed=args.seed, device=args.device, threads=args.threads,
+        steps=args.steps, batch=args.batch, lr=args.lr, lr_final=args.lr_final,
+        warmup=args.warmup, caption_dropout=args.caption_dropout,
+        strip_positions=args.strip_positions, two_object_fraction=args.two_object_fraction,
+        eval_every=args.eval_every, val_size=args.val_size, minutes=args.minutes, stop_at=args.stop_at,
+        checkpoint_minutes=args.checkpoint_minutes)
+    saved = Path(args.out) / "config.json"
+    if saved.exists() and not args.resume:
+        p.error(f"{args.out} holds a run: pass --resume to continue it, or pick another --out")
+    if args.resume and not saved.exists():
+        p.error(f"--resume: {args.out} holds no run (no config.json)")
+    if saved.exists():
+        try:
+            before = json.loads(saved.read_text())
+        except (OSError, ValueError) as e:
+            p.error(f"{saved}: unreadable ({e})")
+        for name in RUN_DEFINING:
+            if name in before and before[name] != getattr(cfg, name):
+                p.error(f"--{name.replace('_', '-')} {getattr(cfg, name)} differs from the "
+                        f"run's {before[name]} ({saved}): a resumed run keeps its batches")
+    return cfg, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`noisepath train-demo controlnet`: train (or resume) the demo ControlNet."""
+    cfg, args = parse_args(argv)
+    try:
+        done = train(cfg)
+    except StageError as e:
+        print(f"noisepath train-demo controlnet: {e}", file=sys.stderr)
+        return 2
+    folder = Path(cfg.out) / FOLDER
+    print(f"controlnet: {'complete' if done else 'stopped; --resume continues it'} ({folder})")
+    if args.export:
+        if not done:
+            print("noisepath train-demo controlnet: the run is not finished; nothing exported",
+                  file=sys.stderr)
+            return 2
+        export(folder, args.export)
+        print(f"exported {folder} (fp16) to {args.export}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
