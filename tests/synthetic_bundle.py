@@ -202,6 +202,9 @@ def write_fewstep_section(root: str | Path, *, examples: int = 2, paths=FEWSTEP_
             bend = np.array([2.5, 1.5]) if model == "teacher" else np.array([0.15, -0.1])
             end = result + (0 if model == "teacher" else rng.standard_normal(2) * 0.15)
             time, xy, pred, straightness = _fewstep_path(rng, noise, end, bend, steps)
+            if model == "teacher":  # a VP teacher's noise level sqrt(1 - alpha_bar) falls
+                # slowly at first: its first step's time rounds to 1, as the demo's does
+                time = np.round(1 - (1 - time) ** 2, 3)
             path_id = f"{model}-{steps}"
             file = f"{example_id}--{path_id}.png"
             _fewstep_sprite(folder / "files" / file, target, pred, end, size)

@@ -97,15 +97,19 @@ def test_every_path_starts_at_the_same_noise_and_the_scrubber_moves_them_all(
             assert float(words[path["id"]].split()[1]) == pytest.approx(path["straightness"], rel=0.01)  # 2 digits shown
     assert "straighter" in page.locator("#fewstep .fs-reading").inner_text()
 
-    # arrows step to the next call of any path: the teacher moves first, alone
+    # arrows step to the next time any path has a point: the teacher's, whose first two
+    # points both have time 1 (rounded), so it moves two steps, alone
+    teacher = next(p for p in example["paths"] if p["id"] == "teacher-50")["time"]
+    assert teacher[1] == 1.0
+    after = max(t for t in teacher if t < 1)
     scrubber = page.locator("#fs-time")
     scrubber.focus()
     page.keyboard.press("ArrowRight")
     page.wait_for_function("() => document.querySelector('#fewstep .fs-node[data-path=\"teacher-50\"]')"
-                           ".dataset.step === '1'")
+                           ".dataset.step === '2'")
     moved = {n["path"]: n["step"] for n in page.evaluate(NODES)}
-    assert moved == {p: int(p == "teacher-50") for p in steps}
-    assert page.locator("#fewstep .fs-time-readout").inner_text() == "t = 0.98"
+    assert moved == {p: 2 if p == "teacher-50" else 0 for p in steps}
+    assert page.locator("#fewstep .fs-time-readout").inner_text() == f"t = {after:.4f}"
 
     # scrubbed to the image: every node on its path's result, every frame the result
     page.keyboard.press("End")

@@ -24,11 +24,19 @@ const MARGIN = 16;
 const STRAIGHT_BY_CONSTRUCTION = 0.01; // a 1-step path's number under this is its construction's 0
 // colour per model: Okabe-Ito marks (apart for the common colour-vision deficiencies)
 // with a darker shade for text (4.5:1 on white)
+// and a shape per path of one model (most steps first), so a model's paths differ by shape too
+const SHAPES = [d3.symbolCircle, d3.symbolSquare, d3.symbolDiamond, d3.symbolTriangle, d3.symbolStar, d3.symbolWye];
 const PALETTE = [["#d55e00", "#b5420f"], ["#0072b2", "#1f5fa8"], ["#009e73", "#00704f"],
   ["#cc79a7", "#a0487c"], ["#e69f00", "#8a5a00"], ["#56b4e9", "#1d6f9e"]];
 
-/** The index of a path's node at time t: its last point with time >= t (time falls 1 -> 0). */
+/**
+ * The index of a path's node at time t: its last point with time >= t (time falls 1 -> 0).
+ * At t = 1 every path is at its noise: a teacher with zero terminal SNR takes its first
+ * step from time 1 to a time that rounds to 1, which would leave the noise before the
+ * scrubber moves.
+ */
 export function nodeAt(times, t) {
+  if (t >= 1 - EPS) return 0;
   let i = 0;
   while (i + 1 < times.length && times[i + 1] >= t - EPS) i += 1;
   return i;
@@ -44,6 +52,12 @@ export function eventTimes(example) {
 export function nextTime(events, t, direction) {
   if (direction > 0) return events.find((e) => e < t - 1e-6) ?? 0;
   return [...events].reverse().find((e) => e > t + 1e-6) ?? 1;
+}
+
+/** A time for the readout: 2 decimals, 4 where 2 would round a step's time up to 1 (a
+ * zero-terminal-SNR teacher's first steps are at 0.9998, 0.9995, ...). */
+export function timeText(t) {
+  return t < 1 && t >= 0.995 ? t.toFixed(4) : t.toFixed(2);
 }
 
 /** A path's name: its model's label and its number of steps. */
@@ -82,15 +96,18 @@ export function reading(doc, example) {
     + `${pathName(models, student)}: ${fmt(student.straightness, 2)}${times}.`;
 }
 
-/** Per path of the example: its colour, name and node, prediction and frame at time t. */
+/** Per path of the example: its colour, shape, name and node, prediction and frame at time t. */
 function derive(doc, example, t) {
   const models = new Map(doc.models.map((m) => [m.id, m]));
   const colour = new Map(doc.models.map((m, j) => [m.id, PALETTE[j % PALETTE.length]]));
+  const rank = (p) => example.paths.filter((q) => q.model === p.model
+    && q.num_inference_steps > p.num_inference_steps).length;
   return example.paths.map((p) => {
     const T = p.num_inference_steps;
     const i = nodeAt(p.time, t);
     const [mark, ink] = colour.get(p.model) || ["#575766", "#575766"];
-    return { ...p, T, i, mark, ink, name: pathName(models, p), pred: i < T ? p.pred_xy[i] : null };
+    return { ...p, T, i, mark, ink, shape: SHAPES[rank(p) % SHAPES.length], name: pathName(models, p),
+      pred: i < T ? p.pred_xy[i] : null };
   });
 }
 
@@ -98,6 +115,7 @@ export function fewstepView() {
   const listeners = d3.dispatch("example", "time", "focus");
   const thumb = frame();
   let width = null;
+  let tallest = 440; // the map's most height: about half the screen's, so the pictures show too
 
   function controls(selection, d) {
     const row = selection.selectAll(".fs-controls").data([null]).join((enter) => {
@@ -131,8 +149,8 @@ export function fewstepView() {
     row.select(".fs-example").property("value", d.example.id);
     const value = Math.round((1 - d.time) * SLIDER_MAX);
     row.select(".fs-time").property("value", value)
-      .attr("aria-valuetext", `time ${d.time.toFixed(2)}: 1 is the noise, 0 the image`);
-    row.select(".fs-time-readout").text(`t = ${d.time.toFixed(2)}`);
+      .attr("aria-valuetext", `time ${timeText(d.time)}: 1 is the noise, 0 the image`);
+    row.select(".fs-time-readout").text(`t = ${timeText(d.time)}`);
   }
 
   /** Under the scrubber: one row per path, a tick wherever it calls the model. */
@@ -167,13 +185,13 @@ export function fewstepView() {
     const [y0, y1] = d3.extent(all, (q) => q[1]);
     const dx = Math.max(x1 - x0, EPS);
     const dy = Math.max(y1 - y0, EPS);
-    const h = Math.round(Math.max(200, Math.min(w * 0.8, 440, (w - 2 * MARGIN) * (dy / dx) + 2 * MARGIN)));
+    const h = Math.round(Math.max(200, Math.min(w * 0.8, tallest, (w - 2 * MARGIN) * (dy / dx) + 2 * MARGIN)));
     const k = Math.min((w - 2 * MARGIN) / dx, (h - 2 * MARGIN) / dy); // one scale: only distances mean something
     const x = (v) => w / 2 + (v - (x0 + x1) / 2) * k;
     const y = (v) => h / 2 - (v - (y0 + y1) / 2) * k;
     const line = d3.line().x((q) => x(q[0])).y((q) => y(q[1]));
     svg.attr("viewBox", `0 0 ${w} ${h}`).attr("height", h)
-      .attr("aria-label", `Trajectory map at time ${d.time.toFixed(2)}: ${paths.map((p) => `${p.name} at step ${p.i} of ${p.T}`).join("; ")}. `
+      .attr("aria-label", `Trajectory map at time ${timeText(d.time)}: ${paths.map((p) => `${p.name} at step ${p.i} of ${p.T}`).join("; ")}. `
         + "Dashed: each path's chord, the straight line from its noise to its result.");
     svg.select(".fs-bg").attr("width", w).attr("height", h);
     const dim = (p) => d.focus !== null && d.focus !== p.id;
@@ -204,13 +222,14 @@ export function fewstepView() {
       .join((enter) => {
         const g = enter.append("g");
         g.append("line");
-        g.append("circle").attr("r", 5);
+        g.append("path");
         return g;
       })
       .attr("class", "fs-pred").call(styled);
     preds.select("line").attr("x1", (p) => x(p.xy[p.i][0])).attr("y1", (p) => y(p.xy[p.i][1]))
       .attr("x2", (p) => x(p.pred[0])).attr("y2", (p) => y(p.pred[1]));
-    preds.select("circle").attr("cx", (p) => x(p.pred[0])).attr("cy", (p) => y(p.pred[1]));
+    preds.select("path").attr("d", (p) => d3.symbol(p.shape, 90)())
+      .attr("transform", (p) => `translate(${x(p.pred[0])},${y(p.pred[1])})`);
     const start = paths[0].xy[0];
     const side = (q) => (x(q[0]) < w / 3 ? "start" : x(q[0]) > (2 * w) / 3 ? "end" : "middle");
     svg.select(".fs-start").selectAll("text").data([start]).join("text")
@@ -221,7 +240,7 @@ export function fewstepView() {
     const now = svg.select(".fs-now").selectAll("g.fs-node").data(paths, (p) => p.id)
       .join((enter) => {
         const g = enter.append("g");
-        g.append("circle").attr("r", 9);
+        g.append("path");
         g.append("text").attr("dy", "0.35em").attr("text-anchor", "middle");
         return g;
       })
@@ -229,6 +248,7 @@ export function fewstepView() {
       .attr("data-step", (p) => p.i)
       .attr("data-x", (p) => p.xy[p.i][0]).attr("data-y", (p) => p.xy[p.i][1])
       .attr("transform", (p) => `translate(${x(p.xy[p.i][0])},${y(p.xy[p.i][1])})`);
+    now.select("path").attr("d", (p) => d3.symbol(p.shape, 330)());
     now.select("text").text((p) => p.T);
     now.filter((p) => d.focus === p.id).raise();
   }
@@ -240,7 +260,10 @@ export function fewstepView() {
         const f = enter.append("figure").attr("tabindex", 0)
           .on("pointerenter focus", (_, p) => listeners.call("focus", null, p.id))
           .on("pointerleave blur", () => listeners.call("focus", null, null));
-        f.append("figcaption").attr("class", "fs-card-title");
+        const title = f.append("figcaption").attr("class", "fs-card-title");
+        title.append("svg").attr("class", "fs-shape").attr("viewBox", "-8 -8 16 16").attr("aria-hidden", "true")
+          .append("path");
+        title.append("span");
         f.append("div").attr("class", "frame fs-frame");
         f.append("p").attr("class", "fs-card-step");
         f.append("p").attr("class", "fs-straightness");
@@ -250,7 +273,8 @@ export function fewstepView() {
       .attr("class", "fs-card").attr("data-path", (p) => p.id)
       .style("--fs-mark", (p) => p.mark).style("--fs-ink", (p) => p.ink)
       .classed("is-focused", (p) => d.focus === p.id);
-    card.select(".fs-card-title").text((p) => p.name);
+    card.select(".fs-card-title path").attr("d", (p) => d3.symbol(p.shape, 90)());
+    card.select(".fs-card-title span").text((p) => p.name);
     card.select(".fs-frame").datum((p) => {
       const url = p.images.url || d.fileUrl(p.images.file); // the served index's url: ?v= its hash
       return { image: d.image(url), index: p.i,
@@ -270,9 +294,14 @@ export function fewstepView() {
     ticks(selection, paths, d.time);
     const models = d.doc.models.filter((m) => d.example.paths.some((p) => p.model === m.id));
     const legend = selection.selectAll("ul.fs-legend").data([null]).join("ul").attr("class", "fs-legend");
-    legend.selectAll("li").data(models, (m) => m.id).join("li")
-      .style("--fs-mark", (m) => paths.find((p) => p.model === m.id).mark)
-      .text((m) => m.label);
+    const keys = [...models.map((m) => ({ id: m.id, kind: "model", text: m.label,
+      mark: paths.find((p) => p.model === m.id).mark })),
+    { id: "chord", kind: "chord", text: "chord: noise → result", mark: null },
+    { id: "pred", kind: "pred", text: "where the step predicts the image will end", mark: null }];
+    legend.selectAll("li").data(keys, (k) => k.id).join("li")
+      .attr("class", (k) => `fs-key-${k.kind}`)
+      .style("--fs-mark", (k) => k.mark)
+      .text((k) => k.text);
     const grid = selection.selectAll(".fs-grid").data([null]).join((enter) => {
       const g = enter.append("div").attr("class", "fs-grid");
       g.append("div").attr("class", "fs-map-host");
@@ -289,13 +318,16 @@ export function fewstepView() {
     listeners.on(type, fn);
     return view;
   };
-  /** Re-read the map's width (between frames); true when it changed since the last draw. */
+  /** Re-read the map's width and the screen's height; true when either changed since the
+   * last draw (draw again). */
   view.measure = (selection) => {
     const host = selection.select(".fs-map-host").node();
     if (!host || !host.clientWidth) return false;
     const next = Math.max(200, host.clientWidth);
-    if (next === width) return false;
+    const tall = Math.max(220, Math.min(440, Math.round(window.innerHeight * 0.55)));
+    if (next === width && tall === tallest) return false;
     width = next;
+    tallest = tall;
     return true;
   };
   return view;
