@@ -182,9 +182,9 @@ def plan_examples(index: dict, prompts: list[str] | None, seeds: list[int] | Non
     return [Example(pid, index["prompts"][pid]["text"], int(s)) for pid in prompts for s in seeds]
 
 
-def request_of(models: list[Model], examples: list[Example]) -> dict:
+def request_of(models: list[Model], examples: list[Example], sprite_format: str) -> dict:
     """What decides the section's content: compared with an existing section's."""
-    return {"models": [[m.id, m.sha256, m.guidance_scale] for m in models],
+    return {"sprites": sprite_format, "models": [[m.id, m.sha256, m.guidance_scale] for m in models],
             "examples": [[e.id, e.prompt, e.seed, [f"{m.id}-{n}" for m in models
                                                    for n in m.steps]] for e in examples]}
 
@@ -192,7 +192,9 @@ def request_of(models: list[Model], examples: list[Example]) -> dict:
 def existing_request(bundle: Path) -> dict | None:
     try:
         doc = json.loads((bundle / INDEX).read_text(encoding="utf-8"))
-        return {"models": [[m["id"], m.get("model_sha256"), m["guidance_scale"]]
+        files = [p["images"]["file"] for e in doc["examples"] for p in e["paths"]]
+        return {"sprites": "png" if all(f.endswith(".png") for f in files) else "webp",
+                "models": [[m["id"], m.get("model_sha256"), m["guidance_scale"]]
                            for m in doc["models"]],
                 "examples": [[e["id"], e["prompt"], e["seed"], [p["id"] for p in e["paths"]]]
                              for e in doc["examples"]]}
@@ -335,7 +337,8 @@ def time_axis(run: dict) -> list[float]:
 def projection(runs: list[dict]) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """One PCA of every path's latents (every point, flattened): (mean, axes (2, D),
     explained variance ratios); each axis' sign makes its largest |score| positive."""
-    x = np.concatenate([r["latents"].reshape(len(r["latents"]), -1) for r in runs]).astype(np.float64)
+    x = np.concatenate([r["latents"].reshape(len(r["latents"]), -1)
+                        for r in runs]).astype(np.float64)                      # (N, D)
     mean = x.mean(axis=0)
     _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
     axes = vt[:2]                                                                  # (2, D)
@@ -499,17 +502,23 @@ def build(bundle: Path, index: dict, models: list[Model], examples: list[Example
     return doc, files
 
 
+EPILOG = """
+example (the demo's students, made by `noisepath train-demo students`):
+  python -m precompute.fewstep_bundle static/demo-bundle --teacher static/demo-model \\
+      --student rectified-flow=static/demo-students/rectified-flow \\
+      --student one-step=static/demo-students/one-step
+
+Default steps: teacher 50,4,1; rectified-flow 1,2,4; one-step 1; another student 1.
+Run it again to resume an interrupted build; when the section is up to date (the same
+model files, examples and steps, and it validates) it does nothing.
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m precompute.fewstep_bundle", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n\n")[0],
-        epilog="example (the demo's students, trained by `noisepath train-demo students`):\n"
-               "  python -m precompute.fewstep_bundle static/demo-bundle --teacher static/demo-model \\\n"
-               "      --student rectified-flow=static/demo-students/rectified-flow \\\n"
-               "      --student one-step=static/demo-students/one-step\n\n"
-               "Default steps: teacher 50,4,1; rectified-flow 1,2,4; one-step 1; another student 1.\n"
-               "Re-running resumes an interrupted build, and does nothing when up to date.")
-    p.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
+    p = argparse.ArgumentParser(prog="python -m precompute.fewstep_bundle", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("bundle", type=Path, metavar="BUNDLE_DIR", help="the bundle to add fewstep/ to")
     p.add_argument("--teacher", metavar="FOLDER",
                    help="the teacher's diffusers folder (default: the bundle's model)")
     p.add_argument("--student", action="append", default=[], metavar="ID=FOLDER",
@@ -541,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     examples = plan_examples(index, args.prompts, args.seeds)
     for model in models:
         model.sha256 = folder_sha256(Path(model.folder))
-    if existing_request(args.bundle) == request_of(models, examples) \
+    if existing_request(args.bundle) == request_of(models, examples, args.sprite_format) \
             and not section_problems(args.bundle, index):
         print(f"up to date: {args.bundle / SECTION} ({len(examples)} examples)")
         return 0

@@ -157,6 +157,20 @@ def test_a_damaged_section_is_not_up_to_date(bundle, built, capsys):
     assert validate_bundle(bundle) == []
 
 
+@pytest.mark.slow
+def test_asking_for_another_sprite_format_is_not_up_to_date(built):
+    doc = section(built)
+    models = [fewstep_bundle.Model(m["id"], m["kind"], m["label"], m["model"],
+                                   [p["num_inference_steps"] for p in doc["examples"][0]["paths"]
+                                    if p["model"] == m["id"]], m["guidance_scale"],
+                                   sha256=m["model_sha256"]) for m in doc["models"]]
+    examples = [fewstep_bundle.Example(e["prompt_id"], e["prompt"], e["seed"])
+                for e in doc["examples"]]
+    existing = fewstep_bundle.existing_request(built / "bundle")
+    assert existing == fewstep_bundle.request_of(models, examples, "webp")
+    assert existing != fewstep_bundle.request_of(models, examples, "png")
+
+
 def run(latents, pred, flow=True, level=None):
     n = len(pred)
     level = np.linspace(1, 0, n + 1)[:-1] if level is None else level
