@@ -119,6 +119,16 @@ def main() -> int:
     parser.add_argument("--before", type=Path, metavar="CHECKOUT",
                         help="with --sd-size: measure this other checkout's front end too (e.g. "
                              "`git archive` of an older commit), cold loads taken in turn with ours")
+    parser.add_argument("--after", type=Path, metavar="CHECKOUT",
+                        help="with --sd-size: measure this checkout's front end and server in place of "
+                             "the working tree's (e.g. `git archive` of a commit, so that the two "
+                             "columns differ by that commit alone)")
+    parser.add_argument("--wait", choices=("mark", "selector"), default="mark",
+                        help="with --sd-size: how a cold load waits for the first full render: "
+                             "'mark' (default) listens for it from an init script, putting nothing "
+                             "into the page before it; 'selector' polls with Playwright's "
+                             "wait_for_selector, whose injected script (50-250 ms of main thread "
+                             "on this machine) runs while the page is still loading")
     parser.add_argument("--before-bundle", type=Path, metavar="DIR",
                         help="with --before: the stand-in that checkout serves, DIR/bundle (e.g. "
                              "one its writer wrote; default: the same as ours)")
@@ -127,7 +137,7 @@ def main() -> int:
         print("needs Debian's chromium (apt-get install chromium) and Playwright", file=sys.stderr)
         return 2
     if args.sd_size:
-        return sd_size(args.sd_size, args.repeat, args.before, args.before_bundle)
+        return sd_size(args.sd_size, args.repeat, args.before, args.before_bundle, args.after, args.wait)
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle = args.bundle
@@ -329,13 +339,26 @@ def _fresh_page(browser):
     return context, context.new_page()
 
 
-def cold_first_render(browser, base: str) -> dict:
+# Says on the console when the first full render's mark is set, so that a cold load can be
+# waited for without running anything of Playwright's in the page before it.
+MARK_TO_CONSOLE = """new PerformanceObserver((list) => {
+  if (list.getEntriesByName('noisepath:first-full-render').length) console.debug('noisepath:first-full-render');
+}).observe({ type: 'mark' });"""
+
+
+def cold_first_render(browser, base: str, wait: str = "mark") -> dict:
     """A first visit in a fresh context (cold browser cache): the first full render's time
-    and what arrived before it (BYTES_BEFORE_FIRST_RENDER_JS)."""
+    and what arrived before it (BYTES_BEFORE_FIRST_RENDER_JS). wait: see --wait."""
     context, page = _fresh_page(browser)
     try:
-        page.goto(base)
-        wait_ready(page)
+        if wait == "mark":
+            context.add_init_script(MARK_TO_CONSOLE)
+            with page.expect_console_message(lambda m: m.text == "noisepath:first-full-render",
+                                             timeout=60_000):
+                page.goto(base)
+        else:
+            page.goto(base)
+            wait_ready(page)
         return page.evaluate(BYTES_BEFORE_FIRST_RENDER_JS)
     finally:
         context.close()
@@ -367,13 +390,13 @@ def show_and_play(browser, base: str, search: str) -> tuple[int, int, int]:
 WORD_SELECTED = "?step=25&token=2"
 
 
-def sd_measure(browser, bases: list[str], repeat: int) -> list[dict]:
+def sd_measure(browser, bases: list[str], repeat: int, wait: str = "mark") -> list[dict]:
     """Every measure for each base URL (one per front end), the cold loads taken in turn
     (A B A B ...) so that a change in the machine's load hits both alike."""
     results = [{"firsts": []} for _ in bases]
     for _ in range(repeat):
         for r, base in zip(results, bases):
-            r["firsts"].append(cold_first_render(browser, base))
+            r["firsts"].append(cold_first_render(browser, base, wait))
     for r, base in zip(results, bases):
         r["play"] = show_and_play(browser, base, "")
         r["word"] = show_and_play(browser, base, WORD_SELECTED)
@@ -413,24 +436,27 @@ def sd_rows(name: str, results: list[dict], labels: list[str]) -> list[str]:
     return out
 
 
-def sd_size(out: Path, repeat: int, before: Path | None, before_out: Path | None = None) -> int:
+def sd_size(out: Path, repeat: int, before: Path | None, before_out: Path | None = None,
+            after: Path | None = None, wait: str = "mark") -> int:
     """--sd-size: the stand-in served by `noisepath serve` and as an export, measured with
-    this checkout's front end and, given --before CHECKOUT, that one's, side by side."""
+    this checkout's front end (or --after's) and, given --before CHECKOUT, that one's, side
+    by side."""
     bundle = stand_in_bundle(out)
-    checkouts = [None] + ([before] if before else [])
+    checkouts = [after] + ([before] if before else [])
     bundles = [bundle] + ([stand_in_bundle(before_out) if before_out else bundle] if before else [])
-    labels = ["this checkout"] + ([f"{before}"] if before else [])
+    labels = [f"{after}" if after else "this checkout"] + ([f"{before}"] if before else [])
     sites = [exported_site(b, out / f"site-{k}", c)
              for k, (b, c) in enumerate(zip(bundles, checkouts))]
     rows = ["| measure | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     with launch_chromium() as browser:
         with contextlib.ExitStack() as stack:
             bases = [stack.enter_context(noisepath_serve(b, c)) for b, c in zip(bundles, checkouts)]
-            rows += sd_rows("`noisepath serve`", sd_measure(browser, bases, repeat), labels)
+            rows += sd_rows("`noisepath serve`", sd_measure(browser, bases, repeat, wait), labels)
         with contextlib.ExitStack() as stack:
             bases = [stack.enter_context(serve_folder(site)) for site in sites]
-            rows += sd_rows("export", sd_measure(browser, bases, repeat), labels)
-    print(f"# Front-end benchmark: SD-sized stand-in ({bundle})\n")
+            rows += sd_rows("export", sd_measure(browser, bases, repeat, wait), labels)
+    print(f"# Front-end benchmark: SD-sized stand-in ({bundle}; cold loads wait for the mark "
+          f"by {wait})\n")
     for line in rows:
         print(line)
     return 0
