@@ -28,7 +28,10 @@ subprocess) and as a `noisepath export` site (DIR/site) behind a plain static se
 context), the bytes that arrived before it (Resource Timing's transferSize of every
 response that ended before the `noisepath:first-full-render` mark), and the bytes to
 show the run and play it through (all responses until the network is idle after the
-last step), the same with a word selected at step 25.
+last step), the same with a word selected at step 25. --after CHECKOUT measures another
+checkout in place of the working tree (with --before: two commits side by side). A cold
+load waits for the first full render by listening for its mark (--wait mark), not with
+Playwright's wait_for_selector, whose injected script runs in the page while it loads.
 """
 
 from __future__ import annotations
