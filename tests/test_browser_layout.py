@@ -245,6 +245,13 @@ def test_a_phones_first_screen_shows_the_prompt_the_image_and_the_controller(scr
     assert background == "rgb(255, 255, 255)", f"the sticky controller is opaque, not {background}"
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(shots / "phone-first-screen.png"))
+    # the article's display formulas (the demo's v-prediction ones are long) wrap instead of
+    # running off the column: their boxes scroll sideways, which a phone does not show
+    page.wait_for_function("() => document.querySelectorAll('.article .formula .katex').length >= 5")
+    wide = page.evaluate("""() => [...document.querySelectorAll('.article .formula')]
+        .filter((f) => f.offsetParent && f.scrollWidth > f.clientWidth + 1)
+        .map((f) => f.textContent.slice(0, 40))""")
+    assert wide == []
 
 
 # ---------------------------------------------------------------------- clipping
@@ -266,6 +273,12 @@ def test_the_guidance_formulas_note_wraps_under_it_on_a_phone(screen, base_url):
     ends = formula.evaluate("el => [...el.querySelectorAll('.katex-html, .gf-note')]"
                             ".map((n) => n.getBoundingClientRect().right)")
     assert len(ends) >= 2 and max(ends) <= right + 0.5, (ends, right)
+    # the slider's end stops, centred on the range's ends, stay inside it (the last one
+    # reached the panel's border)
+    slider = box(page, "#guidance-slider")
+    for stop in page.locator("#guidance-slider .gs-stop").all():
+        b = stop.bounding_box()
+        assert slider["x"] <= b["x"] and b["x"] + b["width"] <= slider["x"] + slider["width"], (b, slider)
 
 
 def test_the_spoken_prompts_player_is_wide_enough_for_its_seek_bar(screen, demo_url):
