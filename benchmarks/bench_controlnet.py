@@ -6,7 +6,7 @@ the prompt still decide what is drawn?
 
 Held-out one-object captions (precompute/demo/evaluate.py's held_out, the 48 the demo
 model's adherence tables use) with their position words left out, each with a sketch of
-its scene (controlnet_train.draw_sketch, seeded per caption: where the object goes, never
+its scene (precompute/demo/sketch.py, seeded per caption: where the object goes, never
 its colour). Every caption is generated twice from the same noise through diffusers'
 StableDiffusionControlNetPipeline (DDIM, trailing spacing, guidance 3, the app's default):
 controlnet_conditioning_scale 1 (with control) and 0 (without: the residuals are zero, the
@@ -74,12 +74,12 @@ def cases(n: int, seed: int):
     """(scene, caption without position words, sketch (64, 64, 3), sketched regions)."""
     import numpy as np
 
-    from precompute.demo import controlnet_train, evaluate
+    from precompute.demo import evaluate, sketch
 
     out = []
     for i, scene in enumerate(evaluate.held_out(n, two_objects=False)):
-        sketch, regions = controlnet_train.draw_sketch(scene, np.random.default_rng([seed, i]))
-        out.append((scene, controlnet_train.caption_without_positions(scene), sketch, regions))
+        image, regions = sketch.draw_sketch(scene, np.random.default_rng([seed, i]))
+        out.append((scene, sketch.caption_without_positions(scene), image, regions))
     return out
 
 

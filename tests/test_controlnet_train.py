@@ -1,7 +1,7 @@
-"""The demo ControlNet's training (precompute/demo/controlnet_train.py): sketches, the
-objective, a micro run on the shipped demo model (batch 2, a few steps) that resumes to the
-same state and exports a ControlNet folder that loads offline and changes the output, and
-the command line's one-line refusals."""
+"""The demo ControlNet's training (precompute/demo/controlnet_train.py): its sketches
+(precompute/demo/sketch.py), its objective, a micro run on the shipped demo model (batch 2,
+a few steps) that resumes to the same state and exports a ControlNet folder that loads
+offline and changes the output, and the command line's one-line refusals."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,7 +16,7 @@ import torch  # noqa: E402
 
 from precompute.demo import controlnet_train as ct  # noqa: E402
 from precompute.demo import model as demo_model  # noqa: E402
-from precompute.demo import train, world  # noqa: E402
+from precompute.demo import sketch, train, world  # noqa: E402
 from tests.test_reflow import assert_same  # noqa: E402
 
 BASE = Path(__file__).resolve().parents[1] / "static" / "demo-model"
@@ -25,25 +25,25 @@ PAIR = world.Scene("white", (world.SceneObject("red", "star", "left", dx=1),
 
 
 def test_a_sketch_is_deterministic_per_seed_grey_and_blind_to_colour():
-    sketch, regions = ct.draw_sketch(PAIR, np.random.default_rng(5))
-    again, regions_again = ct.draw_sketch(PAIR, np.random.default_rng(5))
-    assert np.array_equal(sketch, again) and np.array_equal(regions, regions_again)
-    assert not np.array_equal(sketch, ct.draw_sketch(PAIR, np.random.default_rng(6))[0])
-    assert sketch.shape == (64, 64, 3) and sketch.dtype == np.uint8
-    assert (sketch[..., 0] == sketch[..., 1]).all() and (sketch[..., 1] == sketch[..., 2]).all()
+    image, regions = sketch.draw_sketch(PAIR, np.random.default_rng(5))
+    again, regions_again = sketch.draw_sketch(PAIR, np.random.default_rng(5))
+    assert np.array_equal(image, again) and np.array_equal(regions, regions_again)
+    assert not np.array_equal(image, sketch.draw_sketch(PAIR, np.random.default_rng(6))[0])
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()
     recoloured = world.Scene("black", tuple(replace(o, colour=c) for o, c in
                                             zip(PAIR.objects, ("yellow", "green"))))
-    assert np.array_equal(ct.draw_sketch(recoloured, np.random.default_rng(5))[0], sketch)
+    assert np.array_equal(sketch.draw_sketch(recoloured, np.random.default_rng(5))[0], image)
     # where the objects are, roughly: each region overlaps its own mask, not the other's
     masks = world.masks(PAIR)
     for i in (0, 1):
         iou = (regions[i] & masks[i]).sum() / (regions[i] | masks[i]).sum()
         assert iou > 0.5 and not (regions[i] & masks[1 - i]).any()
-    assert sketch[:3].max() == 0 and sketch[-3:].max() == 0  # black above and below them
+    assert image[:3].max() == 0 and image[-3:].max() == 0  # black above and below them
 
 
 def test_captions_without_positions_keep_what_and_drop_where():
-    caption = ct.caption_without_positions(PAIR)
+    caption = sketch.caption_without_positions(PAIR)
     assert caption == "a red star and a blue triangle, on a white background"
     assert not any(p in caption for p in world.POSITION_PHRASES.values())
 
@@ -99,8 +99,8 @@ def test_a_micro_run_resumes_to_the_same_state_and_its_controlnet_steers_the_ima
     weights = load_file(tmp_path / "fp16" / "diffusion_pytorch_model.safetensors")
     assert {w.dtype for w in weights.values()} == {torch.float16}
     pipe = ct.load_pipeline(BASE, tmp_path / "fp16")  # offline, fp32
-    sketch, _ = ct.draw_sketch(PAIR, np.random.default_rng(0))
-    run = lambda scale: pipe("a red star, on a white background", image=Image.fromarray(sketch),  # noqa: E731
+    control, _ = sketch.draw_sketch(PAIR, np.random.default_rng(0))
+    run = lambda scale: pipe("a red star, on a white background", image=Image.fromarray(control),  # noqa: E731
                              num_inference_steps=2, guidance_scale=3.0, output_type="latent",
                              controlnet_conditioning_scale=scale,
                              generator=torch.Generator().manual_seed(0)).images
