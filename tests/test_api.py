@@ -652,7 +652,20 @@ def test_every_api_response_matches_its_schema(app, compact_app):
     # these bundles have no spoken examples, so no clip to fetch: test_speech_examples.py
     # checks api/speech/files/{name} against its spec on a bundle that has them
     clips = {"/api/speech/files/{name}"}
-    assert seen | {"/", "/bundle/{path}"} | clips == set(SPEC["paths"]) - LIVE_PATHS
+    # nor a fewstep/ section: test_fewstep_responses_match_their_schema below
+    fewstep = {"/api/fewstep/index.json", "/api/fewstep/files/{name}"}
+    assert seen | {"/", "/bundle/{path}"} | clips | fewstep == set(SPEC["paths"]) - LIVE_PATHS
+
+
+def test_fewstep_responses_match_their_schema(tmp_path, frontend):
+    """A bundle with a fewstep/ section answers its two paths as the spec says."""
+    from tests.synthetic_bundle import PROMPTS, make_bundle, write_fewstep_section
+    bundle = make_bundle(tmp_path / "b", steps=3, seeds=(1,), prompts=PROMPTS[:1],
+                         guidance_scales=(7,))
+    write_fewstep_section(bundle)
+    app = create_app({"BUNDLE_DIR": bundle, "FRONTEND_DIR": frontend})
+    seen = check_every_api_response(app)
+    assert {"/api/fewstep/index.json", "/api/fewstep/files/{name}"} <= seen
 
 
 @pytest.mark.parametrize("url,status", [
