@@ -296,6 +296,23 @@ def test_the_spoken_prompts_player_is_wide_enough_for_its_seek_bar(screen, demo_
         assert page.evaluate("document.documentElement.scrollWidth") <= width
 
 
+def test_a_comma_never_starts_a_line_of_the_prompt(screen, demo_url):
+    """The prompt's words are buttons, and a line may break between any two buttons: a
+    comma token followed its word onto the next line (", on a blue background" at 828-844
+    px, also at 586-592 and when presenting at 1100 px). Those widths are tried on one page."""
+    page = screen(836, 900)
+    page.goto(f"{demo_url}?step=30")
+    wait_ready(page)
+    starts = []
+    for width in range(828, 845, 4):
+        page.set_viewport_size({"width": width, "height": 900})
+        if page.evaluate("""() => [...document.querySelectorAll('#prompt-words .token-word')].some((w, i, all) =>
+                i > 0 && /^[,.;:]$/.test(w.textContent)
+                && w.getBoundingClientRect().top > all[i - 1].getBoundingClientRect().bottom - 2)"""):
+            starts.append(width)
+    assert starts == []
+
+
 # ---------------------------------------------------------------------- keyboard
 
 

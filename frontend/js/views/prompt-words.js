@@ -9,13 +9,30 @@
  */
 import { d3 } from "../lib.js";
 
+/** The spans in groups that do not break across lines: a token with the tokens that
+ * touch it ("bottom" ","), as a line may break between any two buttons, so a comma could
+ * start a line; every other span alone. */
+function groups(spans) {
+  const out = [];
+  spans.forEach((s, i) => {
+    if (i > 0 && s.k !== null && spans[i - 1].k !== null) out[out.length - 1].push(s);
+    else out.push([s]);
+  });
+  return out;
+}
+
 export function promptWords() {
   const listeners = d3.dispatch("token");
 
   function view(selection) {
     selection.each(function draw(d) {
-      d3.select(this).selectAll(".word")
-        .data(d.spans, (s) => `${s.start}:${s.k}`)
+      const key = (s) => `${s.start}:${s.k}`;
+      d3.select(this).selectAll(".word-group")
+        .data(groups(d.spans), (g) => g.map(key).join(" "))
+        .join("span")
+        .attr("class", "word-group")
+        .selectAll(".word")
+        .data((g) => g, key)
         .join((enter) => enter.append((s) => document.createElement(s.k === null ? "span" : "button"))
           .attr("type", (s) => (s.k === null ? null : "button"))
           .on("click", (event, s) => {
