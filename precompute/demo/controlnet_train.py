@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from precompute.demo import world
 from precompute.demo.sketch import SKETCH_KINDS, caption_without_positions, draw_sketch
-from precompute.demo.reflow import Clock, StageError, ema_update, hold_lock, load_teacher
+from precompute.demo.reflow import Clock, StageError, hold_lock, load_teacher, optimizer_step
 from precompute.demo.train import (Deadline, encode_text, plot_losses, save_atomic, smooth,
                                    step_rng, to_tensor)
 
@@ -240,13 +240,7 @@ def _train(cfg: ControlConfig, out: Path) -> bool:
                                                        cfg.strip_positions, cfg.caption_dropout)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         loss = controlnet_loss(cfg, base, controlnet, scheduler, images, control, captions, gen)
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(cfg, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, controlnet, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        optimizer_step(opt, controlnet, ema, loss, learning_rate(cfg, step), cfg.ema_decay, step)
         state["step"] = step + 1
         state["losses"].append((step + 1, loss.item()))
         if (step + 1) % cfg.eval_every == 0:

@@ -276,6 +276,19 @@ def ema_update(ema, net, decay: float) -> None:
             pe.lerp_(p, 1 - decay)
 
 
+def optimizer_step(opt, net, ema, loss, lr: float, ema_decay: float, step: int) -> None:
+    """One optimizer step of a student or a ControlNet at learning rate `lr`, gradients
+    clipped to norm 1, then the EMA copy (its decay warms up as (1 + step) / (10 + step)
+    until `ema_decay`)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    ema_update(ema, net, min(ema_decay, (1 + step) / (10 + step)))
+
+
 def held_out(pairs: dict, val: int) -> tuple[int, slice]:
     """The last `val` pairs (at most a tenth) are never trained on."""
     val = min(val, len(pairs["captions"]) // 10)
@@ -350,13 +363,7 @@ def train_student(cfg: ReflowConfig, stage: str, teacher, init_unet, pairs: dict
                                  [pairs["captions"][i] for i in idx], cfg.device)
         loss = flow_loss(unet, hidden, pairs["noise"][idx].to(cfg.device),
                          pairs["latents"][idx].to(cfg.device), sigma.to(cfg.device))
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(cfg, step, steps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, unet, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        optimizer_step(opt, unet, ema, loss, learning_rate(cfg, step, steps), cfg.ema_decay, step)
         state["step"] = step + 1
         state["losses"].append((step + 1, loss.item()))
         if (step + 1) % cfg.eval_every == 0 and n_train < len(pairs["captions"]):
