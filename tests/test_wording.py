@@ -348,3 +348,17 @@ def test_pndm_names_its_warm_up_from_the_scheduler_config(tmp_path):
     plms_words, prk_words = run_wording(tmp_path, [{"index": plms}, {"index": prk}], FAMILY_DRIVER)
     assert "first step takes two UNet calls" in plms_words["texts"]["scheduler-text"]
     assert "pseudo Runge-Kutta warm-up (PRK) of four UNet calls" in prk_words["texts"]["scheduler-text"]
+
+
+def test_numbers_in_prose_write_every_minus_sign_alike(tmp_path):
+    """data.js's fmt writes a real minus sign for the sign and for an exponent's alike
+    (the refiner's number table mixed "e−4" and "e-4")."""
+    shutil.copy(JS / "data.js", tmp_path / "data.js")
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    (tmp_path / "driver.mjs").write_text(
+        'import { fmt } from "./data.js";\n'
+        'process.stdout.write(JSON.stringify([-0.000123, 0.000123, -2.5, 123456].map((v) => fmt(v))));\n')
+    proc = subprocess.run([NODE, str(tmp_path / "driver.mjs")], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == ["\u22121.23e\u22124", "1.23e\u22124", "\u22122.5", "1.23e+5"]

@@ -137,7 +137,7 @@ export function fmt(value, digits = 3) {
   let s;
   if (abs !== 0 && (abs < 0.001 || abs >= 1e5)) s = value.toExponential(digits - 1);
   else s = Number(value.toPrecision(digits)).toString();
-  return s.replace("-", "\u2212");
+  return s.replaceAll("-", "\u2212");  // the sign and an exponent's: "−1.2e−4", never "−1.2e-4"
 }
 
 /** A scheduler timestep: integers as they are, fractional ones (Euler, LMS) to 1 decimal. */
