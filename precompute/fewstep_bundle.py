@@ -43,17 +43,16 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import shutil
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from backend.fewstep_examples import FORMAT, INDEX, SECTION, VERSION
+from precompute.writer import replace_section
 
 DEFAULT_STEPS = {"teacher": [50, 4, 1], "rectified-flow": [1, 2, 4], "one-step": [1]}
 KINDS = {"rectified-flow": ("rectified_flow", "2-rectified flow"),
@@ -437,22 +436,8 @@ def write_section(bundle: Path, doc: dict, files: dict[str, bytes]) -> bool:
             and sorted(p.name for p in (target / "files").glob("*")) == sorted(files) \
             and all((target / "files" / n).read_bytes() == b for n, b in files.items()):
         return False
-    staging = bundle / ".tmp" / f"fewstep-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    (staging / "files").mkdir(parents=True)
-    try:
-        for name, data in files.items():
-            (staging / "files" / name).write_bytes(data)
-        (staging / "index.json").write_bytes(body)
-        old = None
-        if target.exists():
-            old = bundle / ".tmp" / f"fewstep-old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-        os.replace(staging, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    replace_section(bundle, SECTION, {**{f"files/{n}": b for n, b in files.items()},
+                                      "index.json": body}, folders=("files",))
     return True
 
 

@@ -25,17 +25,16 @@ import argparse
 import hashlib
 import importlib.metadata
 import json
-import os
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from backend import speech
 from backend.speech_examples import FORMAT, INDEX, SECTION, VERSION
+from precompute.writer import replace_section
 
 # espeak-ng's "en" is British English; "en-gb+f2" would ignore its variant, "en+f2" does
 # not (tests/speech_helpers.py and benchmarks/bench_speech.py use the same four)
@@ -193,21 +192,7 @@ def write_section(bundle: Path, doc: dict, files: dict[str, bytes]) -> bool:
     if target.is_dir() and sorted(p.name for p in target.iterdir()) == sorted(wanted) and all(
             (target / name).read_bytes() == data for name, data in wanted.items()):
         return False
-    staging = bundle / ".tmp" / f"speech-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
-    try:
-        for name, data in wanted.items():
-            (staging / name).write_bytes(data)
-        old = None
-        if target.exists():
-            old = bundle / ".tmp" / f"speech-old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-        os.replace(staging, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    replace_section(bundle, SECTION, wanted)
     return True
 
 

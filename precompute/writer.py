@@ -98,6 +98,34 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def replace_section(bundle: Path, name: str, files: dict[str, bytes],
+                    folders: tuple[str, ...] = ()) -> None:
+    """Put an optional section of a bundle (speech/, fewstep/) at BUNDLE/<name>/ at once:
+    `files` (paths relative to the section -> bytes) and empty `folders` are written into
+    a staging folder under BUNDLE/.tmp/ and renamed into place, an older section renamed
+    aside first and removed after; a reader sees the old section or the new one, never a
+    mix, and a failure leaves the old one and no staging folder."""
+    target = bundle / name
+    staging = bundle / ".tmp" / f"{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    try:
+        for folder in folders:
+            (staging / folder).mkdir(parents=True, exist_ok=True)
+        for rel, data in files.items():
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            (staging / rel).write_bytes(data)
+        old = None
+        if target.exists():
+            old = bundle / ".tmp" / f"{name}-old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, old)
+        os.replace(staging, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def save_array(folder: Path, name: str, array: np.ndarray, dtype: str) -> dict:
     """Save one array as .npy (memory-mappable) and return its manifest entry."""
     array = np.ascontiguousarray(array, dtype=dtype)
