@@ -42,6 +42,27 @@ def test_a_sketch_is_deterministic_per_seed_grey_and_blind_to_colour():
     assert image[:3].max() == 0 and image[-3:].max() == 0  # black above and below them
 
 
+def test_a_fixed_sketch_kind_keeps_the_wobble_and_the_command_draws_a_caption(tmp_path, capsys):
+    """--kind changes how an object is drawn, not where: the first object's region (its
+    outline's wobble, drawn before its strokes) is the random kind's; the command writes a caption's sketch and
+    refuses a caption outside the world in one line."""
+    from PIL import Image
+
+    _, regions = sketch.draw_sketch(PAIR, np.random.default_rng(5))
+    filled, filled_regions = sketch.draw_sketch(PAIR, np.random.default_rng(5), kind="filled")
+    outline, _ = sketch.draw_sketch(PAIR, np.random.default_rng(5), kind="outline")
+    assert np.array_equal(regions[0], filled_regions[0])
+    assert (filled[..., 0] > 0).sum() > (outline[..., 0] > 0).sum()  # filled covers more
+    out = tmp_path / "s.png"
+    assert sketch.main([world.caption_of(PAIR), "--out", str(out), "--seed", "5"]) == 0
+    parsed = world.parse_caption(world.caption_of(PAIR))  # no jitter: captions do not say it
+    assert np.array_equal(np.asarray(Image.open(out)), sketch.draw_sketch(
+        parsed, np.random.default_rng(5))[0])
+    with pytest.raises(SystemExit) as e:
+        sketch.main(["a purple cat", "--out", str(out)])
+    assert e.value.code == 2 and "not a demo-world caption" in capsys.readouterr().err
+
+
 def test_captions_without_positions_keep_what_and_drop_where():
     caption = sketch.caption_without_positions(PAIR)
     assert caption == "a red star and a blue triangle, on a white background"

@@ -11,6 +11,12 @@ sketch, and the colours of the scene never enter it (R = G = B).
 
 `caption_without_positions` is the caption with the position phrases left out, for the
 samples in which the sketch alone must say where.
+
+From the command line, a control image for the demo ControlNet from a caption of the world
+(its position words say where the sketch goes; the colours are ignored):
+
+    python -m precompute.demo.sketch "a large red circle on the left, on a blue background" \
+        --out sketch.png [--seed 0] [--kind outline|filled|hatched]
 """
 from __future__ import annotations
 
@@ -82,16 +88,20 @@ def _layer(polygon, kind: str, grey: int, rng: np.random.Generator) -> tuple[Ima
     return strokes, region
 
 
-def draw_sketch(scene: world.Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def draw_sketch(scene: world.Scene, rng: np.random.Generator,
+                kind: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The control image of a scene and the region it marks per object:
     ((64, 64, 3) uint8, grey or white on black, R = G = B; (objects, 64, 64) bool).
-    A function of the objects' masks and rng alone: colours never enter it."""
+    A function of the objects' masks and rng alone: colours never enter it. `kind` fixes
+    how every object is drawn (one of SKETCH_KINDS; None: drawn at random per object); the
+    first object's outline is the same either way."""
     size, big = world.IMAGE_SIZE, world.IMAGE_SIZE * world.SUPERSAMPLE
     canvas, regions = np.zeros((big, big), np.uint8), []
     for mask in world.masks(scene):
-        kind = SKETCH_KINDS[int(rng.integers(len(SKETCH_KINDS)))]
+        drawn = SKETCH_KINDS[int(rng.integers(len(SKETCH_KINDS)))]
+        kind_of_this = kind or drawn
         grey = int(rng.integers(150, 256))
-        strokes, region = _layer(rough_outline(mask, rng), kind, grey, rng)
+        strokes, region = _layer(rough_outline(mask, rng), kind_of_this, grey, rng)
         canvas = np.maximum(canvas, np.asarray(strokes))
         regions.append(np.asarray(region.resize((size, size), Image.BOX)) >= 128)
     small = np.asarray(Image.fromarray(canvas).resize((size, size), Image.BOX))  # (64, 64)
@@ -107,3 +117,32 @@ def caption_without_positions(scene: world.Scene) -> str:
         phrases.append(f"{'an' if words[0] in 'aeiou' else 'a'} {words} {obj.shape}")
     bg = scene.background
     return f"{' and '.join(phrases)}, on {'an' if bg[0] in 'aeiou' else 'a'} {bg} background"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m precompute.demo.sketch",
+        description="Draw the demo ControlNet's control image for a caption of the shapes "
+                    "world: where its objects go, roughly, in grey on black (never their colour).")
+    p.add_argument("caption", help='a caption of the world, with position words: "a large red '
+                                   'circle on the left, on a blue background"')
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--seed", type=int, default=0, help="the sketch's wobble and stroke (default 0)")
+    p.add_argument("--kind", choices=SKETCH_KINDS, default=None,
+                   help="how the objects are drawn (default: at random per object)")
+    args = p.parse_args(argv)
+    try:
+        scene = world.parse_caption(args.caption)
+    except ValueError as e:
+        p.error(f"{e}; a caption of the shapes world reads e.g. \"a small yellow star at the top, "
+                "on a black background\"")
+    image, _ = draw_sketch(scene, np.random.default_rng(args.seed), kind=args.kind)
+    Image.fromarray(image).save(args.out)
+    print(f"wrote {args.out}: {len(scene.objects)} object(s), 64x64")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
