@@ -22,6 +22,8 @@
                                    # (folder or hub id) for the groups with a control_image
     controlnet_conditioning_scales = [0.5, 1.0]  # optional (default [1.0]): swept like
                                    # guidance_scales; the run without control is always there
+    controlnet_guidance_scales = [7]  # optional: the guidance scales of the runs with control
+                                   # (some of guidance_scales; default: all of them above 0)
     control_guidance_start = 0.0   # optional: the fraction of the steps where control starts
     control_guidance_end = 1.0     # optional: ... and where it ends
 
@@ -53,8 +55,8 @@ SETTINGS_KEYS = {"model", "scheduler", "num_inference_steps", "height", "width",
                  "guidance_scales", "image_size", "storage", "attention_levels", "eta",
                  "guidance_rescale", "negative_prompt",
                  # ControlNet (precompute/controlnet.py)
-                 "controlnet", "controlnet_conditioning_scales", "control_guidance_start",
-                 "control_guidance_end"}
+                 "controlnet", "controlnet_conditioning_scales", "controlnet_guidance_scales",
+                 "control_guidance_start", "control_guidance_end"}
 GROUP_KEYS = {"id", "title", "prompt", "variants", "keyword", "negative_prompt", "control_image"}
 TOP_KEYS = {"title", "description", "default_guidance_scale", "settings", "groups"}
 
@@ -248,6 +250,22 @@ def check_control_settings(s: dict, err) -> None:
     start, end = s.get("control_guidance_start", 0), s.get("control_guidance_end", 1)
     if type(start) in (int, float) and type(end) in (int, float) and start >= end:
         err("control_guidance_end", f"must be above control_guidance_start ({start})")
+    if "guidance_scales" in s:
+        check_control_guidance(s, err)
+
+
+def check_control_guidance(settings: dict, err) -> None:
+    """controlnet_guidance_scales, when given: some of guidance_scales' values above 0."""
+    chosen = settings.get("controlnet_guidance_scales")
+    if chosen is not None:
+        swept = {float(g) for g in settings.get("guidance_scales") or []}
+        if not (isinstance(chosen, list) and chosen and all(
+                type(g) in (int, float) and g > 0 and float(g) in swept for g in chosen)):
+            err("controlnet_guidance_scales", "must be a non-empty list of guidance_scales' "
+                f"values above 0 (here: {', '.join(f'{g:g}' for g in sorted(swept) if g)}): the runs with "
+                "control sit beside the uncontrolled runs at the same scale")
+        elif len({float(g) for g in chosen}) != len(chosen):
+            err("controlnet_guidance_scales", "has duplicates")
 
 
 def check_control(prompt_set: "PromptSet", settings: dict, err) -> None:
@@ -266,6 +284,7 @@ def check_control(prompt_set: "PromptSet", settings: dict, err) -> None:
     if controlnet and not any(float(g) != 0 for g in settings.get("guidance_scales") or [1]):
         err("guidance_scales", "has only 0: ControlNet runs need a guidance scale above 0 "
             "(guidance 0 is the prompt-free run, which runs without control)")
+    check_control_guidance(settings, err)
 
 
 def _control_image(value, base: Path, fail) -> str | None:

@@ -105,7 +105,8 @@ def control_jobs(prompt_set: PromptSet, settings: dict, negatives: dict) -> list
     from precompute.controlnet import control_id, window
     from precompute.writer import format_guidance
 
-    guided = [float(g) for g in settings["guidance_scales"] if float(g) != 0.0]
+    guided = [float(g) for g in settings.get("controlnet_guidance_scales")
+              or settings["guidance_scales"] if float(g) != 0.0]
     scales = [float(c) for c in settings.get("controlnet_conditioning_scales") or [1.0] if c]
     start, end = window(settings)
     jobs = []

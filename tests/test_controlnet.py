@@ -306,11 +306,24 @@ def test_prompt_files_name_a_controlnet_and_control_images_with_located_errors(t
         ("[0.5, 1]", "[0.5, 0.5]", "settings.controlnet_conditioning_scales: has duplicates"),
         ("control_guidance_end = 0.7", "control_guidance_start = 0.8\ncontrol_guidance_end = 0.7",
          "settings.control_guidance_end: must be above control_guidance_start (0.8)"),
+        ("control_guidance_end = 0.7", "controlnet_guidance_scales = [3]",
+         "settings.controlnet_guidance_scales: must be a non-empty list of guidance_scales' "
+         "values above 0 (here: 5)"),
     ]:
         (tmp_path / "bad.toml").write_text(good.replace(old, new))
         with pytest.raises(PromptFileError) as e:
             load_prompt_file(tmp_path / "bad.toml")
         assert message in str(e.value) and str(e.value).startswith(str(tmp_path / "bad.toml"))
+    # controlnet_guidance_scales: the runs with control at some guidance scales only
+    from precompute.run import plan_jobs
+
+    settings = {**prompts.settings, "guidance_scales": [0, 1, 5], "seeds": [1, 2]}
+    assert {g for j in plan_jobs(prompts, settings) if j.control_image
+            for g in j.guidance_scales} == {1.0, 5.0}
+    control = [j for j in plan_jobs(prompts, {**settings, "controlnet_guidance_scales": [5]})
+               if j.control_image]
+    assert len(control) == 2 and all(j.guidance_scales == [5.0, 5.0] for j in control)
+    assert all(j.control_scales == [0.5, 1.0] for j in control)
     errors = []
     check_control(prompts, {"guidance_scales": [1]}, lambda k, m: errors.append((k, m)))
     assert errors and errors[0][0] == "controlnet" and "needs a ControlNet" in errors[0][1]
