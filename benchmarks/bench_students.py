@@ -15,25 +15,29 @@ computed at each step (no sampler is written here). Captions: evaluate.held_out'
 captions (the ones docs/demo-model.md's tables use), --captions of each kind (one object,
 two objects); noise: one seeded draw per caption (--seed).
 
-1. Straightness (Liu et al. 2022, Rectified Flow): S = E over sigma ~ U(path) of
-   ||(z - x0) / L - v(x_sigma, sigma)||^2 along each model's own ODE path from z, with x0 the
-   end of that path and L its length in sigma (1 for the students), averaged over latent
-   elements and captions. Time convention: the students', diffusers' flow matching:
-   x_sigma = (1 - sigma) x0 + sigma z, sigma 1 = noise, 0 = image, v = dx_sigma / dsigma
-   (= z - x0 on a straight path). A sampler's path is piecewise linear in sigma (an Euler
-   step moves along v(x_i, sigma_i) from sigma_i to sigma_i+1), so the integral over uniform
-   sigma is exact: S = sum_i (sigma_i - sigma_i+1) ||chord - v_i||^2 / L, chord = (z - x0)/L;
-   for an Euler path the chord is also the (sigma_i - sigma_i+1)-weighted mean of the v_i,
-   so S is the weighted variance of the velocity along the path: 0 exactly when the path is
-   a straight line walked at constant speed, which is what lets one step land where fifty do.
-   The relative number divides S by |chord|^2 (same averaging).
+1. Straightness (Liu et al. 2022, Rectified Flow), computed by precompute/straightness.py,
+   the function the app's number per path comes from too (precompute/fewstep_bundle.py):
+   S = E over sigma ~ U(path) of ||(z - x0) / L - v(x_sigma, sigma)||^2 along each model's
+   own ODE path from z, with x0 the end of that path and L its length in sigma (1 for the
+   students), averaged over latent elements and captions. Time convention: the students',
+   diffusers' flow matching: x_sigma = (1 - sigma) x0 + sigma z, sigma 1 = noise, 0 =
+   image, v = dx_sigma / dsigma (= z - x0 on a straight path). A sampler's path is
+   piecewise linear in sigma (an Euler step moves along v(x_i, sigma_i) from sigma_i to
+   sigma_i+1), so the integral over uniform sigma is exact: S = sum_i (sigma_i - sigma_i+1)
+   ||chord - v_i||^2 / L, chord = (z - x0)/L; for an Euler path the chord is also the
+   (sigma_i - sigma_i+1)-weighted mean of the v_i, so S is the weighted variance of the
+   velocity along the path: 0 exactly when the path is a straight line walked at constant
+   speed, which is what lets one step land where fifty do. The relative number divides S
+   by |chord|^2 (same averaging); it is the number the app shows. A 1-step path's S is 0 by
+   construction (one segment along its one velocity).
 
    - The 2-rectified flow: --ode-steps Euler steps of its own pipeline (guidance 1, the
      teacher's guidance is baked in); v_i is its UNet's output, sigma_i the scheduler's
      sigmas (1 ... 0.001, then 0); L = 1.
    - The teacher, as a probability-flow ODE. It is a VP model (x_t = a_t x0 + s_t eps,
      a_t = sqrt(alpha_bar_t), s_t = sqrt(1 - alpha_bar_t), zero terminal SNR) predicting
-     v_pred = a_t eps - s_t x0, so from its (guided) output at (x_t, t):
+     v_pred = a_t eps - s_t x0 (an epsilon-predicting teacher is converted too), so from its
+     (guided) output at (x_t, t):
          x0_hat = a_t x_t - s_t v_pred,     eps_hat = s_t x_t + a_t v_pred.
      Reparameterisation VP -> flow: y = x_t / (a_t + s_t), sigma = s_t / (a_t + s_t), so
      y = (1 - sigma) x0 + sigma eps, the students' convention. The probability-flow ODE of
@@ -94,6 +98,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from precompute.straightness import (  # noqa: E402 (after ROOT joins the path); numpy only
+    FlowPath, ddim_final_alpha_bar, flow_path, straightness, vp_path)
+
 TEACHER = ROOT / "static" / "demo-model"
 STUDENTS = ROOT / "demo-work" / "students"
 STUDENT_FOLDERS = {"2-rectified flow": "rectified-flow", "one-step student": "one-step"}
@@ -137,16 +144,6 @@ class StepRecorder:
         del self.scheduler.step  # the class's method again
 
 
-@dataclass
-class FlowPath:
-    """A sampler's path in the students' time convention (module docstring): sigmas (N + 1,)
-    from start to end, the velocity used on each step (N, B, 4, 16, 16), the ends (B, ...)."""
-    sigmas: "torch.Tensor"
-    velocities: "torch.Tensor"
-    start: "torch.Tensor"
-    end: "torch.Tensor"
-
-
 def is_flow(pipe) -> bool:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -154,59 +151,26 @@ def is_flow(pipe) -> bool:
 
 
 def student_path(scheduler, steps: list[Step], result) -> FlowPath:
-    """A flow-matching pipeline's path: its UNet's velocities at the scheduler's sigmas."""
+    """A flow-matching pipeline's path: its UNet's velocities (u = eps - x0, what
+    FlowMatchEulerDiscreteScheduler steps with) at the scheduler's sigmas."""
     import torch
 
-    sigmas = scheduler.sigmas.double()[:len(steps) + 1]  # (N + 1,): 1 ... 0
-    velocities = torch.stack([s.model_output.double() for s in steps])
-    return FlowPath(sigmas, velocities, steps[0].sample.double(), result.double())
-
-
-def vp_to_flow(alpha_bar: float) -> tuple[float, float]:
-    """(a + s, sigma) of a VP timestep: y = x_t / (a + s), sigma = s / (a + s)."""
-    a, s = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
-    return a + s, s / (a + s)
+    sigmas = scheduler.sigmas.double()[:len(steps) + 1].numpy()  # (N + 1,): 1 ... 0
+    velocities = torch.stack([s.model_output.double() for s in steps]).numpy()
+    return flow_path(sigmas[:-1], float(sigmas[-1]), velocities,
+                     steps[0].sample.double().numpy(), result.double().numpy())
 
 
 def teacher_path(scheduler, steps: list[Step], result) -> FlowPath:
-    """The v-prediction teacher's DDIM path as the Euler path of its probability-flow ODE in
-    flow coordinates (module docstring): v_flow = (a + s) v_pred + (s - a) x_t."""
-    import torch
-
-    if scheduler.config.prediction_type != "v_prediction":
-        raise ValueError(f"teacher predicts {scheduler.config.prediction_type!r}; this "
-                         "bench converts v_prediction only")
+    """The teacher's DDIM path as the Euler path of its probability-flow ODE in flow
+    coordinates (module docstring; precompute/straightness.py converts its epsilon- or
+    v-prediction), ending where DDIM's last step lands."""
     alphas = scheduler.alphas_cumprod.double()
-    sigmas, velocities = [], []
-    for step in steps:
-        a, s = alphas[int(step.timestep)].sqrt(), (1 - alphas[int(step.timestep)]).sqrt()
-        velocities.append((a + s) * step.model_output.double() + (s - a) * step.sample.double())
-        sigmas.append(float(s / (a + s)))
-    # DDIM's own rule for where its last step lands (DDIMScheduler.step's prev_timestep)
-    stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-    last = int(steps[-1].timestep) - stride
-    end_bar = float(alphas[last]) if last >= 0 else float(scheduler.final_alpha_cumprod)
-    scale_end, sigma_end = vp_to_flow(end_bar)
-    scale_start, _ = vp_to_flow(float(alphas[int(steps[0].timestep)]))
-    return FlowPath(torch.tensor(sigmas + [sigma_end], dtype=torch.float64),
-                    torch.stack(velocities), steps[0].sample.double() / scale_start,
-                    result.double() / scale_end)
-
-
-def straightness(path: FlowPath) -> dict:
-    """Per sample (B,): S (mean over latent elements), S / |chord|^2, and the mismatch between
-    the endpoint chord and the step-weighted mean velocity (relative to |chord|^2)."""
-    d = path.sigmas[:-1] - path.sigmas[1:]  # (N,) step lengths in sigma
-    length = d.sum()
-    weights = (d / length).view(-1, *[1] * (path.velocities.dim() - 1))
-    chord = (path.start - path.end) / length  # (B, 4, 16, 16)
-    dims = tuple(range(1, chord.dim()))
-    deviation = ((chord[None] - path.velocities) ** 2).mean(dim=tuple(range(2, chord.dim() + 1)))
-    s = (weights.view(-1, 1) * deviation).sum(0)  # (B,)
-    chord_sq = (chord ** 2).mean(dim=dims)
-    mean_v = (weights * path.velocities).sum(0)
-    return {"S": s, "relative": s / chord_sq, "length": float(length),
-            "chord_mismatch": ((mean_v - chord) ** 2).mean(dim=dims) / chord_sq}
+    return vp_path([float(alphas[int(s.timestep)]) for s in steps],
+                   ddim_final_alpha_bar(scheduler, int(steps[-1].timestep)),
+                   [s.sample.double().numpy() for s in steps],
+                   [s.model_output.double().numpy() for s in steps], result.double().numpy(),
+                   scheduler.config.prediction_type)
 
 
 # --- sampling through the pipelines ------------------------------------------------------------

@@ -27,14 +27,18 @@ start a 1-step run at timestep 1, nearly the image. The students (flow-matching 
 folders, precompute/demo/reflow.py) run flow Euler on InstaFlow's grid at guidance 1:
 their teacher's guidance is baked in.
 
-Straightness of a path (the number the app shows): with z the noise, x_0 the result and,
-at call i, the model's implied predictions of the noise eps_hat_i and of the image
-x0_hat_i (pred_original_sample; x_t = (1 - sigma) x0_hat + sigma eps_hat for a flow
-model, x_t = sqrt(a) x0_hat + sqrt(1 - a) eps_hat for the teacher, a = alpha_bar):
+Straightness of a path (the number the app shows) is precompute/straightness.py's
+`relative`, the one benchmarks/bench_students.py measures (docs/performance.md): in flow
+time sigma (the teacher's latents as y = x_t / (a + s), sigma = s / (a + s)),
 
-    straightness = mean_i ||(z - x_0) - (eps_hat_i - x0_hat_i)||^2 / ||z - x_0||^2
+    straightness = sum_i (sigma_i - sigma_i+1) / L ||chord - v_i||^2 / ||chord||^2,
+    chord = (y(sigma_0) - y(sigma_N)) / L,   L = sigma_0 - sigma_N,
 
-0 when every call already points along the chord (a flow model's one step, exactly).
+with v_i = eps_hat_i - x0_hat_i the velocity the model implies at call i (x0_hat_i its
+pred_original_sample, eps_hat_i from the stored x_t and x0_hat_i by the scheduler's
+parameterisation) and sigma_N where the last step lands (0 for a flow student, DDIM's
+alpha_bar_0 for the teacher: `end_level`). 0 when every step moves along the chord at
+constant speed; a 1-step path is 0 by construction (one segment).
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ from pathlib import Path
 import numpy as np
 
 from backend.fewstep_examples import FORMAT, INDEX, SECTION, VERSION
+from precompute.straightness import (FlowPath, ddim_final_alpha_bar, flow_path, flow_velocity,
+                                     vp_path)
+from precompute.straightness import straightness as path_straightness
 from precompute.writer import replace_section
 
 DEFAULT_STEPS = {"teacher": [50, 4, 1], "rectified-flow": [1, 2, 4], "one-step": [1]}
@@ -279,10 +286,27 @@ def run_ids(model: Model, examples: list[Example]) -> list[str]:
     return [run_id(prompt_id(e.prompt), e.seed, model.guidance_scale) for e in examples]
 
 
-def read_path(folder: Path) -> dict:
+def end_level(scheduler, steps: int, flow: bool) -> float:
+    """Where a path of `steps` steps lands, in read_path's `level` terms: sigma for a flow
+    model (0: the image), alpha_bar for the teacher (a DDIM or PNDM run stops at
+    alpha_bar_0, below 1 when set_alpha_to_one is false; DPM-Solver and UniPC at their last
+    sigma, alpha_bar = 1 / (1 + sigma^2) as the loop reads them; DDPM and LCM at the image)."""
+    fresh = type(scheduler).from_config(scheduler.config)
+    fresh.set_timesteps(steps)
+    if flow:
+        return float(fresh.sigmas[-1])
+    if hasattr(fresh, "final_alpha_cumprod"):
+        return ddim_final_alpha_bar(fresh, int(fresh.timesteps[-1]))
+    if getattr(fresh, "sigmas", None) is not None:
+        return 1.0 / (1.0 + float(fresh.sigmas[-1]) ** 2)
+    return 1.0
+
+
+def read_path(folder: Path, end: float) -> dict:
     """A finished run as the section needs it: latents (T+1, ...) and pred_original_sample
     (T, ...) in float32 from their stored float16, the stored x_T's exact bytes, the noise
-    level of each point, and the frames (predicted images after each call, then the result)."""
+    level of each call and where the last step lands (`end`, end_level's), and the frames
+    (predicted images after each call, then the result)."""
     from backend.bundle import load_array
     from backend.previews import crop_frames
 
@@ -301,29 +325,27 @@ def read_path(folder: Path) -> dict:
     frames = [crop_frames((folder / m["images"][n]["file"]).read_bytes(), m["images"][n])
               for n in ("pred_original_sample", "decoded")]
     return {"latents": latents, "pred": pred, "x_T": np.asarray(stored[0]).copy(),
-            "flow": flow, "level": level, "frames": np.concatenate([frames[0], frames[1][-1:]])}
+            "flow": flow, "level": level, "end": float(end),
+            "frames": np.concatenate([frames[0], frames[1][-1:]])}
 
 
 # ------------------------------------------------------------------ the section's numbers
 
-def implied_noise(run: dict) -> np.ndarray:
-    """eps_hat_i of each call from x_t and x0_hat by the scheduler's parameterisation."""
-    x, x0 = run["latents"][:-1].astype(np.float64), run["pred"].astype(np.float64)
-    shape = (-1,) + (1,) * (x.ndim - 1)
+def flow_path_of(run: dict) -> FlowPath:
+    """A run's path in flow time (precompute/straightness.py), one sample: each call's
+    velocity eps_hat - x0_hat from its stored x_t and pred_original_sample."""
+    x = run["latents"][:-1, None].astype(np.float64)  # (T, 1, C, h, w): the calls' x_t
+    x0 = run["pred"][:, None].astype(np.float64)      # (T, 1, C, h, w): their x0_hat
+    result = run["latents"][-1:].astype(np.float64)    # (1, C, h, w)
     if run["flow"]:
-        sigma = run["level"].reshape(shape)
-        return (x - (1 - sigma) * x0) / sigma
-    a = run["level"].reshape(shape)
-    return (x - np.sqrt(a) * x0) / np.sqrt(1 - a)
+        sigma = run["level"].reshape((-1,) + (1,) * (x.ndim - 1))
+        return flow_path(run["level"], run["end"], flow_velocity(x, x0, sigma), x[0], result)
+    return vp_path(run["level"], run["end"], x, x0, result, "sample")
 
 
 def straightness(run: dict) -> float:
-    """mean_i ||(z - x_0) - (eps_hat_i - x0_hat_i)||^2 / ||z - x_0||^2 (module docstring)."""
-    z, result = run["latents"][0].astype(np.float64), run["latents"][-1].astype(np.float64)
-    chord = z - result
-    off = chord[None] - (implied_noise(run) - run["pred"].astype(np.float64))  # (T, C, h, w)
-    per_call = (off ** 2).reshape(len(off), -1).sum(axis=1) / max((chord ** 2).sum(), 1e-30)
-    return float(per_call.mean())
+    """The path's straightness: precompute/straightness.py's `relative` (module docstring)."""
+    return float(path_straightness(flow_path_of(run))["relative"][0])
 
 
 def time_axis(run: dict) -> list[float]:
@@ -451,6 +473,7 @@ def build(bundle: Path, index: dict, models: list[Model], examples: list[Example
 
     tmp = bundle / SECTION / ".tmp"
     runs: dict[tuple[str, int], dict] = {}
+    ends: dict[tuple[str, int], float] = {}  # where each path's last step lands
     loaded = (None, None, None)  # (folder, components, facts): two students of one folder share it
     for model in models:
         print(f"{model.label} ({model.folder}): {', '.join(map(str, model.steps))} steps, "
@@ -464,6 +487,7 @@ def build(bundle: Path, index: dict, models: list[Model], examples: list[Example
             t0 = time.perf_counter()
             runs[model.id, steps] = run_path(components, model, steps, examples, index["config"],
                                              tmp, progress, log)
+            ends[model.id, steps] = end_level(components.scheduler, steps, model.kind != "teacher")
             print(f"  {model.id}-{steps}: {time.perf_counter() - t0:.1f} s", file=log, flush=True)
         del components
     loaded = None
@@ -477,7 +501,8 @@ def build(bundle: Path, index: dict, models: list[Model], examples: list[Example
         for model in models:
             rid = run_id(prompt_id(example.prompt), example.seed, model.guidance_scale)
             for steps in model.steps:
-                run = read_path(temporary_bundle(tmp, model, steps) / "runs" / rid)
+                run = read_path(temporary_bundle(tmp, model, steps) / "runs" / rid,
+                                ends[model.id, steps])
                 paths.append((model, steps, run, runs[model.id, steps].get(rid, 0.0)))
         entry, example_files = build_example(example, paths, sprite_format)
         entries.append(entry)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -101,7 +102,7 @@ def test_straightness_is_zero_when_straight_and_the_velocity_variance_when_curve
     c = torch.cos(math.pi * sigmas[:-1])
     expected = (w * (c - (w * c).sum()) ** 2).sum() * (bend.double() ** 2).mean()
     # float32 sampling: 1e-4 of the value
-    assert found["S"] == pytest.approx(torch.full((2,), float(expected)), rel=1e-4)
+    assert found["S"] == pytest.approx(np.full(2, float(expected)), rel=1e-4)
     assert found["relative"].min() > 0.05
 
 
@@ -115,7 +116,7 @@ def test_the_teachers_ddim_path_is_the_euler_path_of_its_flow_ode(folders):
     found = bench.straightness(path)
     assert found["chord_mismatch"].max() < 1e-9  # squared relative error of fp32 sums
     assert found["relative"].min() > 1e-3
-    assert torch.allclose(path.start, noise.double())  # t = 999: alpha_bar 0, sigma 1, y = z
+    assert np.allclose(path.start, noise.double().numpy())  # t = 999: alpha_bar 0, sigma 1, y = z
     assert path.sigmas[0] == 1.0 and 0.02 < path.sigmas[-1] < 0.03  # stops at alpha_bar_0
     # a v-predictor whose data is the one point `target` (x0_hat = target, eps_hat its
     # noise): its flow ODE is the straight line from z to target, walked at constant speed,
@@ -186,3 +187,38 @@ def test_the_targets_read_the_issues_tolerances():
     del rows["one-step student, 1 step"]  # not trained yet
     assert {t["status"] for t in bench.check_targets({"one object": rows}, 50)} == {
         "not measured (no one-step student)"}
+
+
+def test_the_app_and_the_bench_measure_one_straightness():
+    """The number the app shows per path (precompute/fewstep_bundle.py, from a run's stored
+    latents and pred_original_sample) is the bench's (from the pipeline's x_t and v_pred):
+    one function, precompute/straightness.py, fed the same DDIM path two ways."""
+    from diffusers import DDIMScheduler
+
+    from precompute import fewstep_bundle
+    from precompute import straightness as shared
+
+    assert bench.straightness is shared.straightness is fewstep_bundle.path_straightness
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                              set_alpha_to_one=False, timestep_spacing="trailing",
+                              clip_sample=False)  # the demo's (clipped, x0_hat is not v's)
+    scheduler.set_timesteps(4)  # trailing: 999, 749, 499, 249; uneven steps in sigma
+    gen = torch.Generator().manual_seed(3)
+    x, bend = torch.randn((1, 4, 8, 8), generator=gen), torch.randn((1, 4, 8, 8), generator=gen)
+    steps, latents, preds = [], [x], []
+    for t in scheduler.timesteps:
+        v = 0.5 * x + math.cos(float(t) / 300) * bend  # a curved field
+        steps.append(bench.Step(float(t), x, v))
+        out = scheduler.step(v, t, x, eta=0.0)
+        x = out.prev_sample
+        latents.append(x)
+        preds.append(out.pred_original_sample)
+    from_bench = bench.straightness(bench.teacher_path(scheduler, steps, x))["relative"][0]
+    alphas = scheduler.alphas_cumprod
+    run = {"latents": torch.cat(latents).numpy(), "pred": torch.cat(preds).numpy(), "flow": False,
+           "level": np.array([float(alphas[int(t)]) for t in scheduler.timesteps]),
+           "end": fewstep_bundle.end_level(scheduler, 4, flow=False)}
+    assert from_bench > 0.01  # curved
+    # float32 x0_hat against float64 v_pred: ~1e-7 relative, divided by s >= 0.4 here
+    assert fewstep_bundle.straightness(run) == pytest.approx(from_bench, rel=1e-5)

@@ -132,8 +132,11 @@ def test_the_teachers_one_step_starts_from_pure_noise_with_trailing_spacing(buil
 @pytest.mark.slow
 def test_a_one_step_flow_path_is_straight_and_a_curved_teacher_path_is_not(built):
     paths = paths_of(built)
-    assert paths["rectified-flow-1"]["straightness"] == 0  # its one prediction is the result
+    # one step is one segment: 0 by construction (precompute/straightness.py), the
+    # teacher's too (its DDIM step lands on alpha_bar_0, which flow time accounts for)
+    assert paths["rectified-flow-1"]["straightness"] == 0
     assert paths["one-step-1"]["straightness"] == 0
+    assert paths["teacher-1"]["straightness"] == 0
     assert paths["teacher-3"]["straightness"] > 0.01  # a random UNet's path bends
 
 
@@ -171,11 +174,12 @@ def test_asking_for_another_sprite_format_is_not_up_to_date(built):
     assert existing != fewstep_bundle.request_of(models, examples, "png")
 
 
-def run(latents, pred, flow=True, level=None):
+def run(latents, pred, flow=True, level=None, end=0.0):
+    """read_path's record of a path: flow sigmas 1 - i/N by default, ending at `end`."""
     n = len(pred)
     level = np.linspace(1, 0, n + 1)[:-1] if level is None else level
     return {"latents": np.asarray(latents), "pred": np.asarray(pred), "flow": flow,
-            "level": np.asarray(level), "x_T": np.asarray(latents[0], np.float16),
+            "level": np.asarray(level), "end": end, "x_T": np.asarray(latents[0], np.float16),
             "frames": np.zeros((n + 1, 2, 2, 3), np.uint8)}
 
 
@@ -190,6 +194,24 @@ def test_straightness_is_zero_on_the_chord_and_grows_with_the_bend():
     mild = [x0 + 0.1 * bend * s for s in sigmas]
     assert 0 < fewstep_bundle.straightness(run(line, mild)) < fewstep_bundle.straightness(
         run(line, curved))
+
+
+def test_each_path_ends_where_its_schedulers_last_step_lands():
+    """The straightness' chord ends at the result's own noise level: a flow student's
+    sigma 0, the trailing DDIM teacher's alpha_bar_0 (set_alpha_to_one false) after 1, 4 or
+    50 steps (their last call at 999 - 1000 + 1000 / N: one stride above 0)."""
+    from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+    from precompute.fewstep import FlowMatchEulerScheduler
+
+    ddim = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                         prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                         set_alpha_to_one=False, timestep_spacing="trailing")
+    for steps in (1, 4, 50):
+        assert fewstep_bundle.end_level(ddim, steps, flow=False) == float(ddim.alphas_cumprod[0])
+    assert 0.999 < float(ddim.alphas_cumprod[0]) < 1  # the demo's 0.99915: not the image
+    flow = FlowMatchEulerScheduler.from_config(FlowMatchEulerDiscreteScheduler().config)
+    assert fewstep_bundle.end_level(flow, 4, flow=True) == 0.0
 
 
 def test_paths_that_start_from_other_noise_are_refused_by_name():
