@@ -21,7 +21,9 @@ import { frame } from "./frame.js";
 const EPS = 1e-9;
 const SLIDER_MAX = 1000;   // the range input's units: time = 1 - value / SLIDER_MAX
 const MARGIN = 16;
-const STRAIGHT_BY_CONSTRUCTION = 0.01; // a 1-step path's number under this is its construction's 0
+// a 1-step path's number is 0 (precompute/straightness.py); a section built before that
+// definition holds its teacher's as ~1e-4: under this it is still the construction's 0
+const STRAIGHT_BY_CONSTRUCTION = 0.01;
 // colour per model: Okabe-Ito marks (apart for the common colour-vision deficiencies)
 // with a darker shade for text (4.5:1 on white)
 // and a shape per path of one model (most steps first), so a model's paths differ by shape too
@@ -68,9 +70,11 @@ function pathName(models, path) {
 }
 
 /**
- * What a path's straightness says. A 1-step path is straight by construction: its one
- * call predicts its result (a flow student's exactly; a DDIM teacher's lands on
- * alpha_bar[0], not 1, so its number is near 0 but not 0).
+ * What a path's straightness says (docs/bundle-format.md "Straightness": in flow time,
+ * each step's squared distance from the chord weighted by the noise level it covers, over
+ * the chord's squared length; benchmarks/bench_students.py's number). A 1-step path is
+ * straight by construction: one segment from the noise to its result, so its number is 0
+ * and says nothing about the model.
  */
 export function straightnessWords(path) {
   if (path.num_inference_steps === 1 && path.straightness < STRAIGHT_BY_CONSTRUCTION) {
