@@ -13,8 +13,11 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = REPO / "static" / "demo-bundle"
 FRONTEND = REPO / "frontend"
 
+# media-src blob:: the spoken examples' player plays its clip from a fetched blob, which
+# seeks where the server answers no Range requests (frontend/js/views/speech-input.js)
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                               "media-src 'self' blob:; "
                                "style-src 'self'; script-src 'self'; object-src 'none'; "
                                "base-uri 'self'; frame-ancestors 'self'",
     "X-Content-Type-Options": "nosniff",

@@ -281,19 +281,36 @@ def test_the_guidance_formulas_note_wraps_under_it_on_a_phone(screen, base_url):
         assert slider["x"] <= b["x"] and b["x"] + b["width"] <= slider["x"] + slider["width"], (b, slider)
 
 
-def test_the_spoken_prompts_player_is_wide_enough_for_its_seek_bar(screen, demo_url):
-    """The one-row pipeline's prompt column is narrow; with the spoken prompts open it
-    widens, without pushing the page sideways. Chromium's audio player drops its seek bar
-    below about 250 px (measured: at 240 px it is a 30 px stub, at 200 px gone)."""
-    page = screen(1920, 1080)
+def test_the_spoken_prompts_player_has_a_seek_bar_at_every_width_and_leaves_the_pictures_alone(
+        screen, demo_url):
+    """The clip's seek bar is the page's own (chromium's audio controls dropped theirs in
+    the prompt column from 720 to 1023 px: a 32 px stub), at least 7.5rem wide at every
+    width, and it seeks. Opening the box does not shrink the pictures: the one-row
+    pipeline (>= 1440 px) used to widen the prompt column for chromium's player, taking
+    the width from the pictures' column (177 -> 136 px at 1440)."""
+    page = screen(1440, 900)
     page.goto(f"{demo_url}?step=30")
     wait_ready(page)
+    frames = "() => ['#decoded-frame', '#pred-frame'].map((s) => document.querySelector(s).getBoundingClientRect().width)"
+    closed = {}
+    for width in (1920, 1440):
+        page.set_viewport_size({"width": width, "height": 900})
+        closed[width] = page.evaluate(frames)
     page.locator(".speech-examples summary").click()
-    page.locator(".speech-audio").wait_for()
-    for width, height in ((1920, 1080), (1440, 900)):   # a projector, the one row's narrowest
-        page.set_viewport_size({"width": width, "height": height})
-        assert page.locator(".speech-audio").bounding_box()["width"] >= 256, width
+    seek = page.locator(".speech-seek")
+    seek.wait_for()
+    for width in (390, 720, 1023, 1366, 1440, 1920):
+        page.set_viewport_size({"width": width, "height": 900})
+        bar = seek.bounding_box()
+        assert bar is not None and bar["width"] >= 120, (width, bar)
         assert page.evaluate("document.documentElement.scrollWidth") <= width
+        if width in closed:
+            assert page.evaluate(frames) == closed[width], width
+    page.locator(".speech-audio").evaluate("""(a) => a.readyState >= 1 || new Promise((done) =>
+        a.addEventListener('loadedmetadata', done))""")
+    seek.fill("2")   # a range input takes its value and fires input
+    assert page.locator(".speech-audio").evaluate("(a) => a.currentTime") == pytest.approx(2, abs=0.05)
+    assert page.locator(".speech-time").inner_text().startswith("2.0 / ")
 
 
 def test_a_comma_never_starts_a_line_of_the_prompt(screen, demo_url):

@@ -280,12 +280,79 @@ function openRun(event, example) {
   if (words) words.scrollIntoView({ block: "nearest" });
 }
 
+/**
+ * The clip into the audio element as a blob: URL (the browser seeks in it anywhere; a
+ * host that does not answer Range requests, as the app's server and Python's static
+ * one, leaves an http: clip unseekable). A clip is a few hundred kB; drawExample frees
+ * the blob when it draws another. On a failed fetch the element plays the URL itself.
+ */
+function loadClip(audio, url) {
+  fetch(url).then((r) => (r.ok ? r.blob() : Promise.reject(new Error(r.statusText))))
+    .then((blob) => {
+      const local = URL.createObjectURL(blob);
+      if (!audio.node().isConnected) {
+        URL.revokeObjectURL(local);
+        return;
+      }
+      audio.attr("src", local);
+    })
+    .catch(() => audio.attr("src", url));
+}
+
+/** Seconds as the player's readout writes them ("1.4"). */
+const secondsText = (t) => (Number.isFinite(t) ? t.toFixed(1) : "0.0");
+
+/**
+ * The clip's player: a play button, a seek bar and the time, drawn by the page around an
+ * <audio> without controls. The browsers' own controls drop their seek bar in a narrow
+ * column (chromium: under about 250 px, which the prompt column is from 720 to 1023 px
+ * and was at 1440 px unless it widened, shrinking the pictures); this bar takes the
+ * row's width, at least 7.5rem. Returns the audio element (d3).
+ */
+function drawPlayer(host, example) {
+  const label = `the clip: ${example.voice_name} saying “${example.text}”`;
+  const audio = host.append("audio").attr("class", "speech-audio")
+    .attr("preload", "metadata").attr("aria-label", label);
+  loadClip(audio, example.clip.url);
+  const player = host.append("div").attr("class", "speech-player").attr("role", "group")
+    .attr("aria-label", label);
+  const play = player.append("button").attr("type", "button").attr("class", "button speech-play");
+  const seek = player.append("input").attr("type", "range").attr("class", "speech-seek")
+    .attr("min", 0).attr("max", example.waveform.seconds).attr("step", 0.1).property("value", 0)
+    .attr("aria-label", "position in the clip");
+  const time = player.append("span").attr("class", "speech-time").attr("aria-hidden", "true");
+  const a = audio.node();
+  let frame = null;
+  const duration = () => (Number.isFinite(a.duration) ? a.duration : example.waveform.seconds);
+  function show() {
+    const playing = !a.paused && !a.ended;
+    play.attr("aria-label", playing ? "Pause the clip" : "Play the clip")
+      .html(playing ? '<span aria-hidden="true">❚❚</span>' : '<span aria-hidden="true">▶</span>');
+    seek.attr("max", duration())
+      .attr("aria-valuetext", `${secondsText(a.currentTime)} of ${secondsText(duration())} seconds`);
+    if (document.activeElement !== seek.node() || playing) seek.property("value", a.currentTime);
+    time.text(`${secondsText(a.currentTime)} / ${secondsText(duration())} s`);
+  }
+  // the bar follows the sound every frame while it plays (timeupdate comes 4 times a second)
+  function follow() {
+    show();
+    frame = a.paused ? null : requestAnimationFrame(follow);
+  }
+  play.on("click", () => (a.paused || a.ended ? a.play().catch(() => {}) : a.pause()));
+  seek.on("input", () => { a.currentTime = Number(seek.property("value")); show(); });
+  audio.on("loadedmetadata.player pause.player ended.player timeupdate.player seeked.player", show)
+    .on("play.player", () => { if (frame === null) follow(); });
+  show();
+  return audio;
+}
+
 /** One example: the clip, what the recognizer worked on and heard, and its run. */
 function drawExample(host, example) {
+  host.selectAll("audio").each(function free() {
+    if (this.src.startsWith("blob:")) URL.revokeObjectURL(this.src);
+  });
   host.selectAll("*").remove();
-  const audio = host.append("audio").attr("class", "speech-audio").attr("controls", true)
-    .attr("preload", "metadata").attr("src", example.clip.url)
-    .attr("aria-label", `the clip: ${example.voice_name} saying “${example.text}”`);
+  const audio = drawPlayer(host, example);
   const clip = host.append("div").attr("class", "speech-clip");
   drawWaveform(clip.append("figure"), example.waveform);
   drawSpectrogram(clip.append("figure"), example.spectrogram);
