@@ -1,11 +1,12 @@
 """The ControlNet level of the Architecture View and the comparison's lanes, in a real
 browser (Playwright driving Debian's chromium).
 
-The bundle is tests/synthetic_bundle.py's (5 steps, seed 1, guidance 0 and 7) plus three
-ControlNet runs of its first prompt at guidance 7 (conditioning scales 0.5, 1 and 2)
-written through the real writer with a synthetic control record (random norms and maps
-in docs/bundle-format.md's shapes; the window closes before the last call), so building
-it needs no torch: well under a second. tests/test_controlnet.py makes real ones.
+The bundle is tests/synthetic_bundle.py's (5 steps, seed 1, guidance 0 and 7) plus
+ControlNet runs of its first prompt at guidance 7 with two control images (the first,
+"sketch", at conditioning scales 0.5, 1 and 2; the second, "square", at 1 and 2) written
+through the real writer with a synthetic control record (random norms and maps in
+docs/bundle-format.md's shapes; the window closes before the last call), so building it
+needs no torch: well under a second. tests/test_controlnet.py makes real ones.
 """
 
 from __future__ import annotations
@@ -40,17 +41,22 @@ class _Controlled:
         return self.writer.write_run(manifest, {**arrays, **self.arrays}, {**images, **self.images})
 
 
-def add_control_runs(root, text, seed=1, guidance=7.0, scales=SCALES):
-    """Controlled runs of `text` at each conditioning scale, with the bundle's run of the
-    same prompt, seed and guidance as their run without control. Returns scale -> run id."""
+SECOND = "square-9876fedc"  # the second control image's control_id (sorts after "sketch-...")
+
+
+def add_control_runs(root, text, seed=1, guidance=7.0, scales=SCALES, cid="sketch-0123abcd", where=(2, 7),
+                     rng_seed=17):
+    """Controlled runs of `text` at each conditioning scale with control image `cid` (a
+    filled square with its top left corner at `where`), with the bundle's run of the same
+    prompt, seed and guidance as their run without control. Returns scale -> run id."""
     from precompute.writer import BundleWriter, format_guidance, prompt_id, read_config, run_id
     from tests.synthetic_bundle import _write_run
 
     writer = BundleWriter(root, read_config(root))
-    rng = np.random.default_rng(17)
-    pid, cid = prompt_id(text), "sketch-0123abcd"
+    rng = np.random.default_rng(rng_seed)
+    pid = prompt_id(text)
     sketch = np.zeros((1, 16, 16, 3), np.uint8)
-    sketch[0, 2:9, 7:14] = 255  # a filled square, off centre: where the object goes
+    sketch[0, where[0]:where[0] + 7, where[1]:where[1] + 7] = 255  # off centre: where the object goes
     keep = np.array([float(i / T >= WINDOW[0] and (i + 1) / T <= WINDOW[1]) for i in range(T)])
     base = rng.random((T, len(BLOCKS))) + 0.2
     ids = {}
@@ -80,7 +86,9 @@ def control_bundle(tmp_path_factory):
     from tests.synthetic_bundle import PROMPTS, make_bundle
 
     root = make_bundle(tmp_path_factory.mktemp("controlnet") / "b", seeds=(1,), guidance_scales=(0, 7))
-    return root, add_control_runs(root, PROMPTS[0][0])
+    ids = add_control_runs(root, PROMPTS[0][0])
+    return root, ids, add_control_runs(root, PROMPTS[0][0], scales=(1.0, 2.0), cid=SECOND, where=(8, 1),
+                                      rng_seed=18)
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +102,11 @@ def prompt_ids():
     from precompute.writer import prompt_id
     from tests.synthetic_bundle import PROMPTS
     return prompt_id(PROMPTS[0][0]), prompt_id(PROMPTS[0][1])
+
+
+def plain_run(pid, seed=1, guidance=7.0) -> str:
+    from precompute.writer import run_id
+    return run_id(pid, seed, guidance)
 
 
 def query(page) -> dict[str, str]:
@@ -110,7 +123,7 @@ def recorded_norms(bundle, run_id) -> list[list[float]]:
 
 
 def test_the_level_opens_scrubbing_updates_its_chart_and_maps_and_escape_closes_it(page, cn_url, control_bundle, shots):
-    bundle, ids = control_bundle
+    bundle, ids, second = control_bundle
     main, _ = prompt_ids()
     page.goto(f"{cn_url}?prompt={main}&seed=1&guidance=7&step=2")
     wait_ready(page)
@@ -139,7 +152,20 @@ def test_the_level_opens_scrubbing_updates_its_chart_and_maps_and_escape_closes_
     page.wait_for_function("() => document.querySelector('#panel-controlnet .cn-step').textContent === '5'")
     assert bar_values(page) == [0] * len(BLOCKS)
     assert page.locator("#controlnet-note-closed").is_visible()
-    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")  # step 4: call 3
+    # the prompt has two control images: a row of their thumbnails, the shown one marked;
+    # Enter on the second shows its runs, and the URL says which (control=<scale>:<control_id>)
+    thumbs = page.locator("#panel-controlnet .cn-images .cn-thumb")
+    assert thumbs.count() == 2 and thumbs.nth(1).get_attribute("aria-label").endswith("2 of 2: square")
+    assert [t.get_attribute("aria-pressed") for t in thumbs.all()] == ["true", "false"]
+    thumbs.nth(1).focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"() => new URLSearchParams(location.search).get('control') === '1:{SECOND}'")
+    page.wait_for_selector(f"#viz[data-run='{second[1.0]}'][aria-busy=false]")
+    page.wait_for_selector(f"#controlnet-image[data-src*='runs/{second[1.0]}/']")
+    assert [t.get_attribute("aria-pressed") for t in thumbs.all()] == ["false", "true"]
+    assert sweep.all_inner_texts() == ["0: without control", "scale 1", "scale 2"]  # its own scales
+    assert bar_values(page) == pytest.approx(recorded_norms(bundle, second[1.0])[3], rel=1e-6)
     for name, size in (("laptop", {"width": 1366, "height": 768}), ("phone", {"width": 390, "height": 844}),
                        ("projector", {"width": 1920, "height": 1080})):
         page.set_viewport_size(size)
@@ -149,14 +175,14 @@ def test_the_level_opens_scrubbing_updates_its_chart_and_maps_and_escape_closes_
     page.set_viewport_size({"width": 1366, "height": 768})
     page.keyboard.press("Escape")
     panel.wait_for(state="hidden")
-    assert "open" not in query(page) and query(page)["control"] == "1"
+    assert "open" not in query(page) and query(page)["control"] == f"1:{SECOND}"
     page.locator("#image-open").click()  # the refiner's level says its UNet calls get the residuals
     page.locator("#image-note-control").wait_for(state="visible")
     assert "conditioning scale 1:" in page.locator("#image-note-control").inner_text()
 
 
 def test_the_scale_slider_previews_on_hover_and_commits_on_click_and_release(page, cn_url, control_bundle):
-    bundle, ids = control_bundle
+    bundle, ids, _ = control_bundle
     main, _ = prompt_ids()
     page.goto(f"{cn_url}?prompt={main}&seed=1&guidance=7&step=3&open=controlnet&control=1")
     wait_ready(page)
@@ -182,15 +208,26 @@ def test_the_scale_slider_previews_on_hover_and_commits_on_click_and_release(pag
     page.evaluate("""() => document.querySelector('#controlnet-slider .gs-range')
         .dispatchEvent(new Event('change', {bubbles: true}))""")
     page.wait_for_function("() => new URLSearchParams(location.search).get('control') === '2'")
+    # the guidance level's row (the same seed at every guidance scale) shows the runs at the
+    # chosen control image and scale where the bundle has them, and says in one line where
+    # not (guidance 0 never has control)
+    page.locator("#pipeline button[data-panel=guidance]").click()
+    row = page.locator("#guidance-sweep")
+    page.wait_for_selector(f"#guidance-sweep .sweep-item.is-selected .frame[data-src*='runs/{ids[2.0]}/']")
+    assert row.locator("figcaption").all_inner_texts() == ["g = 0, no control", "g = 7"]
+    assert row.locator(".sweep-control-note").inner_text() == (
+        "No run at conditioning scale 2 with control image sketch for g = 0: that picture is without control.")
     # scale 0 is the run without control: both pictures show it, and the note says why
     page.get_by_role("button", name="Conditioning scale 0", exact=True).click()
     page.locator("#controlnet-note-off").wait_for(state="visible")
     assert "control" not in query(page)
     assert with_.get_attribute("data-src") == page.locator("#controlnet-without").get_attribute("data-src")
+    page.wait_for_selector(f"#guidance-sweep .sweep-item.is-selected .frame[data-src*='runs/{plain_run(main)}/']")
+    assert row.locator(".sweep-control-note").count() == 0
 
 
 def test_the_level_is_absent_without_control_and_the_lanes_show_control_where_a_run_has_it(page, cn_url, control_bundle):
-    _, ids = control_bundle
+    _, ids, second = control_bundle
     main, variant = prompt_ids()
     # the variant has no control image: no opener, and a link that opens the level shows none
     page.goto(f"{cn_url}?prompt={variant}&seed=1&guidance=7&step=2&open=controlnet&control=1")
@@ -201,9 +238,33 @@ def test_the_level_is_absent_without_control_and_the_lanes_show_control_where_a_
     page.goto(f"{cn_url}?prompt={main}&seed=1&guidance=0&step=2")  # guidance 0: never control
     wait_ready(page)
     assert page.locator("#controlnet-open").is_hidden()
-    # the comparison: lane 1's run has control (its image and scale), lane 2's has none
-    page.goto(f"{cn_url}?prompt={main}&seed=1&guidance=7&step=2&compare={variant}&control=2")
+    # the state's control image: an old link's `control=2` means the first; a control_id the
+    # bundle lacks is dropped, the scale kept
+    urls = page.evaluate("""async () => {
+      const { normalize, toSearch, fromSearch } = await import('./js/state.js');
+      const index = await (await fetch('api/index.json')).json();
+      const read = (q) => normalize(index, fromSearch(q));
+      return [read('?control=2'), read('?control=2:nope'), read(`?control=2:${'%s'}`)]
+        .map((s) => [s.control, s.controlImage, new URLSearchParams(toSearch(index, s)).get('control')]);
+    }""" % SECOND)
+    assert urls == [[2, None, "2"], [2, None, "2"], [2, SECOND, f"2:{SECOND}"]]
+    # a link to a controlled run: js/opening.js asks for that run (not the one without
+    # control) and its step's sprites before the app has loaded
+    requests, held = [], []
+    page.on("request", lambda r: requests.append(r.url))
+    page.route("**/js/main.js", lambda route: held.append(route))
+    with page.expect_request(lambda r: f"runs/{second[2.0]}/" in r.url and "/decoded." in r.url, timeout=5000):
+        page.goto(f"{cn_url}?prompt={main}&seed=1&guidance=7&step=2&compare={variant}&control=2:{SECOND}",
+                  wait_until="commit")
+    assert held, "js/main.js was not asked for"
+    runs = [u.split("/api/runs/")[1] for u in requests if "/api/runs/" in u and u.endswith(".json")]
+    assert runs == [f"{second[2.0]}.json"], requests
+    held[0].continue_()
+    page.unroute("**/js/main.js")
+    # the comparison: lane 1's run has control (the chosen image, its place among the
+    # prompt's control images and its scale), lane 2's has none
     page.wait_for_selector(".lane-1 .lane-control-image[data-frame='0']")
-    assert page.locator(".lane-1 .lane-control-text").inner_text().endswith("conditioning scale 2")
-    assert f"runs/{ids[2.0]}/" in page.locator(".lane-1 .lane-decoded").get_attribute("data-src")
+    assert page.locator(".lane-1 .lane-control-text").inner_text() == (
+        "ControlNet: control image 2 of 2 (square), conditioning scale 2")
+    assert f"runs/{second[2.0]}/" in page.locator(".lane-1 .lane-decoded").get_attribute("data-src")
     assert page.locator(".lane-2 .lane-control-text").inner_text().startswith("No control image")

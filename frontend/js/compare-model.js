@@ -8,13 +8,14 @@
  * fetches) and computes distances once per pair of runs.
  */
 import { urls } from "./api.js";
+import { controlName, controlSetup } from "./controlnet-model.js";
 import { alignTokens, callIndex, fmt, recordedSteps, runIdFor, splitRanges, wordDiff } from "./data.js";
 import { differenceFrame, imageDistance, latentDistance, spritePixels } from "./difference.js";
 
 const LANE_NAMES = ["Prompt 1", "Prompt 2"];
 
 /**
- * @param helpers {picture(slot, run, name, index, label), runOf(promptId, seed, guidance, control),
+ * @param helpers {picture(slot, run, name, index, label), runOf(promptId, seed, guidance, control, controlImage),
  *                 promptData(promptId)} from model.js
  */
 export function createCompareModel(index, api, { picture, runOf, promptData }) {
@@ -75,17 +76,21 @@ export function createCompareModel(index, api, { picture, runOf, promptData }) {
     return { map, note: "", words };
   }
 
-  /** A lane's ControlNet run: {frame: its control image, scale}, or null (no control). */
+  /** A lane's ControlNet run: {frame: its control image, scale, which: "control image 2
+   * of 3 (name)" where its prompt has several, else null}, or null (no control). */
   function laneControl(run, n, name) {
     const cn = run && run.controlnet;
     if (!cn) return null;
+    const setup = controlSetup(index, run.prompt_id, run.seed, run.guidance_scale, cn.control_id);
+    const ids = setup ? setup.controlIds : [];
     return { scale: cn.conditioning_scale,
+      which: ids.length > 1 ? `control image ${ids.indexOf(cn.control_id) + 1} of ${ids.length} (${controlName(cn.control_id)})` : null,
       frame: picture(`cmp-${n}-control`, run, "control_image", 0, `${name}: the control image its ControlNet read`) };
   }
 
   function lane(state, n, promptId, ranges, s, i) {
     const text = index.prompts[promptId].text;
-    const { id: runId, run } = runOf(promptId, state.seed, state.guidance, state.control);
+    const { id: runId, run } = runOf(promptId, state.seed, state.guidance, state.control, state.controlImage);
     const prompt = promptData(promptId);
     const changed = prompt
       ? alignTokens(text, prompt.tokens.real).filter((sp) => sp.k !== null
@@ -192,7 +197,7 @@ export function createCompareModel(index, api, { picture, runOf, promptData }) {
     const ids = [state.prompt, state.compare];
     const ranges = wordDiff(index.prompts[ids[0]].text, index.prompts[ids[1]].text);
     const lanes = ids.map((pid, n) => lane(state, n, pid, ranges[n], s, i));
-    const runs = ids.map((pid) => runOf(pid, state.seed, state.guidance, state.control));
+    const runs = ids.map((pid) => runOf(pid, state.seed, state.guidance, state.control, state.controlImage));
     return {
       lanes,
       noise: picture("cmp-noise", runs[0].run, "latents", 0, `The same random noise at step 0 for seed ${state.seed}`),

@@ -7,7 +7,7 @@ import { d3 } from "./lib.js";
 import { createApi, urls } from "./api.js";
 import { createStore } from "./state.js";
 import { createModel } from "./model.js";
-import { compareCandidate, firstScreenSprites, recordedSteps, runIdFor } from "./data.js";
+import { compareCandidate, firstScreenSprites, recordedSteps } from "./data.js";
 import { createPlayer } from "./player.js";
 import { bindKeyboard } from "./keyboard.js";
 import { applyWording, bindArticleLinks, renderMath } from "./article.js";
@@ -17,7 +17,7 @@ import { choice } from "./views/choice.js";
 import { clipDiagram, CLIP_EXAMPLE } from "./views/clip.js";
 import { compareLanes } from "./views/compare.js";
 import { controlnetLevel } from "./views/controlnet-level.js";
-import { controlledRunId, controlOpener, controlSetup, openingScale } from "./controlnet-model.js";
+import { controlImageChoice, controlOpener, controlSetup, openingScale, shownRunId } from "./controlnet-model.js";
 import { differenceChart, differenceImage } from "./views/difference-chart.js";
 import { fields } from "./views/fields.js";
 import { frame } from "./views/frame.js";
@@ -83,8 +83,7 @@ async function start() {
   // the rest waits for the first render. A slow server holds the views back 0.5 s at most.
   setStatus("Loading the run…");
   const start0 = store.committed();
-  const opened = api.firstScreen(controlledRunId(index, start0.prompt, start0.seed, start0.guidance, start0.control)
-    || runIdFor(index, start0.prompt, start0.seed, start0.guidance),
+  const opened = api.firstScreen(shownRunId(index, start0), // js/opening.js asks for the same
     start0.prompt, firstScreenSprites(start0.step)).catch(() => {}); // a failure reaches onError
   await Promise.race([opened, new Promise((resolve) => setTimeout(resolve, 500))]);
   applyWording(document, index); // the words that depend on the bundle's model
@@ -163,7 +162,10 @@ async function start() {
       .on("paths", (paths) => store.commit({ paths })),
     differences: differenceChart().on("step", goTo),
     differenceImage: differenceImage(),
-    controlnet: choiceHandlers(controlnetLevel(), store, "control"),
+    controlnet: choiceHandlers(controlnetLevel(), store, "control")
+      .on("image", (id) => store.commit(controlImageChoice(index, store.committed(), id)))
+      .on("imagePreview", (id) => store.preview({ controlImage: id }))
+      .on("imageUnpreview", () => store.clearPreview(["controlImage"])),
   };
 
   const frameView = frame();
@@ -331,7 +333,7 @@ async function start() {
       const s = store.committed();
       if (opener.dataset.panel === "controlnet" && s.open.includes("controlnet") && !s.control) {
         // the level is about control acting: opening it with control off turns it on
-        const setup = controlSetup(index, s.prompt, s.seed, s.guidance);
+        const setup = controlSetup(index, s.prompt, s.seed, s.guidance, s.controlImage);
         if (setup) store.commit({ control: openingScale(setup) }, { replace: true });
       }
       return;

@@ -9,13 +9,13 @@
 import { d3 } from "./lib.js";
 import { urls } from "./api.js";
 import {
-  alignTokens, callIndex, compareCandidate, fmt, fmtTimestep, groupOf, markHighlights, meanOverSteps, recordedSteps, runIdFor,
+  alignTokens, callIndex, compareCandidate, fmt, fmtTimestep, groupOf, markHighlights, meanOverSteps, recordedSteps,
   sliceFirst, tokenList,
 } from "./data.js";
 import { SPEEDS } from "./state.js";
 import { historyWords } from "./scheduler-words.js";
 import { createCompareModel } from "./compare-model.js";
-import { controlledRunId, createControlnetModel } from "./controlnet-model.js";
+import { createControlnetModel, guidanceRowUnderControl, shownRunId } from "./controlnet-model.js";
 import {
   callWords, factorsSentence, guidanceRescaleAt, outputOf, paddingWords, remainderLabel, rescaleFactor, schedulerTitle,
   stepNumbersText, uncondWords, wording,
@@ -56,8 +56,9 @@ export function createModel(index, api) {
   };
 
   // `control`: ControlNet's conditioning scale; 0 or a prompt without control: the plain run
-  const runOf = (promptId, seed, guidance, control = 0) => {
-    const id = controlledRunId(index, promptId, seed, guidance, control) || runIdFor(index, promptId, seed, guidance);
+  // (`controlImage`: the chosen control image's control_id; null: the prompt's first)
+  const runOf = (promptId, seed, guidance, control = 0, controlImage = null) => {
+    const id = shownRunId(index, { prompt: promptId, seed, guidance, control, controlImage });
     return { id, run: id ? api.peek(urls.run(id)) : undefined };
   };
 
@@ -228,7 +229,7 @@ export function createModel(index, api) {
   function derive(state, hover) {
     const s = state.step;
     const i = callIndex(s);
-    const { id: runId, run } = runOf(state.prompt, state.seed, state.guidance, state.control);
+    const { id: runId, run } = runOf(state.prompt, state.seed, state.guidance, state.control, state.controlImage);
     const prompt = promptData(state.prompt);
     const open = new Set(state.compare ? [] : state.open); // the comparison hides the levels
     const stats = run ? run.stats || {} : {};
@@ -385,6 +386,7 @@ export function createModel(index, api) {
           label: `Guidance ${r.guidance_scale}, step ${s}` },
       };
     }) : [];
+    const row = guidanceRowUnderControl(index, api, state, items); // with control: its runs
     return {
       slider: {
         scales: index.guidance_scales,
@@ -394,7 +396,7 @@ export function createModel(index, api) {
       channels: { options: d3.range(C).map((v) => ({ value: v, label: String(v), name: `Channel ${v}` })), selected: c },
       formula,
       notes: { zero: state.guidance === 0, one: state.guidance === 1, negative: uncondWords(index, run).short !== "empty" },
-      sweep: { items },
+      sweep: row,
     };
   }
 

@@ -11,10 +11,14 @@
  * `compare` is the second prompt of the comparison view (null: the overview), so entering
  * and leaving it are history entries and a link can open a comparison; `paths` shows the
  * other guidance scales' paths on its Trajectory Map. `control` is ControlNet's
- * conditioning scale (0: the run without control; js/controlnet-model.js).
+ * conditioning scale (0: the run without control; js/controlnet-model.js) and
+ * `controlImage` the chosen control image's control_id (null: the prompt's first); the URL
+ * writes both in one `control=` (`1`, or `1:<control_id>`; links without the id still work).
+ *
+ * No d3 here: js/opening.js reads the address bar with fromSearch and normalize before d3
+ * has loaded (js/lib.js would then hold no d3 for the whole app).
  */
-import { controlScales } from "./controlnet-model.js";
-import { d3 } from "./lib.js";
+import { controlIds, controlScales } from "./controlnet-model.js";
 import { openingRun, recordedSteps } from "./data.js";
 
 /** Panels that can be open, and the level-2 panel each deeper one belongs to. */
@@ -41,6 +45,7 @@ export function defaults(index) {
     vsEmpty: false,
     channel: 0,
     control: 0, // ControlNet's conditioning scale; 0: the run without control
+    controlImage: null, // the chosen control image's control_id; null: the prompt's first
   };
 }
 
@@ -67,6 +72,7 @@ export function normalize(index, raw) {
   const C = index.config.latent_shape ? index.config.latent_shape[0] : 4;
   s.channel = Number.isInteger(s.channel) && s.channel >= 0 && s.channel < C ? s.channel : 0;
   s.control = controlScales(index).find((c) => sameNumber(c, s.control)) ?? 0;
+  s.controlImage = controlIds(index).has(s.controlImage) ? s.controlImage : null;
   return s;
 }
 
@@ -91,7 +97,11 @@ export function fromSearch(search) {
   if (q.has("present")) raw.present = q.get("present") === "1";
   if (q.has("vs")) raw.vsEmpty = q.get("vs") === "empty";
   if (q.has("channel")) raw.channel = int(q.get("channel"));
-  if (q.has("control")) raw.control = num(q.get("control"));
+  if (q.has("control")) { // "1" or "1:<control_id>"
+    const [scale, image] = q.get("control").split(":");
+    raw.control = num(scale);
+    if (image) raw.controlImage = image;
+  }
   for (const k of Object.keys(raw)) if (raw[k] === undefined) delete raw[k];
   return raw;
 }
@@ -114,7 +124,9 @@ export function toSearch(index, s) {
   if (s.present) q.set("present", "1");
   if (s.vsEmpty) q.set("vs", "empty");
   if (s.channel !== base.channel) q.set("channel", String(s.channel));
-  if (s.control) q.set("control", String(s.control));
+  if (s.control || s.controlImage) { // "1", or "1:<control_id>" with a chosen control image
+    q.set("control", s.controlImage ? `${s.control}:${s.controlImage}` : String(s.control));
+  }
   return `?${q.toString()}`;
 }
 
@@ -125,7 +137,7 @@ export function toSearch(index, s) {
  *          playing(), setPlaying(bool), togglePanel(id), closeTopPanel(), on(type, fn)
  */
 export function createStore(index, win) {
-  const dispatch = d3.dispatch("change");
+  const listeners = new Map(); // "change.<name>" -> fn: a name's later listener replaces it, as in d3.dispatch
   const fromUrl = fromSearch(win.location.search);
   let committed = normalize(index, fromUrl);
   let preview = {};
@@ -134,7 +146,7 @@ export function createStore(index, win) {
   let playing = !("step" in fromUrl);
 
   function emit(reason) {
-    dispatch.call("change", null, { reason });
+    for (const fn of listeners.values()) fn.call(null, { reason });
   }
 
   // A live run's URL carries its prompt's text, so the server can compute it again after
@@ -244,8 +256,10 @@ export function createStore(index, win) {
     closeAllPanels() {
       if (committed.open.length) commit({ open: [] });
     },
+    /** Listen to "change" (namespaced: "change.render"); fn null removes the listener. */
     on(type, fn) {
-      dispatch.on(type, fn);
+      if (fn) listeners.set(type, fn);
+      else listeners.delete(type);
       return this;
     },
   };

@@ -8,7 +8,7 @@
  *
  * Usage: d3.select(host).datum({lanes: [{key, n, name, text, spans, missing, previewed,
  *          frames: {latent, pred, decoded}, attention: {map, note, title}, picker,
- *          control: {frame, scale} | null}]})
+ *          control: {frame, scale, which} | null}]})
  *          .call(compareLanes().on("commit", ({lane, id}) => ...).on("preview", ...).on("unpreview", ({lane}) => ...))
  * Each lane's decoded image carries the class `lane-decoded`. From 1200 px the two lanes
  * sit side by side (main.css), so both decoded images are on the first screen.
@@ -85,7 +85,7 @@ export function compareLanes() {
     const anyControl = d.lanes.some((l) => l.control);
     lanes.select(".lane-control").property("hidden", !anyControl);
     lanes.select(".lane-control-text").text((l) => (l.control
-      ? `ControlNet: this control image, conditioning scale ${l.control.scale}`
+      ? `ControlNet: ${l.control.which || "this control image"}, conditioning scale ${l.control.scale}`
       : "No control image for this prompt: its run without control"));
     lanes.select(".lane-control-image").style("visibility", (l) => (l.control ? null : "hidden")).each(function f(l) {
       if (l.control) d3.select(this).datum(l.control.frame).call(draw);

@@ -5,10 +5,15 @@
  * norms), where it acts (the magnitude map of each resolution), and the image with and
  * without control from the same noise. The prose around it lives in index.html.
  *
+ * Where the prompt has several control images, a row of their thumbnails under the control
+ * image chooses which one the level (and the app) shows.
+ *
  * Usage: d3.select("#panel-controlnet").datum(controlnetModel(state))
- *          .call(controlnetLevel().on("commit", c => ...).on("preview", c => ...).on("unpreview", ...))
- * datum: controlnet-model.js's {scale, slider, image, blocks, window, chart, maps, notes,
- * results, sweep, step}, or null (the level is hidden then and nothing is drawn).
+ *          .call(controlnetLevel().on("commit", c => ...).on("preview", c => ...).on("unpreview", ...)
+ *            .on("image", id => ...).on("imagePreview", id => ...).on("imageUnpreview", ...))
+ * datum: controlnet-model.js's {scale, slider, image, images, blocks, window, chart, maps,
+ * notes, results, sweep, step}, or null (the level is hidden then and nothing is drawn).
+ * controlImages(): datum [{id, label, frame, selected, previewed}] (empty: one control image)
  * residualChart(): datum {blocks: [{key, label, name, resolution, channels, peak}], values
  *   (B numbers at this call, or null), max, step, scale, off, atStart}
  * magnitudeMaps(): datum [{key, label, map: {data, shape} | null, max}]
@@ -24,9 +29,10 @@ const H = 170;
 const M = { top: 22, right: 8, bottom: 38, left: 46 };
 const VIRIDIS = d3.range(256).map((j) => d3.rgb(d3.interpolateViridis(j / 255)));
 
-/** The level: the slider's events pass through as "commit", "preview", "unpreview". */
+/** The level: the slider's events pass through as "commit", "preview", "unpreview"; the
+ * control images' as "image", "imagePreview", "imageUnpreview" (a control_id). */
 export function controlnetLevel() {
-  const listeners = d3.dispatch("commit", "preview", "unpreview");
+  const listeners = d3.dispatch("commit", "preview", "unpreview", "image", "imagePreview", "imageUnpreview");
   const slider = guidanceSlider()
     .on("commit", (c) => listeners.call("commit", null, c))
     .on("preview", (c) => listeners.call("preview", null, c))
@@ -34,6 +40,10 @@ export function controlnetLevel() {
   const draw = frame();
   const chart = residualChart();
   const mapView = magnitudeMaps();
+  const thumbs = controlImages()
+    .on("image", (id) => listeners.call("image", null, id))
+    .on("imagePreview", (id) => listeners.call("imagePreview", null, id))
+    .on("imageUnpreview", () => listeners.call("imageUnpreview", null));
   const sweep = scaleSweep()
     .on("commit", (c) => listeners.call("commit", null, c))
     .on("preview", (c) => listeners.call("preview", null, c))
@@ -44,6 +54,10 @@ export function controlnetLevel() {
     if (!d) return;
     selection.select("#controlnet-slider").datum(d.slider).call(slider);
     selection.select("#controlnet-image").datum(d.image).call(draw);
+    const figure = d3.select(selection.select("#controlnet-image").node().parentNode);
+    figure.selectAll("div.cn-images").data([null]).join((enter) => enter.append("div")
+      .attr("class", "cn-images").attr("role", "group").attr("aria-label", "Control images: choose one"))
+      .datum(d.images).call(thumbs);
     selection.select("#controlnet-with").datum(d.results.with).call(draw);
     selection.select("#controlnet-without").datum(d.results.without).call(draw);
     selection.selectAll(".cn-scale").text(fmt(d.scale));
@@ -56,6 +70,41 @@ export function controlnetLevel() {
     if (d.chart) selection.select("#controlnet-norms").datum(d.chart).call(chart);
     selection.select("#controlnet-maps").datum(d.maps).call(mapView);
     selection.select("#controlnet-sweep").datum(d.sweep).call(sweep);
+  }
+
+  view.on = (type, fn) => {
+    listeners.on(type, fn);
+    return view;
+  };
+  return view;
+}
+
+/** The prompt's control images, a row of thumbnails (hidden where it has only one): hover
+ * previews, a click (or Enter on a focused one) chooses; the shown one is marked.
+ * datum [{id, label, frame, selected, previewed}]; events "image", "imagePreview",
+ * "imageUnpreview" (id). */
+export function controlImages() {
+  const listeners = d3.dispatch("image", "imagePreview", "imageUnpreview");
+  const draw = frame();
+
+  function view(selection) {
+    const items = selection.datum();
+    selection.property("hidden", !items.length);
+    selection.selectAll("button.cn-thumb").data(items, (it) => it.id)
+      .join((enter) => {
+        const button = enter.append("button").attr("type", "button").attr("class", "cn-thumb")
+          .on("click", (event, it) => listeners.call("image", null, it.id))
+          .on("pointerenter", (event, it) => listeners.call("imagePreview", null, it.id))
+          .on("pointerleave", () => listeners.call("imageUnpreview", null));
+        button.append("div").attr("class", "frame frame-tiny");
+        return button;
+      })
+      .classed("is-selected", (it) => it.selected)
+      .classed("is-previewed", (it) => it.previewed)
+      .attr("aria-pressed", (it) => String(it.selected))
+      .attr("aria-label", (it) => `Choose ${it.label.charAt(0).toLowerCase()}${it.label.slice(1)}`)
+      .attr("title", (it) => it.label)
+      .each(function drawOne(it) { d3.select(this).select(".frame").datum(it.frame).call(draw); });
   }
 
   view.on = (type, fn) => {

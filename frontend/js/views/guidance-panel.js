@@ -8,7 +8,10 @@
  * guidanceFormula(): datum {symbol, g, uncond, text, guided, missing} (numbers at one pixel) or
  *                    null; symbol: TeX of what the UNet predicts ("\\epsilon", or "v" for
  *                    v-prediction models)
- * sweep():           datum {items: [{g, frame, selected, previewed}]}; events as the slider
+ * sweep():           datum {items: [{g, frame, selected, previewed, control}], note}; events as
+ *                    the slider. With a ControlNet scale chosen the items are the controlled
+ *                    runs (js/controlnet-model.js guidanceRowUnderControl): `control` false marks
+ *                    one without such a run, and `note` says so in one line (else null)
  */
 import { d3, katexIfLoaded, loadKatex } from "../lib.js";
 import { fmt } from "../data.js";
@@ -158,6 +161,8 @@ export function sweep() {
 
   function view(selection) {
     const d = selection.datum();
+    selection.selectAll("p.sweep-control-note").data(d.note ? [d.note] : []).join("p")
+      .attr("class", "panel-note sweep-control-note").text((note) => note);
     const items = selection.selectAll("figure.sweep-item")
       .data(d.items, (it) => it.g)
       .join((enter) => {
@@ -177,7 +182,7 @@ export function sweep() {
     items.select(".frame").each(function drawOne(it) {
       d3.select(this).datum(it.frame).call(draw);
     });
-    items.select("figcaption").text((it) => `g = ${it.g}`);
+    items.select("figcaption").text((it) => (it.control === false ? `g = ${it.g}, no control` : `g = ${it.g}`));
   }
 
   view.on = (type, fn) => {
