@@ -11,10 +11,20 @@ pool of threads, and a server-sent event stream would hold one of them per watch
 browser for a whole run; a poll holds one for a millisecond, so a class watching its
 jobs never starves the shipped views.
 
-Safe to share: jobs wait in a queue of bounded length with a per-client limit (503 or
-429 with Retry-After when full), the request names only a prompt, a seed and a
-guidance scale (never a model, file or path), bodies are small JSON objects checked
-field by field (4xx JSON otherwise), and POSTs from another site are refused (Origin).
+Safe to share: jobs wait in a queue of bounded length with a per-browser limit and a
+per-address ceiling (503 or 429 with Retry-After when full), the request names only a
+prompt, a seed and a guidance scale (never a model, file or path), bodies are small
+JSON objects checked field by field (4xx JSON otherwise), and POSTs from another site
+are refused (Origin).
+
+Who is who: a class behind one router (a school NAT) shares one address, so a client
+is a browser, known by an unguessable id the server gives it in an HttpOnly,
+SameSite=Strict cookie on its first live request (stateless: any well-formed id is a
+browser; a missing or malformed one gets a new id). Only that browser may poll,
+cancel or watch the frames of its jobs (others get 404, or 403 for a cancel). A
+browser may have `per_client` jobs waiting or running; since ids cost nothing to
+make, one address may have at most `per_address` (a class's worth), and the queue
+bound holds for all. The address is the socket's: X-Forwarded-For is never read.
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ import collections
 import json
 import logging
 import math
+import re
+import secrets
 import threading
 import time
 import uuid
@@ -30,6 +42,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, quote, urlsplit
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
+from werkzeug.http import dump_cookie, parse_cookie
 
 from backend.errors import error_response
 from backend.speech import speech_info
@@ -47,6 +60,8 @@ FIELDS = {"prompt", "seed", "guidance_scale"}
 MOUNT = "/live"          # the live bundle's app
 MAX_SHIPPED_TEXTS = 500  # shipped prompts the box offers when they are not in the live bundle
 LIVE_HEADER = "Noisepath-Live"  # on every answer of a --live server: the page shows its box
+BROWSER_COOKIE = "noisepath_live"  # the browser's id for the queue and its jobs
+BROWSER_ID = re.compile(r"[A-Za-z0-9_-]{32}")  # secrets.token_urlsafe(24): 192 random bits
 
 
 @dataclass
@@ -65,6 +80,7 @@ class Job:
     cached: bool = False
     stop: bool = False  # its client cancelled it while it ran: it stops at the next step
     words: list = field(default_factory=list)  # the tokenizer's words: {word, pieces, known}
+    address: str = "?"  # the network address it came from (per-address ceiling)
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
     finished: float | None = None
@@ -76,6 +92,8 @@ class JobCancelled(Exception):
 
 
 class QueueFull(Exception):
+    """A job refused by a limit: 429 (per browser, per address) or 503 (the queue)."""
+
     def __init__(self, status: int, message: str, retry_after: int):
         super().__init__(message)
         self.status, self.retry_after = status, retry_after
@@ -88,9 +106,10 @@ class LiveService:
     make_app(live_dir) builds the read-only app of the live bundle (None: none yet)."""
 
     def __init__(self, runner, make_app, max_queue: int = 16, per_client: int = 1,
-                 max_seed: int = MAX_SEED, max_guidance: float = MAX_GUIDANCE, info=None):
+                 max_seed: int = MAX_SEED, max_guidance: float = MAX_GUIDANCE, info=None,
+                 per_address: int = 8):
         self.runner, self.make_app = runner, make_app
-        self.max_queue, self.per_client = max_queue, per_client
+        self.max_queue, self.per_client, self.per_address = max_queue, per_client, per_address
         self.max_seed, self.max_guidance = max_seed, max_guidance
         self.info = dict(info or {})
         self.jobs: dict[str, Job] = collections.OrderedDict()
@@ -117,32 +136,27 @@ class LiveService:
         return app is not None and rid in app.extensions["noisepath.store"].runs
 
     # -- jobs
-    def submit(self, client: str, prompt: str, seed: int, guidance_scale: float) -> Job:
+    def submit(self, client: str, prompt: str, seed: int, guidance_scale: float,
+               address: str | None = None) -> Job:
+        """Queue a job of browser `client` from network `address` (default: client), or
+        answer it at once from the cache; QueueFull when a limit says no."""
         rid = self.runner.target(prompt, seed, guidance_scale)
+        address = client if address is None else address
         job = Job(uuid.uuid4().hex, client, prompt, seed, guidance_scale, rid,
-                  words=self.runner.words(prompt))
+                  words=self.runner.words(prompt), address=address)
         with self.cond:
             if self.runner.has(prompt, seed, guidance_scale) and self.has_run(rid):
                 job.state, job.cached, job.finished = "done", True, time.monotonic()
                 self.runner.used(prompt)  # a hit counts as a use for the size bound
             else:
-                mine = sum(1 for j in self.jobs.values()
-                           if j.client == client and j.state in ("queued", "running"))
-                if mine >= self.per_client:
-                    raise QueueFull(429, f"you already have {mine} job(s) waiting or running "
-                                    f"(at most {self.per_client} per client); wait for it",
-                                    self.retry_after(len(self.queue)))
-                if len(self.queue) >= self.max_queue:
-                    raise QueueFull(503, f"busy: {len(self.queue)} jobs are waiting (at most "
-                                    f"{self.max_queue}); try again later",
-                                    self.retry_after(len(self.queue)))
+                self._check_limits(client, address)
                 self.queue.append(job)
                 self.cond.notify()
             self.jobs[job.id] = job
             self._forget_old()
         return job
 
-    def reopen(self, client: str, query: str) -> Job | None:
+    def reopen(self, client: str, query: str, address: str | None = None) -> Job | None:
         """A live/ URL (`?prompt=<id>&seed=..&guidance=..`, as a job's `open` says) of a
         typed prompt that the size bound evicted: its job again (recomputed), or None
         when the URL names no evicted prompt (the page then opens as it would)."""
@@ -162,7 +176,7 @@ class LiveService:
             return None
         if self.has_run(self.runner.target(text, seed, g)):
             return None
-        return self.submit(client, text, seed, g)
+        return self.submit(client, text, seed, g, address)
 
     def text_of(self, pid: str, text: str) -> str | None:
         """A live/ URL's `text` when it is the prompt that `pid` names (its id is derived
@@ -178,7 +192,32 @@ class LiveService:
         whose runs every prompt of a seed shares as `empty`)."""
         return prompt_of(self.runner.target(text, 0, 1.0))
 
+    def _check_limits(self, client: str, address: str) -> None:
+        """QueueFull naming the first limit a new job of this browser at this address
+        would pass: per browser (at one address), per address, the queue's length."""
+        active = [j for j in self.jobs.values() if j.state in ("queued", "running")]
+        mine = [j for j in active if j.client == client and j.address == address]
+        if len(mine) >= self.per_client:
+            wait = self.retry_after(min(map(self.ahead, mine)))
+            raise QueueFull(429, f"this browser already has {len(mine)} job(s) waiting or "
+                            f"running (at most {self.per_client} per browser: "
+                            f"--live-per-client); try again in about {wait} s", wait)
+        shared = [j for j in active if j.address == address]
+        if len(shared) >= self.per_address:
+            wait = self.retry_after(min(map(self.ahead, shared)))
+            raise QueueFull(429, f"{len(shared)} jobs from your network address are waiting "
+                            f"or running (at most {self.per_address} per address, which a "
+                            f"class behind one router shares: --live-per-address); try "
+                            f"again in about {wait} s", wait)
+        if len(self.queue) >= self.max_queue:
+            wait = self.retry_after(len(self.queue))
+            raise QueueFull(503, f"busy: {len(self.queue)} jobs are waiting (at most "
+                            f"{self.max_queue}: --live-queue); try again in about {wait} s",
+                            wait)
+
     def retry_after(self, ahead: int) -> int:
+        """Seconds until a job with `ahead` jobs before it is likely done (an estimate
+        from the last jobs' durations)."""
         return max(1, math.ceil(self.seconds_per_job * (ahead + 1)))
 
     def ahead(self, job: Job) -> int:
@@ -348,9 +387,50 @@ def check_job(body: dict, svc: LiveService) -> tuple[str, int, float]:
     return prompt, seed, float(g)
 
 
-def job_or_404(job_id: str) -> Job:
+# -- who is asking: a browser (its cookie's id) at a network address (the socket's)
+
+def browser_of(environ) -> tuple[str, bool]:
+    """(the browser's id, whether it is new): its cookie's when well-formed, else a new
+    random one. Kept in the environ, so one request is one browser."""
+    if "noisepath.browser" not in environ:
+        sent = parse_cookie(environ).get(BROWSER_COOKIE, "")
+        fresh = BROWSER_ID.fullmatch(sent) is None
+        environ["noisepath.browser"] = (secrets.token_urlsafe(24) if fresh else sent, fresh)
+    return environ["noisepath.browser"]
+
+
+def browser_cookie(environ) -> str | None:
+    """The Set-Cookie value that gives a new browser its id, or None."""
+    bid, fresh = browser_of(environ)
+    if not fresh:
+        return None
+    return dump_cookie(BROWSER_COOKIE, bid, path=environ.get("SCRIPT_NAME", "") + "/",
+                       httponly=True, samesite="Strict")
+
+
+def browser() -> str:
+    return browser_of(request.environ)[0]
+
+
+def address() -> str:
+    """The client's address: the socket's (waitress drops proxy headers; this never
+    reads X-Forwarded-For)."""
+    return request.remote_addr or "?"
+
+
+@bp.after_request
+def give_browser_its_id(resp):
+    cookie = browser_cookie(request.environ)
+    if cookie is not None:
+        resp.headers.add("Set-Cookie", cookie)
+    return resp
+
+
+def job_or_404(job_id: str, own: bool = False) -> Job:
+    """The job; with own, only when this browser submitted it: another browser's job
+    gets the answer of an unknown id."""
     job = service().jobs.get(job_id)
-    if job is None:
+    if job is None or (own and job.client != browser()):
         refuse(404, "not_found", f"unknown job {job_id[:40]!r} (finished jobs are forgotten "
                "after a while; the run stays in the live bundle)")
     return job
@@ -368,7 +448,7 @@ def info():
         **svc.info, "available": True, "max_seed": svc.max_seed,
         "max_guidance_scale": svc.max_guidance, "guidance_scales": svc.runner.base_scales,
         "queue": {"waiting": len(svc.queue), "max": svc.max_queue,
-                  "per_client": svc.per_client},
+                  "per_client": svc.per_client, "per_address": svc.per_address},
         "speech": speech_info(current_app),
     }))
 
@@ -379,7 +459,7 @@ def submit():
     svc = service()
     prompt, seed, g = check_job(read_body(), svc)
     try:
-        job = svc.submit(request.remote_addr or "?", prompt, seed, g)
+        job = svc.submit(browser(), prompt, seed, g, address())
     except QueueFull as e:
         refuse(e.status, "busy" if e.status == 503 else "too_many_requests", str(e),
                e.retry_after)
@@ -391,7 +471,7 @@ def submit():
 
 @bp.get("/jobs/<job_id>.json")
 def job_status(job_id: str):
-    return no_store(jsonify(service().status(job_or_404(job_id))))
+    return no_store(jsonify(service().status(job_or_404(job_id, own=True))))
 
 
 @bp.post("/jobs/<job_id>/cancel")
@@ -399,15 +479,15 @@ def cancel(job_id: str):
     check_origin()
     svc = service()
     job = job_or_404(job_id)
-    if job.client != (request.remote_addr or "?"):
-        refuse(403, "not_yours", "only the client that submitted a job may cancel it")
+    if job.client != browser():
+        refuse(403, "not_yours", "only the browser that submitted a job may cancel it")
     svc.cancel(job)
     return no_store(jsonify(svc.status(job)))
 
 
 @bp.get("/jobs/<job_id>/frames/<int:i>/<kind>.png")
 def frame(job_id: str, i: int, kind: str):
-    job = job_or_404(job_id)
+    job = job_or_404(job_id, own=True)
     if kind not in ("latent", "predicted"):
         refuse(404, "not_found", "a frame is latent.png or predicted.png")
     frames = job.frames
@@ -477,15 +557,16 @@ class LiveMount:
         if site not in (None, "none", "same-origin") or dest not in (None, "document"):
             return None
         try:
-            job = self.svc.reopen(environ.get("REMOTE_ADDR") or "?",
-                                  environ.get("QUERY_STRING", ""))
+            job = self.svc.reopen(browser_of(environ)[0], environ.get("QUERY_STRING", ""),
+                                  environ.get("REMOTE_ADDR") or "?")
         except QueueFull:
             job = None  # busy: the page opens without it, as a full queue would say
         if job is None:
             return None
         location = f"{environ.get('SCRIPT_NAME', '')}/?live_job={job.id}"
-        start_response("303 See Other", [("Location", location), ("Content-Length", "0"),
-                                         ("Cache-Control", "no-store")])
+        headers = [("Location", location), ("Content-Length", "0"), ("Cache-Control", "no-store")]
+        cookie = browser_cookie(environ)  # the page watches the job as this browser
+        start_response("303 See Other", headers + ([("Set-Cookie", cookie)] if cookie else []))
         return [b""]
 
 
@@ -514,7 +595,7 @@ def missing_libraries() -> str | None:
 def make_service(model, device: str, live_dir, shipped_config: dict, shipped_scales,
                  frontend_dir, steps: int | None = None, max_queue: int = 16,
                  per_client: int = 1, max_prompts: int | None = None,
-                 threads: int = 0, shipped_dir=None) -> LiveService:
+                 threads: int = 0, shipped_dir=None, per_address: int = 8) -> LiveService:
     """Load the model (slow) and start the queue. The live settings follow the shipped
     bundle's when it was made by the same model (precompute/live.py)."""
     from pathlib import Path
@@ -546,6 +627,7 @@ def make_service(model, device: str, live_dir, shipped_config: dict, shipped_sca
                            "SKIP_INVALID": True, "ALLOWED_HOSTS": ["*"]})
     default_g = shipped_config.get("default_guidance_scale") if same_model else None
     return LiveService(runner, make_app, max_queue=max_queue, per_client=per_client,
+                       per_address=per_address,
                        info={"model": settings["model"], "device": device,
                              "num_inference_steps": settings["num_inference_steps"],
                              "unet_calls": runner.unet_calls(),

@@ -25,6 +25,7 @@ from pathlib import Path
 from backend import DEFAULT_BUNDLE, REPO, create_app
 from backend.format import BundleError
 from backend.hosts import allowed_hosts
+from backend.server import CONNECTION_LIMIT, PER_CLIENT_LIMIT
 
 DEFAULT_MODEL = REPO / "static" / "demo-model"
 DEFAULT_THREADS = 16
@@ -55,6 +56,11 @@ def add_arguments(p) -> None:
                    help="verify every file's SHA-256 at startup (slower on big bundles)")
     p.add_argument("--skip-invalid", action="store_true",
                    help="serve the valid runs of a bundle with bad ones, and list the rest")
+    p.add_argument("--connections-per-address", type=connection_count,
+                   default=PER_CLIENT_LIMIT, metavar="N",
+                   help="open connections one client address may hold; a browser holds up "
+                   "to 6, and a class behind one router shares an address (default "
+                   f"{PER_CLIENT_LIMIT}: 40 browsers; at most {CONNECTION_LIMIT})")
     live = p.add_argument_group("typed prompts (--live: needs the [precompute] extra)")
     live.add_argument("--live", action="store_true",
                       help="add a prompt box: the server runs typed prompts on --model with "
@@ -77,7 +83,11 @@ def add_arguments(p) -> None:
                       default=16, metavar="N", help="jobs that may wait (default 16)")
     live.add_argument("--live-per-client", type=lambda t: whole_number(
         t, 1, 1000, "--live-per-client"), default=1, metavar="N",
-        help="jobs one client address may have waiting or running (default 1)")
+        help="jobs one browser may have waiting or running (default 1)")
+    live.add_argument("--live-per-address", type=lambda t: whole_number(
+        t, 1, 1000, "--live-per-address"), default=8, metavar="N",
+        help="jobs all browsers of one network address (a class behind one router) may "
+        "have waiting or running together (default 8; --live-queue still applies)")
     live.add_argument("--live-cache-prompts", type=lambda t: whole_number(
         t, 1, 100000, "--live-cache-prompts"), default=50, metavar="N",
         help="typed prompts the live bundle keeps; the least recently used go (default 50)")
@@ -100,6 +110,10 @@ def port_number(text: str) -> int:
 
 def thread_count(text: str) -> int:
     return whole_number(text, 1, MAX_THREADS, "the number of threads")
+
+
+def connection_count(text: str) -> int:
+    return whole_number(text, 1, CONNECTION_LIMIT, "the number of connections")
 
 
 def lan_addresses() -> list[str]:
@@ -142,13 +156,15 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(app, host: str, port: int, threads: int):
+def make_server(app, host: str, port: int, threads: int,
+                connections_per_address: int = PER_CLIENT_LIMIT):
     """waitress on host:port with noisepath's connection limits (backend/server.py)."""
     from backend import server
 
     sock = listen_socket(host, port)
     try:
-        return server.make_server(app, sock, threads)
+        return server.make_server(app, sock, threads,
+                                  per_client_limit=connections_per_address)
     except BaseException:
         sock.close()
         raise
@@ -234,7 +250,8 @@ def start(args):
             if p.severity == "error":
                 print(f"  {p}", file=sys.stderr)
     try:
-        server = make_server(app, args.host, args.port, args.threads)
+        server = make_server(app, args.host, args.port, args.threads,
+                             getattr(args, "connections_per_address", PER_CLIENT_LIMIT))
     except (OSError, UnicodeError) as e:  # UnicodeError: an unusable host name
         if getattr(e, "errno", None) == errno.EADDRINUSE:
             print(f"noisepath serve: port {args.port} on {args.host} is already in use "
@@ -259,7 +276,8 @@ def start_live(args):
         return 2
     if args.host in ALL_INTERFACES:
         print("warning: --live on all interfaces: anyone on the network can spend this "
-              "machine's compute on prompts (jobs are queued and limited per address)",
+              "machine's compute on prompts (jobs are queued and limited per browser "
+              "and per address)",
               file=sys.stderr)
     try:  # the served bundle's settings (create_app checks the bundle itself below)
         index = json.loads((args.bundle / "bundle.json").read_text(encoding="utf-8"))
@@ -271,6 +289,7 @@ def start_live(args):
         return make_service(args.model, args.device, args.live_dir, config, scales, FRONTEND,
                             steps=args.live_steps, max_queue=args.live_queue,
                             per_client=args.live_per_client,
+                            per_address=getattr(args, "live_per_address", 8),
                             max_prompts=args.live_cache_prompts, shipped_dir=args.bundle)
     except Exception as e:  # a missing model, a device that is not there
         print(f"noisepath serve: --live cannot load {args.model}: "

@@ -236,6 +236,8 @@ def test_scripts_get_json_404_for_unknown_pages(app, accept):
     (["--port", "99999"], "--port: the port must be a whole number from 0 to 65535, not '99999'"),
     (["--port", "-1"], "--port: the port must be a whole number from 0 to 65535, not '-1'"),
     (["--port", "80.5"], "--port: the port must be a whole number"),
+    (["--connections-per-address", "0"],
+     "--connections-per-address: the number of connections must be a whole number from 1 to 1000"),
 ])
 def test_bad_numeric_options_are_refused_in_one_line(argv, message, capsys, monkeypatch):
     monkeypatch.setattr(serve_cli, "make_server", lambda *a: pytest.fail("started a server"))
@@ -246,6 +248,48 @@ def test_bad_numeric_options_are_refused_in_one_line(argv, message, capsys, monk
     last = err.strip().splitlines()[-1]
     assert message in last and last.startswith("noisepath serve: error: argument")
     assert "Traceback" not in err
+
+
+# -- a class behind one router: one address, many browsers
+
+def test_connections_per_address_option_reaches_the_server(synthetic_bundle_ro, monkeypatch):
+    """A browser holds up to 6 connections: a class of 60 behind one NAT needs more
+    than the default 250 from one address, which --connections-per-address gives."""
+    built = []
+
+    def fake_make_server(app, host, port, threads, per_address):
+        built.append(per_address)
+        raise OSError("not listening in this test")
+    monkeypatch.setattr(serve_cli, "make_server", fake_make_server)
+    for argv, expected in [([], guarded.PER_CLIENT_LIMIT),
+                           (["--connections-per-address", "400"], 400)]:
+        args = cli.build_parser("serve").parse_args(["serve", "--bundle",
+                                                     str(synthetic_bundle_ro), *argv])
+        assert serve_cli.start(args) == 1 and built[-1] == expected
+    monkeypatch.undo()  # the real one, on a socket: the limit reaches backend/server.py
+    real = serve_cli.make_server(create_app({"BUNDLE_DIR": synthetic_bundle_ro}), "127.0.0.1",
+                                 0, 1, 400)
+    try:
+        assert real.per_client_limit == 400
+    finally:
+        real.close()
+
+
+def test_the_server_never_passes_forwarded_headers_to_the_app():
+    """The live queue's per-address ceiling keys on the connection's address: a client
+    cannot claim another with X-Forwarded-For or Forwarded (waitress drops them)."""
+    seen = {}
+
+    def echo(environ, start_response):
+        seen.update(environ)
+        start_response("200 OK", [("Content-Length", "0")])
+        return [b""]
+    with running(echo) as server:
+        r = raw_exchange(int(server.effective_port),
+                         b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: 10.9.9.9\r\n"
+                         b"Forwarded: for=10.9.9.9\r\nConnection: close\r\n\r\n")
+    assert r.status == 200 and seen["REMOTE_ADDR"] == "127.0.0.1"
+    assert "HTTP_X_FORWARDED_FOR" not in seen and "HTTP_FORWARDED" not in seen
 
 
 # -- item 1: idle and slow connections must not lock new clients out

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import pytest
 
 from backend import REPO, create_app
-from backend.live import LiveService, missing_libraries
+from backend.live import BROWSER_COOKIE, LiveService, missing_libraries
 
 DEMO_BUNDLE = REPO / "static" / "demo-bundle"
 DEMO_MODEL = REPO / "static" / "demo-model"
@@ -201,18 +201,20 @@ def test_full_queue_and_per_client_limit_answer_with_retry_after(fake):
     assert int(full.headers["Retry-After"]) >= 1
     assert client.get(f"/api/live/jobs/{second['id']}.json").get_json()["ahead"] == 1
     info = client.get("/api/live/info.json").get_json()
-    assert info["available"] and info["queue"] == {"waiting": 2, "max": 2, "per_client": 1}
+    assert info["available"] and info["queue"] == {"waiting": 2, "max": 2, "per_client": 1,
+                                                   "per_address": 8}
 
 
 def test_cancel_drops_a_queued_job(fake):
     runner, svc, client = fake
     post(client, GOOD, ip="10.0.0.1")
     assert runner.started.wait(10)
-    queued = post(client, GOOD, ip="10.0.0.2").get_json()
+    owner = another_browser(client)
+    queued = post(owner, GOOD, ip="10.0.0.2").get_json()
     other = cancel(client, queued["id"], ip="10.0.0.1")
     assert other.status_code == 403 and other.get_json()["error"] == "not_yours"
     assert len(svc.queue) == 1
-    resp = cancel(client, queued["id"], ip="10.0.0.2")
+    resp = cancel(owner, queued["id"], ip="10.0.0.2")
     assert resp.status_code == 200 and resp.get_json()["state"] == "cancelled"
     assert not svc.queue
     assert client.post(f"/api/live/jobs/{queued['id']}/cancel",
@@ -224,12 +226,18 @@ def cancel(client, job_id, ip="10.0.0.1"):
     return client.post(f"/api/live/jobs/{job_id}/cancel", environ_base={"REMOTE_ADDR": ip})
 
 
+def another_browser(client):
+    """A test client of the same app with a cookie jar of its own: another browser."""
+    return client.application.test_client()
+
+
 def test_cancel_stops_a_running_job_at_its_next_step_and_the_next_job_runs(fake):
     runner, svc, client = fake
     running = post(client, GOOD, ip="10.0.0.1").get_json()
     assert runner.started.wait(10)
-    queued = post(client, {**GOOD, "seed": 2}, ip="10.0.0.2").get_json()
-    assert cancel(client, running["id"], ip="10.0.0.2").status_code == 403  # not its job
+    other = another_browser(client)
+    queued = post(other, {**GOOD, "seed": 2}, ip="10.0.0.2").get_json()
+    assert cancel(other, running["id"], ip="10.0.0.2").status_code == 403  # not its job
     assert not svc.jobs[running["id"]].stop
     resp = cancel(client, running["id"], ip="10.0.0.1")
     assert resp.status_code == 200 and resp.get_json()["state"] == "running"  # until its step
@@ -238,8 +246,78 @@ def test_cancel_stops_a_running_job_at_its_next_step_and_the_next_job_runs(fake)
     assert status["state"] == "cancelled" and status["error"] is None
     assert status["steps_done"] == 0 and status["open"] is None
     # the worker went on to the queued job (the fake's bundle app is None: "failed")
-    nxt = wait_state(client, queued["id"], states=("done", "failed", "cancelled"))
+    nxt = wait_state(other, queued["id"], states=("done", "failed", "cancelled"))
     assert nxt["state"] == "failed" and nxt["steps_done"] == runner.steps
+
+
+# ------------------------------------------- a class behind one router (one address)
+
+NAT = "203.0.113.7"  # the school's one public address
+
+
+def test_two_browsers_behind_one_address_each_queue_a_job_and_see_only_their_own(fake):
+    """The server knows a browser by the id in its cookie, not by its address: two
+    students behind one NAT each queue a job, and neither can poll, watch or cancel
+    the other's (404 as for an unknown job; 403 for a cancel)."""
+    runner, svc, alice = fake
+    bob = another_browser(alice)
+    first = post(alice, GOOD, ip=NAT)
+    assert first.status_code == 202
+    cookie = first.headers["Set-Cookie"]
+    assert cookie.startswith(f"{BROWSER_COOKIE}=") and "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie and "Path=/" in cookie
+    assert runner.started.wait(10)
+    second = post(bob, {**GOOD, "seed": 2}, ip=NAT)
+    assert second.status_code == 202, second.get_json()
+    again = post(alice, {**GOOD, "seed": 3}, ip=NAT)  # one job per browser
+    assert again.status_code == 429 and "--live-per-client" in again.get_json()["message"]
+    a, b = first.get_json()["id"], second.get_json()["id"]
+    assert alice.get(f"/api/live/jobs/{a}.json").status_code == 200
+    for url in (f"/api/live/jobs/{a}.json", f"/api/live/jobs/{a}/frames/0/latent.png"):
+        peek = bob.get(url, environ_base={"REMOTE_ADDR": NAT})
+        assert peek.status_code == 404 and peek.get_json()["error"] == "not_found", url
+    assert cancel(bob, a, ip=NAT).get_json()["error"] == "not_yours"
+    assert cancel(alice, b, ip=NAT).status_code == 403
+    assert svc.jobs[a].state == "running" and svc.jobs[b].state == "queued"
+    runner.release.set()
+    assert wait_state(bob, b)["steps_done"] == runner.steps
+
+
+def test_minting_browser_ids_from_one_address_hits_the_per_address_ceiling(fake):
+    """A script without cookies is a new browser at every request: the address's
+    ceiling (--live-per-address) stops it, with a one-line 429 naming that limit and
+    when to retry; X-Forwarded-For is not believed; other addresses still get in."""
+    runner, svc, client = fake
+    svc.per_address, svc.max_queue = 2, 8
+    fresh = [another_browser(client) for _ in range(4)]
+    assert post(fresh[0], GOOD, ip=NAT).status_code == 202
+    assert runner.started.wait(10)
+    assert post(fresh[1], GOOD, ip=NAT).status_code == 202
+    refused = post(fresh[2], GOOD, ip=NAT)
+    assert refused.status_code == 429 and len(refused.data.strip().splitlines()) == 1
+    err = refused.get_json()
+    assert err["error"] == "too_many_requests" and "--live-per-address" in err["message"]
+    wait = int(refused.headers["Retry-After"])
+    assert wait >= 1 and f"try again in about {wait} s" in err["message"]
+    spoofed = post(fresh[3], GOOD, ip=NAT, **{"X-Forwarded-For": "10.9.9.9"})
+    assert spoofed.status_code == 429
+    assert post(fresh[3], GOOD, ip="198.51.100.1").status_code == 202
+    assert len(svc.queue) == 2
+
+
+@pytest.mark.parametrize("value", ["", "x", "A" * 31, "A" * 33, "../../etc/passwd",
+                                   "A" * 31 + "!", "é" * 32])
+def test_a_malformed_browser_cookie_is_a_new_browser(fake, value):
+    runner, svc, client = fake
+    client.set_cookie(BROWSER_COOKIE, value)
+    resp = post(client, GOOD)
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+    given = client.get_cookie(BROWSER_COOKIE).value
+    assert given != value and len(given) == 32
+    assert svc.jobs[resp.get_json()["id"]].client == given
+    client.set_cookie(BROWSER_COOKIE, value)  # the id it was given, lost: not its job
+    peek = client.get(f"/api/live/jobs/{resp.get_json()['id']}.json")
+    assert peek.status_code == 404 and peek.is_json
 
 
 def test_unknown_job_and_no_live_bundle_yet(fake):
@@ -524,8 +602,10 @@ def test_the_url_of_an_evicted_prompt_queues_it_again(fake):
     assert r.status_code == 303
     job_id = r.headers["Location"].split("/?live_job=", 1)[1]
     job = svc.jobs[job_id]
-    assert (job.prompt, job.seed, job.guidance_scale, job.client) == ("a blue star", 5, 3.0,
-                                                                       "10.0.0.9")
+    assert (job.prompt, job.seed, job.guidance_scale, job.address) == ("a blue star", 5, 3.0,
+                                                                        "10.0.0.9")
+    # a new browser gets its id with the redirect, so the page can watch the job
+    assert f"{BROWSER_COOKIE}={job.client};" in r.headers["Set-Cookie"]
     runner.release.set()
     assert wait_state(client, job_id)["state"] in ("done", "failed")
     # a prompt that was never evicted, or a bad seed, opens the page as before (no job)

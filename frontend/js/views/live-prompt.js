@@ -14,6 +14,10 @@
  *
  * The microphone button and clip picker beside the box are views/speech-input.js's.
  *
+ * The server knows this browser by an HttpOnly cookie it sets (a class behind one
+ * router shares an address): fetch and the frames' <img> send it, so only this browser
+ * sees and cancels its jobs.
+ *
  * Usage: livePrompt(d3.select("#live-prompt"), { seed, guidance, job })
  */
 import { urls, postJson } from "../api.js";
@@ -187,8 +191,9 @@ export async function livePrompt(host, { seed = 1, guidance = 7, job = null } = 
     try {
       const { response, data } = await postJson(urls.liveJobs(), body);
       if (!response.ok) {
+        // the server's message names the limit and says when to try again
         const wait = response.headers.get("Retry-After");
-        say((data && data.message ? data.message : `${response.status} ${response.statusText}`)
+        say(data && data.message ? data.message : `${response.status} ${response.statusText}`
           + (wait ? ` (try again in ${wait} s)` : ""), true);
         return;
       }
