@@ -191,6 +191,14 @@ def test_a_level_that_opens_below_the_fold_is_scrolled_into_view(screen, base_ur
         return r.top >= 0 && r.top < innerHeight / 2; }""", timeout=5_000)
 
 
+SMALL_TEXT = """(least) => [...document.querySelectorAll('body *')].filter((el) => {
+    if (![...el.childNodes].some((n) => n.nodeType === 3 && n.data.trim())) return false;
+    const r = el.getBoundingClientRect();
+    return r.width > 0 && r.height > 0 && r.bottom > 0 && r.top < innerHeight
+      && getComputedStyle(el).visibility !== 'hidden' && parseFloat(getComputedStyle(el).fontSize) < least;
+  }).map((el) => `${getComputedStyle(el).fontSize} ${el.className.baseVal ?? el.className}: ${el.textContent.trim().slice(0, 30)}`)"""
+
+
 @pytest.mark.parametrize("width, height, word", [
     (1280, 720, False), (1024, 768, False), (1280, 720, True), (1024, 768, True), (1100, 700, True)])
 def test_presentation_mode_fits_the_pictures_and_the_controller_on_the_first_screen(
@@ -220,6 +228,17 @@ def test_presentation_mode_fits_the_pictures_and_the_controller_on_the_first_scr
     for selector in shown:
         assert within_viewport(page, selector), selector
     assert box(page, "#decoded-frame")["width"] >= 180, "the pictures stay large"
+    # a projector's smallest text is 16 px (the captions under the pictures were 13.5 px
+    # at 1024, 15 at 1280; the attention controls the same)
+    small = page.evaluate(SMALL_TEXT, 16)
+    assert small == [], small
+    # the refiner's "i" is off the refiner box and its dashed cycle (it sat on its
+    # corner), and off the seeds and their noise
+    info = box(page, ".stage-refiner > .info")
+    for other in (".refiner-box", "#seed-choice", "#noise-frame", "#seed-label"):
+        b = box(page, other)
+        assert (info["y"] + info["height"] <= b["y"] or b["y"] + b["height"] <= info["y"]
+                or info["x"] + info["width"] <= b["x"] or b["x"] + b["width"] <= info["x"]), (other, info, b)
     page.screenshot(path=str(shots / f"presentation-{width}x{height}{'-word' if word else ''}.png"))
 
 
