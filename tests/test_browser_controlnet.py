@@ -122,6 +122,25 @@ def recorded_norms(bundle, run_id) -> list[list[float]]:
     return json.loads((bundle / "runs" / run_id / "run.json").read_text())["controlnet"]["residual_norms"]
 
 
+def test_what_opening_js_imports_reads_no_d3():
+    """js/opening.js runs `async`, maybe before d3's deferred script: a module of its import
+    graph that imported js/lib.js would fix lib.js's `d3` as undefined for the whole app.
+    Since it reads the address bar with js/state.js, state.js and its imports stay d3-free."""
+    import re
+    from pathlib import Path
+
+    js = Path(__file__).resolve().parent.parent / "frontend" / "js"
+    seen, todo = set(), [js / "opening.js"]
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        for name in re.findall(r'^import[^;]*?from "(\./[^"]+)";', f.read_text(), re.M | re.S):
+            todo.append((f.parent / name).resolve())
+    assert js / "state.js" in seen and js / "lib.js" not in seen, sorted(p.name for p in seen)
+
+
 def test_the_level_opens_scrubbing_updates_its_chart_and_maps_and_escape_closes_it(page, cn_url, control_bundle, shots):
     bundle, ids, second = control_bundle
     main, _ = prompt_ids()
