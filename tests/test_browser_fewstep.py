@@ -22,6 +22,7 @@ needs_chromium = pytest.mark.skipif(not browser_available(), reason=SKIP_REASON)
 SIZES = {"phone": (390, 844), "laptop": (1366, 768), "projector": (1920, 1080)}
 NODES = """() => [...document.querySelectorAll('#fewstep .fs-node')].map((g) => ({
   path: g.dataset.path, step: Number(g.dataset.step), x: Number(g.dataset.x), y: Number(g.dataset.y)}))"""
+FEWSTEP_PARAM = "() => new URLSearchParams(location.search).get('fewstep')"
 FRAMES = """() => Object.fromEntries([...document.querySelectorAll('#fewstep .fs-card')].map((c) =>
   [c.dataset.path, c.querySelector('.fs-frame').dataset.frame]))"""
 
@@ -114,6 +115,7 @@ def test_every_path_starts_at_the_same_noise_and_the_scrubber_moves_them_all(
     # scrubbed to the image: every node on its path's result, every frame the result
     page.keyboard.press("End")
     page.wait_for_function("() => document.querySelector('#fewstep .fs-time-readout').textContent === 't = 0.00'")
+    page.wait_for_function(f"() => ({FEWSTEP_PARAM})() === '0'")   # the address bar follows (a link opens it)
     end = {n["path"]: n for n in page.evaluate(NODES)}
     for path in example["paths"]:
         node = end[path["id"]]
@@ -141,6 +143,7 @@ def test_every_path_starts_at_the_same_noise_and_the_scrubber_moves_them_all(
     page.keyboard.press("Escape")
     assert page.locator("#fewstep details").evaluate("(d) => d.open") is False
     assert page.evaluate("() => document.activeElement.tagName") == "SUMMARY"
+    page.wait_for_function(f"() => ({FEWSTEP_PARAM})() === null")
 
 
 @pytest.mark.browser
@@ -160,3 +163,33 @@ def test_a_static_site_shows_the_paths_and_their_pictures(page, fewstep_bundle, 
         assert page.locator("#fewstep .fs-frame canvas").first.evaluate("(c) => c.width") == 8
         page.close()  # before the server stops: no request of its is cut off
 
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_the_address_bar_opens_the_box_at_its_example_and_time(page, fewstep_url, fewstep_bundle):
+    """The box's open state, example and time are in the URL (js/state.js `fewstep=`, which
+    the scrubbing test above sees follow the box), so a teacher's link opens it there;
+    closing it is a history entry; what is no time, or no example id, is dropped."""
+    section = json.loads((fewstep_bundle / "fewstep" / "index.json").read_text())
+    second = section["examples"][1]
+    teacher = next(p for p in second["paths"] if p["id"] == "teacher-50")["time"]
+    # a link: the second example at the teacher's third point (a step's exact time)
+    page.goto(f"{fewstep_url}?fewstep={teacher[2]}:{second['id']}")
+    page.locator("#fewstep .fs-node").first.wait_for()
+    page.wait_for_function("() => document.querySelector('#fewstep .fs-node[data-path=\"teacher-50\"]')"
+                           ".dataset.step === '2'")
+    assert page.locator("#fewstep .fs-example").input_value() == second["id"]
+    assert page.locator("#fewstep .fs-start-label").text_content().endswith("(seed 2)")
+    page.locator("#fewstep summary").click()
+    page.wait_for_function(f"() => ({FEWSTEP_PARAM})() === null")
+    page.go_back()
+    page.wait_for_function("() => document.querySelector('#fewstep details').open")
+    assert page.evaluate(FEWSTEP_PARAM) == f"{teacher[2]}:{second['id']}"
+    read = page.evaluate("""async (searches) => {
+      const state = await import('./js/state.js');
+      const index = await (await fetch('api/index.json')).json();
+      return searches.map((q) => state.toSearch(index, state.normalize(index, state.fromSearch(q))));
+    }""", ["?fewstep=2", "?fewstep=abc", "?fewstep=-0.1", "?fewstep=0.5:bad%20id", "?fewstep=0.25"])
+    assert ["fewstep=" in q for q in read] == [False, False, False, True, True]
+    assert read[3].endswith("fewstep=0.5") and read[4].endswith("fewstep=0.25")

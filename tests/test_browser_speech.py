@@ -273,3 +273,25 @@ def test_a_static_site_plays_a_spoken_example_and_opens_its_run(page, spoken_sit
     assert "seed=1" in page.url
     page.wait_for_function(f"() => document.getElementById('prompt-words').textContent"
                            f".includes({CAPTIONS[0]!r})")
+
+
+def test_the_address_bar_opens_the_spoken_prompts_on_a_clip(page, spoken_site):
+    """The box's open state and clip are in the URL (js/state.js `speech=`): a link opens
+    it (an id the bundle lacks: on its first clip, which the address then names), closing
+    it is a history entry, and what is no id is dropped."""
+    speech = "() => new URLSearchParams(location.search).get('speech')"
+    page.goto(spoken_site + "?speech=no-such-clip")
+    page.locator(".speech-examples .speech-seek").wait_for()
+    first = page.locator("#speech-example").input_value()
+    page.wait_for_function(f"(id) => ({speech})() === id", arg=first)
+    page.locator(".speech-examples summary").click()
+    page.wait_for_function(f"() => ({speech})() === null")
+    page.go_back()
+    page.wait_for_function("() => document.querySelector('.speech-examples-box').open")
+    assert page.evaluate(speech) == first
+    read = page.evaluate("""async (searches) => {
+      const state = await import('./js/state.js');
+      const index = await (await fetch('api/index.json')).json();
+      return searches.map((q) => state.toSearch(index, state.normalize(index, state.fromSearch(q))));
+    }""", ["?speech=bad%20id!", "?speech=", f"?speech={first}"])
+    assert ["speech=" in q for q in read] == [False, False, True]

@@ -89,8 +89,8 @@ async function start() {
   applyWording(document, index); // the words that depend on the bundle's model
   const viz = d3.select("#viz");
   livePrompt(d3.select("#live-prompt"), { ...store.committed(), job: liveJob }); // serve --live
-  spokenExamples(d3.select("#speech-examples")); // the bundle's spoken prompts (speech/)
-  const fewstep = fewstepBox(d3.select("#fewstep"), { api, index }); // fewstep/: 50 steps, 4, 1
+  spokenExamples(d3.select("#speech-examples"), { store }); // the bundle's spoken prompts (speech/)
+  const fewstep = fewstepBox(d3.select("#fewstep"), { api, index, store }); // fewstep/: 50 steps, 4, 1
 
   const togglePlay = () => {
     const s = store.committed();

@@ -15,6 +15,13 @@
  * `controlImage` the chosen control image's control_id (null: the prompt's first); the URL
  * writes both in one `control=` (`1`, or `1:<control_id>`; links without the id still work).
  *
+ * The boxes under the pipeline are in the URL too, so a link opens them: `fewstep` is the
+ * "Fifty steps, four, one" box's time (null: closed; 1 the noise, 0 the image) and
+ * `fewstepExample` its example's id (null: the first), written as `fewstep=<time>` or
+ * `fewstep=<time>:<example id>`; `speech` is the spoken prompts' shown clip's id (null:
+ * closed), `speech=<id>`. Scrubbing the time replaces the history entry; opening and
+ * closing a box adds one. An id the bundle lacks opens the box on its first example.
+ *
  * No d3 here: js/opening.js reads the address bar with fromSearch and normalize before d3
  * has loaded (js/lib.js would then hold no d3 for the whole app).
  */
@@ -26,6 +33,15 @@ export const PANELS = { text: null, clip: "text", image: null, guidance: null, c
 export const SPEEDS = [2, 5, 10, 20];
 
 const REPLACE_ONLY = new Set(["step", "speed"]);
+/** A change that replaces the history entry: a step, a speed, the open fewstep box's time. */
+const replaces = (k, before, after) => REPLACE_ONLY.has(k)
+  || (k === "fewstep" && before.fewstep !== null && after.fewstep !== null);
+/** A box's example id as the URL may carry it (the bundle's ids are slugs). */
+const BOX_ID = /^[\w.-]{1,160}$/;
+const boxId = (v) => (typeof v === "string" && BOX_ID.test(v) ? v : null);
+/** The fewstep time as written: 6 decimals, rounded down (a node sits at its last step at or
+ * before the time: rounded up, a step's exact time would show the step before it). */
+const timeParam = (t) => String(Math.floor(t * 1e6 + 1e-6) / 1e6);
 
 /** Guidance scales compare as numbers; the URL writes them as plain decimals. */
 const sameNumber = (a, b) => Math.abs(a - b) < 1e-9;
@@ -46,6 +62,9 @@ export function defaults(index) {
     channel: 0,
     control: 0, // ControlNet's conditioning scale; 0: the run without control
     controlImage: null, // the chosen control image's control_id; null: the prompt's first
+    fewstep: null, // the fewstep box's time; null: closed
+    fewstepExample: null, // its example's id; null: the first
+    speech: null, // the spoken prompts' shown clip's id; null: closed
   };
 }
 
@@ -73,6 +92,10 @@ export function normalize(index, raw) {
   s.channel = Number.isInteger(s.channel) && s.channel >= 0 && s.channel < C ? s.channel : 0;
   s.control = controlScales(index).find((c) => sameNumber(c, s.control)) ?? 0;
   s.controlImage = controlIds(index).has(s.controlImage) ? s.controlImage : null;
+  const t = s.fewstep;
+  s.fewstep = index.fewstep && typeof t === "number" && t >= 0 && t <= 1 ? t : null;
+  s.fewstepExample = s.fewstep === null ? null : boxId(s.fewstepExample);
+  s.speech = boxId(s.speech);
   return s;
 }
 
@@ -102,6 +125,12 @@ export function fromSearch(search) {
     raw.control = num(scale);
     if (image) raw.controlImage = image;
   }
+  if (q.has("fewstep")) { // "<time>" or "<time>:<example id>"
+    const [time, ...example] = q.get("fewstep").split(":");
+    raw.fewstep = num(time);
+    if (example.length) raw.fewstepExample = example.join(":");
+  }
+  if (q.has("speech")) raw.speech = q.get("speech");
   for (const k of Object.keys(raw)) if (raw[k] === undefined) delete raw[k];
   return raw;
 }
@@ -127,6 +156,10 @@ export function toSearch(index, s) {
   if (s.control || s.controlImage) { // "1", or "1:<control_id>" with a chosen control image
     q.set("control", s.controlImage ? `${s.control}:${s.controlImage}` : String(s.control));
   }
+  if (s.fewstep !== null) {
+    q.set("fewstep", s.fewstepExample ? `${timeParam(s.fewstep)}:${s.fewstepExample}` : timeParam(s.fewstep));
+  }
+  if (s.speech !== null) q.set("speech", s.speech);
   return `?${q.toString()}`;
 }
 
@@ -180,8 +213,9 @@ export function createStore(index, win) {
       emit("preview");
       return;
     }
+    const before = committed;
     committed = normalized;
-    writeUrl(!replace && changed.some((k) => !REPLACE_ONLY.has(k)));
+    writeUrl(!replace && changed.some((k) => !replaces(k, before, normalized)));
     emit(changed.join(","));
   }
 

@@ -339,10 +339,12 @@ export function fewstepView() {
 
 /**
  * The box: a disclosure in index.html (#fewstep > details) whose body is drawn when first
- * opened. index: api/index.json (its `fewstep` says the bundle has the section).
+ * opened. index: api/index.json (its `fewstep` says the bundle has the section). store
+ * (js/state.js, optional): the box's open state, example and time follow its `fewstep` and
+ * `fewstepExample` (the address bar: a link opens the box there, back and forward too).
  * Returns {close()}: closes an open box (true) or does nothing (false).
  */
-export function fewstepBox(host, { api, index }) {
+export function fewstepBox(host, { api, index, store = null }) {
   const details = host.select("details");
   const body = host.select(".fewstep-view");
   host.attr("hidden", index && index.fewstep ? null : true);
@@ -368,11 +370,50 @@ export function fewstepBox(host, { api, index }) {
   function schedule() {
     if (frameRequest === null) frameRequest = requestAnimationFrame(() => { frameRequest = null; draw(); });
   }
-  chart.on("example", (id) => { state.example = id; state.focus = null; schedule(); })
-    .on("time", (t) => { state.time = Math.min(1, Math.max(0, t)); schedule(); })
+  // the address bar (js/state.js): what is on screen goes in; a link or back/forward comes out
+  let own = false;
+  let timeCommit = null;
+  function commit(patch) {
+    if (!store) return;
+    clearTimeout(timeCommit);
+    own = true;
+    try {
+      store.commit(patch);
+    } finally {
+      own = false;
+    }
+  }
+  const shown = () => (details.property("open")
+    ? { fewstep: state.time, fewstepExample: state.example } : { fewstep: null, fewstepExample: null });
+  function follow() {
+    const s = store.committed();
+    if (s.fewstep !== null) {
+      state.time = s.fewstep;
+      if (s.fewstepExample !== state.example) state.focus = null;
+      state.example = s.fewstepExample;
+    }
+    if (details.property("open") !== (s.fewstep !== null)) details.property("open", s.fewstep !== null);
+    else schedule();
+  }
+  if (store) {
+    store.on("change.fewstep", ({ reason }) => {
+      if (!own && /fewstep|history/.test(reason)) follow();
+    });
+    if (store.committed().fewstep !== null) follow();
+  }
+
+  chart.on("example", (id) => { state.example = id; state.focus = null; schedule(); commit(shown()); })
+    .on("time", (t) => {
+      state.time = Math.min(1, Math.max(0, t));
+      schedule();
+      // a drag sends many: the address follows once it rests
+      clearTimeout(timeCommit);
+      timeCommit = setTimeout(() => commit(shown()), 250);
+    })
     .on("focus", (id) => { state.focus = id; schedule(); });
 
   details.on("toggle", () => {
+    commit(shown());
     if (!details.property("open") || doc) return schedule();
     body.selectAll(".fs-message").data([null]).join("p").attr("class", "fs-message muted").text("Loading the paths…");
     api.load(api.urls.fewstep()).then((loaded) => {

@@ -378,9 +378,11 @@ function drawExample(host, example) {
 
 /**
  * The bundle's spoken examples (api/speech/examples.json), in a closed disclosure: a
- * list to pick one, then drawExample. Draws nothing for a bundle without them.
+ * list to pick one, then drawExample. Draws nothing for a bundle without them. store
+ * (js/state.js, optional): the box's open state and shown clip follow its `speech` (the
+ * address bar: a link opens the box on that clip, an unknown id on the first).
  */
-export async function spokenExamples(host) {
+export async function spokenExamples(host, { store = null } = {}) {
   let doc = null;
   try {
     const response = await fetch(EXAMPLES_URL);
@@ -391,7 +393,10 @@ export async function spokenExamples(host) {
   host.selectAll("*").remove();
   const examples = (doc && doc.examples) || [];
   host.attr("hidden", examples.length ? null : true);
-  if (!examples.length) return;
+  if (!examples.length) {
+    if (store && store.committed().speech !== null) store.commit({ speech: null }, { replace: true });
+    return;
+  }
   const details = host.append("details").attr("class", "speech-examples-box");
   const summary = details.append("summary");
   summary.append("span").text("Spoken prompts");
@@ -407,11 +412,41 @@ export async function spokenExamples(host) {
     .attr("value", (d) => d.id)
     .text((d) => `${d.voice_name}, ${d.words_per_minute} wpm: ${d.text}`);
   const panel = details.append("div").attr("class", "speech-example");
-  const show = () => drawExample(panel, examples.find((d) => d.id === select.property("value"))
-    || examples[0]);
-  select.on("change", show);
+  let drawn = null; // the id of the example on screen
+  const show = () => {
+    const example = examples.find((d) => d.id === select.property("value")) || examples[0];
+    drawn = example.id;
+    drawExample(panel, example);
+  };
+  // the address bar (js/state.js): what is on screen goes in; a link or back/forward comes out
+  let own = false;
+  const commit = (options) => {
+    if (!store) return;
+    own = true;
+    try {
+      store.commit({ speech: details.property("open") ? select.property("value") : null }, options);
+    } finally {
+      own = false;
+    }
+  };
+  const follow = () => {
+    const id = store.committed().speech;
+    const known = examples.some((d) => d.id === id);
+    if (id !== null) select.property("value", known ? id : examples[0].id);
+    if (details.property("open") !== (id !== null)) details.property("open", id !== null);
+    else if (id !== null && drawn !== select.property("value")) show();
+    if (id !== null && !known) commit({ replace: true }); // the address names the clip shown
+  };
+  select.on("change", () => { show(); commit(); });
   // drawn when first opened: no clip or spectrogram is fetched for a page that never looks
   details.on("toggle", () => {
-    if (details.property("open") && panel.select("audio").empty()) show();
+    if (details.property("open") && drawn !== select.property("value")) show();
+    commit();
   });
+  if (store) {
+    store.on("change.speech", ({ reason }) => {
+      if (!own && /speech|history/.test(reason)) follow();
+    });
+    if (store.committed().speech !== null) follow();
+  }
 }
