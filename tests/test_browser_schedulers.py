@@ -103,6 +103,13 @@ def tex(page, key: str) -> str:
     return page.locator(f'[data-wording="{key}"]').first.get_attribute("data-tex")
 
 
+def prose(page, selector: str) -> str:
+    """An element's text with its inline math as `$TeX$` (how the words are written)."""
+    return page.evaluate("""(selector) => { const copy = document.querySelector(selector).cloneNode(true);
+        copy.querySelectorAll('.tex').forEach((t) => t.replaceWith(`$${t.dataset.tex ?? t.textContent}$`));
+        return copy.textContent; }""", selector)
+
+
 def typeset(page) -> None:
     page.wait_for_function("() => document.querySelectorAll('.article .katex').length >= 5")
 
@@ -115,9 +122,11 @@ def test_euler_a_page_shows_the_ancestral_step_its_noise_and_the_negative_prompt
     article = page.locator("#article-scheduler").inner_text()
     assert "Euler ancestral" in article and "stochastic" in article
     # the step's numbers: sigma_up from sigmas 4.0 -> 1.2, and the noise factor it recorded
-    numbers = page.locator(".scheduler-numbers").inner_text()
-    assert "σ_s = 4.000" in numbers and "σ↑ = 1.145" in numbers and "noise added: σ↑ × z with σ↑ = 1.150" in numbers
-    assert "size |σ↑ z|" in numbers
+    numbers = prose(page, ".scheduler-numbers")
+    up = "$\\sigma_{\\uparrow}$"
+    assert "$\\sigma_s$ = 4.000" in numbers and f"{up} = 1.145" in numbers
+    assert f"noise added: $\\sigma_{{\\uparrow}} \\times z$ with {up} = 1.150" in numbers
+    assert "size $\\lvert \\sigma_{\\uparrow}\\, z \\rvert$" in numbers
     assert page.locator("#pixel-table .row-noise").count() == 1
     # the added noise drawn from the run's variance_noise: a picture, not a blank canvas
     page.wait_for_function("() => document.querySelector('#step-noise canvas')")
@@ -263,7 +272,7 @@ def test_a_precomputed_euler_a_step_adds_up_with_its_recorded_noise(page, precom
     assert leftover < 0.01 * max(map(abs, before + after))
     assert max(map(abs, noise)) > 10 * leftover
     assert page.locator("#step-uncond + figcaption").inner_text().startswith(f"Noise predicted for the negative prompt: “{NEGATIVE}”")
-    assert "σ↑ = " in page.locator(".scheduler-numbers").inner_text()
+    assert "$\\sigma_{\\uparrow}$ = " in prose(page, ".scheduler-numbers")
 
 
 @pytest.mark.slow

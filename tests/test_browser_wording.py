@@ -1,7 +1,8 @@
 """The page's words follow the bundle's model, and a seed's noise looks the same in every
 run (Playwright driving Debian's chromium). The shipped demo (v-prediction, DDIM, its own
 tokenizer, trained with noisepath) against the synthetic bundle (epsilon, Euler, no
-model facts): each page says what is true for its model. Screenshots go to
+model facts): each page says what is true for its model, its symbols typeset (no TeX
+shown raw). Screenshots go to
 NOISEPATH_SCREENSHOT_DIR, or to a pytest temporary folder."""
 
 from __future__ import annotations
@@ -73,6 +74,36 @@ def test_synthetic_epsilon_page_says_noise_and_hides_the_demo_text(page, base_ur
     assert not page.locator("#article-why-shapes").is_visible()
     assert not page.locator(".tagline a[href='#article-why-shapes']").is_visible()
     assert "text half of CLIP, a model trained on image" in page.locator("#article-clip").inner_text()
+
+
+# Visible text outside KaTeX that reads as TeX or as a subscript written out: a TeX command,
+# "_{" or "^{", a letter with "_" and an index (σ_s, x_0; not an identifier such as
+# guidance_rescale), or x0 / x̂0. The same pattern as tests/test_wording.py's TEX_LEAK.
+TEX_LEAKS = r"""() => {
+  const leak = /\\[A-Za-z]+|[_^]\{|(?<![\p{L}\p{N}_])\p{L}\p{M}*_[\p{L}\p{N}]|(?<![\p{L}\p{N}_])[xz]\p{M}*\d(?![\p{L}\p{N}])/u;
+  const found = [];
+  const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = walk.nextNode(); node; node = walk.nextNode()) {
+    const el = node.parentElement;
+    if (el.closest(".katex, script, style") || !el.checkVisibility()) continue;
+    const match = node.textContent.match(leak);
+    if (match) found.push(`${match[0]} in: ${node.textContent.trim().slice(0, 120)}`);
+  }
+  return found;
+}"""
+
+
+def test_no_tex_reaches_the_page_as_plain_text(page, demo_url, base_url):
+    """Every level open (the refiner's numbers, guidance, text, CLIP) and the article, on
+    the demo (v, DDIM) and the synthetic bundle (epsilon, Euler): each symbol the words
+    use (the step's sigmas and alpha-bars, x-hat-0) is typeset, none shows as raw TeX."""
+    for url, run in ((demo_url, "step=10&guidance=3"), (base_url, "step=2&guidance=7")):
+        page.goto(f"{url}?{run}&open=image,guidance,text,clip")
+        wait_ready(page, 60_000)
+        typeset(page)
+        page.wait_for_function("() => document.querySelector('.scheduler-numbers').textContent !== ''")
+        page.wait_for_function("() => !document.querySelector('.tex:not([data-tex])')")
+        assert page.evaluate(TEX_LEAKS) == [], url
 
 
 def test_a_seeds_noise_is_drawn_the_same_for_every_prompt_and_guidance(page, demo_url):

@@ -264,9 +264,9 @@ def test_stochastic_and_multi_call_schedulers_say_so_in_the_article(families):
             assert r["show"]["multi-call"] and "more UNet calls than scheduler steps" in r["texts"]["calls-text"], n
         for n in ("dpmpp_2m", "unipc", "heun"):
             assert not families[p, n]["show"]["stochastic"], n
-    assert families["eps", "dpmpp_2m"]["show"]["x0-source"] and "converts the UNet's output to x̂0" in \
+    assert families["eps", "dpmpp_2m"]["show"]["x0-source"] and "converts the UNet's output to $\\hat x_0$" in \
         families["eps", "dpmpp_2m"]["texts"]["x0-source"]
-    assert "does not return x̂0" in families["eps", "pndm"]["texts"]["x0-source"]
+    assert "does not return $\\hat x_0$" in families["eps", "pndm"]["texts"]["x0-source"]
     # sigma-form latents: Euler ancestral, Heun, KDPM2 get the sigma x0 formula
     for n in ("euler_a", "heun", "kdpm2"):
         assert families["eps", n]["texts"]["x0-formula"] == "\\hat x_0 = x - \\sigma\\,\\hat\\epsilon"
@@ -299,9 +299,10 @@ def test_stochastic_rescale_factor_and_noise_are_what_diffusers_does(tmp_path, n
     assert all(s > 0 for s in probe["noise_scale"][:-1])  # stochastic (the last step may add none)
     if name == "euler_a":
         for i, text in enumerate(out["numbers"]):
-            up = re.search(r"σ↑ = ([0-9.]+)", text).group(1)
+            up = re.search(r"\$\\sigma_\{\\uparrow\}\$ = ([0-9.]+)", text).group(1)
             assert float(up) == pytest.approx(probe["noise_scale"][i], rel=5e-3, abs=1e-3), text  # 3 digits shown
-            assert "noise added: σ↑ × z" in text and "size |σ↑ z| = 2.50" in text
+            assert "noise added: $\\sigma_{\\uparrow} \\times z$" in text
+            assert "size $\\lvert \\sigma_{\\uparrow}\\, z \\rvert$ = 2.50" in text
 
 
 def test_multi_call_schedulers_say_which_call_of_which_step(tmp_path):
@@ -362,3 +363,51 @@ def test_numbers_in_prose_write_every_minus_sign_alike(tmp_path):
                           timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == ["\u22121.23e\u22124", "1.23e\u22124", "\u22122.5", "1.23e+5"]
+
+
+# -- prose and math: no TeX reaches the page as plain text ---------------------------------
+
+# What reads as TeX or as a subscript written out: a TeX command, "_{" or "^{", a letter with
+# "_" and an index (x_0, σ_s; not an identifier such as guidance_rescale), or x0 / x̂0.
+TEX_LEAK = re.compile(r"\\[A-Za-z]+|\\\\|[_^]\{|(?<!\w)[^\W\d_][\u0300-\u036f]*_[^\W_]"
+                      r"|(?<!\w)[xz][\u0300-\u036f]*\d(?!\w)")
+# the data-wording keys on the page that are prose, not typeset whole (a `.tex` element)
+PAGE = (ROOT / "frontend" / "index.html").read_text()
+PROSE_KEYS = set(re.findall(r' data-wording="([^"]+)"', PAGE)) - set(
+    re.findall(r'class="tex[^"]*" data-wording="([^"]+)"', PAGE))
+
+
+def prose_leaks(text: str) -> list[str]:
+    """The TeX-like notation in `text` outside its `$...$` inline math (and an unpaired $)."""
+    outside = text.split("$")[::2]
+    return [m.group(0) for part in outside for m in TEX_LEAK.finditer(part)] + (
+        ["unpaired $"] if text.count("$") % 2 else [])
+
+
+def test_prose_writes_its_math_between_dollar_signs(tmp_path):
+    """Every model-dependent prose text and every step's numbers, for every scheduler and
+    prediction type the page explains, write their symbols (σ_s, x̂0, z_s) as inline math
+    that the page typesets, never as TeX-like plain text."""
+    names = ["ddim", "pndm", "lms", "euler", "euler_a", "ddpm", "heun", "kdpm2", "dpmpp_2m",
+             "dpmpp_2m_karras", "unipc", "lcm"]
+    record = {"timesteps": [999, 500, 1], "sigmas": [14.6, 2.0, 0.1], "alphas_cumprod": [0.005, 0.2, 0.99],
+              "weaken": [0.5, 0.4, 0.3], "noise_scale": [1.0, 0.5, 0.0]}
+    cases = [{"index": sd_index(n, p, **({"eta": 0.5} if n == "ddim" else {})), "scheduler": record}
+             for n in names for p in ("epsilon", "v_prediction")]
+    cases += [{"index": sd_index("ddim"), "scheduler": record},  # DDIM without noise
+              {"index": sd_index("flow_euler", "flow"), "scheduler": {**record, "flow_time": [0, 0.3, 0.6]}},
+              {"index": sd_index("instaflow", "flow_instaflow"), "scheduler": {**record, "flow_time": [0, 0.3, 0.6]}}]
+    out = run_wording(tmp_path, cases, FAMILY_DRIVER)
+    assert {"scheduler-text", "x0-source", "noise-text", "unet-predicts"} <= PROSE_KEYS
+    assert not {"scheduler-step", "x0-formula"} & PROSE_KEYS
+    leaks = {}
+    for case, words in zip(cases, out):
+        prose = {k: t for k, t in words["texts"].items() if k in PROSE_KEYS}
+        prose.update({f"numbers {i}": t for i, t in enumerate(words["numbers"])})
+        for key, text in prose.items():
+            if prose_leaks(text):
+                leaks[case["index"]["config"]["scheduler"], key] = prose_leaks(text)
+    assert leaks == {}
+    lcm = out[names.index("lcm") * 2]
+    assert "times the factor $\\sqrt{1-\\bar\\alpha_{s+1}}$ in the formula" in lcm["texts"]["noise-text"]
+    assert "noise added: $\\sqrt{1-\\bar\\alpha_{s+1}} \\times z$" in lcm["numbers"][0]  # LCM's noise, not σ_s

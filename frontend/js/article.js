@@ -5,17 +5,21 @@
  */
 import { loadKatex } from "./lib.js";
 import { wording } from "./wording.js";
+import { writeProse } from "./views/fields.js";
 
 /**
  * Fill `[data-wording=key]` elements with the bundle's model's texts and show
  * `[data-wording-show=key]` elements only where they hold for it. Call once, when the
- * index has loaded and before renderMath (a `.tex` element's text is its TeX source).
+ * index has loaded and before renderMath (a `.tex` element's text is its TeX source; in
+ * prose, `$...$` parts become such elements: views/fields.js writeProse).
  */
 export function applyWording(root, index) {
   const { texts, show } = wording(index);
   for (const el of root.querySelectorAll("[data-wording]")) {
     const text = texts[el.dataset.wording];
-    if (text !== undefined && !el.hasAttribute("data-tex")) el.textContent = text;
+    if (text === undefined || el.hasAttribute("data-tex")) continue;
+    if (el.classList.contains("tex")) el.textContent = text; // its TeX source
+    else writeProse(el, text);
   }
   for (const el of root.querySelectorAll("[data-wording-show]")) {
     el.hidden = !show[el.dataset.wordingShow];

@@ -8,6 +8,7 @@
  *
  * Flow notation: the latent is x = (1 - σ) x0 + σ ε, flow time t = 1 - σ runs from 0 (the
  * noise) to 1 (the image); flow_euler's UNet predicts u = ε - x0, instaflow's v = x0 - ε.
+ * Prose writes its math between dollar signs, as scheduler-words.js does.
  */
 
 /** What the UNet outputs for the flow prediction types: words and a TeX symbol. */
@@ -29,9 +30,9 @@ export function fewStep(facts, o) {
       weaken: insta ? "w = -(\\sigma_s - \\sigma_{s+1}) = -1/N" : "w = \\sigma_s - \\sigma_{s+1} = 1/N",
       remainder: "none",
       text: "Rectified flow (Liu et al. 2023; InstaFlow) draws a straight line from the noise to the image: the latent is "
-        + "x = (1 − σ) x0 + σ ε, and the flow time t = 1 − σ goes from 0 (noise) to 1 (image) in equal steps of 1/N. "
-        + (insta ? "The UNet predicts the velocity v = x0 − ε along the line (InstaFlow's sign) and each Euler step adds dt · v, so the factor is negative."
-          : "The UNet predicts the velocity u = ε − x0 along the line (diffusers' FlowMatchEulerDiscreteScheduler) and each Euler step removes dt · u.")
+        + "$x = (1 - \\sigma)\\,x_0 + \\sigma\\,\\epsilon$, and the flow time $t = 1 - \\sigma$ goes from 0 (noise) to 1 (image) in equal steps of $1/N$. "
+        + (insta ? "The UNet predicts the velocity $v = x_0 - \\epsilon$ along the line (InstaFlow's sign) and each Euler step adds $dt \\cdot v$, so the factor is negative."
+          : "The UNet predicts the velocity $u = \\epsilon - x_0$ along the line (diffusers' FlowMatchEulerDiscreteScheduler) and each Euler step removes $dt \\cdot u$.")
         + " Where the paths are straight the velocity does not change along them, and one step lands where fifty would.",
     };
   }
@@ -42,8 +43,8 @@ export function fewStep(facts, o) {
       remainder: "rescale",
       noise: "\\sqrt{1-\\bar\\alpha_{s+1}}",
       text: "A latent consistency model (Luo et al. 2023) jumps rather than walks: each step maps the latent straight to its denoised "
-        + "estimate x̂0 (the predicted final image), and between steps the scheduler noises that estimate again, down to the next, lower "
-        + "noise level, with fresh Gaussian noise z_s. The last step keeps x̂0 itself. The refiner view shows the jump back to noise.",
+        + "estimate $\\hat x_0$ (the predicted final image), and between steps the scheduler noises that estimate again, down to the next, lower "
+        + "noise level, with fresh Gaussian noise $z_s$. The last step keeps $\\hat x_0$ itself. The refiner view shows the jump back to noise.",
     };
   }
   return null;
@@ -64,7 +65,7 @@ export function flowTexts(facts) {
   const velocity = insta ? "x_0 - \\epsilon" : "\\epsilon - x_0";
   return {
     "output-the": "the velocity",
-    "unet-predicts": insta ? "the velocity x0 − ε, the direction from the noise to the image" : "the velocity ε − x0, the direction from the image to the noise",
+    "unet-predicts": `the velocity $${velocity}$, the direction from ${insta ? "the noise to the image" : "the image to the noise"}`,
     "training-loss": `\\text{loss} = \\lVert (${velocity}) - ${insta ? "v" : "u"}_\\theta(x_t, t, c) \\rVert^2`,
     "noising-formula": "x_t = (1-\\sigma)\\,x_0 + \\sigma\\,\\epsilon,\\qquad \\sigma = 1 - t",
     "training-target": "to predict the velocity of the straight line between the noise and the clean latent (rectified flow)",

@@ -9,7 +9,9 @@
  * stochastic samplers, noise_scale (the factor the step added its N(0, I) draw with).
  *
  * Notation: s is the call shown, s+1 the next; o-hat the guided output (noise, v or x0);
- * z_s the step's standard normal draw. Families (diffusers' schedulers):
+ * z_s the step's standard normal draw. The words are prose with inline math between
+ * dollar signs ("noise $z_s$"), which the page typesets (views/fields.js writeProse).
+ * Families (diffusers' schedulers):
  *   ddim       DDIM (Song et al. 2021, eq. 12), eta > 0 adds noise
  *   pndm       PLMS (Liu et al. 2022): a linear multistep on the noise, moved by DDIM's formula
  *   sigma      Euler, LMS (Karras et al. 2022): sigma-form latents
@@ -45,6 +47,8 @@ const A = (k) => `\\bar\\alpha_{${k}}`;
 const SIGMA_UP = "\\sigma_{\\uparrow}";
 const SIGMA_DOWN = "\\sigma_{\\downarrow}";
 const D_NOTE = "d = (x - \\hat x_0)/\\sigma";
+/** The predicted clean latent, in the prose's inline math. */
+export const X0 = "\\hat x_0";
 
 /**
  * The families the app did not explain before (ddim with eta > 0 and all that follow):
@@ -72,8 +76,8 @@ function ddimEta(eps, o, eta) {
   return { step: `x_{s+1} = c\\,x_s - w\\,\\hat{${o}} + \\sigma_s\\,z_s`, weaken: `${sigma},\\quad ${factors}`,
     remainder: "rescale", noise: "\\sigma_s",
     text: `DDIM with eta = ${eta} (Song et al. 2021, eq. 12) takes the deterministic DDIM step with a little less of the prediction, `
-      + `then adds fresh Gaussian noise z_s scaled by σ_s (eta = 1 is DDPM's amount): each step removes w times the prediction, `
-      + "rescales the latent by c and adds noise." };
+      + "then adds fresh Gaussian noise $z_s$ scaled by $\\sigma_s$ (eta = 1 is DDPM's amount): each step removes $w$ times the prediction, "
+      + "rescales the latent by $c$ and adds noise." };
 }
 
 function pndm(eps, o, facts) {
@@ -94,7 +98,7 @@ function pndm(eps, o, facts) {
 function eulerAncestral(eps, o) {
   const split = `${SIGMA_UP} = \\sigma_{s+1}\\sqrt{1-\\sigma_{s+1}^2/\\sigma_s^2},\\quad ${SIGMA_DOWN} = \\sqrt{\\sigma_{s+1}^2-${SIGMA_UP}^2}`;
   const text = "Euler ancestral (Karras et al. 2022; k-diffusion's sampler) splits the next noise level in two: it takes an Euler step "
-    + `down to σ↓, below the next level, and then adds fresh Gaussian noise z_s of size σ↑ to come back up to σ_{s+1}. `
+    + `down to $${SIGMA_DOWN}$, below the next level, and then adds fresh Gaussian noise $z_s$ of size $${SIGMA_UP}$ to come back up to $\\sigma_{s+1}$. `
     + "Every step forgets a little of the path and draws new noise: the result depends on the seed at every step, not only at the start.";
   if (eps) {
     return { step: `x_{s+1} = x_s - w\\,\\hat\\epsilon + ${SIGMA_UP}\\,z_s`, weaken: `w = \\sigma_s - ${SIGMA_DOWN},\\quad ${split}`,
@@ -102,7 +106,7 @@ function eulerAncestral(eps, o) {
   }
   return { step: `x_{s+1} = c\\,x_s - w\\,\\hat{${o}} + ${SIGMA_UP}\\,z_s`,
     weaken: `w = \\frac{\\sigma_s - ${SIGMA_DOWN}}{\\sqrt{\\sigma_s^2+1}},\\quad c = 1 - \\frac{(\\sigma_s - ${SIGMA_DOWN})\\,\\sigma_s}{\\sigma_s^2+1},\\quad ${split}`,
-    remainder: "rescale", noise: SIGMA_UP, text: `${text} With v-prediction the step also shrinks the latent by c.` };
+    remainder: "rescale", noise: SIGMA_UP, text: `${text} With v-prediction the step also shrinks the latent by $c$.` };
 }
 
 function ddpm(eps, o, facts) {
@@ -114,8 +118,8 @@ function ddpm(eps, o, facts) {
     weaken: `\\alpha_s = ${A("s")}/${A("s+1")},\\quad \\beta_s = 1-\\alpha_s,\\quad ${variance},\\quad ${w}`,
     remainder: "rescale", noise: "\\sigma_s",
     text: "DDPM (Ho et al. 2020) samples the posterior of the forward process: the next latent is a mix of the predicted clean latent "
-      + `and the current latent, plus fresh Gaussian noise z_s with the posterior's spread σ_s (${large ? "β_s, variance_type fixed_large" : "Ho et al.'s eq. 7, fixed_small"}). `
-      + `In terms of the ${eps ? "predicted noise" : "prediction"} it removes w times it and rescales the latent.` };
+      + `and the current latent, plus fresh Gaussian noise $z_s$ with the posterior's spread $\\sigma_s$ (${large ? "$\\beta_s$, variance_type fixed_large" : "Ho et al.'s eq. 7, fixed_small"}). `
+      + `In terms of the ${eps ? "predicted noise" : "prediction"} it removes $w$ times it and rescales the latent.` };
 }
 
 function heun(eps, o) {
@@ -123,9 +127,9 @@ function heun(eps, o) {
     weaken: eps ? `${D_NOTE} = \\hat\\epsilon,\\quad w_1 = \\sigma_s - \\sigma_{s+1},\\quad w_2 = \\tfrac{1}{2}(\\sigma_s - \\sigma_{s+1})`
       : `${D_NOTE},\\quad w_1 = \\frac{\\sigma_s - \\sigma_{s+1}}{\\sqrt{\\sigma_s^2+1}},\\quad w_2 = \\frac{\\sigma_s - \\sigma_{s+1}}{2\\sqrt{\\sigma_{s+1}^2+1}}`,
     remainder: eps ? "earlier" : "earlier+rescale",
-    text: "Heun's method (Karras et al. 2022, Algorithm 2) makes two UNet calls per step: the first predicts at σ_s and takes a trial Euler step "
-      + "to the next level; the second predicts again there, and the step uses the average of the two slopes d. The last step is a single "
-      + `Euler call (it ends at σ = 0). Each recorded step here is one call: the second call's row removes half of its slope and takes back the trial step's other half.${eps ? "" : " With v-prediction the slope also contains the latent, which rescales it."}` };
+    text: "Heun's method (Karras et al. 2022, Algorithm 2) makes two UNet calls per step: the first predicts at $\\sigma_s$ and takes a trial Euler step "
+      + "to the next level; the second predicts again there, and the step uses the average of the two slopes $d$. The last step is a single "
+      + `Euler call (it ends at $\\sigma = 0$). Each recorded step here is one call: the second call's row removes half of its slope and takes back the trial step's other half.${eps ? "" : " With v-prediction the slope also contains the latent, which rescales it."}` };
 }
 
 function kdpm2(eps, o) {
@@ -133,8 +137,8 @@ function kdpm2(eps, o) {
     weaken: `${D_NOTE}${eps ? " = \\hat\\epsilon" : ""},\\quad \\sigma_{\\text{mid}} = \\sqrt{\\sigma_s\\,\\sigma_{s+1}}`
       + (eps ? ",\\quad w_1 = \\sigma_s - \\sigma_{\\text{mid}},\\quad w_2 = \\sigma_s - \\sigma_{s+1}" : ""),
     remainder: eps ? "earlier" : "earlier+rescale",
-    text: "KDPM2 (k-diffusion's DPM-Solver-2) makes two UNet calls per step: the first predicts at σ_s and steps to the midpoint "
-      + "σ_mid (the geometric mean of σ_s and σ_{s+1}); the second predicts there, and the whole step is taken with the midpoint's slope d. "
+    text: "KDPM2 (k-diffusion's DPM-Solver-2) makes two UNet calls per step: the first predicts at $\\sigma_s$ and steps to the midpoint "
+      + "$\\sigma_{\\text{mid}}$ (the geometric mean of $\\sigma_s$ and $\\sigma_{s+1}$); the second predicts there, and the whole step is taken with the midpoint's slope $d$. "
       + `Each recorded step here is one call: the second call's row takes back the trial step and moves by the midpoint slope.${eps ? "" : " With v-prediction the slope also contains the latent, which rescales it."}` };
 }
 
@@ -143,11 +147,11 @@ const LAMBDA = `\\lambda_s = \\tfrac12\\log\\tfrac{${A("s")}}{1-${A("s")}},\\qua
 function dpm(o, karras) {
   return { step: `x_{s+1} = \\sqrt{\\tfrac{1-${A("s+1")}}{1-${A("s")}}}\\,x_s + \\sqrt{${A("s+1")}}\\,(1-e^{-h_s})\\Big(\\big(1+\\tfrac{1}{2r_s}\\big)\\hat x_0^{(s)} - \\tfrac{1}{2r_s}\\,\\hat x_0^{(s-1)}\\Big)`,
     weaken: LAMBDA, remainder: "earlier+rescale",
-    text: "DPM-Solver++(2M) (Lu et al. 2022) solves the denoising ODE in terms of the predicted clean latent x̂0: it moves the latent "
-      + "towards x̂0 by the exact exponential factor of the step in log signal-to-noise ratio λ, extrapolating x̂0 from this step's and "
-      + "the previous step's (second order, \"2M\"; the first and the last step use this step's alone, 1/(2r) = 0). The weaken factor is "
-      + "the share of the UNet's output in that move, through x̂0."
-      + (karras ? " With Karras sigmas the noise levels are spaced as in Karras et al. 2022 (ρ = 7): dense near the end, where details form." : "") };
+    text: `DPM-Solver++(2M) (Lu et al. 2022) solves the denoising ODE in terms of the predicted clean latent $${X0}$: it moves the latent `
+      + `towards $${X0}$ by the exact exponential factor of the step in log signal-to-noise ratio $\\lambda$, extrapolating $${X0}$ from this step's and `
+      + "the previous step's (second order, \"2M\"; the first and the last step use this step's alone, $1/(2r) = 0$). The weaken factor is "
+      + `the share of the UNet's output in that move, through $${X0}$.`
+      + (karras ? " With Karras sigmas the noise levels are spaced as in Karras et al. 2022 ($\\rho = 7$): dense near the end, where details form." : "") };
 }
 
 function unipc(o) {
@@ -155,8 +159,8 @@ function unipc(o) {
       + `x_{s+1} = \\sqrt{\\tfrac{1-${A("s+1")}}{1-${A("s")}}}\\,x^{c}_s + \\sqrt{${A("s+1")}}\\,(1-e^{-h_s})\\Big(\\hat x_0^{(s)} + \\tfrac{1}{2r_s}\\big(\\hat x_0^{(s)} - \\hat x_0^{(s-1)}\\big)\\Big)`,
     weaken: `${LAMBDA},\\quad \\rho_c:\\ \\text{UniC's weight (}B(h) = e^{h}-1\\text{)}`,
     remainder: "earlier+rescale",
-    text: "UniPC (Zhao et al. 2023) is a predictor-corrector: with this call's x̂0 it first corrects the latent the UNet just saw (UniC: the "
-      + "previous step taken again with the new x̂0; the dots are earlier steps' differences), then predicts the next latent from the "
+    text: `UniPC (Zhao et al. 2023) is a predictor-corrector: with this call's $${X0}$ it first corrects the latent the UNet just saw (UniC: the `
+      + `previous step taken again with the new $${X0}$; the dots are earlier steps' differences), then predicts the next latent from the `
       + "corrected one (UniP, a multistep step like DPM-Solver++). The correction costs no extra UNet call." };
 }
 
@@ -183,10 +187,12 @@ function nextSigma(scheduler, i) {
 const nextAlpha = (scheduler, i) => (i + 1 < scheduler.alphas_cumprod.length ? scheduler.alphas_cumprod[i + 1] : null);
 
 /**
- * The numbers that went into call i's step, in words: "ā_s = 0.012, ā_{s+1} = 0.015, ...".
- * noiseSize: |noise_scale z| of the call (from the stats), or null.
+ * The numbers that went into call i's step, in words with inline math:
+ * "$\\bar\\alpha_s$ = 0.012, $\\bar\\alpha_{s+1}$ = 0.015, ...". noiseSize: |noise_scale z|
+ * of the call (from the stats), or null; noise: the TeX of the factor the step's noise
+ * is added with (its step's `noise`), "\\sigma_s" when not given.
  */
-export function stepNumbersText(facts, scheduler, i, noiseSize = null) {
+export function stepNumbersText(facts, scheduler, i, noiseSize = null, noise = null) {
   if (!scheduler || i === null || i === undefined) return "";
   const t = scheduler.timesteps[i];
   const parts = [`timestep ${Number.isInteger(t) ? t : t.toFixed(1)}`];
@@ -196,36 +202,37 @@ export function stepNumbersText(facts, scheduler, i, noiseSize = null) {
   if (scheduler.sigmas && SIGMA_LATENTS.includes(facts.scheduler)) {
     const s = scheduler.sigmas[i];
     const next = nextSigma(scheduler, i);
-    parts.push(`σ_s = ${f(s)}`);
+    parts.push(`$\\sigma_s$ = ${f(s)}`);
     if (facts.scheduler === "euler_a") {
       const { up, down } = ancestralSigmas(s, next);
-      parts.push(`σ_{s+1} = ${f(next)}`, `σ↑ = ${f(up)}`, `σ↓ = ${f(down)}`);
+      parts.push(`$\\sigma_{s+1}$ = ${f(next)}`, `$${SIGMA_UP}$ = ${f(up)}`, `$${SIGMA_DOWN}$ = ${f(down)}`);
     } else if (facts.scheduler === "kdpm2") {
-      parts.push(`(this call's σ; the step goes to σ_{s+1} = ${f(next)})`);
+      parts.push(`(this call's $\\sigma$; the step goes to $\\sigma_{s+1}$ = ${f(next)})`);
     } else {
-      parts.push(`σ_{s+1} = ${f(next)}`);
+      parts.push(`$\\sigma_{s+1}$ = ${f(next)}`);
     }
   } else {
-    parts.push(`ā_s = ${f(a)}`, `ā_{s+1} = ${a1 === null ? "(not recorded: the last step)" : f(a1)}`);
+    parts.push(`$${A("s")}$ = ${f(a)}`, `$${A("s+1")}$ = ${a1 === null ? "(not recorded: the last step)" : f(a1)}`);
     if (family === "dpm" || family === "unipc") {
       const lambda = (x) => 0.5 * Math.log(x / (1 - x));
       if (a1 !== null && a > 0 && a < 1 && a1 > 0 && a1 < 1) {
         const h = lambda(a1) - lambda(a);
-        parts.push(`λ_s = ${f(lambda(a))}`, `h_s = ${f(h)}`);
+        parts.push(`$\\lambda_s$ = ${f(lambda(a))}`, `$h_s$ = ${f(h)}`);
         const a0 = i > 0 ? scheduler.alphas_cumprod[i - 1] : null;
-        if (a0 !== null && a0 > 0 && a0 < 1) parts.push(`r_s = ${f((lambda(a) - lambda(a0)) / h)}`);
+        if (a0 !== null && a0 > 0 && a0 < 1) parts.push(`$r_s$ = ${f((lambda(a) - lambda(a0)) / h)}`);
       }
     }
     if (facts.scheduler === "ddpm" && a1 !== null && a1 > 0) {
       const beta = 1 - a / a1;
-      parts.push(`β_s = ${f(beta)}`);
+      parts.push(`$\\beta_s$ = ${f(beta)}`);
     }
   }
-  parts.push(`w = ${f(scheduler.weaken[i])} (measured)`);
+  parts.push(`$w$ = ${f(scheduler.weaken[i])} (measured)`);
   const scale = scheduler.noise_scale ? scheduler.noise_scale[i] : null;
   if (scale !== null && scale !== undefined) {
-    const name = facts.scheduler === "euler_a" ? "σ↑" : "σ_s";
-    parts.push(`noise added: ${name} × z with ${name} = ${f(scale)}` + (noiseSize === null ? "" : `, size |${name} z| = ${f(noiseSize)}`));
+    const name = noise || "\\sigma_s";
+    parts.push(`noise added: $${name} \\times z$ with $${name}$ = ${f(scale)}`
+      + (noiseSize === null ? "" : `, size $\\lvert ${name}\\, z \\rvert$ = ${f(noiseSize)}`));
   }
   return `This call's numbers: ${parts.join(", ")}.`;
 }
@@ -264,10 +271,10 @@ export function familyRescale(facts, scheduler, i) {
 export function x0Source(facts) {
   const family = FAMILIES[facts.scheduler];
   if (family === "dpm" || family === "unipc") {
-    return `${schedulerTitle(facts.scheduler)} works on x̂0 itself: it converts the UNet's output to x̂0 with this formula before it steps, and the predicted final image is that x̂0.`;
+    return `${schedulerTitle(facts.scheduler)} works on $${X0}$ itself: it converts the UNet's output to $${X0}$ with this formula before it steps, and the predicted final image is that $${X0}$.`;
   }
   if (facts.scheduler === "pndm") {
-    return "PNDM's step does not return x̂0: the predicted final image is computed with this formula from the call's output and the latent the UNet saw.";
+    return `PNDM's step does not return $${X0}$: the predicted final image is computed with this formula from the call's output and the latent the UNet saw.`;
   }
   return "";
 }

@@ -6,7 +6,9 @@
  * UNet predicts, how the scheduler steps, the x0 formula, the training loss, the
  * tokenizer's vocabulary and padding, how the text encoder was trained, whether the
  * demo model is shown) come from here, keyed by the names index.html uses:
- *   data-wording="key"       an element whose text (or TeX source, in a `.tex`) is texts[key]
+ *   data-wording="key"       an element whose text (or TeX source, in a `.tex`) is texts[key];
+ *                            prose writes its math between dollar signs ("noise $z_s$"),
+ *                            typeset inline (views/fields.js writeProse)
  *   data-wording-show="key"  an element shown only when show[key] is true
  * article.js's applyWording() puts them in place once, when the index has loaded.
  *
@@ -30,7 +32,7 @@ export { schedulerTitle } from "./scheduler-words.js";
 
 /** The numbers of call i in words (scheduler-words.js); a flow call's flow time and dt. */
 export function stepNumbersText(facts, scheduler, i, noiseSize = null) {
-  return flowNumbersText(facts, scheduler, i) || familyNumbers(facts, scheduler, i, noiseSize);
+  return flowNumbersText(facts, scheduler, i) || familyNumbers(facts, scheduler, i, noiseSize, schedulerStep(facts).noise);
 }
 
 /** What the UNet outputs, by prediction type: words and a TeX symbol. */
@@ -295,8 +297,8 @@ export function wording(index) {
         : facts.storage === "full" ? "the numbers as 16-bit floats" : null,
     ].filter(Boolean).join(", and ") + ".",
     "x0-source": x0Source(facts),
-    "noise-text": facts.stochastic ? `The ${schedulerTitle(facts.scheduler)} sampler is stochastic: every step adds fresh Gaussian noise z_s, `
-      + "drawn from the seed's generator, times the factor in the formula (σ↑ or σ_s). The refiner view shows the factor, the size of the noise "
+    "noise-text": facts.stochastic ? `The ${schedulerTitle(facts.scheduler)} sampler is stochastic: every step adds fresh Gaussian noise $z_s$, `
+      + `drawn from the seed's generator, times the factor $${step.noise || "\\sigma_s"}$ in the formula. The refiner view shows the factor, the size of the noise `
       + "it added and, in the table, the noise at the centre pixel, so what the step did still adds up." : "",
     "calls-text": facts.multiCall ? `${schedulerTitle(facts.scheduler)} makes more UNet calls than scheduler steps: `
       + `${facts.calls} calls for ${facts.steps} steps in this bundle. Every recorded step on this page is one UNet call, `
