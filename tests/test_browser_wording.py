@@ -2,8 +2,7 @@
 run (Playwright driving Debian's chromium). The shipped demo (v-prediction, DDIM, its own
 tokenizer, trained with noisepath) against the synthetic bundle (epsilon, Euler, no
 model facts): each page says what is true for its model, its symbols typeset (no TeX
-shown raw). Screenshots go to
-NOISEPATH_SCREENSHOT_DIR, or to a pytest temporary folder."""
+shown raw). Screenshots go to NOISEPATH_SCREENSHOT_DIR, or to a pytest temporary folder."""
 
 from __future__ import annotations
 

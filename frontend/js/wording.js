@@ -104,19 +104,19 @@ export function schedulerStep(facts) {
     return { step: `x_{s+1} = c\\,x_s - w\\,\\hat{${o}}`,
       weaken: "w = \\frac{\\sigma_s - \\sigma_{s+1}}{\\sqrt{\\sigma_s^2+1}},\\quad c = 1 - \\frac{(\\sigma_s - \\sigma_{s+1})\\,\\sigma_s}{\\sigma_s^2+1}",
       remainder: "rescale",
-      text: "Euler with v-prediction first turns v into a direction that also contains the latent itself, so besides removing w times v the step shrinks the latent by the factor c." };
+      text: "Euler with v-prediction first turns $v$ into a direction that also contains the latent itself, so besides removing $w$ times $v$ the step shrinks the latent by the factor $c$." };
   }
   if (scheduler === "ddim" && prediction === "v_prediction") {
     return { step: `x_{s+1} = c\\,x_s - w\\,\\hat{${o}}`,
       weaken: "w = \\sqrt{\\bar\\alpha_{s+1}}\\sqrt{1-\\bar\\alpha_s} - \\sqrt{1-\\bar\\alpha_{s+1}}\\sqrt{\\bar\\alpha_s},\\quad c = \\sqrt{1-w^2}",
       remainder: "rescale",
-      text: "DDIM with v-prediction turns the latent by a small angle at every step: it removes w times v and rescales the latent by c, just under 1." };
+      text: "DDIM with v-prediction turns the latent by a small angle at every step: it removes $w$ times $v$ and rescales the latent by $c$, just under 1." };
   }
   if (scheduler === "ddim") {
     return { step: `x_{s+1} = c\\,x_s - w\\,\\hat{${o}}`,
       weaken: "c = \\sqrt{\\bar\\alpha_{s+1}/\\bar\\alpha_s},\\quad w = c\\,\\sqrt{1-\\bar\\alpha_s} - \\sqrt{1-\\bar\\alpha_{s+1}}",
       remainder: "rescale",
-      text: "DDIM removes w times the predicted noise and rescales the latent by c, a little over 1, as the share of signal grows." };
+      text: "DDIM removes $w$ times the predicted noise and rescales the latent by $c$, a little over 1, as the share of signal grows." };
   }
   if (scheduler === "lms") {
     const v = prediction !== "epsilon";

@@ -135,9 +135,9 @@ export function guidanceFormula() {
     const source = `${math} ${noteText}`;
     const katex = katexIfLoaded();
     if (!katex) {
-      // plain text until KaTeX arrives; the app redraws once it has
+      // empty until KaTeX arrives (the app redraws once it has): no TeX shown raw
       loadKatex();
-      selection.text(source.replace(/\\[a-z]+\{?|[{}&]/g, " "));
+      selection.text("");
       last = null;
       return;
     }
