@@ -311,14 +311,11 @@ def test_the_spoken_prompts_player_has_a_seek_bar_at_every_width_and_leaves_the_
     page.goto(f"{demo_url}?step=30")
     wait_ready(page)
     frames = "() => ['#decoded-frame', '#pred-frame'].map((s) => document.querySelector(s).getBoundingClientRect().width)"
-    closed = {}
-    for width in (1920, 1440):
-        page.set_viewport_size({"width": width, "height": 900})
-        closed[width] = page.evaluate(frames)
+    closed = {1440: page.evaluate(frames)}   # the one row's narrowest
     page.locator(".speech-examples summary").click()
     seek = page.locator(".speech-seek")
     seek.wait_for()
-    for width in (390, 720, 1023, 1366, 1440, 1920):
+    for width in (390, 720, 1023, 1440):   # a phone, the two-row pipeline's narrowest and widest, one row
         page.set_viewport_size({"width": width, "height": 900})
         bar = seek.bounding_box()
         assert bar is not None and bar["width"] >= 120, (width, bar)
