@@ -271,6 +271,7 @@ def test_a_static_site_plays_a_spoken_example_and_opens_its_run(page, spoken_sit
     page.locator(".speech-open a").click()  # opens the run the spoken caption leads to
     page.wait_for_function("() => /[?&]guidance=7/.test(location.search)")
     assert "seed=1" in page.url
+    assert page.locator(".speech-examples-box").evaluate("(d) => d.open")   # the box stays (speech= in the URL)
     page.wait_for_function(f"() => document.getElementById('prompt-words').textContent"
                            f".includes({CAPTIONS[0]!r})")
 

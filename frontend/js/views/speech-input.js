@@ -263,10 +263,11 @@ export function speechInput(row, panel, { info, text, run, say }) {
   });
 }
 
-/** The query string that opens an example's run (js/state.js reads it). */
+/** The query string that opens an example's run, the box still open on its clip (js/state.js
+ * reads it). */
 function runSearch(example) {
   const q = new URLSearchParams({ prompt: example.prompt_id, seed: String(example.seed),
-    guidance: String(example.guidance_scale) });
+    guidance: String(example.guidance_scale), speech: example.id });
   return `?${q.toString()}`;
 }
 
