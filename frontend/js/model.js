@@ -454,9 +454,10 @@ function pickerGroups(index) {
 /** What the UNet's output is, in words: the pictures below show exactly that output. */
 function predictionNote(type) {
   if (type === "v_prediction") {
-    return "This model predicts v (\u201cvelocity\u201d), a mix of the noise and the image: " +
-      "v = \u221a\u0101\u00b7noise \u2212 \u221a(1\u2212\u0101)\u00b7image (v-prediction, as in Stable " +
-      "Diffusion 2.x). The pictures and numbers labelled v show exactly that output; the scheduler removes w \u00d7 v.";
+    return "This model predicts $v$ (\u201cvelocity\u201d), a mix of the noise and the image: " +
+      "$v = \\sqrt{\\bar\\alpha}\\,\\epsilon - \\sqrt{1-\\bar\\alpha}\\,x_0$, noise $\\epsilon$ and image $x_0$ " +
+      "(v-prediction, as in Stable Diffusion 2.x). The pictures and numbers labelled $v$ show exactly that output; " +
+      "the scheduler removes $w \\times v$.";
   }
   if (type === "sample") return "This model predicts the clean image directly; the scheduler derives the noise.";
   return "The UNet predicts the noise in the latent (\u03b5-prediction, as in Stable Diffusion 1.x).";
