@@ -33,8 +33,6 @@ import collections
 import json
 import logging
 import math
-import re
-import secrets
 import threading
 import time
 import uuid
@@ -42,8 +40,9 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, quote, urlsplit
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
-from werkzeug.http import dump_cookie, parse_cookie
 
+from backend.clients import (BROWSER_COOKIE, BROWSER_ID, address, browser,  # noqa: F401
+                             browser_cookie, browser_of, give_browser_its_id)
 from backend.errors import error_response
 from backend.speech import speech_info
 
@@ -60,8 +59,6 @@ FIELDS = {"prompt", "seed", "guidance_scale"}
 MOUNT = "/live"          # the live bundle's app
 MAX_SHIPPED_TEXTS = 500  # shipped prompts the box offers when they are not in the live bundle
 LIVE_HEADER = "Noisepath-Live"  # on every answer of a --live server: the page shows its box
-BROWSER_COOKIE = "noisepath_live"  # the browser's id for the queue and its jobs
-BROWSER_ID = re.compile(r"[A-Za-z0-9_-]{32}")  # secrets.token_urlsafe(24): 192 random bits
 
 
 @dataclass
@@ -387,43 +384,9 @@ def check_job(body: dict, svc: LiveService) -> tuple[str, int, float]:
     return prompt, seed, float(g)
 
 
-# -- who is asking: a browser (its cookie's id) at a network address (the socket's)
+# -- who is asking: a browser (its cookie's id) at a network address (backend/clients.py)
 
-def browser_of(environ) -> tuple[str, bool]:
-    """(the browser's id, whether it is new): its cookie's when well-formed, else a new
-    random one. Kept in the environ, so one request is one browser."""
-    if "noisepath.browser" not in environ:
-        sent = parse_cookie(environ).get(BROWSER_COOKIE, "")
-        fresh = BROWSER_ID.fullmatch(sent) is None
-        environ["noisepath.browser"] = (secrets.token_urlsafe(24) if fresh else sent, fresh)
-    return environ["noisepath.browser"]
-
-
-def browser_cookie(environ) -> str | None:
-    """The Set-Cookie value that gives a new browser its id, or None."""
-    bid, fresh = browser_of(environ)
-    if not fresh:
-        return None
-    return dump_cookie(BROWSER_COOKIE, bid, path=environ.get("SCRIPT_NAME", "") + "/",
-                       httponly=True, samesite="Strict")
-
-
-def browser() -> str:
-    return browser_of(request.environ)[0]
-
-
-def address() -> str:
-    """The client's address: the socket's (waitress drops proxy headers; this never
-    reads X-Forwarded-For)."""
-    return request.remote_addr or "?"
-
-
-@bp.after_request
-def give_browser_its_id(resp):
-    cookie = browser_cookie(request.environ)
-    if cookie is not None:
-        resp.headers.add("Set-Cookie", cookie)
-    return resp
+bp.after_request(give_browser_its_id)
 
 
 def job_or_404(job_id: str, own: bool = False) -> Job:
