@@ -74,6 +74,11 @@ def add_arguments(p) -> None:
                       help="speech recognizer for spoken prompts: a Whisper folder or hub "
                       "id, run on --device (default: the demo model's own recognizer, with "
                       "the [speech] extra; another --model needs this)")
+    live.add_argument("--speech-per-address", type=lambda t: whole_number(
+        t, 1, 1000, "--speech-per-address"), default=3, metavar="N",
+        help="spoken clips all browsers of one network address (a class behind one "
+        "router) may have being recognized at once, one per browser (default 3: the "
+        "server takes at most 4 clips at once, so another address still gets in)")
     live.add_argument("--live-dir", type=Path, metavar="DIR",
                       help="the live bundle folder (default: under the user's cache folder)")
     live.add_argument("--live-steps", type=lambda t: whole_number(t, 1, 1000, "--live-steps"),
@@ -312,7 +317,8 @@ def start_speech(args, demo_model: bool):
         print(f"loading {asr_model} for spoken prompts on {args.device} ...", file=sys.stderr,
               flush=True)
     try:
-        return make_speech(asr_model, args.device, demo_model), None
+        return make_speech(asr_model, args.device, demo_model,
+                           getattr(args, "speech_per_address", 3)), None
     except Exception as e:  # a missing model, a folder that is not Whisper
         print(f"noisepath serve: --asr-model cannot load {asr_model}: "
               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)

@@ -486,12 +486,19 @@ CLIP_TYPES = {"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave",
 
 class SpeechService:
     """The recognizer behind POST api/live/speech, with its limits: one clip at a time
-    per client address (429), at most `max_waiting` clips in the server at once (503)."""
+    per browser and `per_address` per network address (a class behind one router
+    shares one: 429), at most `max_waiting` clips in the server at once (503).
+    A browser is its cookie's id (backend/clients.py); the address is the socket's."""
 
-    def __init__(self, recognizer, per_client: int = 1, max_waiting: int = 4):
+    RETRY_AFTER = 1  # s: a clip is recognized in a fraction of a second
+
+    def __init__(self, recognizer, per_client: int = 1, max_waiting: int = 4,
+                 per_address: int = 3):
         self.recognizer = recognizer
         self.per_client, self.max_waiting = per_client, max_waiting
-        self.busy: dict[str, int] = {}
+        self.per_address = per_address
+        self.busy: dict[str, int] = {}            # browser -> its clips being recognized
+        self.busy_addresses: dict[str, int] = {}  # address -> its clips being recognized
         self.lock = threading.Lock()
 
     def info(self) -> dict:
@@ -499,23 +506,35 @@ class SpeechService:
                 "max_seconds": MAX_SECONDS, "max_bytes": MAX_UPLOAD,
                 "sample_rate": SAMPLE_RATE}
 
-    def enter(self, client: str) -> tuple[int, str] | None:
-        """Take a slot for client's clip; (status, message) when none is free."""
+    def enter(self, client: str, address: str | None = None) -> tuple[int, str] | None:
+        """Take a slot for a clip of browser `client` from network `address` (default:
+        client); (status, one-line message) naming the first limit it would pass."""
+        address = client if address is None else address
+        wait = f"try again in about {self.RETRY_AFTER} s"
         with self.lock:
             if self.busy.get(client, 0) >= self.per_client:
-                return 429, (f"a clip of yours is being recognized (at most "
-                             f"{self.per_client} at a time); wait for it")
+                return 429, (f"a clip of this browser is being recognized (at most "
+                             f"{self.per_client} per browser at a time); {wait}, when its "
+                             "answer is back")
+            shared = self.busy_addresses.get(address, 0)
+            if shared >= self.per_address:
+                return 429, (f"{shared} clips from your network address are being "
+                             f"recognized (at most {self.per_address} per address, which a "
+                             f"class behind one router shares: --speech-per-address); {wait}")
             if sum(self.busy.values()) >= self.max_waiting:
-                return 503, (f"busy: {self.max_waiting} clips are being recognized; try "
-                             "again in a moment")
+                return 503, (f"busy: {self.max_waiting} clips are being recognized; {wait}")
             self.busy[client] = self.busy.get(client, 0) + 1
+            self.busy_addresses[address] = shared + 1
             return None
 
-    def leave(self, client: str) -> None:
+    def leave(self, client: str, address: str | None = None) -> None:
+        """Give back the slot `enter` took for the same browser and address."""
+        address = client if address is None else address
         with self.lock:
-            self.busy[client] -= 1
-            if not self.busy[client]:
-                del self.busy[client]
+            for counts, key in ((self.busy, client), (self.busy_addresses, address)):
+                counts[key] -= 1
+                if not counts[key]:
+                    del counts[key]
 
     def answer(self, x: np.ndarray) -> dict:
         """The recognizer's result and what the page draws, for checked samples."""
@@ -552,17 +571,19 @@ def unavailable(asr_model: str | None, demo_model: bool) -> str | None:
     return missing_library()
 
 
-def make_speech(asr_model: str | None = None, device: str = "cpu", demo_model: bool = True):
+def make_speech(asr_model: str | None = None, device: str = "cpu", demo_model: bool = True,
+                per_address: int = 3):
     """The speech service of `serve --live`: Whisper with --asr-model (loaded here, on
     the image model's device; precompute/asr.py), else the demo recognizer for the demo
-    model. None when `unavailable` says why (the caller prints it)."""
+    model; `per_address` clips of one address at once (--speech-per-address). None when
+    `unavailable` says why (the caller prints it)."""
     if unavailable(asr_model, demo_model):
         return None
     if asr_model:
         from precompute.asr import WhisperRecognizer  # torch: only with --asr-model
 
-        return SpeechService(WhisperRecognizer(asr_model, device))
-    return SpeechService(DemoRecognizer())
+        return SpeechService(WhisperRecognizer(asr_model, device), per_address=per_address)
+    return SpeechService(DemoRecognizer(), per_address=per_address)
 
 
 def speech_info(app) -> dict:
@@ -577,9 +598,11 @@ def init_app(app) -> None:
     """Register POST api/live/speech (backend/live.py's init_app calls this)."""
     from flask import Blueprint, current_app, jsonify, request
 
+    from backend.clients import address, browser, give_browser_its_id
     from backend.live import check_origin, no_store, refuse
 
     bp = Blueprint("speech", __name__, url_prefix="/api/live")
+    bp.after_request(give_browser_its_id)  # a new browser gets its id here too
 
     @bp.post("/speech")
     def recognize_clip():
@@ -595,16 +618,17 @@ def init_app(app) -> None:
         if request.mimetype not in CLIP_TYPES:
             refuse(415, "unsupported_media_type", "send the clip as WAV (Content-Type: "
                    "audio/wav)")
-        client = request.remote_addr or "?"
-        busy = svc.enter(client)
+        client, where = browser(), address()
+        busy = svc.enter(client, where)
         if busy is not None:
-            refuse(busy[0], "too_many_requests" if busy[0] == 429 else "busy", busy[1], 1)
+            refuse(busy[0], "too_many_requests" if busy[0] == 429 else "busy", busy[1],
+                   svc.RETRY_AFTER)
         try:
             x = decode(request.get_data(cache=False))
             return no_store(jsonify(svc.answer(x)))
         except AudioError as e:
             refuse(e.status, e.name, str(e))
         finally:
-            svc.leave(client)
+            svc.leave(client, where)
 
     app.register_blueprint(bp)

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import re
+import shutil
+import subprocess
 import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from backend import create_app, speech
-from backend.live import LiveService
+from backend import REPO, create_app, speech
+from backend.live import BROWSER_COOKIE, LiveService
 from precompute.demo import world
 from tests.speech_helpers import ESPEAK, ESPEAK_SKIP, VOICES, add_noise, speak, wav_bytes
 
@@ -187,6 +190,18 @@ def post_clip(client, data, content_type="audio/wav", ip="10.0.0.1", **headers):
                        headers=headers, environ_base={"REMOTE_ADDR": ip})
 
 
+def another_browser(client):
+    """A test client of the same app with a cookie jar of its own: another browser."""
+    return client.application.test_client()
+
+
+def browser_id(client) -> str:
+    """The id the live API gave this client's browser (asking once if it has none)."""
+    if client.get_cookie(BROWSER_COOKIE) is None:
+        client.get("/api/live/info.json")
+    return client.get_cookie(BROWSER_COOKIE).value
+
+
 @needs_espeak
 def test_a_spoken_caption_comes_back_with_words_waveform_and_spectrogram(api):
     _, client = api
@@ -238,12 +253,13 @@ def test_cross_site_clips_and_a_busy_client_are_refused(api):
     for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
         resp = post_clip(client, clip, **headers)
         assert resp.status_code == 403 and resp.get_json()["error"] == "cross_site"
-    assert svc.enter("10.0.0.9") is None  # a clip of this client is being recognized
+    me = browser_id(client)
+    assert svc.enter(me, "10.0.0.9") is None  # a clip of this browser is being recognized
     try:
         again = post_clip(client, clip, ip="10.0.0.9")
         assert again.status_code == 429 and again.headers["Retry-After"] == "1"
     finally:
-        svc.leave("10.0.0.9")
+        svc.leave(me, "10.0.0.9")
     for i in range(svc.max_waiting):
         assert svc.enter(f"10.1.0.{i}") is None
     try:
@@ -252,7 +268,7 @@ def test_cross_site_clips_and_a_busy_client_are_refused(api):
     finally:
         for i in range(svc.max_waiting):
             svc.leave(f"10.1.0.{i}")
-    assert not svc.busy
+    assert not svc.busy and not svc.busy_addresses
 
 
 def test_info_says_whether_speech_is_available(api, tmp_path, synthetic_bundle_ro):
@@ -271,8 +287,8 @@ def test_clips_from_many_threads_each_get_an_answer(api):
     clip = wav_bytes(np.zeros(16000), 16000)
     codes = []
 
-    def one(i):
-        codes.append(post_clip(client, clip, ip=f"10.2.0.{i}").status_code)
+    def one(i):  # eight browsers (a cookie jar each)
+        codes.append(post_clip(another_browser(client), clip, ip=f"10.2.0.{i}").status_code)
     threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
@@ -303,17 +319,206 @@ def test_speech_answers_match_their_declared_responses(api, tmp_path, synthetic_
     assert check(post_clip(client, wav_bytes(tone(16, rate), rate))) == 413
     assert check(post_clip(client, b"OggS....")) == 415
     assert check(post_clip(client, wav_bytes(np.zeros(rate), rate))) == 422
-    svc.enter("10.0.0.1")
+    me = browser_id(client)
+    svc.enter(me, "10.0.0.1")
     try:
         assert check(post_clip(client, b"x")) == 429
     finally:
-        svc.leave("10.0.0.1")
+        svc.leave(me, "10.0.0.1")
     live = LiveService(NoRunner(tmp_path), lambda root: None)
     without = create_app({"BUNDLE_DIR": synthetic_bundle_ro, "LIVE": live}).test_client()
     assert check(post_clip(without, b"x")) == 404
     info = without.get("/api/live/info.json").get_json()
     spec = declared("/api/live/info.json", "get", 200)["content"]["application/json"]["schema"]
     assert check_schema(info, spec) == []
+
+
+# ------------------------------------ a class behind one router (one address, many browsers)
+
+NAT = "203.0.113.7"  # the school's one public address
+
+
+class HeldRecognizer:
+    """Stands in for the recognizer: each clip waits for `release`; `inside` counts the
+    clips being recognized at once (the real one decodes one at a time behind a lock,
+    but the limits count clips from their upload to their answer)."""
+
+    name = "held fake"
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.inside, self.most = 0, 0
+        self.changed = threading.Condition()
+
+    def recognize(self, x):
+        with self.changed:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+            self.changed.notify_all()
+        try:
+            assert self.release.wait(10)
+        finally:
+            with self.changed:
+                self.inside -= 1
+        return {"understood": True, "text": CAPTION, "heard": CAPTION, "nbest": [CAPTION],
+                "words": [], "recognizer": self.name}
+
+    def wait_inside(self, n: int, timeout: float = 5) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: self.inside >= n, timeout)
+
+
+@pytest.fixture(scope="module")
+def held_app(tmp_path_factory, synthetic_bundle_ro):
+    live = LiveService(NoRunner(tmp_path_factory.mktemp("live")), lambda root: None)
+    svc = speech.SpeechService(HeldRecognizer())
+    return create_app({"BUNDLE_DIR": synthetic_bundle_ro, "LIVE": live, "SPEECH": svc})
+
+
+@pytest.fixture
+def held(held_app):
+    """(recognizer, service, a new browser) of an app whose recognizer holds each clip
+    until released: no pocketsphinx needed."""
+    svc = held_app.config["SPEECH"]
+    svc.recognizer = recognizer = HeldRecognizer()
+    svc.per_address = 3
+    yield recognizer, svc, held_app.test_client()
+    recognizer.release.set()
+
+
+TONE = wav_bytes(tone(1, 16000), 16000)  # voiced enough for the checks; the fake hears it
+
+
+def test_two_browsers_behind_one_address_each_have_a_clip_recognized_at_once(held):
+    """The speech endpoint knows a browser by the live API's cookie, not by its address:
+    two students behind one NAT speak at the same moment and both are heard; the same
+    browser's second clip meanwhile gets a one-line 429."""
+    recognizer, svc, alice = held
+    bob = another_browser(alice)
+    ids = {browser_id(alice), browser_id(bob)}
+    assert len(ids) == 2  # each browser got its own id from the live API
+    answers = {}
+
+    def speak_as(name, client):
+        answers[name] = post_clip(client, TONE, ip=NAT)
+    threads = [threading.Thread(target=speak_as, args=pair)
+               for pair in (("alice", alice), ("bob", bob))]
+    for t in threads:
+        t.start()
+    try:
+        assert recognizer.wait_inside(2), {n: r.get_json() for n, r in answers.items()}
+        again = post_clip(alice, TONE, ip=NAT)
+        assert again.status_code == 429 and again.headers["Retry-After"] == "1"
+        assert "per browser" in again.get_json()["message"]
+        assert "\n" not in again.get_json()["message"]
+    finally:
+        recognizer.release.set()
+        for t in threads:
+            t.join(10)
+    assert [answers[n].status_code for n in ("alice", "bob")] == [200, 200]
+    assert answers["alice"].get_json()["text"] == CAPTION
+    assert not svc.busy and not svc.busy_addresses
+
+
+def test_minting_browser_ids_from_one_address_hits_the_per_address_ceiling(held):
+    """A script without cookies is a new browser at every clip: the address's ceiling
+    (--speech-per-address) stops it with a one-line 429 naming that limit and when to
+    retry; X-Forwarded-For is not believed; another address still gets in."""
+    recognizer, svc, client = held
+    svc.per_address = 2
+    first, second = another_browser(client), another_browser(client)
+    threads = [threading.Thread(target=post_clip, args=(c, TONE), kwargs={"ip": NAT})
+               for c in (first, second)]
+    for t in threads:
+        t.start()
+    other = None
+    try:
+        assert recognizer.wait_inside(2)
+        refused = post_clip(another_browser(client), TONE, ip=NAT)
+        assert refused.status_code == 429 and len(refused.data.strip().splitlines()) == 1
+        err = refused.get_json()
+        assert err["error"] == "too_many_requests" and "--speech-per-address" in err["message"]
+        assert "at most 2 per address" in err["message"]
+        wait = int(refused.headers["Retry-After"])
+        assert wait >= 1 and f"try again in about {wait} s" in err["message"]
+        spoofed = post_clip(another_browser(client), TONE, ip=NAT,
+                            **{"X-Forwarded-For": "10.9.9.9"})
+        assert spoofed.status_code == 429
+        elsewhere = []
+        other = threading.Thread(target=lambda: elsewhere.append(
+            post_clip(another_browser(client), TONE, ip="198.51.100.1")))
+        other.start()
+        assert recognizer.wait_inside(3)  # the teacher's machine is heard meanwhile
+    finally:
+        recognizer.release.set()
+        for t in [*threads, *([other] if other else [])]:
+            t.join(10)
+    assert elsewhere[0].status_code == 200
+    assert not svc.busy and not svc.busy_addresses
+
+
+@pytest.mark.parametrize("value", ["", "A" * 31 + "!", "A" * 33, "é" * 32])
+def test_a_malformed_browser_cookie_is_a_new_browser_for_speech(held, value):
+    recognizer, svc, client = held
+    recognizer.release.set()
+    client.set_cookie(BROWSER_COOKIE, value)
+    resp = post_clip(client, TONE)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    cookie = resp.headers["Set-Cookie"]
+    assert cookie.startswith(f"{BROWSER_COOKIE}=") and "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    given = client.get_cookie(BROWSER_COOKIE).value
+    assert given != value and len(given) == 32
+    # a well-formed id is kept: no new cookie on the next clip
+    assert "Set-Cookie" not in post_clip(client, TONE).headers
+
+
+SEND_DRIVER = """
+import { sendClip } from "./speech-input.mjs";
+const script = JSON.parse(process.argv[2]);
+const out = [];
+for (const answers of script) {
+  const sent = [], said = [], waited = [];
+  const fetchFn = async (url, init) => {
+    sent.push([url, init.method, init.headers["Content-Type"], init.body]);
+    const [status, retryAfter, message] = answers[Math.min(sent.length, answers.length) - 1];
+    return { status, ok: status < 300, headers: { get: (h) => (h === "Retry-After" ? retryAfter : null) },
+             json: async () => ({ message }) };
+  };
+  const { response, data } = await sendClip("clip", (line) => said.push(line),
+    { fetchFn, wait: async (s) => waited.push(s) });
+  out.push({ status: response.status, message: data.message, sent, said, waited });
+}
+process.stdout.write(JSON.stringify(out));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node (to run the ES module)")
+def test_the_page_sends_a_clip_again_when_the_recognizer_is_busy(tmp_path):
+    """frontend/js/views/speech-input.js sendClip: a 429 or 503 keeps the clip and sends
+    it again after Retry-After (1 s when absent), saying so in one line, up to 5 tries;
+    the last refusal's one-line message is what the box then says; other errors are not
+    retried."""
+    source = (REPO / "frontend" / "js" / "views" / "speech-input.js").read_text("utf-8")
+    assert 'import { d3 } from "../lib.js";' in source  # the module's one import
+    (tmp_path / "speech-input.mjs").write_text(
+        source.replace('import { d3 } from "../lib.js";', "const d3 = null;"), "utf-8")
+    (tmp_path / "driver.mjs").write_text(SEND_DRIVER, "utf-8")
+    full = "3 clips from your network address are being recognized (--speech-per-address)"
+    script = [[[429, "2", "a clip of this browser"], [503, None, "busy"], [200, None, None]],
+              [[429, "1", full]],
+              [[422, None, "the clip is silent"]]]
+    out = json.loads(subprocess.run(
+        [shutil.which("node"), str(tmp_path / "driver.mjs"), json.dumps(script)],
+        capture_output=True, text=True, check=True, timeout=30).stdout)
+    heard, refused, silent = out
+    assert heard["status"] == 200 and heard["waited"] == [2, 1]
+    assert heard["sent"] == [["api/live/speech", "POST", "audio/wav", "clip"]] * 3
+    assert [s.split("(")[-1] for s in heard["said"]] == ["try 2 of 5)…", "try 3 of 5)…"]
+    assert all("busy" in line and "\n" not in line for line in heard["said"])
+    assert refused["status"] == 429 and refused["message"] == full
+    assert len(refused["sent"]) == 5 and refused["waited"] == [1] * 4
+    assert silent["status"] == 422 and len(silent["sent"]) == 1 and not silent["said"]
 
 
 # ------------------------------------------------- Whisper for real models (plumbing)

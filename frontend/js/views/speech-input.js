@@ -34,6 +34,28 @@ const RATE = 16000;
 // captions and 29 of 152 right ones (0.6: 6 of 20 and 5 of 152); a held-back right
 // caption costs one key, a wrong one a wrong picture.
 const UNSURE = 0.8;
+// A clip refused because recognizers are busy (429: this browser's clip or its network
+// address's ceiling, a class behind one router; 503: the server's) is sent again after
+// Retry-After, at most this many tries in all: the clip is kept, not spoken again.
+const BUSY_TRIES = 5;
+const sleep = (seconds) => new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+
+/** POST a WAV clip to api/live/speech; on 429 or 503 wait Retry-After seconds (1 to 10)
+ * and send it again, up to `tries` in all, saying so with say(line). Returns the last
+ * answer: { response, data } (data: its JSON, or null). */
+export async function sendClip(body, say, { tries = BUSY_TRIES, fetchFn = fetch, wait = sleep } = {}) {
+  for (let attempt = 1; ; attempt += 1) {
+    const response = await fetchFn(SPEECH_URL, { method: "POST", body,
+      headers: { "Content-Type": "audio/wav" } });
+    const data = await response.json().catch(() => null);
+    if ((response.status !== 429 && response.status !== 503) || attempt >= tries) {
+      return { response, data };
+    }
+    const seconds = Math.min(10, Math.max(1, Math.round(Number(response.headers.get("Retry-After"))) || 1));
+    say(`The recognizer is busy: sending the clip again in ${seconds} s (try ${attempt + 1} of ${tries})…`);
+    await wait(seconds);
+  }
+}
 
 /** Samples (Float32Array, 16 kHz mono) as a 16-bit PCM WAV file. */
 export function wavBlob(samples, rate = RATE) {
@@ -189,9 +211,7 @@ export function speechInput(row, panel, { info, text, run, say }) {
   async function recognize(samples) {
     panel.attr("hidden", null).selectAll("*").remove();
     say("Recognizing the clip…");
-    const response = await fetch(SPEECH_URL, { method: "POST", body: wavBlob(samples),
-      headers: { "Content-Type": "audio/wav" } });
-    const data = await response.json().catch(() => null);
+    const { response, data } = await sendClip(wavBlob(samples), say);
     if (!response.ok) {
       say(data && data.message ? data.message : `${response.status} ${response.statusText}`, true);
       return;
