@@ -192,7 +192,7 @@ def test_the_url_of_an_evicted_prompt_computes_it_again(page, live_server):
     write_json_atomic(svc.runner.live_dir / ".work" / EVICTED_FILE,
                       {pid: "a blue square on a red background"})
     page.goto(f"{url}live/?prompt={pid}&seed=2&guidance=3")
-    page.wait_for_url("**/?live_job=*")
+    page.wait_for_url("**live_job=*")  # kept in the address while the job runs (a reload watches it)
     page.locator(".live-frames img[src*='/frames/']").first.wait_for(timeout=120_000)
     assert "computing it again" in page.locator(".live-status").inner_text() or \
         "Step" in page.locator(".live-status").inner_text()
