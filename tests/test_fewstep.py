@@ -323,5 +323,5 @@ const [{ index }] = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const scheduler = { timesteps: [1000, 500], alphas_cumprod: [0, 0.5], weaken: [0.5, 0.5], flow_time: [0, 0.5] };
 process.stdout.write(JSON.stringify(w.stepNumbersText(w.modelFacts(index), scheduler, 1)));
 """)
-    assert numbers == ("This call's numbers: flow time t = 0.500 (σ = 0.500), next t = 1.000, dt = 0.500, "
-                       "w = 0.500 (measured).")
+    assert numbers == ("This call's numbers: flow time $t$ = 0.500 ($\\sigma$ = 0.500), next $t$ = 1.000, "
+                       "$\\Delta t$ = 0.500, $w$ = 0.500 (measured).")

@@ -87,12 +87,13 @@ export function guidanceModeText(mode) {
   return "";
 }
 
-/** A flow call's numbers: "flow time t = 0.25, σ = 0.75, dt = 0.25", or null for other models. */
+/** A flow call's numbers ("flow time $t$ = 0.250 ($\\sigma$ = 0.750), ..."), or null for other models. */
 export function flowNumbersText(facts, scheduler, i) {
   const t = scheduler && scheduler.flow_time;
   if (!isFlow(facts) || !t || i === null || i === undefined || t[i] === undefined) return null;
   const next = i + 1 < t.length ? t[i + 1] : 1;
   const f = (x) => (Math.abs(x) >= 0.1 || x === 0 ? x.toFixed(3) : x.toPrecision(3)).replace("-", "\u2212");
-  return `This call's numbers: flow time t = ${f(t[i])} (σ = ${f(1 - t[i])}), next t = ${f(next)}, dt = ${f(next - t[i])}, `
-    + `w = ${f(scheduler.weaken[i])} (measured).`;
+  // math between dollar signs, typeset like the other samplers' numbers (views/fields.js writeProse)
+  return `This call's numbers: flow time $t$ = ${f(t[i])} ($\\sigma$ = ${f(1 - t[i])}), next $t$ = ${f(next)}, `
+    + `$\\Delta t$ = ${f(next - t[i])}, $w$ = ${f(scheduler.weaken[i])} (measured).`;
 }
