@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from backend.fewstep_examples import FORMAT, INDEX, SECTION, VERSION
+from precompute.straightness import DEFINITION as STRAIGHTNESS_DEFINITION
 from precompute.straightness import (FlowPath, ddim_final_alpha_bar, flow_path, flow_velocity,
                                      vp_path)
 from precompute.straightness import straightness as path_straightness
@@ -190,7 +191,8 @@ def plan_examples(index: dict, prompts: list[str] | None, seeds: list[int] | Non
 
 def request_of(models: list[Model], examples: list[Example], sprite_format: str) -> dict:
     """What decides the section's content: compared with an existing section's."""
-    return {"sprites": sprite_format, "models": [[m.id, m.sha256, m.guidance_scale] for m in models],
+    return {"sprites": sprite_format, "straightness": STRAIGHTNESS_DEFINITION,
+            "models": [[m.id, m.sha256, m.guidance_scale] for m in models],
             "examples": [[e.id, e.prompt, e.seed, [f"{m.id}-{n}" for m in models
                                                    for n in m.steps]] for e in examples]}
 
@@ -200,6 +202,7 @@ def existing_request(bundle: Path) -> dict | None:
         doc = json.loads((bundle / INDEX).read_text(encoding="utf-8"))
         files = [p["images"]["file"] for e in doc["examples"] for p in e["paths"]]
         return {"sprites": "png" if all(f.endswith(".png") for f in files) else "webp",
+                "straightness": doc.get("straightness_definition"),  # absent: the old mean
                 "models": [[m["id"], m.get("model_sha256"), m["guidance_scale"]]
                            for m in doc["models"]],
                 "examples": [[e["id"], e["prompt"], e["seed"], [p["id"] for p in e["paths"]]]
@@ -508,6 +511,7 @@ def build(bundle: Path, index: dict, models: list[Model], examples: list[Example
         entries.append(entry)
         files.update(example_files)
     doc = {"format": FORMAT, "format_version": VERSION,
+           "straightness_definition": STRAIGHTNESS_DEFINITION,
            "models": [model_entry(m) for m in models], "examples": entries}
     return doc, files
 

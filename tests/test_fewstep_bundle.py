@@ -172,6 +172,16 @@ def test_asking_for_another_sprite_format_is_not_up_to_date(built):
     existing = fewstep_bundle.existing_request(built / "bundle")
     assert existing == fewstep_bundle.request_of(models, examples, "webp")
     assert existing != fewstep_bundle.request_of(models, examples, "png")
+    # a section whose straightness came from another definition (an older builder's) is rebuilt
+    index_file = built / "bundle" / fewstep_bundle.INDEX
+    original = index_file.read_bytes()
+    assert doc["straightness_definition"] == fewstep_bundle.STRAIGHTNESS_DEFINITION
+    index_file.write_text(json.dumps({k: v for k, v in doc.items() if k != "straightness_definition"}))
+    try:
+        assert fewstep_bundle.existing_request(built / "bundle") != \
+            fewstep_bundle.request_of(models, examples, "webp")
+    finally:
+        index_file.write_bytes(original)
 
 
 def run(latents, pred, flow=True, level=None, end=0.0):
