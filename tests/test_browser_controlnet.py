@@ -201,7 +201,7 @@ def test_the_level_opens_scrubbing_updates_its_chart_and_maps_and_escape_closes_
 
 
 def test_the_scale_slider_previews_on_hover_and_commits_on_click_and_release(page, cn_url, control_bundle):
-    bundle, ids, _ = control_bundle
+    bundle, ids, second = control_bundle
     main, _ = prompt_ids()
     page.goto(f"{cn_url}?prompt={main}&seed=1&guidance=7&step=3&open=controlnet&control=1")
     wait_ready(page)
@@ -219,6 +219,13 @@ def test_the_scale_slider_previews_on_hover_and_commits_on_click_and_release(pag
     page.wait_for_function(f"() => document.querySelector('#controlnet-with').dataset.src.includes('{src[1.0]}')")
     page.get_by_role("button", name="Conditioning scale 0.5", exact=True).click()
     page.wait_for_function("() => new URLSearchParams(location.search).get('control') === '0.5'")
+    # hovering the second control image (run at scales 1 and 2 only) previews what a click
+    # would choose: that image at a scale it has, not its run without control
+    page.locator("#panel-controlnet .cn-images .cn-thumb").nth(1).hover()
+    page.wait_for_function(f"() => document.querySelector('#controlnet-with').dataset.src.includes('runs/{second[1.0]}/')")
+    assert query(page)["control"] == "0.5"
+    page.mouse.move(5, 5)
+    page.wait_for_function(f"() => document.querySelector('#controlnet-with').dataset.src.includes('{src[0.5]}')")
     # the range: dragging (input) previews the nearest scale, releasing (change) commits it
     page.evaluate("""() => { const r = document.querySelector('#controlnet-slider .gs-range');
         r.value = '1.9'; r.dispatchEvent(new Event('input', {bubbles: true})); }""")

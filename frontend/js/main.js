@@ -164,8 +164,9 @@ async function start() {
     differenceImage: differenceImage(),
     controlnet: choiceHandlers(controlnetLevel(), store, "control")
       .on("image", (id) => store.commit(controlImageChoice(index, store.committed(), id)))
-      .on("imagePreview", (id) => store.preview({ controlImage: id }))
-      .on("imageUnpreview", () => store.clearPreview(["controlImage"])),
+      // the preview shows what a click would choose: the image at a scale it was run at
+      .on("imagePreview", (id) => store.preview(controlImageChoice(index, store.committed(), id)))
+      .on("imageUnpreview", () => store.clearPreview(["controlImage", "control"])),
   };
 
   const frameView = frame();
