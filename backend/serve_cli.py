@@ -77,8 +77,12 @@ def add_arguments(p) -> None:
     live.add_argument("--speech-per-address", type=lambda t: whole_number(
         t, 1, 1000, "--speech-per-address"), default=3, metavar="N",
         help="spoken clips all browsers of one network address (a class behind one "
-        "router) may have being recognized at once, one per browser (default 3: the "
-        "server takes at most 4 clips at once, so another address still gets in)")
+        "router) may have being recognized at once, one per browser (default 3: below "
+        "--speech-at-once, so another address still gets in)")
+    live.add_argument("--speech-at-once", type=lambda t: whole_number(
+        t, 1, 64, "--speech-at-once"), default=4, metavar="N",
+        help="spoken clips the server holds at once, every browser together (default 4); "
+        "one more gets a 503 and the page sends it again a second later")
     live.add_argument("--live-dir", type=Path, metavar="DIR",
                       help="the live bundle folder (default: under the user's cache folder)")
     live.add_argument("--live-steps", type=lambda t: whole_number(t, 1, 1000, "--live-steps"),
@@ -318,7 +322,8 @@ def start_speech(args, demo_model: bool):
               flush=True)
     try:
         return make_speech(asr_model, args.device, demo_model,
-                           getattr(args, "speech_per_address", 3)), None
+                           getattr(args, "speech_per_address", 3),
+                           getattr(args, "speech_at_once", 4)), None
     except Exception as e:  # a missing model, a folder that is not Whisper
         print(f"noisepath serve: --asr-model cannot load {asr_model}: "
               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)

@@ -522,7 +522,8 @@ class SpeechService:
                              f"recognized (at most {self.per_address} per address, which a "
                              f"class behind one router shares: --speech-per-address); {wait}")
             if sum(self.busy.values()) >= self.max_waiting:
-                return 503, (f"busy: {self.max_waiting} clips are being recognized; {wait}")
+                return 503, (f"busy: {self.max_waiting} clips are being recognized (at most "
+                             f"{self.max_waiting} at once: --speech-at-once); {wait}")
             self.busy[client] = self.busy.get(client, 0) + 1
             self.busy_addresses[address] = shared + 1
             return None
@@ -572,18 +573,21 @@ def unavailable(asr_model: str | None, demo_model: bool) -> str | None:
 
 
 def make_speech(asr_model: str | None = None, device: str = "cpu", demo_model: bool = True,
-                per_address: int = 3):
+                per_address: int = 3, at_once: int = 4):
     """The speech service of `serve --live`: Whisper with --asr-model (loaded here, on
     the image model's device; precompute/asr.py), else the demo recognizer for the demo
-    model; `per_address` clips of one address at once (--speech-per-address). None when
-    `unavailable` says why (the caller prints it)."""
+    model; `per_address` clips of one address at once (--speech-per-address), `at_once`
+    clips in the server at once (--speech-at-once). None when `unavailable` says why (the
+    caller prints it)."""
     if unavailable(asr_model, demo_model):
         return None
     if asr_model:
         from precompute.asr import WhisperRecognizer  # torch: only with --asr-model
 
-        return SpeechService(WhisperRecognizer(asr_model, device), per_address=per_address)
-    return SpeechService(DemoRecognizer(), per_address=per_address)
+        recognizer = WhisperRecognizer(asr_model, device)
+    else:
+        recognizer = DemoRecognizer()
+    return SpeechService(recognizer, per_address=per_address, max_waiting=at_once)
 
 
 def speech_info(app) -> dict:

@@ -563,6 +563,26 @@ def test_a_tiny_random_whisper_answers_through_the_api(whisper, tmp_path, synthe
     assert info["available"] and info["recognizer"] == whisper.name
 
 
+def test_the_class_options_reach_the_speech_service(monkeypatch, capsys):
+    """serve --live's --speech-per-address and --speech-at-once size the service (a bad
+    value is one line, before anything loads); the 503 names the option that raises it."""
+    from backend import cli, serve_cli
+
+    monkeypatch.setattr(speech, "unavailable", lambda *a: None)
+    monkeypatch.setattr(speech, "DemoRecognizer", lambda: object())
+    args = cli.build_parser("serve").parse_args(
+        ["serve", "--live", "--speech-per-address", "2", "--speech-at-once", "6"])
+    svc, problem = serve_cli.start_speech(args, demo_model=True)
+    assert problem is None and (svc.per_address, svc.max_waiting) == (2, 6)
+    for n in range(6):
+        assert svc.enter(f"browser-{n}", f"10.0.0.{n}") is None
+    status, message = svc.enter("browser-7", "10.0.0.7")
+    assert status == 503 and "--speech-at-once" in message and "\n" not in message
+    with pytest.raises(SystemExit) as e:
+        cli.main(["serve", "--live", "--speech-at-once", "0"])
+    assert e.value.code == 2 and "--speech-at-once" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def test_without_a_recognizer_for_the_model_the_reason_is_one_line(monkeypatch):
     assert "--asr-model" in speech.unavailable(None, demo_model=False)
     assert speech.unavailable(None, demo_model=True) == speech.missing_library()
