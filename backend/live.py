@@ -41,8 +41,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
-from backend.clients import (BROWSER_COOKIE, BROWSER_ID, address, browser,  # noqa: F401
-                             browser_cookie, browser_of, give_browser_its_id)
+from backend.clients import address, browser, browser_cookie, browser_of, give_browser_its_id
 from backend.errors import error_response
 from backend.speech import speech_info
 

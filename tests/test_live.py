@@ -18,7 +18,8 @@ from urllib.parse import quote
 import pytest
 
 from backend import REPO, create_app
-from backend.live import BROWSER_COOKIE, LiveService, missing_libraries
+from backend.clients import BROWSER_COOKIE
+from backend.live import LiveService, missing_libraries
 
 DEMO_BUNDLE = REPO / "static" / "demo-bundle"
 DEMO_MODEL = REPO / "static" / "demo-model"

@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from backend import REPO, create_app, speech
-from backend.live import BROWSER_COOKIE, LiveService
+from backend.clients import BROWSER_COOKIE
+from backend.live import LiveService
 from precompute.demo import world
 from tests.speech_helpers import ESPEAK, ESPEAK_SKIP, VOICES, add_noise, speak, wav_bytes
 
