@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from precompute.demo import controlnet_train, evaluate, judge
+    from precompute.demo import controlnet_train, evaluate, judge, world
 
     torch.set_num_threads(args.threads)
     print(f"load average at start: {os.getloadavg()[0]:.1f}", flush=True)
@@ -162,8 +162,6 @@ def main(argv=None) -> int:
             for name, (scale, full) in runs.items():
                 images[name].extend(generate(pipe, batch, scale, full, args))
     seconds = time.monotonic() - start
-    from precompute.demo import world
-
     with torch.no_grad():
         images["the scene itself, through the VAE (ceiling)"] = list(
             evaluate.reconstruct(pipe, np.stack([world.render(c[0]) for c in items])))

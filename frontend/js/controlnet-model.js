@@ -76,9 +76,14 @@ export function controlSetup(index, promptId, seed, guidance, controlId = null) 
  * `controlId` (null or one the prompt lacks: its first), or null (scale 0, or no such run:
  * the caller shows the run without control). */
 export function controlledRunId(index, promptId, seed, guidance, scale, controlId = null) {
-  if (!scale) return null;
-  const setup = controlSetup(index, promptId, seed, guidance, controlId);
-  const found = setup && setup.runs.find((r) => r.scale > 0 && sameNumber(r.scale, scale));
+  return runAtScale(controlSetup(index, promptId, seed, guidance, controlId), scale);
+}
+
+/** A setup's controlled run at conditioning scale `scale`, or null (no setup, scale 0, or
+ * not recorded). */
+function runAtScale(setup, scale) {
+  if (!setup || !scale) return null;
+  const found = setup.runs.find((r) => r.scale > 0 && sameNumber(r.scale, scale));
   return found ? found.runId : null;
 }
 
@@ -101,7 +106,7 @@ export function openingScale(setup) {
 export function controlImageChoice(index, state, controlId) {
   const setup = controlSetup(index, state.prompt, state.seed, state.guidance, controlId);
   if (!setup || !state.control) return { controlImage: controlId };
-  const kept = setup.runs.some((r) => r.scale > 0 && sameNumber(r.scale, state.control));
+  const kept = runAtScale(setup, state.control) !== null;
   return { controlImage: controlId, control: kept ? state.control : openingScale(setup) };
 }
 
@@ -140,7 +145,7 @@ export function guidanceRowUnderControl(index, api, state, items) {
   const row = items.map((it) => {
     const setup = controlSetup(index, state.prompt, state.seed, it.g, state.controlImage);
     if (setup && setup.controlIds.length > 1) named = controlName(setup.controlId);
-    const runId = controlledRunId(index, state.prompt, state.seed, it.g, state.control, state.controlImage);
+    const runId = runAtScale(setup, state.control);
     if (!runId) {
       missing.push(it.g);
       return { ...it, control: false };

@@ -184,10 +184,11 @@ export function createStore(index, win) {
 
   // A live run's URL carries its prompt's text, so the server can compute it again after
   // its cache was cleared (docs/api.md): kept while the page shows that prompt.
-  const liveText = new URLSearchParams(win.location.search).get("text");
+  const opened = new URLSearchParams(win.location.search);
+  const liveText = opened.get("text");
   // A live prompt the server queued again (?live_job=<id>, after its cache was cleared):
   // kept while the page still shows what it opened on, so a reload watches the same job.
-  const liveJob = new URLSearchParams(win.location.search).get("live_job");
+  const liveJob = opened.get("live_job");
   const openedOn = committed.prompt;
 
   function writeUrl(push) {
