@@ -222,7 +222,7 @@ def start(args):
     """The listening server, its URLs and the store; or an exit code after a message."""
     lan = lan_addresses() if args.host in ALL_INTERFACES else []
     live = speech = None
-    if getattr(args, "live", False):
+    if args.live:
         live = start_live(args)
         if isinstance(live, int):
             return live
@@ -260,7 +260,7 @@ def start(args):
                 print(f"  {p}", file=sys.stderr)
     try:
         server = make_server(app, args.host, args.port, args.threads,
-                             getattr(args, "connections_per_address", PER_CLIENT_LIMIT))
+                             args.connections_per_address)
     except (OSError, UnicodeError) as e:  # UnicodeError: an unusable host name
         if getattr(e, "errno", None) == errno.EADDRINUSE:
             print(f"noisepath serve: port {args.port} on {args.host} is already in use "
@@ -298,7 +298,7 @@ def start_live(args):
         return make_service(args.model, args.device, args.live_dir, config, scales, FRONTEND,
                             steps=args.live_steps, max_queue=args.live_queue,
                             per_client=args.live_per_client,
-                            per_address=getattr(args, "live_per_address", 8),
+                            per_address=args.live_per_address,
                             max_prompts=args.live_cache_prompts, shipped_dir=args.bundle)
     except Exception as e:  # a missing model, a device that is not there
         print(f"noisepath serve: --live cannot load {args.model}: "
@@ -312,7 +312,7 @@ def start_speech(args, demo_model: bool):
     too), or exit code 1 when the --asr-model does not load (as --model stops it)."""
     from backend.speech import make_speech, unavailable
 
-    asr_model = getattr(args, "asr_model", None)
+    asr_model = args.asr_model
     problem = unavailable(asr_model, demo_model)
     if problem:
         print(f"note: {problem}", file=sys.stderr)
@@ -322,8 +322,7 @@ def start_speech(args, demo_model: bool):
               flush=True)
     try:
         return make_speech(asr_model, args.device, demo_model,
-                           getattr(args, "speech_per_address", 3),
-                           getattr(args, "speech_at_once", 4)), None
+                           args.speech_per_address, args.speech_at_once), None
     except Exception as e:  # a missing model, a folder that is not Whisper
         print(f"noisepath serve: --asr-model cannot load {asr_model}: "
               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)

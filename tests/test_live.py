@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from argparse import Namespace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -338,11 +337,11 @@ def test_without_live_the_api_says_it_is_not_there(synthetic_bundle_ro):
 
 # ------------------------------------------------------------------- the command line
 
-def live_args(**kw):
-    return Namespace(**{"host": "127.0.0.1", "model": str(DEMO_MODEL), "device": "cpu",
-                        "live_dir": None, "live_steps": None, "live_queue": 16,
-                        "live_per_client": 1, "live_cache_prompts": 50,
-                        "bundle": DEMO_BUNDLE, **kw})
+def live_args(*argv):
+    """`serve --live` arguments as the real parser reads them (its defaults, not copies)."""
+    from backend import cli
+    return cli.build_parser("serve").parse_args(
+        ["serve", "--live", "--model", str(DEMO_MODEL), "--bundle", str(DEMO_BUNDLE), *argv])
 
 
 def test_serve_live_without_the_model_libraries_says_what_to_install(monkeypatch, capsys):
@@ -361,7 +360,7 @@ def test_serve_live_without_the_model_libraries_says_what_to_install(monkeypatch
 def test_serve_live_on_all_interfaces_warns(monkeypatch, capsys):
     from backend import live, serve_cli
     monkeypatch.setattr(live, "make_service", lambda *a, **k: "service")
-    assert serve_cli.start_live(live_args(host="0.0.0.0")) == "service"
+    assert serve_cli.start_live(live_args("--host", "0.0.0.0")) == "service"
     assert "anyone on the network can spend" in capsys.readouterr().err
     serve_cli.start_live(live_args())
     assert "anyone on the network" not in capsys.readouterr().err
@@ -456,7 +455,7 @@ def test_a_typed_prompt_becomes_an_ordinary_run_and_then_a_cache_hit(live):
     assert index["config"]["num_inference_steps"] == STEPS
     pid = rid.split("--s")[0]
     assert client.get(f"/live/api/sweeps/{pid}/5.json").status_code == 200
-    assert client.get(f"/live/api/trajectories/5.json").status_code == 200
+    assert client.get("/live/api/trajectories/5.json").status_code == 200
     assert client.get(f"/live/api/runs/{rid}/attention/16/tokens/1.npy").status_code == 200
     assert client.get("/live/").status_code == 200
     check_valid(live_dir)

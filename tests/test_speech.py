@@ -595,11 +595,11 @@ def test_without_a_recognizer_for_the_model_the_reason_is_one_line(monkeypatch):
 
 @needs_transformers
 def test_serve_with_an_asr_model_that_does_not_load_says_so_in_one_line(tmp_path, capsys):
-    from argparse import Namespace
-
+    from backend import cli
     from backend.serve_cli import start_speech
 
-    args = Namespace(asr_model=str(tmp_path / "no-such-whisper"), device="cpu")
+    args = cli.build_parser("serve").parse_args(
+        ["serve", "--live", "--asr-model", str(tmp_path / "no-such-whisper")])
     assert start_speech(args, demo_model=False) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("noisepath serve: --asr-model cannot load ")
