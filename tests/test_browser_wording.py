@@ -120,3 +120,25 @@ def test_a_seeds_noise_is_drawn_the_same_for_every_prompt_and_guidance(page, dem
     page.goto(f"{demo_url}?prompt={prompts[0]}&seed=3&guidance=3&step=5")
     wait_ready(page, 60_000)
     assert noise_pixels(page) != first  # another seed, other noise
+
+
+def test_step_0_levels_say_there_is_no_call_and_signs_are_minus_signs(page, demo_url):
+    """Step 0 is the starting noise: the refiner's level names no "step 0 → 0" call and
+    promises no numbers that will never load, and the guidance formula says why it has
+    none; at a later step the formula's stored number carries a minus sign like the
+    formula's own numbers, not a hyphen."""
+    page.goto(f"{demo_url}?step=0&guidance=3&open=image,guidance")
+    wait_ready(page, 60_000)
+    page.wait_for_function("() => document.querySelector('#guidance-formula .katex')")
+    title = page.locator("#panel-image-title").inner_text()
+    assert "0 → 0" not in title and "starting noise" in title, title
+    numbers = page.locator("#pixel-numbers").inner_text()
+    assert "have loaded" not in numbers and "Step 0 has none" in numbers, numbers
+    formula = page.locator("#guidance-formula").get_attribute("aria-label")
+    assert "loading" not in formula and "step 0" in formula, formula
+    page.goto(f"{demo_url}?step=20&guidance=3&open=guidance&channel=0")
+    wait_ready(page, 60_000)
+    page.wait_for_function("() => document.querySelector('#guidance-formula').textContent.includes('stored')")
+    shown = page.locator("#guidance-formula .katex-html").inner_text()
+    assert "stored:" in shown and "\u2212" in shown.split("stored:")[1], shown  # a negative value
+    assert "-" not in shown, shown

@@ -374,7 +374,7 @@ export function createModel(index, api) {
       mode: facts.guidanceMode,  // none: the prompt alone; embedding: an LCM's w = g - 1 (fewstep-words.js)
       uncondTex: uncondWords(index, run).tex,
       rescale: guidanceRescaleAt(run, i),
-    } : null;
+    } : i === null ? { atStart: true } : null; // step 0: no call, nothing to load
     const sweepJson = api.peek(urls.sweep(state.prompt, state.seed));
     const items = sweepJson ? sweepJson.runs.map((r) => {
       const image = api.peek(r.decoded.url, "image");

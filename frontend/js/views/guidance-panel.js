@@ -94,7 +94,8 @@ const paren = (v) => (v < 0 ? `(${tex(v)})` : tex(v));
 function formulaTex(d) {
   const o = d && d.symbol ? d.symbol : "\\epsilon";
   const u = d && d.uncondTex ? d.uncondTex : "\\text{empty}"; // or \text{negative}: the run's negative prompt
-  if (!d) return { math: "\\text{(this step's numbers are loading, or step 0 has none)}", note: null };
+  if (!d) return { math: "\\text{(this step's numbers are loading)}", note: null };
+  if (d.atStart) return { math: "\\text{(step 0 is the starting noise: no UNet call yet, step forward)}", note: null };
   if (d.missing === "text") {
     return { math: `\\hat{${o}} = ${o}_{${u}} = ${tex(d.uncond)}`,
       note: { tex: "g = 0", words: ": the prompt's branch is not run" } };
@@ -114,7 +115,8 @@ function formulaTex(d) {
   // a negative prompt: say which branch is which before the numbers
   const named = u === "\\text{empty}" ? ""
     : `\\hat{${o}} &= ${o}_{${u}} + g\\,(${o}_{\\text{prompt}} - ${o}_{${u}}) \\\\ `;
-  const stored = d.guided === null ? "" : `\\text{(stored: ${tex(d.guided)})}`;
+  // the number in math mode, so its sign is a minus like the formula's, not a hyphen
+  const stored = d.guided === null ? "" : `\\text{(stored: }${tex(d.guided)}\\text{)}`;
   // "(stored: ...)" stays in the formula, on its short last row; with guidance_rescale (Lin
   // et al. 2023: the result scaled by phi * ratio + 1 - phi) the rescaled row is long, so
   // the notes take a row of their own

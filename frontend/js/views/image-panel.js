@@ -121,7 +121,11 @@ export function imagePanel() {
     selection.select("#missing-uncond").property("hidden", !d.missing.uncond);
     selection.select("#branch-text").property("hidden", d.missing.text);
     selection.select("#missing-text").property("hidden", !d.missing.text);
-    selection.select("#pixel-numbers-note").property("hidden", Boolean(d.table));
+    // step 0 has no call: the title and the numbers say so instead of "step 0 → 0"
+    selection.select("#image-title-call").property("hidden", d.atStart);
+    selection.select("#image-title-start").property("hidden", !d.atStart);
+    selection.select("#pixel-numbers-note").property("hidden", Boolean(d.table) || d.atStart);
+    selection.select("#pixel-numbers-start").property("hidden", Boolean(d.table) || !d.atStart);
     selection.select("#pixel-table").datum(d.table).call(table);
     selection.select("#step-noise").datum(d.noise || null).call(noise);
     selection.select("#step-history").datum(d.history || null).call(history);
