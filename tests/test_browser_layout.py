@@ -180,6 +180,22 @@ def test_hovering_anything_shifts_no_layout(screen, base_url):
 # ---------------------------------------------------------------------- levels and presentation
 
 
+def test_a_link_that_opens_a_level_shows_it_on_a_phone(screen, base_url):
+    """A shared link with an open level (open=guidance) lands on that level, not on the
+    overview two screens above it; the article's words claim no left-to-right layout."""
+    page = screen(390, 844, is_mobile=True, has_touch=True)
+    page.goto(f"{base_url}?prompt={PROMPT}&step=2&open=guidance")
+    wait_ready(page)
+    page.wait_for_function("""() => { const r = document.querySelector('#panel-guidance').getBoundingClientRect();
+        return r.top >= 0 && r.top < innerHeight / 2; }""", timeout=5_000)
+    assert "left to right" not in page.locator("#article-what").inner_text()
+    # a finger's targets: every dropdown shown (the speed) at least 24 px high (WCAG 2.5.8)
+    assert page.evaluate("matchMedia('(pointer: coarse)').matches")
+    heights = page.evaluate("""() => [...document.querySelectorAll('select')].filter((s) => s.offsetParent)
+        .map((s) => [s.className, s.getBoundingClientRect().height])""")
+    assert heights and all(h >= 24 for _, h in heights), heights
+
+
 def test_a_level_that_opens_below_the_fold_is_scrolled_into_view(screen, base_url):
     page = screen(1440, 700)
     page.goto(f"{base_url}?prompt={PROMPT}&step=3")

@@ -180,13 +180,15 @@ async function start() {
     if (marked && store.committed().token === null) store.commit({ token: marked.k }, { replace: true });
   }
 
-  // A level that opens below the fold is scrolled into view.
-  let shownPanels = new Set(store.committed().open);
+  // A level that opens below the fold is scrolled into view: also the one a link opens
+  // with, so a shared link shows its level, not the overview above it.
+  let shownPanels = new Set();
   function revealOpened(open) {
     const added = open.filter((p) => !shownPanels.has(p));
     shownPanels = new Set(open);
     if (!added.length) return;
-    const panel = document.getElementById(`panel-${added[added.length - 1]}`);
+    // the topmost of them: nothing still loading above it moves it after the scroll
+    const panel = [...document.querySelectorAll(".panel")].find((el) => added.includes(el.id.slice(6)));
     if (!panel) return;
     requestAnimationFrame(() => {
       const box = panel.getBoundingClientRect();
