@@ -215,3 +215,19 @@ def test_cli_rejects_bad_model_options(tmp_path, argv, capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--out", str(tmp_path / "x"), *argv])
     assert "error:" in capsys.readouterr().err
+
+
+def test_the_text_levels_example_words_are_words_the_shipped_demo_knows():
+    """The text level's example of context ("X" after "a black" is not "X" after "a white")
+    is shown over the demo too: its words are whole tokens of the demo's vocabulary (and
+    of Stable Diffusion's), not a word the demo would split into pieces."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    html = (root / "frontend" / "index.html").read_text()
+    sentence = re.search(r"Every token's vector depends on the tokens before it, so ([^<]*)</p>", html)
+    assert sentence, "the text level's example sentence moved"
+    words = {w for quoted in re.findall(r'"([^"]+)"', sentence.group(1)) for w in quoted.split()}
+    vocab = json.loads((root / "static" / "demo-model" / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert words and all(f"{w}</w>" in vocab for w in words), sorted(w for w in words if f"{w}</w>" not in vocab)
