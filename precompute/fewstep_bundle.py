@@ -58,7 +58,7 @@ import numpy as np
 from backend.fewstep_examples import FORMAT, INDEX, SECTION, VERSION
 from precompute.straightness import DEFINITION as STRAIGHTNESS_DEFINITION
 from precompute.straightness import (FlowPath, ddim_final_alpha_bar, flow_path, flow_velocity,
-                                     vp_path)
+                                     vp_path, vp_to_flow)
 from precompute.straightness import straightness as path_straightness
 from precompute.writer import replace_section
 
@@ -352,9 +352,13 @@ def straightness(run: dict) -> float:
 
 
 def time_axis(run: dict) -> list[float]:
-    """T+1 noise levels: the noise's coefficient in each call's latent (sigma for a flow
-    model, sqrt(1 - alpha_bar) for the teacher), then 0 for the result."""
-    level = run["level"] if run["flow"] else np.sqrt(1 - run["level"])
+    """T+1 noise levels in flow time, one axis for every model: each call's sigma (a flow
+    model's own; the teacher's latent read as a flow latent, sigma = s / (a + s), as the
+    straightness is measured), then 0 for the result. Equal times are equal signal-to-noise
+    ratios, so the scrubber meets the teacher and a student at the same noise; the
+    teacher's sqrt(1 - alpha_bar) would put its 50 steps half done at 0.9, where the
+    students have barely started, and crowd its first ten steps above 0.99."""
+    level = run["level"] if run["flow"] else [vp_to_flow(float(a))[1] for a in run["level"]]
     return [round(float(v), DECIMALS) for v in level] + [0.0]
 
 

@@ -224,6 +224,20 @@ def test_each_path_ends_where_its_schedulers_last_step_lands():
     assert fewstep_bundle.end_level(flow, 4, flow=True) == 0.0
 
 
+def test_the_time_axis_puts_the_teacher_and_a_student_at_one_noise_level_alike():
+    """`time` is flow sigma for every path, the teacher's latents read as flow latents
+    (sigma = s / (a + s), precompute/straightness.py), so the scrubber meets a VP teacher
+    and a flow student where their latents have the same signal-to-noise ratio: alpha_bar
+    0.5 (a = s) is sigma 0.5, not sqrt(1 - alpha_bar) = 0.71."""
+    x = np.zeros((4, 2))
+    teacher = run(x, x[:3], flow=False, level=np.array([0.0, 0.5, 0.8]), end=0.999)
+    student = run(x, x[:3], level=np.array([1.0, 0.5, 1 / 3]))
+    s = np.sqrt(0.2)
+    assert fewstep_bundle.time_axis(teacher) == pytest.approx(
+        [1.0, 0.5, s / (np.sqrt(0.8) + s), 0.0], abs=10 ** -fewstep_bundle.DECIMALS)
+    assert fewstep_bundle.time_axis(teacher)[1] == fewstep_bundle.time_axis(student)[1]
+
+
 def test_paths_that_start_from_other_noise_are_refused_by_name():
     rng = np.random.default_rng(1)
     z, x0 = rng.standard_normal((2, 8))
