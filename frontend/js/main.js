@@ -202,6 +202,7 @@ async function start() {
   let firstRender = false;
   let measures = 0;
 
+  const PHONE = window.matchMedia("(max-width: 719px)"); // main.css's phone layout
   function render() {
     performance.mark("noisepath:render-start");
     const state = store.state();
@@ -227,7 +228,9 @@ async function start() {
     d3.select("#guidance-choice").datum(m.guidance).call(views.guidance);
     d3.select("#prompt-words").datum(m.words).call(views.words);
     d3.select(document.body).datum(m.fields).call(views.fields);
-    d3.select(document.documentElement).classed("presenting", state.present);
+    // presentation mode is for projectors: on a phone, where its toggle is hidden and could
+    // not leave it, a presenting link's page shows as usual (its captions overlapped)
+    d3.select(document.documentElement).classed("presenting", state.present && !PHONE.matches);
     d3.select("#present-toggle").attr("aria-pressed", String(state.present));
 
     d3.select("#compare-entry").property("hidden", !m.compareFallback || Boolean(state.compare));
