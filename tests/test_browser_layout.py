@@ -183,14 +183,17 @@ def test_hovering_anything_shifts_no_layout(screen, base_url):
 def test_a_link_that_opens_a_level_shows_it_on_a_phone(screen, base_url):
     """A teacher's link from the projector (a level open, presenting) on a phone: it lands
     on that level, not on the overview two screens above it, and in the phone's layout, not
-    presentation mode's (which overlapped the captions, its toggle hidden there); the
-    article's words claim no left-to-right layout."""
+    presentation mode's (which overlapped the captions, its toggle hidden there); a tap on
+    a vector strip shows its value; the article's words claim no left-to-right layout."""
     page = screen(390, 844, is_mobile=True, has_touch=True)
-    page.goto(f"{base_url}?prompt={PROMPT}&step=2&open=guidance&present=1")
+    page.goto(f"{base_url}?prompt={PROMPT}&step=2&open=text&present=1")
     wait_ready(page)
     assert page.evaluate("document.documentElement.classList.contains('presenting')") is False
-    page.wait_for_function("""() => { const r = document.querySelector('#panel-guidance').getBoundingClientRect();
+    page.wait_for_function("""() => { const r = document.querySelector('#panel-text').getBoundingClientRect();
         return r.top >= 0 && r.top < innerHeight / 2; }""", timeout=5_000)
+    # the text level's "Hover or tap a cell": a tap (no hover on a phone) shows its value
+    page.locator("#vector-strips .strips").nth(1).tap(position={"x": 20, "y": 4})
+    assert "number" in page.locator("#vector-readout").inner_text()
     assert "left to right" not in page.locator("#article-what").inner_text()
     # a finger's targets: every dropdown shown (the speed) at least 24 px high (WCAG 2.5.8)
     assert page.evaluate("matchMedia('(pointer: coarse)').matches")

@@ -130,14 +130,17 @@ export function vectorStrips() {
       });
 
       rows.select(".strips")
-        .on("pointermove", function hover(event, r) {
+        // a tap shows the value too (a phone has no hover), and it stays after the finger lifts
+        .on("pointermove pointerdown", function hover(event, r) {
           const [x, y] = d3.pointer(event, this);
           const box = this.getBoundingClientRect();
           const dim = Math.max(0, Math.min(r.values.length - 1, Math.floor((x / box.width) * r.values.length)));
           const onEmpty = Boolean(r.empty) && y > box.height / 2;
           listeners.call("cell", null, { row: r, dim, value: r.values[dim], empty: r.empty ? r.empty[dim] : null, onEmpty });
         })
-        .on("pointerleave", () => listeners.call("cell", null, null));
+        .on("pointerleave", (event) => {
+          if (event.pointerType !== "touch") listeners.call("cell", null, null);
+        });
     });
   }
 
