@@ -96,7 +96,22 @@ def test_every_path_starts_at_the_same_noise_and_the_scrubber_moves_them_all(
         else:
             assert words[path["id"]].startswith("straightness ")
             assert float(words[path["id"]].split()[1]) == pytest.approx(path["straightness"], rel=0.01)  # 2 digits shown
-    assert "straighter" in page.locator("#fewstep .fs-reading").inner_text()
+    # the sentence sets each model's path with the most steps (its ODE's) side by side: the
+    # teacher's 50 against the student's 4, not the student's straightest coarser walk
+    finest = {p["model"]: p for p in sorted(example["paths"], key=lambda p: p["num_inference_steps"])}
+    sentence = page.locator("#fewstep .fs-reading").inner_text()
+    assert "straighter" in sentence
+    assert "Teacher (the demo model), 50 steps: straightness" in sentence
+    assert f"2-rectified flow, 4 steps: {finest['rectified-flow']['straightness']:.2g}" in sentence
+    # each path's cost in UNet evaluations (two a step with guidance), not the builder's
+    # seconds (which include decoding every prediction), which stay in the tooltip
+    guidance = {m["id"]: m["guidance_scale"] for m in section["models"]}
+    costs = dict(zip(page.locator("#fewstep .fs-card").evaluate_all("(cs) => cs.map((c) => c.dataset.path)"),
+                     page.locator("#fewstep .fs-cost").all_inner_texts()))
+    for path in example["paths"]:
+        n = path["num_inference_steps"] * (2 if guidance[path["model"]] != 1 else 1)
+        assert costs[path["id"]].startswith(f"{n} UNet evaluation{'' if n == 1 else 's'}")
+    assert costs["teacher-50"] == "100 UNet evaluations (2 a step: guidance)"
 
     # arrows step to the next time any path has a point: the teacher's, whose first two
     # points both have time 1 (rounded), so it moves two steps, alone

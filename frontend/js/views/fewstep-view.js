@@ -84,20 +84,35 @@ export function straightnessWords(path) {
 }
 
 /**
- * One sentence from the numbers: the most curved teacher path against the straightest
- * student path of more than one step, or "" when the example lacks either.
+ * One sentence from the numbers: the teacher against the straightest student, each model
+ * by its path with the most steps (the closest to its ODE: the teacher at 4 steps is a
+ * coarse walk, not the teacher's curve), when that path has more than one step; "" when
+ * the example lacks either.
  */
 export function reading(doc, example) {
   const kind = new Map(doc.models.map((m) => [m.id, m.kind]));
-  const multi = example.paths.filter((p) => p.num_inference_steps > 1 && Number.isFinite(p.straightness));
-  const teacher = d3.greatest(multi.filter((p) => kind.get(p.model) === "teacher"), (p) => p.straightness);
-  const student = d3.least(multi.filter((p) => kind.get(p.model) !== "teacher"), (p) => p.straightness);
+  const finest = d3.rollups(example.paths.filter((p) => Number.isFinite(p.straightness)), (ps) => d3.greatest(ps, (p) => p.num_inference_steps), (p) => p.model)
+    .map(([, p]) => p).filter((p) => p.num_inference_steps > 1);
+  const teacher = finest.find((p) => kind.get(p.model) === "teacher");
+  const student = d3.least(finest.filter((p) => kind.get(p.model) !== "teacher"), (p) => p.straightness);
   if (!teacher || !student) return "";
   const models = new Map(doc.models.map((m) => [m.id, m]));
   const ratio = student.straightness > 0 ? teacher.straightness / student.straightness : null;
   const times = ratio && ratio >= 1.5 ? `, ${fmt(ratio, 2)}× straighter` : "";
   return `Here: ${pathName(models, teacher)}: straightness ${fmt(teacher.straightness, 2)}; `
     + `${pathName(models, student)}: ${fmt(student.straightness, 2)}${times}.`;
+}
+
+/**
+ * How much UNet work a path is: one evaluation a step, two with classifier-free guidance
+ * (the prompt's and the empty prompt's: a guidance scale other than 1; the students run
+ * at 1, their teacher's guidance baked in). The machine-free cost: the recorded seconds
+ * include decoding every step's prediction, and whatever else the builder's machine ran.
+ */
+export function costWords(path, model) {
+  const perStep = model && model.guidance_scale !== 1 ? 2 : 1;
+  const n = path.num_inference_steps * perStep;
+  return `${n} UNet evaluation${n === 1 ? "" : "s"}${perStep === 2 ? " (2 a step: guidance)" : ""}`;
 }
 
 /** Per path of the example: its colour, shape, name and node, prediction and frame at time t. */
@@ -271,7 +286,7 @@ export function fewstepView() {
         f.append("div").attr("class", "frame fs-frame");
         f.append("p").attr("class", "fs-card-step");
         f.append("p").attr("class", "fs-straightness");
-        f.append("p").attr("class", "fs-seconds muted");
+        f.append("p").attr("class", "fs-cost muted");
         return f;
       })
       .attr("class", "fs-card").attr("data-path", (p) => p.id)
@@ -288,7 +303,10 @@ export function fewstepView() {
     card.select(".fs-card-step").text((p) => (p.i < p.T
       ? `step ${p.i + 1} of ${p.T} predicts this` : `the result, after ${p.T} step${p.T === 1 ? "" : "s"}`));
     card.select(".fs-straightness").text(straightnessWords);
-    card.select(".fs-seconds").text((p) => (Number.isFinite(p.seconds) ? `${fmt(p.seconds, 2)} s to make` : ""));
+    const models = new Map(d.doc.models.map((m) => [m.id, m]));
+    card.select(".fs-cost").text((p) => costWords(p, models.get(p.model)))
+      .attr("title", (p) => (Number.isFinite(p.seconds) ? `${fmt(p.seconds, 2)} s on the machine that built the bundle, `
+        + "decoding every step's prediction included" : null));
   }
 
   function view(selection) {
