@@ -86,6 +86,8 @@ def test_every_path_starts_at_the_same_noise_and_the_scrubber_moves_them_all(
     assert all(n["step"] == 0 for n in start)
     assert {(n["x"], n["y"]) for n in start} == {tuple(example["paths"][0]["xy"][0])}
     assert set(page.evaluate(FRAMES).values()) == {"0"}
+    # the noise's label stays readable where the paths leave it (a halo, in the map's background)
+    assert page.locator("#fewstep .fs-start-label").evaluate("(t) => getComputedStyle(t).paintOrder") == "stroke"
 
     # each path's straightness: a number, or for one step what it means
     words = dict(zip(page.locator("#fewstep .fs-card").evaluate_all("(cs) => cs.map((c) => c.dataset.path)"),
