@@ -56,10 +56,11 @@ export function nextTime(events, t, direction) {
   return [...events].reverse().find((e) => e > t + 1e-6) ?? 1;
 }
 
-/** A time for the readout: 2 decimals, 4 where 2 would round a step's time up to 1 (a
- * zero-terminal-SNR teacher's first steps are at 0.9998, 0.9995, ...). */
+/** A time for the readout: to 4 decimals, trailing zeros dropped down to 2 ("0.50",
+ * "0.5019", "0.9995"), so that it never reads as a step's time it has not reached: the
+ * teacher's step at 0.5019 is not the 4-step student's 0.5. */
 export function timeText(t) {
-  return t < 1 && t >= 0.995 ? t.toFixed(4) : t.toFixed(2);
+  return t.toFixed(4).replace(/(\.\d\d\d*?)0+$/, "$1");
 }
 
 /** A path's name: its model's label and its number of steps. */
