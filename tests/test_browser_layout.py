@@ -191,7 +191,10 @@ def test_a_link_that_opens_a_level_shows_it_on_a_phone(screen, base_url):
     assert page.evaluate("document.documentElement.classList.contains('presenting')") is False
     page.wait_for_function("""() => { const r = document.querySelector('#panel-text').getBoundingClientRect();
         return r.top >= 0 && r.top < innerHeight / 2; }""", timeout=5_000)
-    # the text level's "Hover or tap a cell": a tap (no hover on a phone) shows its value
+    # the text level's "Hover or tap a cell": a tap (no hover on a phone) shows its value,
+    # on strips wide enough to aim at (most of the row, not the laptop's third)
+    strip, row = (box(page, sel) for sel in ("#vector-strips .strips", "#vector-strips .strip-row"))
+    assert strip["width"] >= 0.6 * row["width"], (strip, row)
     page.locator("#vector-strips .strips").nth(1).tap(position={"x": 20, "y": 4})
     assert "number" in page.locator("#vector-readout").inner_text()
     assert "left to right" not in page.locator("#article-what").inner_text()
