@@ -69,6 +69,10 @@ SPACING = "trailing"  # the teacher's timestep_spacing: its first call at pure n
 SPRITE_QUALITY = 82   # WebP: the quality of the runs' own frames the sprites are made from
 WEBP_MAX_SIDE = 16383
 DECIMALS = 4          # of the map's coordinates and the time axis
+# What a path's `time` means (time_axis), named in each section (`time_definition`) so that
+# a section built on another axis (before 2 December 2026: the teacher's sqrt(1 - alpha_bar))
+# is not taken as up to date. Change it when the axis's meaning changes.
+TIME_DEFINITION = "flow sigma; the teacher's s / (a + s); 0 the result"
 
 
 @dataclass
@@ -191,7 +195,7 @@ def plan_examples(index: dict, prompts: list[str] | None, seeds: list[int] | Non
 
 def request_of(models: list[Model], examples: list[Example], sprite_format: str) -> dict:
     """What decides the section's content: compared with an existing section's."""
-    return {"sprites": sprite_format, "straightness": STRAIGHTNESS_DEFINITION,
+    return {"sprites": sprite_format, "straightness": STRAIGHTNESS_DEFINITION, "time": TIME_DEFINITION,
             "models": [[m.id, m.sha256, m.guidance_scale] for m in models],
             "examples": [[e.id, e.prompt, e.seed, [f"{m.id}-{n}" for m in models
                                                    for n in m.steps]] for e in examples]}
@@ -203,6 +207,7 @@ def existing_request(bundle: Path) -> dict | None:
         files = [p["images"]["file"] for e in doc["examples"] for p in e["paths"]]
         return {"sprites": "png" if all(f.endswith(".png") for f in files) else "webp",
                 "straightness": doc.get("straightness_definition"),  # absent: the old mean
+                "time": doc.get("time_definition"),  # absent: the teacher's sqrt(1 - alpha_bar)
                 "models": [[m["id"], m.get("model_sha256"), m["guidance_scale"]]
                            for m in doc["models"]],
                 "examples": [[e["id"], e["prompt"], e["seed"], [p["id"] for p in e["paths"]]]
@@ -515,7 +520,7 @@ def build(bundle: Path, index: dict, models: list[Model], examples: list[Example
         entries.append(entry)
         files.update(example_files)
     doc = {"format": FORMAT, "format_version": VERSION,
-           "straightness_definition": STRAIGHTNESS_DEFINITION,
+           "straightness_definition": STRAIGHTNESS_DEFINITION, "time_definition": TIME_DEFINITION,
            "models": [model_entry(m) for m in models], "examples": entries}
     return doc, files
 

@@ -238,6 +238,26 @@ def test_the_time_axis_puts_the_teacher_and_a_student_at_one_noise_level_alike()
     assert fewstep_bundle.time_axis(teacher)[1] == fewstep_bundle.time_axis(student)[1]
 
 
+def test_a_section_on_another_time_axis_is_not_up_to_date(tmp_path):
+    """The section names its time axis (`time_definition`) and the up-to-date check compares
+    it: a section built when the teacher's time was sqrt(1 - alpha_bar) (no definition, or
+    another) is rebuilt, not kept; the same section naming today's axis is up to date."""
+    models = [fewstep_bundle.Model("teacher", "teacher", "Teacher", "t", [2], 3.0, sha256="ab")]
+    examples = [fewstep_bundle.Example("p", "a prompt", 1)]
+    doc = {"straightness_definition": fewstep_bundle.STRAIGHTNESS_DEFINITION,
+           "models": [{"id": "teacher", "model_sha256": "ab", "guidance_scale": 3.0}],
+           "examples": [{"id": examples[0].id, "prompt": "a prompt", "seed": 1,
+                         "paths": [{"id": "teacher-2", "images": {"file": "x.webp"}}]}]}
+    index_file = tmp_path / fewstep_bundle.INDEX
+    index_file.parent.mkdir(parents=True)
+    wanted = fewstep_bundle.request_of(models, examples, "webp")
+    for definition, up_to_date in ((fewstep_bundle.TIME_DEFINITION, True), (None, False),
+                                   ("sqrt(1 - alpha_bar)", False)):
+        index_file.write_text(json.dumps({**doc, "time_definition": definition}
+                                         if definition else doc))
+        assert (fewstep_bundle.existing_request(tmp_path) == wanted) is up_to_date, definition
+
+
 def test_paths_that_start_from_other_noise_are_refused_by_name():
     rng = np.random.default_rng(1)
     z, x0 = rng.standard_normal((2, 8))
