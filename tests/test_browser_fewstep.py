@@ -49,6 +49,19 @@ def test_the_synthetic_section_passes_the_validator(fewstep_bundle):
     assert validate_bundle(fewstep_bundle) == []
 
 
+NODE_BOXES = """() => [...document.querySelectorAll('#fewstep .fs-node path')].map((n) => {
+  const b = n.getBoundingClientRect(); return [b.x + b.width / 2, b.y + b.height / 2, b.width]; })"""
+
+
+def assert_no_node_hides_another(page):
+    """Every two nodes' centres at least a node's width apart (1 px of rounding): where
+    paths share a point (the noise; at t = 0, often the result) all are still seen."""
+    boxes = page.evaluate(NODE_BOXES)
+    for j, (x, y, w) in enumerate(boxes):
+        for (u, v, z) in boxes[j + 1:]:
+            assert ((x - u) ** 2 + (y - v) ** 2) ** 0.5 >= max(w, z) - 1, boxes
+
+
 def open_box(page, url):
     page.goto(url)
     wait_ready(page)
@@ -86,6 +99,8 @@ def test_every_path_starts_at_the_same_noise_and_the_scrubber_moves_them_all(
     assert all(n["step"] == 0 for n in start)
     assert {(n["x"], n["y"]) for n in start} == {tuple(example["paths"][0]["xy"][0])}
     assert set(page.evaluate(FRAMES).values()) == {"0"}
+    # ... and each node is still seen: set around the point, none over another
+    assert_no_node_hides_another(page)
     # the noise's label stays readable where the paths leave it (a halo, in the map's background)
     assert page.locator("#fewstep .fs-start-label").evaluate("(t) => getComputedStyle(t).paintOrder") == "stroke"
 
@@ -215,3 +230,82 @@ def test_the_address_bar_opens_the_box_at_its_example_and_time(page, fewstep_url
       (await import('./js/views/fewstep-view.js')).timeText)""", [0.5019, 0.5, 0.99951, 1, 0, 0.25]) == [
         "0.5019", "0.50", "0.9995", "1.00", "0.00", "0.25"]
     assert read[3].endswith("fewstep=0.5") and read[4].endswith("fewstep=0.25")
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_nodes_on_one_point_are_set_around_it_and_presentation_fits_one_screen(page, fewstep_url):
+    """Where several paths' nodes fall on one point (at t = 0 the teacher's 50 steps and the
+    students' results can coincide on the real models) they are set on a circle around it,
+    none hiding another, a line to the point each stands for. Presenting on a 1366 x 768
+    projector, under the scrubber at the top the map and every path's card fit the screen,
+    and no text of the box is under 16 px (the map's labels in rem scale with it)."""
+    page.set_viewport_size({"width": 1366, "height": 768})
+    page.goto(f"{fewstep_url}?fewstep=0&present=1")
+    page.locator("#fewstep .fs-node").first.wait_for()
+    page.wait_for_function("() => [...document.querySelectorAll('#fewstep .fs-frame')]"
+                           ".every((f) => f.dataset.frame !== undefined)")
+    spread = page.evaluate("""async () => {
+      const { spread } = await import('./js/views/fewstep-view.js');
+      const same = spread([[50, 50], [50, 50], [50, 50], [50, 50], [50, 50], [50, 50], [200, 50]], 20);
+      const edge = spread([[0, 0], [0, 0]], 20, [10, 10, 300, 300]);
+      return { same, edge };
+    }""")
+    same = spread["same"]
+    gaps = [((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2) ** 0.5 for j, a in enumerate(same) for b in same[j + 1:]]
+    assert min(gaps) >= 20 - 1e-6                                    # none closer than the gap
+    assert all(((x - 50) ** 2 + (y - 50) ** 2) ** 0.5 <= 20 + 1e-6 for x, y in same[:6])  # close to their point
+    assert same[0][0] == pytest.approx(50) and same[0][1] < 50       # the first (the teacher's 50) on top
+    assert same[6] == [200, 50]                                      # a node alone stays on its point
+    assert all(10 - 1e-6 <= v for q in spread["edge"] for v in q)   # a circle at the box's edge moves in whole
+    assert ((spread["edge"][0][0] - spread["edge"][1][0]) ** 2
+            + (spread["edge"][0][1] - spread["edge"][1][1]) ** 2) ** 0.5 >= 20 - 1e-6
+
+    assert page.evaluate("() => document.documentElement.classList.contains('presenting')")
+    page.evaluate("() => window.scrollTo(0, document.querySelector('#fewstep .fs-controls')"
+                  ".getBoundingClientRect().top + scrollY)")
+    bottoms = page.locator("#fewstep .fs-card").evaluate_all("(cs) => cs.map((c) => c.getBoundingClientRect().bottom)")
+    assert bottoms and max(bottoms) <= 768, bottoms
+    small = page.evaluate("""() => [...document.querySelectorAll('#fewstep *')].filter((e) =>
+      [...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim())
+      && e.getClientRects().length && !e.closest('select')
+      && parseFloat(getComputedStyle(e).fontSize) < 16).map((e) => `${e.className.baseVal ?? e.className}:
+      ${getComputedStyle(e).fontSize} ${e.textContent.slice(0, 30)}`)""")
+    assert small == []
+    assert_no_node_hides_another(page)
+    assert page.locator("#fewstep .fs-leader").count() >= 1          # a line to the point each stands for
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_on_a_phone_the_examples_whole_prompt_is_readable(page, fewstep_url):
+    """A phone's select shows a long prompt's first words only: the box shows the chosen
+    example's whole prompt (wrapped, inside the screen) when the select cannot. The
+    synthetic prompts are short: the section is served here with the demo's longest kind."""
+    prompt = "a green square at the top and a yellow circle at the bottom, on a blue background"
+
+    def longer(route):
+        served = route.fetch()
+        section = served.json()
+        for example in section["examples"]:
+            example["prompt"] = prompt
+        route.fulfill(response=served, json=section)
+
+    page.route("**/api/fewstep/index.json*", longer)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{fewstep_url}?fewstep=1")
+    page.locator("#fewstep .fs-node").first.wait_for()
+    readable = page.evaluate("""(prompt) => {
+      const select = document.querySelector('#fewstep .fs-example');
+      const font = getComputedStyle(select);
+      const ctx = document.createElement('canvas').getContext('2d');
+      ctx.font = `${font.fontWeight} ${font.fontSize} ${font.fontFamily}`;
+      const text = select.selectedOptions[0].textContent;
+      const fits = ctx.measureText(text).width <= select.clientWidth - 24;  // 24: the arrow, the padding
+      const shown = [...document.querySelectorAll('#fewstep .fewstep-view *')].some((e) => !e.closest('select')
+        && e.textContent.includes(prompt) && e.getClientRects().length && e.scrollWidth <= e.clientWidth
+        && e.getBoundingClientRect().right <= innerWidth && e.getBoundingClientRect().width < innerWidth
+        && getComputedStyle(e).visibility === 'visible' && e.children.length === 0);
+      return { fits, shown, text };
+    }""", prompt)
+    assert readable["fits"] or readable["shown"], readable

@@ -6,6 +6,7 @@
  * its noise to its result, dashed), a time scrubber shared by all paths (time runs from
  * the noise, 1, to the image, 0: each path's node sits at its last step at or before that
  * time), each path's predicted final image from where its node is, and its straightness.
+ * Nodes on one point (the noise; often the results at t = 0) are set around it (spread()).
  *
  * fewstepBox(host, {api, index}) owns the box: hidden unless api/index.json says the bundle
  * has the section (`fewstep`), nothing fetched until it is first opened, Escape closes it.
@@ -61,6 +62,52 @@ export function nextTime(events, t, direction) {
  * teacher's step at 0.5019 is not the 4-step student's 0.5. */
 export function timeText(t) {
   return t.toFixed(4).replace(/(\.\d\d\d*?)0+$/, "$1");
+}
+
+/**
+ * Screen positions for the nodes so that none hides another: nodes closer than `gap`
+ * (a node's width) are one group, set on a circle around the group's own centre, the
+ * first path (the teacher's most steps) at the top and the rest clockwise, the circle's
+ * radius just wide enough for neighbours to be `gap` apart; groups that then touch are
+ * merged and set again. At t = 0 every path's result can be the same point (a student
+ * distilled to land where its teacher does): each node stays visible and a line ties it to
+ * the point it stands for. points: [[x, y], ...] on screen; returns as many [x, y], each
+ * group's circle moved whole inside `box` ([left, top, right, bottom], optional), so a
+ * group at the map's edge stays a circle.
+ */
+export function spread(points, gap, box = [-Infinity, -Infinity, Infinity, Infinity]) {
+  let groups = points.map((_, j) => [j]);
+  const near = (a, b) => Math.hypot(a[0] - b[0], a[1] - b[1]) < gap - 1e-6;
+  const merge = (at) => {   // one pass: the first two groups with two members `near` each other, joined
+    for (let g = 0; g < groups.length; g += 1) {
+      for (let h = g + 1; h < groups.length; h += 1) {
+        if (groups[g].some((a) => groups[h].some((b) => near(at[a], at[b])))) {
+          groups[g] = [...groups[g], ...groups[h]].sort((a, b) => a - b);
+          groups.splice(h, 1);
+          return true;
+        }
+      }
+    }
+    return false;
+  };
+  const place = () => {
+    const at = points.map((q) => [q[0], q[1]]);
+    for (const group of groups.filter((g) => g.length > 1)) {
+      const radius = gap / (2 * Math.sin(Math.PI / group.length));
+      const inside = (v, lo, hi) => (hi - lo < 2 * radius ? (lo + hi) / 2 : Math.min(hi - radius, Math.max(lo + radius, v)));
+      const cx = inside(d3.mean(group, (j) => points[j][0]), box[0], box[2]);
+      const cy = inside(d3.mean(group, (j) => points[j][1]), box[1], box[3]);
+      group.forEach((j, k) => {
+        const angle = -Math.PI / 2 + (2 * Math.PI * k) / group.length;
+        at[j] = [cx + radius * Math.cos(angle), cy + radius * Math.sin(angle)];
+      });
+    }
+    return at;
+  };
+  while (merge(points));
+  let at = place();
+  while (merge(at)) at = place();
+  return at;
 }
 
 /** A path's name: its model's label and its number of steps. */
@@ -194,7 +241,7 @@ export function fewstepView() {
     const svg = selection.selectAll("svg.fs-map").data([null]).join((enter) => {
       const s = enter.append("svg").attr("class", "fs-map").attr("role", "img");
       s.append("rect").attr("class", "fs-bg");
-      for (const layer of ["fs-chords", "fs-lines", "fs-dots", "fs-preds", "fs-start", "fs-now"]) {
+      for (const layer of ["fs-chords", "fs-lines", "fs-dots", "fs-preds", "fs-start", "fs-leaders", "fs-now"]) {
         s.append("g").attr("class", layer);
       }
       return s;
@@ -250,13 +297,34 @@ export function fewstepView() {
       .attr("x2", (p) => x(p.pred[0])).attr("y2", (p) => y(p.pred[1]));
     preds.select("path").attr("d", (p) => d3.symbol(p.shape, 90)())
       .attr("transform", (p) => `translate(${x(p.pred[0])},${y(p.pred[1])})`);
+    // the nodes' size follows their label's, which is in rem (presentation mode's type reaches it)
+    const label = parseFloat(getComputedStyle(svg.select(".fs-now").node()).fontSize) || 12;
+    const radius = label * 1.02;  // a circle that holds "50" in bold
+    const onMap = paths.map((p) => [x(p.xy[p.i][0]), y(p.xy[p.i][1])]);
+    const placed = spread(onMap, 2 * radius + 3, [radius, radius, w - radius, h - radius]);
+    // the noise's label, above (or below) the nodes set around the noise
     const start = paths[0].xy[0];
+    const clear = d3.max(paths, (p, j) => (p.i === 0 ? Math.abs(placed[j][1] - y(start[1])) + radius : 0)) || 0;
     const side = (q) => (x(q[0]) < w / 3 ? "start" : x(q[0]) > (2 * w) / 3 ? "end" : "middle");
     svg.select(".fs-start").selectAll("text").data([start]).join("text")
       .attr("class", "fs-start-label").attr("text-anchor", side)
       .attr("x", (q) => x(q[0]) + { start: -8, middle: 0, end: 8 }[side(q)])
-      .attr("y", (q) => (y(q[1]) < 30 ? y(q[1]) + 24 : y(q[1]) - 14))
+      .attr("y", (q) => (y(q[1]) - clear < 30 ? y(q[1]) + Math.max(24, clear + label) : y(q[1]) - Math.max(14, clear + 5)))
       .text(`the same noise (seed ${d.example.seed})`);
+    const moved = paths.map((p, j) => ({ p, from: onMap[j], to: placed[j] }))
+      .filter((m) => Math.hypot(m.to[0] - m.from[0], m.to[1] - m.from[1]) > 0.5);
+    const leaders = svg.select(".fs-leaders").selectAll("g.fs-leader").data(moved, (m) => m.p.id)
+      .join((enter) => {
+        const g = enter.append("g");
+        g.append("line");
+        g.append("circle").attr("r", 2.5);
+        return g;
+      })
+      .attr("class", "fs-leader").attr("data-path", (m) => m.p.id)
+      .style("--fs-mark", (m) => m.p.mark).classed("is-dimmed", (m) => dim(m.p));
+    leaders.select("line").attr("x1", (m) => m.from[0]).attr("y1", (m) => m.from[1])
+      .attr("x2", (m) => m.to[0]).attr("y2", (m) => m.to[1]);
+    leaders.select("circle").attr("cx", (m) => m.from[0]).attr("cy", (m) => m.from[1]);
     const now = svg.select(".fs-now").selectAll("g.fs-node").data(paths, (p) => p.id)
       .join((enter) => {
         const g = enter.append("g");
@@ -267,8 +335,8 @@ export function fewstepView() {
       .attr("class", "fs-node").call(styled)
       .attr("data-step", (p) => p.i)
       .attr("data-x", (p) => p.xy[p.i][0]).attr("data-y", (p) => p.xy[p.i][1])
-      .attr("transform", (p) => `translate(${x(p.xy[p.i][0])},${y(p.xy[p.i][1])})`);
-    now.select("path").attr("d", (p) => d3.symbol(p.shape, 330)());
+      .attr("transform", (_, j) => `translate(${placed[j][0]},${placed[j][1]})`);
+    now.select("path").attr("d", (p) => d3.symbol(p.shape, Math.PI * radius * radius)());
     now.select("text").text((p) => p.T);
     now.filter((p) => d.focus === p.id).raise();
   }
@@ -305,7 +373,10 @@ export function fewstepView() {
       ? `step ${p.i + 1} of ${p.T} predicts this` : `the result, after ${p.T} step${p.T === 1 ? "" : "s"}`));
     card.select(".fs-straightness").text(straightnessWords);
     const models = new Map(d.doc.models.map((m) => [m.id, m]));
-    card.select(".fs-cost").text((p) => costWords(p, models.get(p.model)))
+    // the count, then why it is twice the steps in a span that presentation mode leaves out
+    card.select(".fs-cost").selectAll("span").data((p) => costWords(p, models.get(p.model)).split(/(?= \()/))
+      .join("span").attr("class", (_, j) => (j ? "fs-cost-why" : null)).text((part) => part);
+    card.select(".fs-cost")
       .attr("title", (p) => (Number.isFinite(p.seconds) ? `${fmt(p.seconds, 2)} s on the machine that built the bundle, `
         + "decoding every step's prediction included" : null));
   }
@@ -315,6 +386,9 @@ export function fewstepView() {
     const paths = derive(d.doc, d.example, d.time);
     controls(selection, d);
     ticks(selection, paths, d.time);
+    // the example's whole prompt, wrapped: a phone's select shows its first words only
+    selection.selectAll("p.fs-prompt").data([d.example]).join("p").attr("class", "fs-prompt")
+      .text((e) => `“${e.prompt}” (seed ${e.seed})`);
     const models = d.doc.models.filter((m) => d.example.paths.some((p) => p.model === m.id));
     const legend = selection.selectAll("ul.fs-legend").data([null]).join("ul").attr("class", "fs-legend");
     const keys = [...models.map((m) => ({ id: m.id, kind: "model", text: m.label,
