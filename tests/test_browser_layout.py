@@ -191,6 +191,10 @@ def test_a_link_that_opens_a_level_shows_it_on_a_phone(screen, base_url):
     assert page.evaluate("document.documentElement.classList.contains('presenting')") is False
     page.wait_for_function("""() => { const r = document.querySelector('#panel-text').getBoundingClientRect();
         return r.top >= 0 && r.top < innerHeight / 2; }""", timeout=5_000)
+    # its title below the sticky player (two rows on a phone), not under it
+    page.wait_for_timeout(300)
+    title, player = (box(page, sel) for sel in ("#panel-text h2", ".timestep-controller"))
+    assert title["y"] >= player["y"] + player["height"], (title, player)
     # the text level's "Hover or tap a cell": a tap (no hover on a phone) shows its value,
     # on strips wide enough to aim at (most of the row, not the laptop's third)
     strip, row = (box(page, sel) for sel in ("#vector-strips .strips", "#vector-strips .strip-row"))

@@ -183,7 +183,10 @@ async function start() {
   // A level that opens below the fold is scrolled into view: also the one a link opens
   // with, so a shared link shows its level, not the overview above it.
   let shownPanels = new Set();
+  let revealed = false;
   function revealOpened(open) {
+    const fromLink = !revealed;
+    revealed = true;
     const added = open.filter((p) => !shownPanels.has(p));
     shownPanels = new Set(open);
     if (!added.length) return;
@@ -193,8 +196,14 @@ async function start() {
     requestAnimationFrame(() => {
       const box = panel.getBoundingClientRect();
       if (box.top < window.innerHeight - 160 && box.top >= 0) return; // already on screen
-      const smooth = !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
-      panel.scrollIntoView({ block: "start", behavior: smooth ? "smooth" : "auto" });
+      // a link's level jumps there at once: a smooth scroll still under way when the
+      // pictures above it arrive ends short, the level's title under the sticky player
+      const smooth = !fromLink && !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+      // its top just below the sticky player, whose height (two rows on a phone) the
+      // panel's scroll-margin cannot know
+      const player = document.querySelector(".timestep-controller");
+      const below = (player ? player.getBoundingClientRect().height : 0) + 12;
+      window.scrollTo({ top: window.scrollY + box.top - below, behavior: smooth ? "smooth" : "auto" });
     });
   }
   d3.select("#clip-diagram").datum(CLIP_EXAMPLE).call(views.clip);
