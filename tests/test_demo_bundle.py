@@ -1,6 +1,7 @@
 """The shipped demo: static/demo-bundle is valid, complete for its prompt file, and was
 made by static/demo-model (regenerating one job reproduces it)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -76,6 +77,40 @@ def test_regenerating_a_job_with_the_shipped_weights_matches_the_bundle():
             np.testing.assert_allclose(result.attention[key],
                                        np.asarray(bundle.array(rid, name), np.float32),
                                        rtol=2e-3, atol=1e-4 + quantized, err_msg=f"{rid} {name}")
+
+
+
+def test_regenerating_a_run_with_the_shipped_controlnet_matches_the_bundle():
+    """static/demo-controlnet made the bundle's runs with a sketch: one of them (scale 1,
+    the first seed), recomputed through the same planned job, gives its stored latents.
+    Tolerance: as above (fp32 recomputation, float16 or 8-bit storage)."""
+    pytest.importorskip("torch")
+    from precompute import loop
+    from precompute.model import load_components
+    from precompute.run import control_sweep
+
+    ps = load_prompt_file(PROMPTS)
+    job = next(j for j in plan_jobs(ps, ps.settings) if j.control_image is not None)
+    k = job.control_scales.index(1.0)
+    bundle = Bundle(BUNDLE)
+    config = bundle.config
+    components = load_components(str(MODEL), device="cpu", dtype="float32",
+                                 scheduler=config["scheduler"])
+    one = dataclasses.replace(job, guidance_scales=[job.guidance_scales[k]],
+                              run_ids=[job.run_ids[k]], control_scales=[1.0])
+    [result] = loop.run_guidance_sweep(
+        components, one.prompt, one.seed, one.guidance_scales, config["num_inference_steps"],
+        config["height"], config["width"],
+        control=control_sweep(one, one.control_scales, components, ps.settings))
+    rid = one.run_ids[0]
+    stored = np.asarray(bundle.array(rid, "latents"), np.float32)
+    quantized = bundle.runs[rid]["arrays"]["latents"].get("max_abs_error", 0.0)
+    np.testing.assert_allclose(result.latents, stored, rtol=2e-3, atol=2e-3 + quantized,
+                               err_msg=rid)
+    # and the sketch moved it: the run without control from the same noise ends elsewhere
+    plain = np.asarray(bundle.array(bundle.runs[rid]["controlnet"]["uncontrolled_run_id"],
+                                    "latents"), np.float32)
+    assert np.abs(plain[-1] - stored[-1]).mean() > 10 * (2e-3 + quantized)
 
 
 # --- what the shipped bundle shows, judged against the world (bundle_metrics) --------------
