@@ -160,12 +160,19 @@ def test_quick_form_marks_the_variant_words():
 
 def test_shipped_demo_prompts_are_the_issues_set():
     """13 pairs, each a demo-world caption (so the judge can read the images back), three
-    seeds, four guidance scales from "ignores the prompt" to "exaggerates", stored compactly."""
+    seeds, four guidance scales from "ignores the prompt" to "exaggerates", stored compactly;
+    then the demo ControlNet's prompts, one each, with a sketch that exists."""
     from precompute.demo import world
 
     demo = load_prompt_file(SHIPPED.parent / "demo.toml")
-    assert len(demo.groups) == 13 and all(len(g.prompts) == 2 for g in demo.groups)
-    for text in demo.texts:
+    pairs = [g for g in demo.groups if g.control_image is None]
+    sketched = [g for g in demo.groups if g.control_image is not None]
+    assert len(pairs) == 13 and all(len(g.prompts) == 2 for g in pairs)
+    assert demo.groups[:13] == pairs  # the app opens on the first pair
+    assert len(sketched) == 2 and all(len(g.prompts) == 1 and Path(g.control_image).is_file()
+                                      for g in sketched)
+    assert demo.settings["controlnet"] == "static/demo-controlnet"
+    for text in (t for g in pairs for t in g.prompts):
         world.parse_caption(text)  # raises on a caption the world cannot render
     assert demo.settings["seeds"] == [1, 2, 3] and demo.settings["guidance_scales"] == [0, 1, 3, 7]
     assert demo.settings["num_inference_steps"] == 50 and demo.settings["storage"] == "compact"
