@@ -183,7 +183,9 @@ def test_text_level_shows_real_token_chips_padding_and_vectors_with_hover_values
 def test_scrubbing_updates_every_visible_picture_and_number(page, base_url, shots):
     open_app(page, base_url, "step=1&open=image,guidance&token=2")
     page.locator("#pixel-table tbody tr").first.wait_for()
-    page.locator("#guidance-sweep .sweep-item .frame[data-frame]").first.wait_for()
+    # every scale's picture drawn, not the first alone (each gets its frame as it loads)
+    page.wait_for_function("""() => { const f = document.querySelectorAll('#guidance-sweep .sweep-button .frame');
+        return f.length > 0 && [...f].every((el) => el.dataset.frame !== undefined); }""")
     before_frames, before_numbers = visible_frames(page), visible_numbers(page)
     before_table = page.locator("#pixel-table").inner_text()
     before_formula = page.locator("#guidance-formula").inner_text()
