@@ -72,13 +72,6 @@ export function controlSetup(index, promptId, seed, guidance, controlId = null) 
   return { controlId: id, controlIds: ids, runs };
 }
 
-/** The controlled run of a prompt at conditioning scale `scale` and control image
- * `controlId` (null or one the prompt lacks: its first), or null (scale 0, or no such run:
- * the caller shows the run without control). */
-export function controlledRunId(index, promptId, seed, guidance, scale, controlId = null) {
-  return runAtScale(controlSetup(index, promptId, seed, guidance, controlId), scale);
-}
-
 /** A setup's controlled run at conditioning scale `scale`, or null (no setup, scale 0, or
  * not recorded). */
 function runAtScale(setup, scale) {
@@ -88,9 +81,10 @@ function runAtScale(setup, scale) {
 }
 
 /** The run a state ({prompt, seed, guidance, control, controlImage}) shows: the controlled
- * run at its control image and scale where recorded, else the run without control. */
+ * run at its control image (null or one the prompt lacks: its first) and scale where
+ * recorded, else the run without control (scale 0, or no such run). */
 export function shownRunId(index, { prompt, seed, guidance, control = 0, controlImage = null }) {
-  return controlledRunId(index, prompt, seed, guidance, control, controlImage)
+  return runAtScale(controlSetup(index, prompt, seed, guidance, controlImage), control)
     || runIdFor(index, prompt, seed, guidance);
 }
 
