@@ -56,6 +56,11 @@ KEPT_JOBS = 200          # finished jobs whose status stays answerable
 KEPT_FRAMES = 8          # finished jobs whose streamed frames stay in memory (the newest)
 FIELDS = {"prompt", "seed", "guidance_scale"}
 MOUNT = "/live"          # the live bundle's app
+# The limits of a class sharing one server (serve's --live-queue, --live-per-client and
+# --live-per-address default to these; tests build LiveService with them too).
+LIVE_QUEUE = 16      # jobs that may wait
+LIVE_PER_CLIENT = 1  # jobs one browser may have waiting or running
+LIVE_PER_ADDRESS = 8  # jobs all browsers of one network address may have together
 MAX_SHIPPED_TEXTS = 500  # shipped prompts the box offers when they are not in the live bundle
 LIVE_HEADER = "Noisepath-Live"  # on every answer of a --live server: the page shows its box
 
@@ -101,9 +106,10 @@ class LiveService:
     runner: precompute.live.LiveRunner (or anything with its has/target/run/live_dir).
     make_app(live_dir) builds the read-only app of the live bundle (None: none yet)."""
 
-    def __init__(self, runner, make_app, max_queue: int = 16, per_client: int = 1,
+    def __init__(self, runner, make_app, max_queue: int = LIVE_QUEUE,
+                 per_client: int = LIVE_PER_CLIENT,
                  max_seed: int = MAX_SEED, max_guidance: float = MAX_GUIDANCE, info=None,
-                 per_address: int = 8):
+                 per_address: int = LIVE_PER_ADDRESS):
         self.runner, self.make_app = runner, make_app
         self.max_queue, self.per_client, self.per_address = max_queue, per_client, per_address
         self.max_seed, self.max_guidance = max_seed, max_guidance
@@ -555,9 +561,10 @@ def missing_libraries() -> str | None:
 
 
 def make_service(model, device: str, live_dir, shipped_config: dict, shipped_scales,
-                 frontend_dir, steps: int | None = None, max_queue: int = 16,
-                 per_client: int = 1, max_prompts: int | None = None,
-                 threads: int = 0, shipped_dir=None, per_address: int = 8) -> LiveService:
+                 frontend_dir, steps: int | None = None, max_queue: int = LIVE_QUEUE,
+                 per_client: int = LIVE_PER_CLIENT, max_prompts: int | None = None,
+                 threads: int = 0, shipped_dir=None,
+                 per_address: int = LIVE_PER_ADDRESS) -> LiveService:
     """Load the model (slow) and start the queue. The live settings follow the shipped
     bundle's when it was made by the same model (precompute/live.py)."""
     from pathlib import Path

@@ -25,7 +25,9 @@ from pathlib import Path
 from backend import DEFAULT_BUNDLE, REPO, create_app
 from backend.format import BundleError
 from backend.hosts import allowed_hosts
+from backend.live import LIVE_PER_ADDRESS, LIVE_PER_CLIENT, LIVE_QUEUE
 from backend.server import CONNECTION_LIMIT, PER_CLIENT_LIMIT
+from backend.speech import SPEECH_AT_ONCE, SPEECH_PER_ADDRESS
 
 DEFAULT_MODEL = REPO / "static" / "demo-model"
 DEFAULT_THREADS = 16
@@ -75,13 +77,14 @@ def add_arguments(p) -> None:
                       "id, run on --device (default: the demo model's own recognizer, with "
                       "the [speech] extra; another --model needs this)")
     live.add_argument("--speech-per-address", type=lambda t: whole_number(
-        t, 1, 1000, "--speech-per-address"), default=3, metavar="N",
+        t, 1, 1000, "--speech-per-address"), default=SPEECH_PER_ADDRESS, metavar="N",
         help="spoken clips all browsers of one network address (a class behind one "
-        "router) may have being recognized at once, one per browser (default 3: below "
-        "--speech-at-once, so another address still gets in)")
+        "router) may have being recognized at once, one per browser (default "
+        f"{SPEECH_PER_ADDRESS}: below --speech-at-once, so another address still gets in)")
     live.add_argument("--speech-at-once", type=lambda t: whole_number(
-        t, 1, 64, "--speech-at-once"), default=4, metavar="N",
-        help="spoken clips the server holds at once, every browser together (default 4); "
+        t, 1, 64, "--speech-at-once"), default=SPEECH_AT_ONCE, metavar="N",
+        help="spoken clips the server holds at once, every browser together (default "
+        f"{SPEECH_AT_ONCE}); "
         "one more gets a 503 and the page sends it again a second later")
     live.add_argument("--live-dir", type=Path, metavar="DIR",
                       help="the live bundle folder (default: under the user's cache folder)")
@@ -89,14 +92,15 @@ def add_arguments(p) -> None:
                       metavar="N", help="num_inference_steps of typed prompts (default: the "
                       "shipped bundle's for its model, else 50)")
     live.add_argument("--live-queue", type=lambda t: whole_number(t, 1, 1000, "--live-queue"),
-                      default=16, metavar="N", help="jobs that may wait (default 16)")
+                      default=LIVE_QUEUE, metavar="N", help=f"jobs that may wait (default {LIVE_QUEUE})")
     live.add_argument("--live-per-client", type=lambda t: whole_number(
-        t, 1, 1000, "--live-per-client"), default=1, metavar="N",
-        help="jobs one browser may have waiting or running (default 1)")
+        t, 1, 1000, "--live-per-client"), default=LIVE_PER_CLIENT, metavar="N",
+        help=f"jobs one browser may have waiting or running (default {LIVE_PER_CLIENT})")
     live.add_argument("--live-per-address", type=lambda t: whole_number(
-        t, 1, 1000, "--live-per-address"), default=8, metavar="N",
+        t, 1, 1000, "--live-per-address"), default=LIVE_PER_ADDRESS, metavar="N",
         help="jobs all browsers of one network address (a class behind one router) may "
-        "have waiting or running together (default 8; --live-queue still applies)")
+        f"have waiting or running together (default {LIVE_PER_ADDRESS}; --live-queue still "
+        "applies)")
     live.add_argument("--live-cache-prompts", type=lambda t: whole_number(
         t, 1, 100000, "--live-cache-prompts"), default=50, metavar="N",
         help="typed prompts the live bundle keeps; the least recently used go (default 50)")

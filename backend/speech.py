@@ -33,6 +33,11 @@ import threading
 
 import numpy as np
 
+# serve's --speech-per-address and --speech-at-once default to these: a class behind one
+# router gets 3 clips at once, below the 4 the server holds, so another address still gets in.
+SPEECH_PER_ADDRESS = 3
+SPEECH_AT_ONCE = 4
+
 SAMPLE_RATE = 16000       # Hz: what the acoustic model was trained on
 MAX_SECONDS = 15.0        # a spoken prompt is a sentence
 MIN_SECONDS = 0.3
@@ -492,8 +497,8 @@ class SpeechService:
 
     RETRY_AFTER = 1  # s: a clip is recognized in a fraction of a second
 
-    def __init__(self, recognizer, per_client: int = 1, max_waiting: int = 4,
-                 per_address: int = 3):
+    def __init__(self, recognizer, per_client: int = 1, max_waiting: int = SPEECH_AT_ONCE,
+                 per_address: int = SPEECH_PER_ADDRESS):
         self.recognizer = recognizer
         self.per_client, self.max_waiting = per_client, max_waiting
         self.per_address = per_address
@@ -573,7 +578,7 @@ def unavailable(asr_model: str | None, demo_model: bool) -> str | None:
 
 
 def make_speech(asr_model: str | None = None, device: str = "cpu", demo_model: bool = True,
-                per_address: int = 3, at_once: int = 4):
+                per_address: int = SPEECH_PER_ADDRESS, at_once: int = SPEECH_AT_ONCE):
     """The speech service of `serve --live`: Whisper with --asr-model (loaded here, on
     the image model's device; precompute/asr.py), else the demo recognizer for the demo
     model; `per_address` clips of one address at once (--speech-per-address), `at_once`
