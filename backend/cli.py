@@ -39,6 +39,21 @@ SUBCOMMANDS = {
 }
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Ends an option's help with "(default: X)" unless the help already names its default
+    (its own words say more, e.g. "default 3: below --speech-at-once"), and never for an
+    option that is unset by default (None, False, an empty list): "(default: None)" says
+    nothing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default is False or default == [] \
+                or default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every subcommand. Given the `command` being run, only its module is
     imported (the others are listed by name): `noisepath serve` must not wait for torch,
@@ -58,7 +73,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             mod, error = None, e
         own_parser = mod is not None and not hasattr(mod, "add_arguments")
         p = sub.add_parser(name, help=help_, description=help_, add_help=not own_parser,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=DefaultsHelpFormatter)
         p.set_defaults(_module=module, _import_error=error)
         p.set_defaults(_own_parser=own_parser)  # then main(argv) gets the rest of the line
         if mod is not None and not own_parser:

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from backend.cli import DefaultsHelpFormatter
 from precompute.demo import world
 from precompute.demo.sketch import SKETCH_KINDS, caption_without_positions, draw_sketch
 from precompute.demo.reflow import Clock, StageError, hold_lock, load_teacher, optimizer_step
@@ -286,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = ControlConfig()
     p = OneLineParser(
         prog="noisepath train-demo controlnet",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         description="Train a ControlNet (ControlNetModel.from_unet) for the demo model on the "
                     "shapes world: the control image is a rough grey sketch of where the "
                     "objects go, the caption often has no position words. The UNet, text "

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from backend.cli import DefaultsHelpFormatter
 from precompute.demo import model as demo_model
 from precompute.demo import world
 from precompute.demo.train import Deadline, encode_text, plot_losses, save_atomic, smooth, step_rng
@@ -502,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = ReflowConfig()
     p = argparse.ArgumentParser(
         prog="noisepath train-demo students",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         description="Make the demo model's students on a CPU (InstaFlow's recipe): "
                     "'pairs' samples the teacher's 50-step DDIM ODE from seeded noise at the "
                     "app's guidance and keeps (noise, caption, result); 'reflow' trains a "
