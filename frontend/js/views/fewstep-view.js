@@ -131,6 +131,14 @@ export function straightnessWords(path) {
   return `straightness ${fmt(path.straightness, 2)}`;
 }
 
+const modelMaps = new WeakMap(); // doc -> its models by id, built once per section
+
+/** The section's models by id. */
+function modelsById(doc) {
+  if (!modelMaps.has(doc)) modelMaps.set(doc, new Map(doc.models.map((m) => [m.id, m])));
+  return modelMaps.get(doc);
+}
+
 /**
  * One sentence from the numbers: the teacher against the straightest student, each model
  * by its path with the most steps (the closest to its ODE: the teacher at 4 steps is a
@@ -138,13 +146,13 @@ export function straightnessWords(path) {
  * the example lacks either.
  */
 export function reading(doc, example) {
-  const kind = new Map(doc.models.map((m) => [m.id, m.kind]));
+  const models = modelsById(doc);
+  const kind = (p) => models.get(p.model)?.kind;
   const finest = d3.rollups(example.paths.filter((p) => Number.isFinite(p.straightness)), (ps) => d3.greatest(ps, (p) => p.num_inference_steps), (p) => p.model)
     .map(([, p]) => p).filter((p) => p.num_inference_steps > 1);
-  const teacher = finest.find((p) => kind.get(p.model) === "teacher");
-  const student = d3.least(finest.filter((p) => kind.get(p.model) !== "teacher"), (p) => p.straightness);
+  const teacher = finest.find((p) => kind(p) === "teacher");
+  const student = d3.least(finest.filter((p) => kind(p) !== "teacher"), (p) => p.straightness);
   if (!teacher || !student) return "";
-  const models = new Map(doc.models.map((m) => [m.id, m]));
   const ratio = student.straightness > 0 ? teacher.straightness / student.straightness : null;
   const times = ratio && ratio >= 1.5 ? `, ${fmt(ratio, 2)}× straighter` : "";
   return `Here: ${pathName(models, teacher)}: straightness ${fmt(teacher.straightness, 2)}; `
@@ -165,7 +173,7 @@ export function costWords(path, model) {
 
 /** Per path of the example: its colour, shape, name and node, prediction and frame at time t. */
 function derive(doc, example, t) {
-  const models = new Map(doc.models.map((m) => [m.id, m]));
+  const models = modelsById(doc);
   const colour = new Map(doc.models.map((m, j) => [m.id, PALETTE[j % PALETTE.length]]));
   const rank = (p) => example.paths.filter((q) => q.model === p.model
     && q.num_inference_steps > p.num_inference_steps).length;
@@ -372,7 +380,7 @@ export function fewstepView() {
     card.select(".fs-card-step").text((p) => (p.i < p.T
       ? `step ${p.i + 1} of ${p.T} predicts this` : `the result, after ${p.T} step${p.T === 1 ? "" : "s"}`));
     card.select(".fs-straightness").text(straightnessWords);
-    const models = new Map(d.doc.models.map((m) => [m.id, m]));
+    const models = modelsById(d.doc);
     // the count, then why it is twice the steps in a span that presentation mode leaves out
     card.select(".fs-cost").selectAll("span").data((p) => costWords(p, models.get(p.model)).split(/(?= \()/))
       .join("span").attr("class", (_, j) => (j ? "fs-cost-why" : null)).text((part) => part);
