@@ -302,6 +302,20 @@ def test_a_phones_first_screen_shows_the_prompt_the_image_and_the_controller(scr
     assert wide == []
 
 
+def test_a_phones_prompt_words_are_targets_a_finger_can_hit(screen, demo_url):
+    """Every word button of the prompt is at least 24 x 24 px on a touch screen (WCAG 2.5.8):
+    "a" and "," were 7-12 px wide; and the prompt still fits the phone's width."""
+    page = screen(390, 844, device_scale_factor=2, is_mobile=True, has_touch=True)
+    page.goto(f"{demo_url}?step=30")
+    wait_ready(page)
+    sizes = page.evaluate("""() => [...document.querySelectorAll('#prompt-words .token-word')]
+        .map((b) => { const r = b.getBoundingClientRect(); return [b.textContent, r.width, r.height]; })""")
+    assert len(sizes) >= 5 and any(len(t.strip()) <= 1 for t, _, _ in sizes), sizes
+    small = [s for s in sizes if s[1] < 24 or s[2] < 24]
+    assert small == [], small
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
 # ---------------------------------------------------------------------- clipping
 
 
