@@ -45,12 +45,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from backend.cli import DefaultsHelpFormatter
 from precompute.demo import world
 from precompute.demo.sketch import SKETCH_KINDS, caption_without_positions, draw_sketch
-from precompute.demo.reflow import Clock, StageError, hold_lock, load_teacher, optimizer_step
+from precompute.demo.reflow import StageError, hold_lock, load_teacher, optimizer_step, train_steps
 from precompute.demo.train import (Deadline, encode_text, plot_losses, save_atomic, smooth,
                                    step_rng, to_tensor)
 
@@ -231,34 +230,24 @@ def _train(cfg: ControlConfig, out: Path) -> bool:
             "last_val": state["val"][-1] if state["val"] else None,
             "val_without_control": without})
 
-    deadline, start, clock = Deadline(cfg.minutes, cfg.checkpoint_minutes), state["step"], Clock()
-    end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
-    bar = tqdm(range(start, end), desc="controlnet", initial=start, total=end,
-               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)
-    for step in bar:
+    def train_step(step: int) -> float:
         rng = step_rng(cfg, RNG_TRAIN, step)
         images, control, captions, _, _ = sample_batch(cfg, rng, cfg.batch, "train",
                                                        cfg.strip_positions, cfg.caption_dropout)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         loss = controlnet_loss(cfg, base, controlnet, scheduler, images, control, captions, gen)
         optimizer_step(opt, controlnet, ema, loss, learning_rate(cfg, step), cfg.ema_decay, step)
-        state["step"] = step + 1
-        state["losses"].append((step + 1, loss.item()))
-        if (step + 1) % cfg.eval_every == 0:
-            state["val"].append((step + 1, validate(True)))
-            tqdm.write(f"controlnet step {step + 1}: held-out v-MSE with the sketch "
-                       f"{state['val'][-1][1]:.4f}, the UNet alone {without:.4f}")
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if deadline.save_due():
-            tqdm.write(f"controlnet step {step + 1}: {clock.rate(step + 1 - start, 'step')}")
-            checkpoint()
-        if deadline.expired():
-            break
-    bar.close()
-    if state["step"] > start:
-        tqdm.write(f"controlnet step {state['step']}: {clock.rate(state['step'] - start, 'step')}")
-    if state["step"] > start or not (out / FOLDER / "training_state.json").exists():
-        checkpoint()
+        return loss.item()
+
+    def evaluate(step: int) -> str:
+        state["val"].append((step, validate(True)))
+        return f"controlnet step {step}: held-out v-MSE with the sketch " \
+               f"{state['val'][-1][1]:.4f}, the UNet alone {without:.4f}"
+
+    end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
+    train_steps("controlnet", state, end, train_step, evaluate, cfg.eval_every,
+                Deadline(cfg.minutes, cfg.checkpoint_minutes), checkpoint,
+                out / FOLDER / "training_state.json")
     return state["step"] >= cfg.steps
 
 

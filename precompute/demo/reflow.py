@@ -236,6 +236,36 @@ class Clock:
                 f"{cpu / max(n, 1):.3f} CPU s per {unit}")
 
 
+def train_steps(desc: str, state: dict, end: int, train_step, evaluate, eval_every: int,
+                deadline, checkpoint, exported: Path) -> None:
+    """The training loop of the students and the ControlNet (controlnet_train.py), from
+    state["step"] to `end`: `train_step(step)` does one optimizer step and returns its loss,
+    recorded in state["losses"]; every `eval_every` steps `evaluate(step)` (None: never)
+    appends to state["val"] and returns its line for the log. A checkpoint every few
+    minutes (`deadline`) with the speed, and at the end when a step was taken or nothing
+    was exported yet (`exported` missing); stops early when the deadline expires."""
+    start, clock = state["step"], Clock()
+    bar = tqdm(range(start, end), desc=desc, initial=start, total=end,
+               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)
+    for step in bar:
+        loss = train_step(step)
+        state["step"] = step + 1
+        state["losses"].append((step + 1, loss))
+        if evaluate is not None and (step + 1) % eval_every == 0:
+            tqdm.write(evaluate(step + 1))
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if deadline.save_due():
+            tqdm.write(f"{desc} step {step + 1}: {clock.rate(step + 1 - start, 'step')}")
+            checkpoint()
+        if deadline.expired():
+            break
+    bar.close()
+    if state["step"] > start:
+        tqdm.write(f"{desc} step {state['step']}: {clock.rate(state['step'] - start, 'step')}")
+    if state["step"] > start or not exported.exists():
+        checkpoint()
+
+
 def load_pairs(folder: Path, count: int, shard_size: int) -> dict:
     """All shards of a finished pair set, concatenated (noise, latents, captions)."""
     shards = [torch.load(shard_path(folder, k), weights_only=False)
@@ -349,11 +379,7 @@ def train_student(cfg: ReflowConfig, stage: str, teacher, init_unet, pairs: dict
             "time_convention": TIME_CONVENTION,
             "last_val": state["val"][-1] if state["val"] else None})
 
-    start, clock = state["step"], Clock()
-    end = min(steps, cfg.stop_at) if cfg.stop_at else steps
-    bar = tqdm(range(start, end), desc=stage, initial=state["step"], total=end,
-               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)
-    for step in bar:
+    def train_step(step: int) -> float:
         rng = step_rng(cfg, rng_stage, step)
         idx = torch.from_numpy(rng.integers(0, n_train, cfg.batch))
         sigma = torch.from_numpy(rng.random(cfg.batch, dtype=np.float32))
@@ -365,24 +391,17 @@ def train_student(cfg: ReflowConfig, stage: str, teacher, init_unet, pairs: dict
         loss = flow_loss(unet, hidden, pairs["noise"][idx].to(cfg.device),
                          pairs["latents"][idx].to(cfg.device), sigma.to(cfg.device))
         optimizer_step(opt, unet, ema, loss, learning_rate(cfg, step, steps), cfg.ema_decay, step)
-        state["step"] = step + 1
-        state["losses"].append((step + 1, loss.item()))
-        if (step + 1) % cfg.eval_every == 0 and n_train < len(pairs["captions"]):
-            state["val"].append((step + 1, *validate(cfg, ema, teacher, pairs, reference,
-                                                        stage == "distill")))
-            tqdm.write(f"{stage} step {step + 1}: held-out {state['val'][-1][1]:.4f}, "
-                       f"one step vs teacher {state['val'][-1][2]:.4f}")
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if deadline.save_due():
-            tqdm.write(f"{stage} step {step + 1}: {clock.rate(step + 1 - start, 'step')}")
-            checkpoint()
-        if deadline.expired():
-            break
-    bar.close()
-    if state["step"] > start:
-        tqdm.write(f"{stage} step {state['step']}: {clock.rate(state['step'] - start, 'step')}")
-    if state["step"] > start or not (folder / "training_state.json").exists():
-        checkpoint()
+        return loss.item()
+
+    def evaluate(step: int) -> str:
+        state["val"].append((step, *validate(cfg, ema, teacher, pairs, reference,
+                                             stage == "distill")))
+        return f"{stage} step {step}: held-out {state['val'][-1][1]:.4f}, " \
+               f"one step vs teacher {state['val'][-1][2]:.4f}"
+
+    end = min(steps, cfg.stop_at) if cfg.stop_at else steps
+    train_steps(stage, state, end, train_step, evaluate if n_train < len(pairs["captions"]) else None,
+                cfg.eval_every, deadline, checkpoint, folder / "training_state.json")
     return state["step"] >= steps
 
 
