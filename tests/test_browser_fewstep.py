@@ -10,6 +10,7 @@ NOISEPATH_SCREENSHOT_DIR or a temporary folder."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,7 @@ from tests.browser_helpers import (SKIP_REASON, browser_available, serve_bundle,
 from tests.synthetic_bundle import PROMPTS, make_bundle, write_fewstep_section
 
 needs_chromium = pytest.mark.skipif(not browser_available(), reason=SKIP_REASON)
+ROOT = Path(__file__).resolve().parent.parent
 
 SIZES = {"phone": (390, 844), "laptop": (1366, 768), "projector": (1920, 1080)}
 NODES = """() => [...document.querySelectorAll('#fewstep .fs-node')].map((g) => ({
@@ -232,6 +234,22 @@ def test_the_address_bar_opens_the_box_at_its_example_and_time(page, fewstep_url
     assert read[3].endswith("fewstep=0.5") and read[4].endswith("fewstep=0.25")
 
 
+def assert_presentation_fits(page, height):
+    """Presenting, scrolled to the box's scrubber: every path's card ends on the screen and
+    no text of the box is under 16 px."""
+    assert page.evaluate("() => document.documentElement.classList.contains('presenting')")
+    page.evaluate("() => window.scrollTo(0, document.querySelector('#fewstep .fs-controls')"
+                  ".getBoundingClientRect().top + scrollY)")
+    bottoms = page.locator("#fewstep .fs-card").evaluate_all("(cs) => cs.map((c) => c.getBoundingClientRect().bottom)")
+    assert bottoms and max(bottoms) <= height, bottoms
+    small = page.evaluate("""() => [...document.querySelectorAll('#fewstep *')].filter((e) =>
+      [...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim())
+      && e.getClientRects().length && !e.closest('select')
+      && parseFloat(getComputedStyle(e).fontSize) < 16).map((e) => `${e.className.baseVal ?? e.className}:
+      ${getComputedStyle(e).fontSize} ${e.textContent.slice(0, 30)}`)""")
+    assert small == []
+
+
 @pytest.mark.browser
 @needs_chromium
 def test_nodes_on_one_point_are_set_around_it_and_presentation_fits_one_screen(page, fewstep_url):
@@ -261,17 +279,7 @@ def test_nodes_on_one_point_are_set_around_it_and_presentation_fits_one_screen(p
     assert ((spread["edge"][0][0] - spread["edge"][1][0]) ** 2
             + (spread["edge"][0][1] - spread["edge"][1][1]) ** 2) ** 0.5 >= 20 - 1e-6
 
-    assert page.evaluate("() => document.documentElement.classList.contains('presenting')")
-    page.evaluate("() => window.scrollTo(0, document.querySelector('#fewstep .fs-controls')"
-                  ".getBoundingClientRect().top + scrollY)")
-    bottoms = page.locator("#fewstep .fs-card").evaluate_all("(cs) => cs.map((c) => c.getBoundingClientRect().bottom)")
-    assert bottoms and max(bottoms) <= 768, bottoms
-    small = page.evaluate("""() => [...document.querySelectorAll('#fewstep *')].filter((e) =>
-      [...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim())
-      && e.getClientRects().length && !e.closest('select')
-      && parseFloat(getComputedStyle(e).fontSize) < 16).map((e) => `${e.className.baseVal ?? e.className}:
-      ${getComputedStyle(e).fontSize} ${e.textContent.slice(0, 30)}`)""")
-    assert small == []
+    assert_presentation_fits(page, 768)
     assert_no_node_hides_another(page)
     assert page.locator("#fewstep .fs-leader").count() >= 1          # a line to the point each stands for
 
@@ -309,3 +317,30 @@ def test_on_a_phone_the_examples_whole_prompt_is_readable(page, fewstep_url):
       return { fits, shown, text };
     }""", prompt)
     assert readable["fits"] or readable["shown"], readable
+
+
+@pytest.mark.browser
+@needs_chromium
+@pytest.mark.parametrize("width, height", [(1366, 768), (1920, 1080)])
+def test_the_shipped_sections_seven_paths_fit_a_projector(page, width, height, shots):
+    """The demo bundle's section (static/demo-bundle/fewstep: the teacher at 50, 4 and 1
+    steps, the 2-rectified flow at 4, 2 and 1, the one-step student) presented on a
+    1366 x 768 and a 1920 x 1080 projector: the map and all seven cards on one screen
+    under the scrubber (two rows of four; with two cards a row the one-step student's was
+    below the screen), at a time where the teacher's first prediction shows."""
+    from tests.browser_helpers import serve_bundle
+
+    demo = ROOT / "static" / "demo-bundle"
+    with serve_bundle(demo) as url:
+        page.set_viewport_size({"width": width, "height": height})
+        page.goto(f"{url}?fewstep=0.97&present=1")
+        page.locator("#fewstep .fs-node").first.wait_for()
+        assert page.locator("#fewstep .fs-card").count() == 7
+        page.wait_for_function("() => [...document.querySelectorAll('#fewstep .fs-frame')]"
+                               ".every((f) => f.dataset.frame !== undefined)")
+        assert_presentation_fits(page, height)
+        pictures = page.locator("#fewstep .fs-card .fs-frame").evaluate_all(
+            "(fs) => fs.map((f) => f.getBoundingClientRect().width)")
+        assert min(pictures) >= 72, pictures  # 4.5rem: a picture the back of the room sees
+        page.screenshot(path=str(shots / f"fewstep-demo-present-{width}x{height}.png"))
+        page.goto("about:blank")  # nothing left loading when the server stops

@@ -85,18 +85,18 @@ class ReflowConfig:
     device: str = "cpu"
     threads: int = 1
     # stage "pairs": the teacher's ODE
-    pairs: int = 8000  # rounded up to whole shards
+    pairs: int = 5000  # rounded up to whole shards (5008)
     shard_size: int = 16  # pairs per shard, generated as one batch
     teacher_steps: int = 50
     guidance_scale: float = 3.0  # the app's default (app_guidance_scale())
     two_object_fraction: float = 0.5  # as in the shipped teacher's last training stages
     val_pairs: int = 64  # the last pairs of each set: never trained on, the held-out curves
     # stage "reflow": the 2-rectified flow
-    reflow_steps: int = 6000
+    reflow_steps: int = 4000
     # stage "distill": the 2-rectified flow's own ODE, then the one-step student
-    student_pairs: int = 8000
+    student_pairs: int = 5000
     student_steps: int = 25  # Euler steps of the 2-rectified flow per student pair
-    distill_steps: int = 3000
+    distill_steps: int = 2000
     batch: int = 32
     lr: float = 2e-4
     lr_final: float = 2e-5  # cosine decay from lr to this at the stage's last step
