@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -453,10 +454,14 @@ sys.exit(main(sys.argv[3:]))
     ("backend.serve_cli.create_app", "SIGTERM", serve_cli.INTERRUPTED_MESSAGE),
 ])
 def test_ctrl_c_during_startup_prints_one_line(synthetic_bundle_ro, phase, signame, message):
+    # the server is started as from a terminal, where Ctrl+C is not ignored: a test run
+    # launched as a script's background job (`pytest ... &`) passes SIGINT ignored down,
+    # and Python then never raises KeyboardInterrupt before serve installs its own handler
     proc = subprocess.run(
         [sys.executable, "-c", INTERRUPT_DURING, phase, signame, "serve", "--bundle",
          str(synthetic_bundle_ro), "--port", "0"],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True, text=True, timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.returncode == 130, proc.stderr
     assert "Open http" not in proc.stdout
     assert [line for line in proc.stderr.splitlines() if line.strip()] == [message], proc.stderr
