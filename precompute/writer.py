@@ -92,8 +92,13 @@ def dumps(obj) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
 
 
+# A JSON file is written whole beside its target and renamed over it; the temporary name
+# carries the writer's pid, so that one left by a killed process is known (clean_stale_staging).
+JSON_TMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{32}\.tmp")
+
+
 def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
     _fsync_write(tmp, dumps(obj))
     os.replace(tmp, path)
 
@@ -500,13 +505,29 @@ class BundleWriter:
             return False
 
     def clean_stale_staging(self) -> int:
-        """Remove staging folders left by processes that died (same host)."""
+        """Remove staging folders, and the half-written JSON files of write_json_atomic,
+        left by processes that died (same host): a precompute killed while it rewrote
+        bundle.json left its `.bundle.json.<pid>-<hex>.tmp` beside it."""
+        def dead(pid: int) -> bool:
+            return pid > 0 and pid != os.getpid() and not _pid_alive(pid)
+
         removed = 0
         for folder in (self.root / ".tmp").iterdir():
             pid = int(folder.name.split("-", 1)[0]) if folder.name[0].isdigit() else -1
-            if pid > 0 and pid != os.getpid() and not _pid_alive(pid):
+            if dead(pid):
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += 1
+        # the published tree's JSON files: the root, groups/, trajectories/ and every
+        # prompt's and run's folder (staging folders are renamed in whole)
+        places = [self.root] + [self.root / d for d in ("groups", "trajectories")] + \
+            [f for d in ("prompts", "runs") if (self.root / d).is_dir()
+             for f in (self.root / d).iterdir() if f.is_dir()]
+        for place in places:
+            for tmp in place.glob(".*.tmp") if place.is_dir() else ():
+                m = JSON_TMP.fullmatch(tmp.name)
+                if m and dead(int(m["pid"])):
+                    tmp.unlink(missing_ok=True)
+                    removed += 1
         return removed
 
     # -- the index

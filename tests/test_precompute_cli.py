@@ -137,6 +137,36 @@ def test_killed_precompute_resumes_to_the_same_bundle(setup, tmp_path):
     assert differing(out, reference) == []
 
 
+def test_a_resumed_precompute_removes_the_half_written_json_of_a_killed_one(tmp_path, monkeypatch):
+    """A precompute killed while it rewrote bundle.json (or any JSON file of the bundle)
+    left `.bundle.json.<pid>-<hex>.tmp` beside it (seen once in a CI run of the test
+    above); the next precompute's start removes those of dead processes and leaves a
+    live writer's alone."""
+    import uuid
+
+    from precompute.writer import BundleWriter, write_json_atomic
+
+    root = tmp_path / "b"
+    writer = BundleWriter(root, {"storage": "full"})
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()  # its pid now names a dead process
+    (root / "runs" / "r1").mkdir()
+    stale = [root / f".bundle.json.{exited.pid}-{uuid.uuid4().hex}.tmp",
+             root / "groups" / f".g.json.{exited.pid}-{uuid.uuid4().hex}.tmp",
+             root / "runs" / "r1" / f".run.json.{exited.pid}-{uuid.uuid4().hex}.tmp"]
+    live = root / f".bundle.json.{os.getpid()}-{uuid.uuid4().hex}.tmp"
+    for path in stale + [live]:
+        path.write_text("{")
+    assert writer.clean_stale_staging() == 3
+    assert not any(p.exists() for p in stale) and live.exists()
+    # a write names its temporary file by its own pid, which the cleanup reads
+    renamed = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (renamed.append(Path(a).name), real_replace(a, b)))
+    write_json_atomic(root / "x.json", {})
+    assert renamed[0].startswith(f".x.json.{os.getpid()}-") and renamed[0].endswith(".tmp")
+
+
 def test_two_processes_split_one_bundle_and_match_one_process(setup, tmp_path):
     model, prompts, reference, _ = setup
     out = tmp_path / "b"
