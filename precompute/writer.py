@@ -517,8 +517,9 @@ class BundleWriter:
             if dead(pid):
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += 1
-        # the published tree's JSON files: the root, groups/, trajectories/ and every
-        # prompt's and run's folder (staging folders are renamed in whole)
+        # the published tree's JSON files: the root (bundle.json, config.json), groups/,
+        # trajectories/, and every prompt's and run's folder (`noisepath refresh` rewrites
+        # run.json in place; a new run's files are written in staging, removed above)
         places = [self.root] + [self.root / d for d in ("groups", "trajectories")] + \
             [f for d in ("prompts", "runs") if (self.root / d).is_dir()
              for f in (self.root / d).iterdir() if f.is_dir()]
