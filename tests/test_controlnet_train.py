@@ -93,9 +93,37 @@ def test_the_objective_is_the_teachers_v_prediction_plus_residuals(base):
     assert down[0].shape[-2:] == (16, 16)
 
 
+def test_object_weight_weighs_the_sketched_latents_and_none_is_the_plain_mean(base):
+    """region_weight is 1 + W x (the share of each 4x4 pixel block the sketch covers); a
+    weight of ones gives the plain MSE (to float32 rounding: a sum over 2,048 terms of
+    order 1, so 1e-6 of the loss), and weight on the region alone gives the region's MSE."""
+    cfg = ct.ControlConfig()
+    images, control, captions, _, regions = ct.sample_batch(cfg, np.random.default_rng(2), 2,
+                                                            "train", 1.0, 0.0)
+    w = ct.region_weight(regions, 16, 4.0)  # (2, 1, 16, 16)
+    union = torch.from_numpy(np.stack([r.any(axis=0) for r in regions]))
+    assert w.shape == (2, 1, 16, 16) and w.min() == 1.0 and w.max() == 5.0
+    assert torch.allclose(w[:, 0], 1 + 4 * union.float().reshape(2, 16, 4, 16, 4).mean((2, 4)))
+    torch.manual_seed(0)
+    net = ct.build_controlnet(base.unet, base.vae_scale_factor)
+    scheduler = demo_model.training_scheduler()
+
+    def loss(weight):
+        return ct.controlnet_loss(cfg, base, net, scheduler, images, control, captions,
+                                  torch.Generator().manual_seed(3), weight=weight).item()
+
+    plain = loss(None)
+    assert abs(loss(torch.ones(2, 1, 16, 16)) - plain) <= 1e-6 * plain
+    inside, outside = loss((w > 1).float()), loss((w == 1).float())
+    share = (w > 1).float().mean().item()  # the plain mean splits into the two regions' means
+    assert abs(share * inside + (1 - share) * outside - plain) <= 1e-5 * plain
+    assert abs(loss(w) - plain) > 1e-4 * plain  # the weight changes what is minimised
+
+
 def micro(out, **kw) -> ct.ControlConfig:
-    return ct.ControlConfig(out=str(out), base=str(BASE), steps=3, batch=2, val_size=2,
-                            eval_every=2, warmup=1, lr=1e-2, checkpoint_minutes=100, **kw)
+    return ct.ControlConfig(**{"out": str(out), "base": str(BASE), "steps": 3, "batch": 2,
+                               "val_size": 2, "eval_every": 2, "warmup": 1, "lr": 1e-2,
+                               "checkpoint_minutes": 100, **kw})
 
 
 @pytest.mark.slow
@@ -135,12 +163,62 @@ def test_a_micro_run_resumes_to_the_same_state_and_its_controlnet_steers_the_ima
     assert (with_control - without).abs().max() > 1e-3 * without.abs().max()
 
 
+def test_cubic_timesteps_are_mostly_high_noise_and_uniform_ones_are_the_teachers():
+    """"cubic" (t = (1 - u^3) T) puts a share 0.5^(1/3) = 0.794 of the samples above T/2
+    (t > T/2 when u < 0.5^(1/3)); 20,000 draws estimate it within 0.003 (one standard
+    error), so 0.02 is a wide margin. "uniform" draws exactly what train.diffusion_loss draws."""
+    t = ct.sample_timesteps(20_000, 1000, "cubic", torch.Generator().manual_seed(0))
+    assert t.dtype == torch.int64 and t.min() >= 0 and t.max() <= 999
+    assert abs((t > 500).float().mean().item() - 0.5 ** (1 / 3)) < 0.02
+    assert (t >= 900).float().mean() > 0.25  # uniform: 0.10
+    uniform = ct.sample_timesteps(64, 1000, "uniform", torch.Generator().manual_seed(1))
+    assert torch.equal(uniform, torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.slow
+def test_a_run_can_start_from_a_trained_controlnet(tmp_path, capsys):
+    """--init: the shipped ControlNet's weights are where a fine-tuning run starts (one step
+    at a learning rate of 1e-9 leaves them within 1e-4 of their scale, while a fresh copy of
+    the UNet's encoder has zero output convolutions); a resume with another --init or
+    --timesteps or --object-weight is refused."""
+    from diffusers import ControlNetModel
+
+    shipped = Path(__file__).resolve().parents[1] / "static" / "demo-controlnet"
+    cfg = micro(tmp_path / "ft", steps=1, lr=1e-9, init=str(shipped), timesteps="cubic")
+    assert ct.train(cfg)
+    start = ControlNetModel.from_pretrained(str(shipped), torch_dtype=torch.float32).state_dict()
+    tuned = ControlNetModel.from_pretrained(str(tmp_path / "ft" / ct.FOLDER)).state_dict()
+    scale = max(v.abs().max().item() for v in start.values())
+    assert max((tuned[k] - v).abs().max().item() for k, v in start.items()) < 1e-4 * scale
+    assert start["controlnet_mid_block.weight"].abs().max() > 0  # not a fresh copy
+    state = json.loads((tmp_path / "ft" / ct.FOLDER / "training_state.json").read_text())
+    assert state["init"] == str(shipped) and state["timesteps"] == "cubic"
+    from dataclasses import asdict
+
+    run = tmp_path / "run"  # a run's config.json as the command line writes it
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(asdict(ct.ControlConfig(
+        base=str(BASE), init=str(shipped), timesteps="cubic"))))
+    capsys.readouterr()
+    for flag, value in (("--init", str(tmp_path / "ft" / ct.FOLDER)), ("--timesteps", "uniform"),
+                        ("--object-weight", "4")):
+        argv = ["controlnet", "--out", str(run), "--resume", "--base", str(BASE),
+                "--timesteps", "cubic", "--init", str(shipped), flag, value]
+        with pytest.raises(SystemExit):
+            train.main(argv)
+        err = capsys.readouterr().err
+        assert f"{flag} " in err and "differs from the run's" in err and len(err.splitlines()) == 1, err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "0"], "--steps 0: must be at least 1"),
     (["--strip-positions", "1.5"], "--strip-positions 1.5: a share between 0 and 1"),
     (["--stop-at", "9", "--steps", "5"], "--stop-at 9: a step from 1 to --steps (5)"),
     (["--lr", "nan"], "--lr nan: must be a finite number"),
     (["--base", "nowhere"], "--base nowhere: not a pipeline folder"),
+    (["--init", "nowhere"], "--init nowhere: not a ControlNetModel folder"),
+    (["--timesteps", "log"], "--timesteps: invalid choice: 'log'"),
+    (["--object-weight", "-1"], "--object-weight -1.0: a number from 0 to 100"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_bad_flags_are_refused_in_one_line(argv, message, tmp_path, capsys):

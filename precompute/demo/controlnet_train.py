@@ -23,7 +23,10 @@ The objective is the teacher's (train.py): v-prediction MSE on the zero-terminal
 schedule, timesteps uniform over 0..999, with the ControlNet's residuals added to the
 UNet exactly as StableDiffusionControlNetPipeline adds them
 (`down_block_additional_residuals`, `mid_block_additional_residual`). The control image
-is in [0, 1], as the pipeline's prepare_image gives it.
+is in [0, 1], as the pipeline's prepare_image gives it. Options for experiments (measured
+in docs/demo-model.md): `--init` fine-tunes a trained ControlNet, `--timesteps cubic` draws
+mostly high-noise timesteps (as T2I-Adapter does), `--object-weight W` weighs the latents
+the sketch covers 1 + W times as much.
 
 Seeded (the batches and sketches are a function of the seed and the step), resumable
 (`controlnet.pt`: weights, EMA, optimizer, step, losses), with a progress bar, a loss
@@ -73,6 +76,9 @@ class ControlConfig:
     caption_dropout: float = 0.1
     strip_positions: float = 0.5  # share of captions without position words
     two_object_fraction: float = world.TWO_OBJECT_FRACTION
+    timesteps: str = "uniform"  # how training timesteps are drawn: one of TIMESTEP_SAMPLING
+    init: str = ""  # a ControlNetModel folder to start from (fine-tuning); "": from_unet
+    object_weight: float = 0.0  # extra loss weight on the sketched regions' latents (0: none)
     val_size: int = 32
     eval_every: int = 100
     minutes: float = 0.0  # 0: no time limit
@@ -82,7 +88,11 @@ class ControlConfig:
 
 # Fields that decide what a run's batches and weights are: a resumed run must keep them.
 RUN_DEFINING = ("base", "seed", "batch", "caption_dropout", "strip_positions",
-                "two_object_fraction", "val_size")
+                "two_object_fraction", "val_size", "timesteps", "init", "object_weight")
+# "uniform": t uniform over 0..T-1, the teacher's. "cubic": t = (1 - u^3) T with u uniform,
+# as T2I-Adapter (Mou et al. 2023) trains its adapters: most samples at high noise, where
+# the layout is decided and the noisy latent does not yet show where the object is.
+TIMESTEP_SAMPLING = ("uniform", "cubic")
 
 
 def sample_batch(cfg: ControlConfig, rng: np.random.Generator, n: int, split: str,
@@ -110,16 +120,38 @@ def build_controlnet(unet, vae_scale_factor: int):
     return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
 
 
+def sample_timesteps(n: int, num_train_timesteps: int, sampling: str,
+                     gen: torch.Generator) -> torch.Tensor:
+    """n training timesteps, drawn as TIMESTEP_SAMPLING names: (n,) int64 in 0..T-1."""
+    if sampling == "uniform":
+        return torch.randint(0, num_train_timesteps, (n,), generator=gen)
+    u = torch.rand(n, generator=gen)
+    t = ((1 - u ** 3) * num_train_timesteps).long()  # P(t > T/2) = 0.79
+    return t.clamp(0, num_train_timesteps - 1)
+
+
+def region_weight(regions: list[np.ndarray], latent_size: int, object_weight: float
+                  ) -> torch.Tensor:
+    """Per-latent loss weights 1 + object_weight * (the share of each latent pixel that a
+    sketched region covers): (B, 1, h, w). Regions: per scene (objects, 64, 64) bool."""
+    union = np.stack([r.any(axis=0) for r in regions]).astype(np.float32)  # (B, 64, 64)
+    cover = F.adaptive_avg_pool2d(torch.from_numpy(union)[:, None], latent_size)
+    return 1.0 + object_weight * cover
+
+
 def controlnet_loss(cfg, base, controlnet, scheduler, images, control, captions, gen,
-                    use_control: bool = True) -> torch.Tensor:
+                    use_control: bool = True, sampling: str = "uniform",
+                    weight: torch.Tensor | None = None) -> torch.Tensor:
     """train.diffusion_loss with the ControlNet's residuals added to the frozen UNet as
-    StableDiffusionControlNetPipeline adds them (conditioning scale 1)."""
+    StableDiffusionControlNetPipeline adds them (conditioning scale 1); the timesteps drawn
+    as `sampling` says (the held-out loss keeps "uniform", so runs compare); with `weight`
+    (B, 1, h, w), a weighted mean of the squared errors (region_weight)."""
     with torch.no_grad():
         latents = base.vae.encode(to_tensor(images).to(cfg.device)).latent_dist.sample(gen)
         latents = latents * base.vae.config.scaling_factor  # (B, 4, 16, 16)
         hidden = encode_text(base.tokenizer, base.text_encoder, captions, cfg.device)
     noise = torch.randn(latents.shape, generator=gen).to(cfg.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(images),), generator=gen)
+    t = sample_timesteps(len(images), scheduler.config.num_train_timesteps, sampling, gen)
     t = t.to(cfg.device)
     noisy = scheduler.add_noise(latents, noise, t)  # x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps
     target = scheduler.get_velocity(latents, noise, t)  # v = sqrt(a_t) eps - sqrt(1 - a_t) x_0
@@ -130,7 +162,10 @@ def controlnet_loss(cfg, base, controlnet, scheduler, images, control, captions,
                                guess_mode=False, return_dict=False)
         residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
     pred = base.unet(noisy, t, hidden, **residuals).sample  # (B, 4, 16, 16)
-    return F.mse_loss(pred, target)
+    if weight is None:
+        return F.mse_loss(pred, target)
+    weight = weight.to(pred).expand_as(pred)
+    return (weight * (pred - target) ** 2).sum() / weight.sum()
 
 
 def learning_rate(cfg: ControlConfig, step: int) -> float:
@@ -196,7 +231,13 @@ def _train(cfg: ControlConfig, out: Path) -> bool:
     torch.set_num_threads(cfg.threads)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     base = load_base(str(cfg.base), cfg.device)
-    controlnet = build_controlnet(base.unet, base.vae_scale_factor).to(cfg.device).train()
+    controlnet = build_controlnet(base.unet, base.vae_scale_factor)
+    if cfg.init:  # fine-tune a trained ControlNet (fp16 weights load in fp32)
+        from diffusers import ControlNetModel
+
+        start = ControlNetModel.from_pretrained(cfg.init, torch_dtype=torch.float32)
+        controlnet.load_state_dict(start.state_dict())
+    controlnet = controlnet.to(cfg.device).train()
     ema = copy.deepcopy(controlnet).eval()
     opt = torch.optim.AdamW(controlnet.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                             weight_decay=0.01)
@@ -227,15 +268,20 @@ def _train(cfg: ControlConfig, out: Path) -> bool:
         export_controlnet(ema, out / FOLDER, {
             "steps": state["step"], "of_steps": cfg.steps, "seed": cfg.seed, "base": cfg.base,
             "strip_positions": cfg.strip_positions, "sketch_kinds": list(SKETCH_KINDS),
+            "timesteps": cfg.timesteps, "init": cfg.init or None,
+            "object_weight": cfg.object_weight,
             "last_val": state["val"][-1] if state["val"] else None,
             "val_without_control": without})
 
     def train_step(step: int) -> float:
         rng = step_rng(cfg, RNG_TRAIN, step)
-        images, control, captions, _, _ = sample_batch(cfg, rng, cfg.batch, "train",
-                                                       cfg.strip_positions, cfg.caption_dropout)
+        images, control, captions, _, regions = sample_batch(
+            cfg, rng, cfg.batch, "train", cfg.strip_positions, cfg.caption_dropout)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        loss = controlnet_loss(cfg, base, controlnet, scheduler, images, control, captions, gen)
+        weight = (region_weight(regions, images.shape[1] // base.vae_scale_factor,
+                                cfg.object_weight) if cfg.object_weight else None)
+        loss = controlnet_loss(cfg, base, controlnet, scheduler, images, control, captions, gen,
+                               sampling=cfg.timesteps, weight=weight)
         optimizer_step(opt, controlnet, ema, loss, learning_rate(cfg, step), cfg.ema_decay, step)
         return loss.item()
 
@@ -300,6 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "branch of guidance also gets the control)")
     p.add_argument("--two-object-fraction", type=float, default=d.two_object_fraction,
                    help="share of the training scenes with two objects")
+    p.add_argument("--timesteps", choices=TIMESTEP_SAMPLING, default=d.timesteps,
+                   help="how training timesteps are drawn: uniform (the teacher's) or cubic "
+                        "(t = (1 - u^3) T, mostly high noise, where the layout is decided)")
+    p.add_argument("--init", default=d.init, metavar="FOLDER",
+                   help="start from this ControlNetModel folder (fine-tune, e.g. "
+                        "static/demo-controlnet) instead of a fresh copy of the UNet's encoder")
+    p.add_argument("--object-weight", type=float, default=d.object_weight, metavar="W",
+                   help="weigh the loss on the latents the sketch covers 1 + W times as much "
+                        "(0: the teacher's plain mean; the held-out loss stays plain)")
     p.add_argument("--eval-every", type=int, default=d.eval_every,
                    help="steps between held-out evaluations")
     p.add_argument("--val-size", type=int, default=d.val_size,
@@ -347,6 +402,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ControlConfig, argparse.N
                     "number, not negative")
     if args.lr == 0:
         p.error("--lr 0: nothing would train")
+    if not 0 <= args.object_weight <= 100:
+        p.error(f"--object-weight {args.object_weight}: a number from 0 to 100")
     for name in ("strip_positions", "caption_dropout", "two_object_fraction"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: a share between 0 and 1")
@@ -355,12 +412,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[ControlConfig, argparse.N
     problem = recipe_problem(Path(args.base))
     if problem:
         p.error(f"--base {args.base}: {problem}")
+    if args.init and not (Path(args.init) / "config.json").exists():
+        p.error(f"--init {args.init}: not a ControlNetModel folder (no config.json)")
     cfg = ControlConfig(
         out=args.out, base=args.base, seed=args.seed, device=args.device, threads=args.threads,
         steps=args.steps, batch=args.batch, lr=args.lr, lr_final=args.lr_final,
         warmup=args.warmup, caption_dropout=args.caption_dropout,
         strip_positions=args.strip_positions, two_object_fraction=args.two_object_fraction,
-        eval_every=args.eval_every, val_size=args.val_size, minutes=args.minutes, stop_at=args.stop_at,
+        timesteps=args.timesteps, init=args.init, object_weight=args.object_weight,
+        eval_every=args.eval_every,
+        val_size=args.val_size, minutes=args.minutes, stop_at=args.stop_at,
         checkpoint_minutes=args.checkpoint_minutes)
     saved = Path(args.out) / "config.json"
     if saved.exists() and not args.resume:
