@@ -13,7 +13,8 @@ shipped demo bundle got its per-model preview map:
 
     noisepath refresh static/demo-bundle
 
-Re-running it is harmless (an interrupted refresh is finished by running it again).
+Re-running it is harmless (an interrupted refresh is finished by running it again, and
+the half-written files a killed one left are removed first).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def refresh_bundle(root: Path, device: str = "cpu", dtype: str | None = None, lo
 
     root = Path(root)
     config = read_config(root)
+    BundleWriter(root, config).clean_stale_staging()  # what a killed refresh left
     components = load_components(config["model"], device=device,
                                  dtype=dtype or config.get("dtype", "auto"),
                                  scheduler=config["scheduler"])
@@ -83,7 +85,8 @@ def _refresh_run(path: Path, preview: dict, write_json_atomic) -> None:
         if entry.get("derived") is True:
             continue  # rendered by the server; a JPEG's recorded error follows the new map
         target = path.parent / entry["file"]
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        # named as write_json_atomic names its files (JSON_TMP): the pid marks a killed one's
+        tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, target)
         entry["sha256"] = sha256_file(target)
