@@ -321,13 +321,15 @@ def test_on_a_phone_the_examples_whole_prompt_is_readable(page, fewstep_url):
 
 @pytest.mark.browser
 @needs_chromium
-@pytest.mark.parametrize("width, height", [(1366, 768), (1920, 1080)])
+@pytest.mark.parametrize("width, height", [(1024, 768), (1280, 720), (1366, 768), (1920, 1080)])
 def test_the_shipped_sections_seven_paths_fit_a_projector(page, width, height, shots):
     """The demo bundle's section (static/demo-bundle/fewstep: the teacher at 50, 4 and 1
     steps, the 2-rectified flow at 4, 2 and 1, the one-step student) presented on a
-    1366 x 768 and a 1920 x 1080 projector: the map and all seven cards on one screen
-    under the scrubber (two rows of four; with two cards a row the one-step student's was
-    below the screen), at a time where the teacher's first prediction shows."""
+    1024 x 768, 1280 x 720, 1366 x 768 and 1920 x 1080 projector: the map and all seven
+    cards on one screen under the scrubber (two rows of four; with two cards a row the
+    one-step student's was below the screen; at 1280 x 720 the second row was 73 px below
+    it until the key moved under the map), at a time where the teacher's first prediction
+    shows, the key beside the cards rather than above them."""
     from tests.browser_helpers import serve_bundle
 
     demo = ROOT / "static" / "demo-bundle"
@@ -342,5 +344,7 @@ def test_the_shipped_sections_seven_paths_fit_a_projector(page, width, height, s
         pictures = page.locator("#fewstep .fs-card .fs-frame").evaluate_all(
             "(fs) => fs.map((f) => f.getBoundingClientRect().width)")
         assert min(pictures) >= 72, pictures  # 4.5rem: a picture the back of the room sees
+        key, cards = (page.locator(f"#fewstep {c}").bounding_box() for c in (".fs-legend", ".fs-cards"))
+        assert key["y"] > cards["y"] and key["x"] + key["width"] <= cards["x"] + 1  # under the map
         page.screenshot(path=str(shots / f"fewstep-demo-present-{width}x{height}.png"))
         page.goto("about:blank")  # nothing left loading when the server stops

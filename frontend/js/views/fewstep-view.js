@@ -397,8 +397,16 @@ export function fewstepView() {
     // the example's whole prompt, wrapped: a phone's select shows its first words only
     selection.selectAll("p.fs-prompt").data([d.example]).join("p").attr("class", "fs-prompt")
       .text((e) => `“${e.prompt}” (seed ${e.seed})`);
+    const grid = selection.selectAll(".fs-grid").data([null]).join((enter) => {
+      const g = enter.append("div").attr("class", "fs-grid");
+      g.append("div").attr("class", "fs-map-host");
+      return g;
+    });
+    const host = grid.select(".fs-map-host");
+    map(host, d, paths);
+    // the key under the map it explains: a projector's screen keeps its height for the cards
     const models = d.doc.models.filter((m) => d.example.paths.some((p) => p.model === m.id));
-    const legend = selection.selectAll("ul.fs-legend").data([null]).join("ul").attr("class", "fs-legend");
+    const legend = host.selectAll("ul.fs-legend").data([null]).join("ul").attr("class", "fs-legend");
     const keys = [...models.map((m) => ({ id: m.id, kind: "model", text: m.label,
       mark: paths.find((p) => p.model === m.id).mark })),
     { id: "chord", kind: "chord", text: "chord: noise → result", mark: null },
@@ -407,12 +415,6 @@ export function fewstepView() {
       .attr("class", (k) => `fs-key-${k.kind}`)
       .style("--fs-mark", (k) => k.mark)
       .text((k) => k.text);
-    const grid = selection.selectAll(".fs-grid").data([null]).join((enter) => {
-      const g = enter.append("div").attr("class", "fs-grid");
-      g.append("div").attr("class", "fs-map-host");
-      return g;
-    });
-    map(grid.select(".fs-map-host"), d, paths);
     cards(grid, d, paths);
     const words = reading(d.doc, d.example);
     selection.selectAll("p.fs-reading").data([words]).join("p").attr("class", "fs-reading")
