@@ -208,8 +208,33 @@ def test_two_object_fraction_reaches_the_training_config(tmp_path):
     assert fraction() == world.TWO_OBJECT_FRACTION == 0.3
 
 
+def test_strip_positions_leaves_a_share_of_captions_without_position_words(tmp_path):
+    from precompute.demo import sketch
+
+    rng = np.random.default_rng(3)
+    _, captions, scenes = world.sample_batch(rng, 400)
+    plain, _ = train.parse_args(["--out", str(tmp_path)])
+    assert plain.strip_positions == 0.0
+    before = train.training_captions(plain, np.random.default_rng(5), 7, captions, scenes)
+    cfg, _ = train.parse_args(["--out", str(tmp_path), "--strip-positions", "0.3"])
+    after = train.training_captions(cfg, np.random.default_rng(5), 7, captions, scenes)
+    assert [c == "" for c in before] == [c == "" for c in after]  # the same ones dropped
+    stripped = [a != b for a, b in zip(after, before)]
+    assert all(a == sketch.caption_without_positions(s)
+               for a, s, x in zip(after, scenes, stripped) if x)
+    assert not any(w in a for a, x in zip(after, stripped) if x
+                   for w in world.POSITION_PHRASES.values())
+    share = sum(stripped) / sum(1 for b in before if b)
+    assert 0.23 < share < 0.37, share  # 0.3 of about 360 captions: 3 sd is about 0.07
+    assert train.training_captions(cfg, np.random.default_rng(5), 7, captions, scenes) == after
+    (tmp_path / "config.json").write_text(json.dumps({"strip_positions": 0.3}))
+    resumed, _ = train.parse_args(["--out", str(tmp_path), "--resume"])
+    assert resumed.strip_positions == 0.3  # a resumed run keeps its share
+
+
 @pytest.mark.parametrize("argv", [["--fresh-unet"], ["--unet-channels", "64,100,128"],
                                   ["--two-object-fraction", "1.5"], ["--stop-at", "30000"],
+                                  ["--strip-positions", "-0.1"], ["--strip-positions", "2"],
                                   ["--unet-channels", "a,b,c"], ["--unet-channels", "64,128"]])
 def test_cli_rejects_bad_model_options(tmp_path, argv, capsys):
     with pytest.raises(SystemExit):

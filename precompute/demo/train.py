@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from precompute.demo import model as demo_model
-from precompute.demo import world
+from precompute.demo import sketch, world
 
 
 @dataclass
@@ -47,6 +47,7 @@ class TrainConfig:
     unet_lr_final: float = 0.0  # > 0: cosine decay from unet_lr to this at unet_steps
     warmup: int = 100
     caption_dropout: float = 0.1
+    strip_positions: float = 0.0  # share of the UNet's captions without position words
     two_object_fraction: float = world.TWO_OBJECT_FRACTION  # of the UNet's training scenes
     ema_decay: float = 0.998
     minutes: float = 0.0  # 0: no time limit, stop at the step targets
@@ -294,6 +295,21 @@ def unet_lr(cfg: TrainConfig, step: int, start_step: int = 0) -> float:
     return warm * (cfg.unet_lr_final + (cfg.unet_lr - cfg.unet_lr_final) * cosine)
 
 
+def training_captions(cfg: TrainConfig, rng: np.random.Generator, step: int,
+                      captions: list[str], scenes: list[world.Scene]) -> list[str]:
+    """A batch's captions as the UNet sees them: a share cfg.caption_dropout replaced by ""
+    (for classifier-free guidance) and, of the rest, a share cfg.strip_positions without
+    their position words. The second draw comes from its own generator, so a share of 0
+    leaves every batch as it was before the option existed."""
+    drop = rng.random(len(captions)) < cfg.caption_dropout
+    captions = ["" if d else c for c, d in zip(captions, drop)]
+    if cfg.strip_positions > 0:
+        strip = np.random.default_rng([cfg.seed, 2, step, 1]).random(len(captions))
+        captions = [sketch.caption_without_positions(s) if c and u < cfg.strip_positions
+                    else c for c, s, u in zip(captions, scenes, strip)]
+    return captions
+
+
 def train_unet(cfg: TrainConfig, vae, unet, text_encoder, tokenizer, out: Path,
                deadline: Deadline, vae_steps: int) -> bool:
     """vae_steps: the VAE's own step count, recorded in the exported training_state.json."""
@@ -343,10 +359,9 @@ def train_unet(cfg: TrainConfig, vae, unet, text_encoder, tokenizer, out: Path,
                dynamic_ncols=True)
     for step in bar:
         rng = step_rng(cfg, 2, step)
-        images, captions, _ = world.sample_batch(rng, cfg.unet_batch,
-                                                 two_object_fraction=cfg.two_object_fraction)
-        drop = rng.random(len(captions)) < cfg.caption_dropout
-        captions = ["" if d else c for c, d in zip(captions, drop)]
+        images, captions, scenes = world.sample_batch(rng, cfg.unet_batch,
+                                                      two_object_fraction=cfg.two_object_fraction)
+        captions = training_captions(cfg, rng, step, captions, scenes)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         loss = diffusion_loss(cfg, vae, unet, text_encoder, tokenizer, scheduler, images,
                               captions, gen)
@@ -492,6 +507,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     p.add_argument("--lr-final", type=float, default=0.0,
                    help="if > 0, decay the UNet learning rate along a cosine to this value "
                         "at --steps (default: constant after the warm-up)")
+    p.add_argument("--strip-positions", type=float, default=None, metavar="SHARE",
+                   help="share of the UNet's captions without their position words "
+                        "('a large red circle, on a blue background'), so the model also "
+                        "reads captions that leave the place open (default 0; a resumed "
+                        "run keeps its own)")
     p.add_argument("--two-object-fraction", type=float, default=world.TWO_OBJECT_FRACTION,
                    help="share of the UNet's training scenes with two objects (default "
                         "%(default)s); raise it to teach binding (which word goes with which "
@@ -506,6 +526,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     has_checkpoint = any((Path(args.out) / f).exists() for f in ("vae.pt", "unet.pt", "decoder.pt"))
     if args.stop_at < 0 or (args.stop_at and args.stop_at > args.steps):
         p.error(f"--stop-at {args.stop_at}: a step from 1 to --steps ({args.steps})")
+    saved = Path(args.out) / "config.json"
+    if args.strip_positions is None:  # a resumed run keeps its share
+        args.strip_positions = (json.loads(saved.read_text()).get("strip_positions", 0.0)
+                                if args.resume and saved.exists() else 0.0)
+    if not 0.0 <= args.strip_positions <= 1.0:
+        p.error(f"--strip-positions {args.strip_positions}: a share between 0 and 1")
     if not 0.0 <= args.two_object_fraction <= 1.0:
         p.error(f"--two-object-fraction {args.two_object_fraction}: a share between 0 and 1")
     if args.fresh_unet and not args.init_from:
@@ -520,7 +546,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
             p.error(f"--unet-channels {args.unet_channels}: three widths, each a multiple of "
                     "the group-norm group count, min(32, first width)")
         model = replace(model, unet_channels=channels)
-    saved = Path(args.out) / "config.json"
     if args.resume and not args.unet_channels and saved.exists():  # keep the run's own sizes
         saved_channels = json.loads(saved.read_text()).get("model", {}).get("unet_channels")
         if saved_channels:
@@ -542,7 +567,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         minutes=args.minutes, checkpoint_minutes=args.checkpoint_minutes, stop_at=args.stop_at,
         decoder_only=args.decoder_only, decoder_steps=args.decoder_steps,
         unet_lr=args.lr, unet_lr_final=args.lr_final, init_from=args.init_from,
-        fresh_unet=args.fresh_unet, two_object_fraction=args.two_object_fraction, model=model)
+        fresh_unet=args.fresh_unet, two_object_fraction=args.two_object_fraction,
+        strip_positions=args.strip_positions, model=model)
     return cfg, args
 
 
