@@ -28,6 +28,11 @@ without position words in training, and it reads them badly (its background and 
 adherence fall, measured here), so "without control" on the stripped captions is a weak
 baseline; the row with the full captions says what the prompt alone achieves.
 
+A fourth row is a diagnosis, not a target: control and the full caption together, the
+sketch agreeing with the position words. It says what the ControlNet does where the demo
+model reads its caption right, and so how much of the first row's shortfall is the demo
+model's reading of captions without position words.
+
 A last row is the ceiling: the scene itself, drawn by the world and passed through the demo
 VAE (what a perfect generator would give the judge), read back the same way.
 
@@ -153,7 +158,8 @@ def main(argv=None) -> int:
     judge.calibrate(lambda im: evaluate.reconstruct(pipe, im))
     items = cases(args.n, args.seed)
     runs = {"with control (scale 1)": (1.0, False), "without control (scale 0)": (0.0, False),
-            "without control, caption with positions": (0.0, True)}
+            "without control, caption with positions": (0.0, True),
+            "with control, caption with positions": (1.0, True)}
     images = {name: [] for name in runs}
     start = time.monotonic()
     with torch.no_grad():

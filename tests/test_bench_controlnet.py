@@ -1,0 +1,53 @@
+"""benchmarks/bench_controlnet.py (issue 17's measurement) runs end to end on the shipped
+demo model and ControlNet, at 2 captions and 2 steps (the numbers are checked for being
+well formed, not good), and writes every row the docs quote, including the diagnosis row:
+control with the full caption."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_controlnet",
+                                                  ROOT / "benchmarks" / "bench_controlnet.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_the_bench_writes_every_row_and_target(tmp_path, capsys):
+    bench = _bench()
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--model", str(ROOT / "static" / "demo-model"),
+                           "--controlnet", str(ROOT / "static" / "demo-controlnet"),
+                           "--n", "2", "--steps", "2", "--batch", "2", "--threads", "1",
+                           "--json", str(tmp_path / "cn.json"), "--grid", str(tmp_path / "cn.png")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = json.loads((tmp_path / "cn.json").read_text())
+    assert list(out["rows"]) == ["with control (scale 1)", "without control (scale 0)",
+                                 "without control, caption with positions",
+                                 "with control, caption with positions",
+                                 "the scene itself, through the VAE (ceiling)"]
+    for name, row in out["rows"].items():
+        for key in ("iou", "iou_min", "iou_object", "background", "colour", "shape", "position"):
+            assert math.isfinite(row[key]) and 0.0 <= row[key] <= 1.0, (name, key, row[key])
+    assert set(out["targets"]) and all(isinstance(v, bool) for v in out["targets"].values())
+    printed = capsys.readouterr().out
+    assert "| with control, caption with positions |" in printed and "IoU with control >= 0.7" in printed
+    from PIL import Image
+    with Image.open(tmp_path / "cn.png") as grid:  # 2 captions: one row of the grid, each
+        assert grid.size == (4 * 64 * 6, 64)  # the sketch and 5 images, 4 to a row
