@@ -3,10 +3,8 @@ demo model and ControlNet, at 2 captions and 2 steps (the numbers are checked fo
 well formed, not good), and writes every row the docs quote, including the diagnosis row:
 control with the full caption."""
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,21 +12,16 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
+from tests.bench_loader import load_benchmark  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_controlnet",
-                                                  ROOT / "benchmarks" / "bench_controlnet.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
 def test_the_bench_writes_every_row_and_target(tmp_path, capsys):
-    bench = _bench()
+    bench = load_benchmark("bench_controlnet")
     threads = torch.get_num_threads()
     try:
         assert bench.main(["--model", str(ROOT / "static" / "demo-model"),

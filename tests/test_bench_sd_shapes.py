@@ -1,24 +1,14 @@
 """benchmarks/bench_sd_shapes.py, the CPU comparison at SD 1.5's shapes, works: on narrow
 widths it runs every variant side by side and reports the job loop's waits on writers."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_sd_shapes",
-                                                  ROOT / "benchmarks" / "bench_sd_shapes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench_loader import load_benchmark  # noqa: E402
 
 
 @pytest.mark.slow
@@ -26,7 +16,7 @@ def test_bench_sd_shapes_times_every_variant_and_the_waits_on_writers(tmp_path):
     from precompute import latent_preview
 
     fit, n_images = latent_preview.fit_latent_preview, latent_preview.N_IMAGES
-    bench = _bench()
+    bench = load_benchmark("bench_sd_shapes")
     result = bench.main(["--quick", "--sizes", "64", "--steps", "1", "--seeds", "1", "2",
                             "--serial-up-to", "64", "--out", str(tmp_path / "r.json")])
     # the benchmark's cached preview map is its own: the module is as it was

@@ -3,10 +3,8 @@ straightness measurement tells a straight path from a curved one, converts the v
 teacher's DDIM path to the students' flow time exactly, and the whole bench runs on micro
 students built offline (untrained: the numbers are checked for being finite, not good)."""
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,20 +14,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
+from tests.bench_loader import load_benchmark  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 CAPTION = "a large red circle on the left, on a blue background"
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_students",
-                                                  ROOT / "benchmarks" / "bench_students.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
-bench = _bench()
+bench = load_benchmark("bench_students")
 
 
 @pytest.fixture(scope="module", autouse=True)
