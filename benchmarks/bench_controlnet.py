@@ -3,6 +3,7 @@ the prompt still decide what is drawn?
 
     python benchmarks/bench_controlnet.py --controlnet demo-work/controlnet/controlnet
     python benchmarks/bench_controlnet.py --controlnet static/demo-controlnet --n 16   # quick
+    python benchmarks/bench_controlnet.py --controlnet DIR --captions-seed 12 --seed 1  # another draw
 
 Held-out one-object captions (precompute/demo/evaluate.py's held_out, the 48 the demo
 model's adherence tables use) with their position words left out, each with a sketch of
@@ -66,7 +67,10 @@ def parse_args(argv=None):
     p.add_argument("--n", type=int, default=48, help="held-out captions (default 48)")
     p.add_argument("--steps", type=int, default=30, help="DDIM steps (default 30)")
     p.add_argument("--guidance", type=float, default=3.0, help="guidance scale (default 3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="noise and sketch seed (default 0)")
+    p.add_argument("--captions-seed", type=int, default=11,
+                   help="which held-out captions: 11 (the default) draws evaluate.py's 48; "
+                        "another seed draws a second set, to check a number on new captions")
     p.add_argument("--batch", type=int, default=16, help="captions per pipeline call")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the numbers here")
@@ -81,14 +85,14 @@ def parse_args(argv=None):
     return args
 
 
-def cases(n: int, seed: int):
+def cases(n: int, seed: int, captions_seed: int = 11):
     """(scene, caption without position words, sketch (64, 64, 3), sketched regions)."""
     import numpy as np
 
     from precompute.demo import evaluate, sketch
 
     out = []
-    for i, scene in enumerate(evaluate.held_out(n, two_objects=False)):
+    for i, scene in enumerate(evaluate.held_out(n, two_objects=False, seed=captions_seed)):
         image, regions = sketch.draw_sketch(scene, np.random.default_rng([seed, i]))
         out.append((scene, sketch.caption_without_positions(scene), image, regions))
     return out
@@ -156,7 +160,7 @@ def main(argv=None) -> int:
     print(f"load average at start: {os.getloadavg()[0]:.1f}", flush=True)
     pipe = controlnet_train.load_pipeline(args.model, args.controlnet)
     judge.calibrate(lambda im: evaluate.reconstruct(pipe, im))
-    items = cases(args.n, args.seed)
+    items = cases(args.n, args.seed, args.captions_seed)
     runs = {"with control (scale 1)": (1.0, False), "without control (scale 0)": (0.0, False),
             "without control, caption with positions": (0.0, True),
             "with control, caption with positions": (1.0, True)}
@@ -173,7 +177,8 @@ def main(argv=None) -> int:
             evaluate.reconstruct(pipe, np.stack([world.render(c[0]) for c in items])))
     rows = {name: judge_all(images[name], items) for name in images}
     print(f"\n{len(items)} held-out one-object captions without position words, DDIM "
-          f"{args.steps} steps, guidance {args.guidance:g}, seed {args.seed}; "
+          f"{args.steps} steps, guidance {args.guidance:g}, seed {args.seed}, "
+          f"captions seed {args.captions_seed}; "
           f"{seconds:.0f} s to generate; load average at end: {os.getloadavg()[0]:.1f}\n")
     print("| held-out captions | IoU with sketch | min IoU | IoU with drawn object | background "
           "| colour | shape | size | position |")

@@ -44,3 +44,15 @@ def test_the_bench_writes_every_row_and_target(tmp_path, capsys):
     from PIL import Image
     with Image.open(tmp_path / "cn.png") as grid:  # 2 captions: one row of the grid, each
         assert grid.size == (4 * 64 * 6, 64)  # the sketch and 5 images, 4 to a row
+
+
+def test_captions_seed_draws_other_captions_with_their_own_sketches():
+    """--captions-seed picks another held-out draw (11, the default, is the tables' 48); the
+    sketches stay a function of --seed and the caption's index."""
+    bench = load_benchmark("bench_controlnet")
+    default, other = bench.cases(6, 0), bench.cases(6, 0, captions_seed=12)
+    assert [c[1] for c in default] == [c[1] for c in bench.cases(6, 0, captions_seed=11)]
+    assert [c[1] for c in default] != [c[1] for c in other]
+    for scene, caption, image, regions in other:
+        assert image.shape == (64, 64, 3) and caption
+        assert not {"left", "right", "top", "bottom", "middle"} & set(caption.replace(",", "").split())
