@@ -75,6 +75,8 @@ def measure(bundle_dir, guidance_scale: float = 3.0) -> dict:
     scored = []  # (run id, scene, regions, prompt, image side) of the runs scored for attention
     levels: set[int] = set()
     for rid, run in sorted(b.runs.items()):
+        if run.get("controlnet"):
+            continue  # a sketch says where (and may disagree on purpose): bench_controlnet.py's
         try:
             scene = world.parse_caption(b.prompts[run["prompt_id"]]["text"])
         except ValueError:
