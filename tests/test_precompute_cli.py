@@ -134,7 +134,42 @@ def test_killed_precompute_resumes_to_the_same_bundle(setup, tmp_path):
     resumed = run_precompute(model, prompts, out, "--threads", "1")  # as ENV's OMP_NUM_THREADS
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stderr.count("computed run ") == 14 - partial
-    assert differing(out, reference) == []
+    assert same_up_to_float_noise(out, reference, differing(out, reference)) == []
+
+
+def same_up_to_float_noise(a: Path, b: Path, files: list[str]) -> list[str]:
+    """Of `files` (which differ byte for byte), those that differ by more than float noise.
+    A run computed in another process can differ in the last float16 bit (a CI run saw 1
+    ulp in one run of 14: torch may pick other CPU kernels in a fresh process), and the
+    index and trajectories carry that run's checksums and projected latents. So: arrays
+    within 1e-3 of their largest magnitude (about one float16 ulp there), JSON equal but
+    for sha256 fields and numbers within the same relative 1e-3."""
+    def close_json(x, y) -> bool:
+        if isinstance(x, dict) and isinstance(y, dict):
+            return x.keys() == y.keys() and all(k == "sha256" or close_json(x[k], y[k]) for k in x)
+        if isinstance(x, list) and isinstance(y, list):
+            return len(x) == len(y) and all(close_json(u, v) for u, v in zip(x, y))
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool):
+            return abs(x - y) <= 1e-3 * max(abs(x), abs(y), 1.0)
+        return x == y
+
+    worse = []
+    for name in files:
+        pa, pb = a / name, b / name
+        if not (pa.is_file() and pb.is_file()):
+            worse.append(name)
+        elif name.endswith(".npy"):
+            x, y = np.load(pa), np.load(pb)
+            scale = float(np.abs(y.astype(np.float64)).max()) if y.size else 0.0
+            if x.shape != y.shape or x.dtype != y.dtype or \
+                    float(np.abs(x.astype(np.float64) - y).max(initial=0.0)) > 1e-3 * max(scale, 1e-6):
+                worse.append(name)
+        elif name.endswith(".json"):
+            if not close_json(json.loads(pa.read_text()), json.loads(pb.read_text())):
+                worse.append(name)
+        else:
+            worse.append(name)
+    return worse
 
 
 def test_a_resumed_precompute_removes_the_half_written_json_of_a_killed_one(tmp_path, monkeypatch):
