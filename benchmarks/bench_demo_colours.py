@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-PHRASES = ("on the left", "on the right", "in the middle", "at the top", "at the bottom")
+# world.POSITIONS' keys, in the order the seeded draws index (the documented numbers' order)
+POSITIONS = ("left", "right", "center", "top", "bottom")
 
 
 def parse_args(argv=None):
@@ -58,8 +59,9 @@ def captions(per_pair: int, seed: int):
             for _ in range(per_pair):
                 shape = world.SHAPES[rng.integers(len(world.SHAPES))]
                 size = list(world.SIZES)[rng.integers(len(world.SIZES))]
-                phrase = PHRASES[rng.integers(len(PHRASES))]
-                scenes.append(world.parse_caption(f"a {size} {colour} {shape} {phrase}, on a {bg} background"))
+                position = POSITIONS[rng.integers(len(POSITIONS))]
+                scenes.append(world.Scene(background=bg, objects=(
+                    world.SceneObject(colour=colour, shape=shape, position=position, size=size),)))
     return scenes
 
 

@@ -16,6 +16,8 @@ def test_every_colour_background_pair_has_its_captions():
     assert len(scenes) == 2 * n * (n - 1)
     pairs = {(s.objects[0].colour, s.background) for s in scenes}
     assert len(pairs) == n * (n - 1) and all(c != bg for c, bg in pairs)
+    assert set(bench.POSITIONS) == set(world.POSITIONS)
+    assert all(world.parse_caption(s.caption) == s for s in scenes)  # captions of the world
     assert [s.caption for s in scenes] == [s.caption for s in bench.captions(2, seed=7)]
 
 
