@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from precompute.folders import pipeline_folder_problem  # noqa: E402 (after ROOT joins the path)
+
 ATTRS = ("background", "colour", "shape", "size", "position")
 
 
@@ -42,8 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None, metavar="FILE", help="also write the numbers here")
     args = p.parse_args(argv)
     for m in args.models:
-        if not (Path(m) / "model_index.json").is_file():
-            p.error(f"{m}: not a pipeline folder (no model_index.json)")
+        if problem := pipeline_folder_problem(m):
+            p.error(problem)
     if args.n < 1:
         p.error("--n must be at least 1")
     return args

@@ -23,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from precompute.folders import pipeline_folder_problem  # noqa: E402 (after ROOT joins the path)
+
 # world.POSITIONS' keys, in the order the seeded draws index (the documented numbers' order)
 POSITIONS = ("left", "right", "center", "top", "bottom")
 
@@ -38,8 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = p.parse_args(argv)
     for m in args.models:
-        if not (Path(m) / "model_index.json").is_file():
-            p.error(f"{m}: not a pipeline folder (no model_index.json)")
+        if problem := pipeline_folder_problem(m):
+            p.error(problem)
     if args.per_pair < 1:
         p.error("--per-pair must be at least 1")
     return args

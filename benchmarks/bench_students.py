@@ -100,6 +100,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from precompute.straightness import (  # noqa: E402 (after ROOT joins the path); numpy only
     FlowPath, ddim_final_alpha_bar, flow_path, straightness, vp_path)
+from precompute.folders import pipeline_folder_problem  # noqa: E402
 
 TEACHER = ROOT / "static" / "demo-model"
 STUDENTS = ROOT / "demo-work" / "students"
@@ -447,8 +448,8 @@ def parse_args(argv=None):
     for name in ("rounds", "calibration"):
         if getattr(args, name) < 0:
             p.error(f"--{name} {getattr(args, name)}: must not be negative")
-    if not (Path(args.teacher) / "model_index.json").exists():
-        p.error(f"--teacher {args.teacher}: not a pipeline folder (no model_index.json)")
+    if problem := pipeline_folder_problem(args.teacher, "--teacher"):
+        p.error(problem)
     if not Path(args.students).is_dir():
         p.error(f"--students {args.students}: no such folder")
     return args

@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from backend.fewstep_examples import FORMAT, INDEX, SECTION, VERSION
+from precompute.folders import pipeline_folder_problem
 from precompute.straightness import DEFINITION as STRAIGHTNESS_DEFINITION
 from precompute.straightness import (FlowPath, ddim_final_alpha_bar, flow_path, flow_velocity,
                                      vp_path, vp_to_flow)
@@ -166,9 +167,9 @@ def plan_models(args, config: dict) -> list[Model]:
     models = []
     for mid, folder in folders.items():
         path = Path(folder)
-        if not (path / "model_index.json").is_file():
-            fail(f"{'--teacher' if mid == 'teacher' else '--student ' + mid}: {folder} is not "
-                 "a diffusers pipeline folder (no model_index.json)")
+        if problem := pipeline_folder_problem(folder, "--teacher" if mid == "teacher"
+                                              else f"--student {mid}="):
+            fail(problem)
         if mid == "teacher":
             demo = (path / "training_state.json").is_file()
             kind, label = "teacher", "Teacher (the demo model)" if demo else "Teacher"

@@ -308,7 +308,7 @@ def test_a_changed_model_gets_new_temporary_runs(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--student", "rectified-flow"], "expected ID=VALUE"),
-    (["--student", "x=/nowhere"], "not a diffusers pipeline folder"),
+    (["--student", "x=/nowhere"], "--student x=/nowhere: not a pipeline folder"),
     (["--steps", "nobody=1"], "no model has id 'nobody'"),
     (["--steps", "teacher=4,4"], "distinct"),
     (["--prompts", "not-a-prompt"], "not a prompt id of the bundle"),

@@ -55,6 +55,7 @@ from precompute.demo.sketch import SKETCH_KINDS, caption_without_positions, draw
 from precompute.demo.reflow import StageError, hold_lock, load_teacher, optimizer_step, train_steps
 from precompute.demo.train import (Deadline, encode_text, plot_losses, save_atomic, smooth,
                                    step_rng, to_tensor)
+from precompute.folders import pipeline_folder_problem
 
 CHECKPOINT, FOLDER = "controlnet.pt", "controlnet"
 RNG_TRAIN, RNG_VAL = 50, 51  # step_rng stage numbers of this module's random streams
@@ -407,8 +408,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ControlConfig, argparse.N
     for name in ("strip_positions", "caption_dropout", "two_object_fraction"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: a share between 0 and 1")
-    if not (Path(args.base) / "model_index.json").exists():
-        p.error(f"--base {args.base}: not a pipeline folder (no model_index.json)")
+    if problem := pipeline_folder_problem(args.base, "--base"):
+        p.error(problem)
     problem = recipe_problem(Path(args.base))
     if problem:
         p.error(f"--base {args.base}: {problem}")

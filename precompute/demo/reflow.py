@@ -55,6 +55,7 @@ from tqdm import tqdm
 from backend.cli import DefaultsHelpFormatter
 from precompute.demo import model as demo_model
 from precompute.demo import world
+from precompute.folders import pipeline_folder_problem
 from precompute.demo.train import Deadline, encode_text, plot_losses, save_atomic, smooth, step_rng
 
 STAGES = ("pairs", "reflow", "distill")
@@ -598,8 +599,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ReflowConfig, argparse.Na
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must not be negative")
     if not 0.0 <= args.two_object_fraction <= 1.0:
         p.error(f"--two-object-fraction {args.two_object_fraction}: a share between 0 and 1")
-    if not (Path(args.teacher) / "model_index.json").exists():
-        p.error(f"--teacher {args.teacher}: not a pipeline folder (no model_index.json)")
+    if problem := pipeline_folder_problem(args.teacher, "--teacher"):
+        p.error(problem)
     cfg = ReflowConfig(
         out=args.out, teacher=args.teacher, seed=args.seed, device=args.device,
         threads=args.threads, pairs=args.pairs, shard_size=args.shard_size,

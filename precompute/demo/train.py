@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from precompute.demo import model as demo_model
 from precompute.demo import sketch, world
+from precompute.folders import pipeline_folder_problem
 
 
 @dataclass
@@ -557,8 +558,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
             args.vae_steps = json.loads(state.read_text()).get("vae_steps", args.vae_steps)
     if args.init_from and has_checkpoint:
         p.error(f"{args.out} already holds checkpoints: --init-from needs an empty --out")
-    if args.init_from and not (Path(args.init_from) / "model_index.json").exists():
-        p.error(f"--init-from {args.init_from}: not a pipeline folder (no model_index.json)")
+    if args.init_from and (problem := pipeline_folder_problem(args.init_from, "--init-from")):
+        p.error(problem)
     if has_checkpoint and not args.resume:
         p.error(f"{args.out} holds checkpoints: pass --resume to continue, or pick another --out")
     cfg = TrainConfig(
