@@ -23,18 +23,15 @@ def adherence():
 
 
 @pytest.mark.parametrize("attr, target", [("background", 0.95), ("size", 0.95), ("position", 0.95),
-                                          ("shape", 0.8)])
+                                          ("colour", 0.95), ("shape", 0.8)])
 def test_default_guidance_follows_held_out_prompts(adherence, attr, target):
+    """colour: the issue's target is 0.95, 46 of these 48. The weights shipped on 3 December
+    2026 (fine-tuned with captions without position words) get 46 (0.958); those before
+    got 45 and this was a strict xfail. At the threshold, but not on a knife's edge: every
+    colour read right is at least 16.5 RGB units nearer its palette colour than the next
+    one (pixels are uint8; 1 and 2 torch threads give the same pixels), so float noise
+    cannot turn a hit into a miss. docs/demo-model.md has the tables."""
     assert adherence[3.0][attr] >= target, adherence[3.0]
-
-
-@pytest.mark.xfail(strict=True, reason="the issue's colour target is 0.95 (46 of these 48); the "
-                   "shipped weights get 45 (0.94; 0.948 on the 96-caption selection draw). The "
-                   "misses are the UNet's (the judge reads 0.99 of one-object VAE reconstructions' "
-                   "colours right); 4,090 more CPU steps did not move it (pooled 0.944 both). "
-                   "See docs/demo-model.md")
-def test_default_guidance_follows_held_out_colours(adherence):
-    assert adherence[3.0]["colour"] >= 0.95, adherence[3.0]
 
 
 def test_guidance_zero_is_near_chance(adherence):
