@@ -30,7 +30,8 @@ def test_default_guidance_follows_held_out_prompts(adherence, attr, target):
     got 45 and this was a strict xfail. At the threshold, but not on a knife's edge: every
     colour read right is at least 16.5 RGB units nearer its palette colour than the next
     one (pixels are uint8; 1 and 2 torch threads give the same pixels), so float noise
-    cannot turn a hit into a miss. docs/demo-model.md has the tables."""
+    cannot turn a hit into a miss (benchmarks/bench_demo_colour_margins.py measures both).
+    docs/demo-model.md has the tables."""
     assert adherence[3.0][attr] >= target, adherence[3.0]
 
 
