@@ -44,18 +44,10 @@ def parse_args(argv=None):
 
 
 def margin(image, reading) -> float:
-    """Second-nearest minus nearest palette distance of the object's median colour (RGB units),
-    over the pixels the judge used (judge.read_scene: the mask eroded once when >= 4 remain)."""
-    import numpy as np
-    from scipy import ndimage
-
+    """How far the judge's reading of the (first) object's colour is from another colour."""
     from precompute.demo import judge
 
-    mask = reading.objects[0].mask
-    core = ndimage.binary_erosion(mask, iterations=1)
-    pixels = image.astype(np.float32)[core if core.sum() >= 4 else mask]
-    d = np.sort(np.sqrt(((judge._PALETTE - np.median(pixels, 0)) ** 2).sum(-1)))
-    return float(d[1] - d[0])
+    return judge.colour_margin(judge.median_colour(image.astype("float32"), reading.objects[0].mask))
 
 
 def main(argv=None) -> int:

@@ -37,6 +37,20 @@ def nearest_colour(rgb: np.ndarray) -> str:
     return _PALETTE_NAMES[int(np.argmin(((_PALETTE - rgb) ** 2).sum(-1)))]
 
 
+def colour_margin(rgb: np.ndarray) -> float:
+    """How far rgb is from being read as another colour: its distance to the second-nearest
+    palette colour minus that to the nearest (RGB units)."""
+    d = np.sort(np.sqrt(((_PALETTE - rgb) ** 2).sum(-1)))
+    return float(d[1] - d[0])
+
+
+def median_colour(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """An object's colour: the median pixel over its mask eroded once (edges blend with the
+    background), or over the whole mask when fewer than 4 pixels would remain."""
+    core = ndimage.binary_erosion(mask, iterations=1)
+    return np.median(img[core if core.sum() >= 4 else mask], 0)
+
+
 @dataclass
 class ReadObject:
     colour: str
@@ -170,15 +184,13 @@ def read_scene(image: np.ndarray, max_objects: int = 2) -> Reading:
         regions += split_by_colour(img, ndimage.binary_fill_holes(labels == index + 1), background)
     objects = []
     for mask in sorted(regions, key=lambda m: -m.sum())[:max_objects]:
-        core = ndimage.binary_erosion(mask, iterations=1)
-        pixels = img[core if core.sum() >= 4 else mask]
         ys, xs = np.nonzero(mask)
         extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
         centre = np.array([(xs.max() + xs.min()) / 2 + 0.5, (ys.max() + ys.min()) / 2 + 0.5])
         anchors = np.array(list(world.POSITIONS.values()), dtype=np.float32)
         position = list(world.POSITIONS)[int(np.argmin(((anchors - centre) ** 2).sum(-1)))]
         objects.append(ReadObject(
-            colour=nearest_colour(np.median(pixels, 0)), shape=shape_classifier().predict(mask),
+            colour=nearest_colour(median_colour(img, mask)), shape=shape_classifier().predict(mask),
             size="large" if extent > SIZE_THRESHOLD else "small", position=position, mask=mask))
     return Reading(background=background, objects=objects)
 
