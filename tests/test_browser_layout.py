@@ -320,6 +320,69 @@ def test_a_phones_prompt_words_are_targets_a_finger_can_hit(screen, demo_url):
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
 
 
+# the demo's ControlNet prompt: recorded at conditioning scales 0, 0.25, 0.5, 1 and 2
+DEMO_SKETCH = "a-large-red-circle-on-a-blue-background-3c70d7b4"
+
+
+def stop_boxes(page, selector: str) -> list[dict]:
+    return page.evaluate("""(sel) => [...document.querySelectorAll(sel + ' .gs-stop')].map((b) => {
+        const r = b.getBoundingClientRect(), range = b.closest('.gs').querySelector('.gs-range')
+            .getBoundingClientRect();
+        return {text: b.textContent, left: r.left, right: r.right, centre: r.left + r.width / 2,
+                place: range.left + 8 + (range.width - 16) * Number(b.dataset.pos) / 100,
+                rangeLeft: range.left, rangeRight: range.right}; })""", selector)
+
+
+@pytest.mark.parametrize("width", [320, 390])
+def test_a_phones_scale_stops_never_overlap(screen, demo_url, width):
+    """On a phone, 0, 0.25 and 0.5 on a range to 2 are 35-40 px apart, and their buttons
+    touched or overlapped (a finger could not tell them apart): neighbours are pushed
+    apart, at least 4 px, and stay over the range."""
+    page = screen(width, 800, device_scale_factor=2, is_mobile=True, has_touch=True)
+    page.goto(f"{demo_url}?prompt={DEMO_SKETCH}&seed=1&guidance=3&step=40&open=controlnet&control=1")
+    wait_ready(page)
+    page.locator("#controlnet-slider .gs-stop").first.wait_for()
+    stops = stop_boxes(page, "#controlnet-slider")
+    assert [s["text"] for s in stops] == ["0", "0.25", "0.5", "1", "2"]
+    gaps = [b["left"] - a["right"] for a, b in zip(stops, stops[1:])]
+    assert min(gaps) >= 3.5, gaps
+    assert stops[0]["left"] >= stops[0]["rangeLeft"] - 20 and stops[-1]["right"] <= width, stops
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+
+
+@pytest.mark.parametrize("touch", [True, False])
+def test_how_to_use_a_control_is_told_in_the_screens_own_terms(screen, demo_url, touch):
+    """A phone has no hover: its captions say tap; a laptop's say hover and click."""
+    page = (screen(390, 844, device_scale_factor=2, is_mobile=True, has_touch=True) if touch
+            else screen(1366, 768))
+    page.goto(f"{demo_url}?prompt={DEMO_SKETCH}&seed=1&guidance=3&step=40&open=controlnet&control=1")
+    wait_ready(page)
+    caption = page.locator("#panel-controlnet .caption", has_text="Conditioning scale (0:").inner_text()
+    assert ("Tap a scale" in caption) is touch and ("Hover a scale" in caption) is not touch, caption
+    # the Trajectory Map's caption (its section is closed here): which of its two texts shows
+    shown = page.evaluate("""() => [...document.querySelectorAll('.trajectory .caption span')]
+        .filter((s) => getComputedStyle(s).display !== 'none').map((s) => s.textContent)""")
+    assert len(shown) == 1 and shown[0].startswith("Tap a node" if touch else "Hover a node"), shown
+
+
+def test_stops_with_room_sit_at_their_scales_place_on_the_range(screen, demo_url):
+    """At laptop width no stop is pushed: each is centred under its value on the range
+    (the range's thumb travels its width less the thumb's own, about 16 px); the same
+    after the window narrows to a phone's, for the stops that still have room (1 and 2)."""
+    page = screen(1366, 768)
+    page.goto(f"{demo_url}?prompt={DEMO_SKETCH}&seed=1&guidance=3&step=40&open=controlnet&control=1")
+    wait_ready(page)
+    page.locator("#controlnet-slider .gs-stop").first.wait_for()
+    for s in stop_boxes(page, "#controlnet-slider"):
+        assert abs(s["centre"] - s["place"]) <= 10, s
+    page.set_viewport_size({"width": 360, "height": 800})
+    page.wait_for_function("""() => { const b = [...document.querySelectorAll('#controlnet-slider .gs-stop')]
+        .map((e) => e.getBoundingClientRect()); return b[1].left - b[0].right >= 3.5
+        && b[2].left - b[1].right >= 3.5; }""")
+    for s in stop_boxes(page, "#controlnet-slider")[3:]:
+        assert abs(s["centre"] - s["place"]) <= 10, s
+
+
 # ---------------------------------------------------------------------- clipping
 
 

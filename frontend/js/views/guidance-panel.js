@@ -19,6 +19,35 @@ import { frame } from "./frame.js";
 
 const nearest = (scales, v) => scales.reduce((a, b) => (Math.abs(b - v) < Math.abs(a - v) ? b : a));
 
+const STOP_GAP = 4; // px between two stops' buttons, at least
+
+/**
+ * Each stop sits under its scale's place on the range, unless its button would then touch
+ * its neighbour's (0, 0.25 and 0.5 on a range to 2, on a phone: overlapping buttons are
+ * buttons a finger cannot tell apart); then neighbours are pushed apart just enough, to the
+ * right, and back from the range's end if that runs past it. Stops with room stay exactly
+ * at their place (a CSS percentage, so they follow the range as it resizes).
+ */
+function spreadStops(stops) {
+  const width = stops.node().clientWidth;
+  const buttons = stops.selectAll("button.gs-stop").nodes();
+  if (!width) return; // not laid out yet (a closed level): the resize observer calls again
+  const want = buttons.map((b) => (Number(b.dataset.pos) / 100) * width);
+  const half = buttons.map((b) => b.offsetWidth / 2);
+  const at = want.slice();
+  for (let i = 1; i < at.length; i++) {
+    at[i] = Math.max(at[i], at[i - 1] + half[i - 1] + half[i] + STOP_GAP);
+  }
+  for (let i = at.length - 1; i >= 0; i--) {
+    const limit = i === at.length - 1 ? width : at[i + 1] - half[i] - half[i + 1] - STOP_GAP;
+    at[i] = Math.min(at[i], limit);
+  }
+  buttons.forEach((b, i) => {
+    const shift = Math.round(at[i] - want[i]);
+    b.style.left = shift ? `calc(${b.dataset.pos}% + ${shift}px)` : `${b.dataset.pos}%`;
+  });
+}
+
 export function guidanceSlider() {
   const listeners = d3.dispatch("commit", "preview", "unpreview");
 
@@ -50,7 +79,14 @@ export function guidanceSlider() {
           const i = scales.indexOf(selected);
           listeners.call("commit", null, scales[Math.max(0, Math.min(scales.length - 1, i + delta))]);
         });
-      gs.append("div").attr("class", "gs-stops");
+      const stops = gs.append("div").attr("class", "gs-stops");
+      // a stop's room depends on the range's width: lay them out again when it changes
+      if (typeof ResizeObserver !== "undefined") {
+        stops.each(function observe() {  // join calls this with an empty enter too
+          const node = d3.select(this);
+          new ResizeObserver(() => spreadStops(node)).observe(this);
+        });
+      }
       return gs;
     });
     const shown = d.previewed ?? d.selected;
@@ -67,12 +103,13 @@ export function guidanceSlider() {
         .on("click", (event, g) => listeners.call("commit", null, g))
         .on("pointerenter", (event, g) => listeners.call("preview", null, g))
         .on("pointerleave", () => listeners.call("unpreview", null)))
-      .style("left", (g) => `${pos(g)}%`)
+      .attr("data-pos", (g) => pos(g))
       .attr("aria-label", (g) => `${name} ${g}`)
       .attr("aria-pressed", (g) => String(g === d.selected))
       .classed("is-selected", (g) => g === d.selected)
       .classed("is-previewed", (g) => g === d.previewed && g !== d.selected)
       .text((g) => g);
+    spreadStops(root.select(".gs-stops"));
   }
 
   view.on = (type, fn) => {
