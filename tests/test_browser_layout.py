@@ -350,6 +350,30 @@ def test_a_phones_scale_stops_never_overlap(screen, demo_url, width):
     assert page.evaluate("document.documentElement.scrollWidth") <= width
 
 
+def test_a_prompt_without_a_variant_is_offered_its_nearest_prompt_to_compare(screen, demo_url):
+    """The demo's sketch prompt is a group of one: the offer was the bundle's first prompt
+    ("a blue circle on the left and a red square on the right, ...": five words off) with
+    "(the marked words differ)" though none was marked. Now it is the prompt one change
+    away (the same circle with a position phrase), without that claim; a group's variant
+    keeps its marked words and the note."""
+    page = screen(1366, 768)
+    page.goto(f"{demo_url}?prompt={DEMO_SKETCH}&seed=1&guidance=3&step=40")
+    wait_ready(page)
+    page.locator("#compare-entry").wait_for()
+    assert page.locator("#compare-variant").inner_text() == \
+        "a large red circle on the left, on a blue background"
+    assert not page.locator("#compare-marked").is_visible()
+    page.locator("#compare-open").click()
+    page.wait_for_function("() => new URLSearchParams(location.search).get('compare') === "
+                           f"'{DEMO_PROMPT}'")
+    page.goto(f"{demo_url}?prompt={DEMO_PROMPT}&seed=1&guidance=3&step=40")
+    wait_ready(page)
+    page.locator("#compare-entry").wait_for()
+    assert page.locator("#compare-variant").inner_text().startswith("a large yellow circle on the left")
+    assert page.locator("#compare-marked").is_visible()
+    assert page.locator("#prompt-words .is-highlight").count() >= 1
+
+
 @pytest.mark.parametrize("touch", [True, False])
 def test_how_to_use_a_control_is_told_in_the_screens_own_terms(screen, demo_url, touch):
     """A phone has no hover: its captions say tap; a laptop's say hover and click."""

@@ -244,6 +244,8 @@ async function start() {
 
     d3.select("#compare-entry").property("hidden", !m.compareFallback || Boolean(state.compare));
     if (m.compareFallback) d3.select("#compare-variant").text(index.prompts[m.compareFallback].text);
+    // only a group's variant has its differing words marked in the prompt
+    d3.select("#compare-marked").property("hidden", !m.words.spans.some((w) => w.highlight));
 
     // The controls show while a word is selected; what a hovered pixel attends to floats
     // over the page, so hovering never moves anything.
