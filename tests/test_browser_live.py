@@ -18,6 +18,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.skipif(not browser_available(), r
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "static" / "demo-bundle"
 STEPS = 50  # the shipped bundle's: the live bundle starts with its runs, to compare with
+# How long a test waits for the demo model to compute (or for the job before it to end):
+# a guard against a hang, not a speed target (benchmarks/bench_live.py measures speed). A
+# 50-step run takes seconds alone; on a busy two-core machine (the suite on two processes
+# beside other work) one took over 120 s, the bound this was before.
+COMPUTE_WAIT = 300_000
 
 
 @pytest.fixture(scope="module")
@@ -102,12 +107,12 @@ def type_prompt(page, url: str, text: str, seed: int, guidance: float) -> None:
 def test_a_typed_prompt_streams_its_steps_then_opens_as_a_run(page, live_url, shots):
     type_prompt(page, live_url, "a yellow star on a green background", seed=2, guidance=3)
     # a step on screen while the job still runs (the page has not moved to the run yet)
-    page.locator(".live-frames img[src*='/frames/']").first.wait_for(timeout=120_000)
+    page.locator(".live-frames img[src*='/frames/']").first.wait_for(timeout=COMPUTE_WAIT)
     assert "/live/" not in page.url
     assert "Step" in page.locator(".live-status").inner_text() or "Done" in \
         page.locator(".live-status").inner_text()
     page.screenshot(path=str(shots / "live-streaming.png"))
-    page.wait_for_url("**/live/?prompt=*", timeout=120_000)
+    page.wait_for_url("**/live/?prompt=*", timeout=COMPUTE_WAIT)
     wait_ready(page, timeout=60_000)
     assert "seed=2" in page.url and "guidance=3" in page.url
     words = page.locator("#prompt-words .token-word")
@@ -176,7 +181,7 @@ def test_steps_arrive_one_by_one(page, live_url):
     words.wait_for()
     assert "dragon" in words.inner_text() and "no effect" in words.inner_text()
     assert "circle" not in words.inner_text()
-    page.wait_for_url("**/live/?prompt=*", timeout=120_000)
+    page.wait_for_url("**/live/?prompt=*", timeout=COMPUTE_WAIT)
     steps = sorted({int(u.split("/frames/")[1].split("/")[0]) for u in frames})
     assert len(steps) >= 2 and steps[-1] == STEPS - 1, steps
 
@@ -192,12 +197,12 @@ def test_the_url_of_an_evicted_prompt_computes_it_again(page, live_server):
     write_json_atomic(svc.runner.live_dir / ".work" / EVICTED_FILE,
                       {pid: "a blue square on a red background"})
     page.goto(f"{url}live/?prompt={pid}&seed=2&guidance=3")
-    page.wait_for_url("**live_job=*")  # kept in the address while the job runs (a reload watches it)
-    page.locator(".live-frames img[src*='/frames/']").first.wait_for(timeout=120_000)
+    page.wait_for_url("**live_job=*", timeout=COMPUTE_WAIT)  # kept in the address while the job runs (a reload watches it)
+    page.locator(".live-frames img[src*='/frames/']").first.wait_for(timeout=COMPUTE_WAIT)
     assert "computing it again" in page.locator(".live-status").inner_text() or \
         "Step" in page.locator(".live-status").inner_text()
     assert page.locator("#live-text").input_value() == "a blue square on a red background"
-    page.wait_for_url(f"**/live/?prompt={pid}*", timeout=180_000)
+    page.wait_for_url(f"**/live/?prompt={pid}*", timeout=COMPUTE_WAIT)
     wait_ready(page, timeout=60_000)
     assert "seed=2" in page.url and "guidance=3" in page.url
     assert "blue" in " ".join(page.locator("#prompt-words .token-word").all_inner_texts())
@@ -210,7 +215,7 @@ def test_leaving_the_page_cancels_its_running_job(page, live_server):
 
     url, svc = live_server
     type_prompt(page, url, "a purple circle on a white background", seed=4, guidance=3)
-    page.locator(".live-frames img[src*='/frames/']").first.wait_for(timeout=120_000)
+    page.locator(".live-frames img[src*='/frames/']").first.wait_for(timeout=COMPUTE_WAIT)
     job = next(j for j in svc.jobs.values() if j.prompt.startswith("a purple circle"))
     assert job.state == "running"
     page.goto("about:blank")  # the page is left while its job runs

@@ -85,7 +85,9 @@ def post(client, body, ip="10.0.0.1", **headers):
                        environ_base={"REMOTE_ADDR": ip})
 
 
-def wait_state(client, job_id, states=("done", "failed"), timeout=120):
+def wait_state(client, job_id, states=("done", "failed"), timeout=300):
+    """Wait for a job to end: a guard against a hang (300 s: on a busy two-core machine a
+    run that takes seconds alone has taken over 120), not a speed target."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = client.get(f"/api/live/jobs/{job_id}.json").get_json()
