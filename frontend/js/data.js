@@ -217,38 +217,22 @@ export function splitRanges(text, ranges) {
   return spans;
 }
 
-/** The prompt a comparison opens with: the prompt's variant, else any other prompt with a run for this seed. */
+/**
+ * The prompt a comparison opens with: the prompt's variant; else (a group of one, e.g. the
+ * demo's sketch prompts) the prompt with a run for this seed and scale whose words differ
+ * least (wordDiff's count), so the comparison shows one change; null when there is none.
+ */
 export function compareCandidate(index, promptId, seed, guidance) {
   const group = groupOf(index, promptId);
   const variant = group ? group.prompts.find((p) => p !== promptId && index.prompts[p]) : null;
   if (variant) return variant;
-  // no variant (a group of one, e.g. the demo's sketch prompts): the prompt with a run for
-  // this seed and scale whose words differ least, so the comparison shows one change
-  const own = index.prompts[promptId] ? promptWordList(index.prompts[promptId].text) : [];
+  const own = index.prompts[promptId] ? index.prompts[promptId].text : "";
   let best = null;
   let fewest = Infinity;
   for (const id of Object.keys(index.prompts)) {
     if (id === "empty" || id === promptId || !runIdFor(index, id, seed, guidance)) continue;
-    const d = wordDistance(own, promptWordList(index.prompts[id].text));
-    if (d < fewest) [best, fewest] = [id, d];
+    const [ours, theirs] = wordDiff(own, index.prompts[id].text);
+    if (ours.length + theirs.length < fewest) [best, fewest] = [id, ours.length + theirs.length];
   }
   return best;
-}
-
-/** A prompt's words, lower-case, without punctuation: "a large red circle, on ..." -> ["a", "large", ...]. */
-function promptWordList(text) {
-  return (text || "").toLowerCase().split(/[^\p{L}\p{N}']+/u).filter(Boolean);
-}
-
-/** Words to insert, delete or replace to turn one word list into the other (Levenshtein). */
-export function wordDistance(a, b) {
-  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const next = [i];
-    for (let j = 1; j <= b.length; j++) {
-      next[j] = Math.min(row[j] + 1, next[j - 1] + 1, row[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
-    }
-    row = next;
-  }
-  return row[b.length];
 }

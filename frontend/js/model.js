@@ -235,7 +235,6 @@ export function createModel(index, api) {
     const stats = run ? run.stats || {} : {};
     const stat = (name, k) => (stats[name] && k !== null && stats[name][k] !== undefined ? stats[name][k] : null);
     const group = groupOf(index, state.prompt);
-    const variant = group ? group.prompts.find((p) => p !== state.prompt) : null;
 
     const place = callWords(facts, run && run.scheduler, s); // multi-call schedulers: "UNet call s of T (...)"
     const uncond = uncondWords(index, run);
@@ -283,7 +282,6 @@ export function createModel(index, api) {
         spans: markHighlights(alignTokens(prompt.json.text, prompt.tokens.real),
           group && group.highlights ? group.highlights[state.prompt] : null),
       } : { selected: null, spans: [] },
-      compareEntry: variant ? { variant, text: index.prompts[variant].text } : null,
       compareFallback: compareCandidate(index, state.prompt, state.seed, state.guidance),
       fields: {
         step: String(s),
