@@ -109,7 +109,13 @@ export function guidanceSlider() {
       .classed("is-selected", (g) => g === d.selected)
       .classed("is-previewed", (g) => g === d.previewed && g !== d.selected)
       .text((g) => g);
-    spreadStops(root.select(".gs-stops"));
+    // lay the stops out when they change (and on resize, above), not on every render: it
+    // reads the buttons' widths, a forced layout on each step of playback otherwise
+    const stops = root.select(".gs-stops");
+    if (stops.attr("data-scales") !== d.scales.join(" ")) {
+      stops.attr("data-scales", d.scales.join(" "));
+      spreadStops(stops);
+    }
   }
 
   view.on = (type, fn) => {
